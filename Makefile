@@ -1,0 +1,39 @@
+# Two entry points, both safe on a fresh machine: `make demo` and `make test`.
+# The virtualenv lives outside the checkout so that torch (a large download) is installed once per
+# machine, not once per clone; dependencies are reinstalled only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= $(HOME)/.cache/nm-toolkit/venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test install deps kafka bench clean-venv
+
+$(DEPS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.deps-* && touch $@
+
+deps: $(DEPS_STAMP)
+
+# Point the shared virtualenv at this checkout (cheap: dependencies are already there).
+install: deps
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+demo: install
+	$(VENV)/bin/nmt demo
+
+# Provision the real services the tests use (Kafka jars from Maven Central), then run pytest.
+test: install
+	$(VENV)/bin/nmt dev kafka --fetch-only
+	$(PY) -m pytest -q -ra
+
+kafka: install
+	$(VENV)/bin/nmt dev kafka
+
+bench: install
+	$(PY) bench/ingest.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,24 @@
+"""Message buses: the interface, the embedded default and Kafka."""
+
+from __future__ import annotations
+
+from nm_toolkit.bus.base import Bus, Consumer, Message, Producer, TopicPartition
+from nm_toolkit.bus.embedded import EmbeddedBus
+from nm_toolkit.config import Settings
+
+
+def bus_from_settings(settings: Settings) -> Bus:
+    """The bus the settings name: embedded (default) or Kafka at ``bus.bootstrap_servers``."""
+    if settings.bus.kind == "kafka":
+        from nm_toolkit.bus.kafka import KafkaBus
+
+        return KafkaBus(
+            settings.bus.bootstrap_servers,
+            client_id=settings.bus.client_id,
+            default_partitions=settings.bus.default_partitions,
+            max_message_bytes=settings.collector.max_message_bytes,
+        )
+    return EmbeddedBus(settings.bus.default_partitions)
+
+
+__all__ = ["Bus", "Consumer", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings"]

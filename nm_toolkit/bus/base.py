@@ -1,0 +1,99 @@
+"""The message-bus interface every service talks to, whatever carries the messages.
+
+Two implementations share it: :mod:`nm_toolkit.bus.embedded` (in-process, for the demo, tests of
+pure logic, and single-machine use) and :mod:`nm_toolkit.bus.kafka` (kafka-python against a real
+cluster). Offsets follow Kafka's convention: a committed offset is the *next* one to read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+TopicPartition = tuple[str, int]
+Headers = tuple[tuple[str, bytes], ...]
+PartitionsCallback = Callable[[set[TopicPartition]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message read from a topic partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: Headers = ()
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return (self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Producer(ABC):
+    """Sends messages; ``flush`` returns once everything sent so far is durably written."""
+
+    @abstractmethod
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None: ...
+
+    @abstractmethod
+    def flush(self, timeout_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Consumer(ABC):
+    """A consumer-group member; it never commits on its own, callers commit after their work."""
+
+    @abstractmethod
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    @abstractmethod
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    @abstractmethod
+    def assignment(self) -> set[TopicPartition]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Bus(ABC):
+    """A factory of producers and consumers over one cluster (or one process)."""
+
+    @abstractmethod
+    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
+        """Create the topics that do not exist yet; existing ones are left as they are."""
+
+    @abstractmethod
+    def producer(self) -> Producer: ...
+
+    @abstractmethod
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        max_poll_records: int = 1000,
+    ) -> Consumer:
+        """Join ``group_id`` reading ``topics`` from the committed offsets (or the beginning)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources; producers and consumers are closed by their owners."""

@@ -1,0 +1,169 @@
+"""The bus on a real Kafka cluster, through kafka-python.
+
+Producers keep kafka-python's defaults of idempotence and ``acks=all``; consumers never
+auto-commit, so the services that use them commit only after their work is applied.
+"""
+
+from __future__ import annotations
+
+from nm_toolkit.errors import UserError
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from nm_toolkit.bus.base import Bus, Consumer, Message, PartitionsCallback, Producer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class BusUnavailable(UserError):
+    """The Kafka cluster could not be reached; the message names the address to check."""
+
+
+class KafkaBus(Bus):
+    """Kafka at ``bootstrap_servers`` (``host:port[,host:port]``)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "nm-toolkit",
+        default_partitions: int = 4,
+        max_message_bytes: int = 1_048_576,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self.default_partitions = default_partitions
+        self.max_message_bytes = max_message_bytes
+
+    def _servers(self) -> list[str]:
+        return self.bootstrap_servers.split(",")
+
+    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self._servers(), client_id=self.client_id)
+        except KafkaError as exc:
+            raise BusUnavailable(
+                f"cannot reach Kafka at {self.bootstrap_servers}: start a broker (nmt dev kafka) "
+                "or set NMT_BUS__BOOTSTRAP_SERVERS"
+            ) from exc
+        try:
+            existing = set(admin.list_topics())
+            new = [
+                NewTopic(name, partitions or self.default_partitions, 1)
+                for name in dict.fromkeys(names)
+                if name not in existing
+            ]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    log.debug("topics created concurrently: %s", [t.name for t in new])
+        finally:
+            admin.close()
+
+    def producer(self) -> Producer:
+        return KafkaBusProducer(
+            KafkaProducer(
+                bootstrap_servers=self._servers(),
+                client_id=self.client_id,
+                linger_ms=5,
+                batch_size=256 * 1024,
+                max_request_size=self.max_message_bytes + 64 * 1024,
+            )
+        )
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        max_poll_records: int = 1000,
+    ) -> Consumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self._servers(),
+            client_id=self.client_id,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_poll_records,
+            max_partition_fetch_bytes=max(4 * 1024 * 1024, self.max_message_bytes * 2),
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
+        return KafkaBusConsumer(consumer)
+
+
+class KafkaBusProducer(Producer):
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self._producer.send(topic, value=value, key=key, headers=list(headers) or None)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None) -> None:
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
+        if self._on_revoke and revoked:
+            self._on_revoke({(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
+        if self._on_assign and assigned:
+            self._on_assign({(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaBusConsumer(Consumer):
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [
+            Message(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value,
+                r.timestamp,
+                tuple((k, v) for k, v in r.headers) if r.headers else (),
+            )
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if offsets:
+            self._consumer.commit(
+                {KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            )
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(*partition), offset)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,30 @@
+"""The ``nmt`` command line. Each command group lives in its own module and is added here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from nm_toolkit.cli import dev
+from nm_toolkit.cli.output import err_console
+from nm_toolkit.errors import UserError
+
+app = typer.Typer(
+    name="nmt",
+    help="nm-toolkit: telemetry collectors, forecasting, LLMs, intents, policies and SDN control.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

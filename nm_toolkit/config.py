@@ -1,0 +1,144 @@
+"""One typed settings object for the whole toolkit.
+
+Values come, in increasing priority, from the defaults below, a TOML file (``nmt.toml`` in the
+working directory, or the path in ``NMT_CONFIG``), and ``NMT_*`` environment variables with
+``__`` between nested names (``NMT_BUS__KIND=kafka``, ``NMT_BUS__BOOTSTRAP_SERVERS=127.0.0.1:9092``).
+"""
+
+from __future__ import annotations
+
+from nm_toolkit.errors import UserError
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "nmt.toml"
+_explicit_config: ContextVar[Path | None] = ContextVar("nmt_config_file", default=None)
+
+
+def default_state_dir() -> Path:
+    """Where collectors checkpoint window state and the forecast store lives by default."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "nm-toolkit"
+
+
+class BusSettings(BaseModel):
+    """Which message bus carries the loop: the in-process one or a Kafka cluster."""
+
+    kind: Literal["embedded", "kafka"] = "embedded"
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "nm-toolkit"
+    default_partitions: PositiveInt = 4
+
+
+class TopicSettings(BaseModel):
+    """Topic names; one place so that every service agrees on them."""
+
+    telemetry: str = "nmt.telemetry"
+    dead_letter: str = "nmt.telemetry.dlq"
+    late: str = "nmt.telemetry.late"
+    series: str = "nmt.series"
+    forecasts: str = "nmt.forecasts"
+    decisions: str = "nmt.decisions"
+    prompts: str = "nmt.prompts"
+    completions: str = "nmt.completions"
+    intents: str = "nmt.intents"
+
+
+class CollectorSettings(BaseModel):
+    """Windowing and delivery parameters of the telemetry collector."""
+
+    group_id: str = "nmt-collector"
+    window_seconds: PositiveInt = 3600
+    allowed_lateness_seconds: float = Field(default=0.0, ge=0)
+    idle_close_seconds: PositiveFloat | None = Field(
+        default=None,
+        description="close every open window once no record arrived for this long (processing time)",
+    )
+    max_poll_records: PositiveInt = 2000
+    max_message_bytes: PositiveInt = 1_048_576
+    checkpoint_interval_seconds: PositiveFloat = 1.0
+    min_timestamp: str = "2000-01-01T00:00:00Z"
+    max_future_seconds: PositiveFloat = 86_400.0
+
+
+class ForecastSettings(BaseModel):
+    """Defaults of the forecasting step of the loop."""
+
+    horizon: PositiveInt = 24
+    season_length: PositiveInt = 24
+    min_history: PositiveInt = 24
+
+
+class PolicySettings(BaseModel):
+    """Enabled policies, in the order they run, and the capacities they plan against."""
+
+    enabled: list[str] = Field(default_factory=lambda: ["bandwidth_reservation"])
+    default_capacity: PositiveFloat = 1.0e6
+    capacities: dict[str, float] = Field(default_factory=dict)
+    reserve_share: float = Field(default=0.8, gt=0, le=1)
+    headroom: float = Field(default=0.1, ge=0)
+    decision_ttl_seconds: PositiveFloat = 3600.0
+    dry_run: bool = False
+
+
+class Settings(BaseSettings):
+    """The toolkit's configuration: see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NMT_", env_nested_delimiter="__", extra="forbid", toml_file=DEFAULT_CONFIG_FILE
+    )
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    forecast: ForecastSettings = Field(default_factory=ForecastSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _explicit_config.get() or os.environ.get("NMT_CONFIG", DEFAULT_CONFIG_FILE)
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+
+class ConfigError(UserError):
+    """A configuration a user wrote is unusable; the message says how to fix it."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Load settings, optionally from an explicit TOML file, with keyword overrides on top."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist: pass an existing TOML file")
+    token = _explicit_config.set(config_file)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        first = str(exc).splitlines()
+        raise ConfigError(
+            f"invalid configuration: {' '.join(first[1:3]).strip()} (check nmt.toml and NMT_* variables)"
+        ) from exc
+    finally:
+        _explicit_config.reset(token)

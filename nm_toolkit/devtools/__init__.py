@@ -1,0 +1,1 @@
+"""Real services for development and tests, provisioned from package registries."""

@@ -1,0 +1,229 @@
+"""Typed records that travel on the bus: telemetry in, series, forecasts and decisions out.
+
+Every record is a pydantic model so that what a service reads from a topic is validated once at
+the edge, and what it writes is the same shape another service (or another language) can read.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
+
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC; aware ones are converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class Location(BaseModel):
+    """Where a measurement was taken: a cell or site id, optionally with coordinates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cell: Identifier | None = None
+    site: Identifier | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+
+class TelemetryRecord(BaseModel):
+    """One measurement: ``value`` of ``metric`` at ``source`` and time ``ts``.
+
+    ``ts`` accepts ISO-8601 strings and Unix epoch numbers (seconds, or milliseconds for values
+    past 2e10, as pydantic infers) and is always held in UTC.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ts: UtcDatetime
+    source: Identifier
+    metric: Identifier
+    value: float
+    unit: Annotated[str, StringConstraints(max_length=32)] = ""
+    location: Location | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("value must be a finite number, not NaN or infinity")
+        return value
+
+    @property
+    def series_id(self) -> str:
+        """The key of the time series this record belongs to."""
+        return series_key(self.source, self.metric)
+
+
+class TelemetryBatch(BaseModel):
+    """Many records in one message: the efficient wire form for high-rate producers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[TelemetryRecord]
+
+
+def series_key(source: str, metric: str) -> str:
+    """Series are keyed ``source|metric``; that key also partitions the telemetry topic."""
+    return f"{source}|{metric}"
+
+
+def split_series_key(key: str) -> tuple[str, str]:
+    source, _, metric = key.rpartition("|")
+    if not source:
+        raise ValueError(f"series id {key!r} is not of the form SOURCE|METRIC")
+    return source, metric
+
+
+class SeriesPoint(BaseModel):
+    """One closed tumbling window of one series: what the collectors emit downstream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    metric: str
+    window_start: UtcDatetime
+    window_seconds: int
+    count: int
+    sum: float
+    min: float
+    max: float
+    unit: str = ""
+    location: Location | None = None
+
+    @property
+    def series_id(self) -> str:
+        return series_key(self.source, self.metric)
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count
+
+
+class Forecast(BaseModel):
+    """Point forecasts with a prediction interval for the next ``len(mean)`` steps of a series."""
+
+    series_id: str
+    model: str
+    issued_at: UtcDatetime
+    step_seconds: int
+    start: UtcDatetime
+    mean: list[float]
+    lower: list[float]
+    upper: list[float]
+    level: float = 0.9
+    note: str = ""
+
+    @property
+    def horizon(self) -> int:
+        return len(self.mean)
+
+
+class DecisionBase(BaseModel):
+    """What every decision carries: who made it, why, for how long, and whether to apply it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    idempotency_key: str
+    policy: str
+    target: str
+    priority: int = 100
+    ttl_seconds: float = 3600.0
+    reason: str
+    created_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    dry_run: bool = False
+    tenant: str | None = None
+
+
+class RateLimit(DecisionBase):
+    """Meter traffic of a flow, cell or link to ``rate_kbps`` (with an optional burst)."""
+
+    kind: Literal["rate_limit"] = "rate_limit"
+    rate_kbps: float = Field(gt=0)
+    burst_kb: float | None = Field(default=None, gt=0)
+
+
+class Reservation(DecisionBase):
+    """Reserve ``bandwidth`` (in the series' unit per second) for a cell or link."""
+
+    kind: Literal["reservation"] = "reservation"
+    bandwidth: float = Field(ge=0)
+    capacity: float = Field(gt=0)
+    forecast_peak: float
+
+
+class Acl(DecisionBase):
+    """Allow or deny traffic matching ``match`` (OpenFlow-style field names)."""
+
+    kind: Literal["acl"] = "acl"
+    action: Literal["allow", "deny"]
+    match: dict[str, str | int]
+
+
+class QosQueue(DecisionBase):
+    """Put traffic matching ``match`` into switch queue ``queue_id``."""
+
+    kind: Literal["qos_queue"] = "qos_queue"
+    queue_id: int = Field(ge=0)
+    match: dict[str, str | int]
+
+
+class Reroute(DecisionBase):
+    """Send traffic matching ``match`` over ``path`` (a list of node ids)."""
+
+    kind: Literal["reroute"] = "reroute"
+    path: list[str] = Field(min_length=2)
+    match: dict[str, str | int]
+
+
+class ScaleCompute(DecisionBase):
+    """Run ``replicas`` edge-LLM workers at ``target`` (a site)."""
+
+    kind: Literal["scale_compute"] = "scale_compute"
+    replicas: int = Field(ge=0)
+
+
+class PlaceAdapter(DecisionBase):
+    """Pre-load LoRA adapter ``adapter`` at edge site ``target``."""
+
+    kind: Literal["place_adapter"] = "place_adapter"
+    adapter: str
+
+
+Decision = Annotated[
+    RateLimit | Reservation | Acl | QosQueue | Reroute | ScaleCompute | PlaceAdapter,
+    Field(discriminator="kind"),
+]
+DecisionAdapter: TypeAdapter[Decision] = TypeAdapter(Decision)
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be used, kept whole with the reason, so nothing is lost."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    original_b64: str
+    index: int | None = Field(default=None, description="position of the bad record inside a batch")
+    failed_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
