@@ -80,7 +80,10 @@ class LoraFineTuner:
         missing = [t for t in targets if not any(n.endswith(t) for n, _ in base.named_modules())]
         if missing:
             raise UserError(f"target modules {missing} are not in the {base.config.model_type} model: check --target-modules")
-        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM",
+            fan_in_fan_out=base.config.model_type == "gpt2",  # GPT-2 stores its linear layers transposed (Conv1D)
+        )
         self.model_ = get_peft_model(base, lora, adapter_name=adapter_name)
         examples = [encode_pair(tokenizer, prefix, target, cfg.max_length) for prefix, target in pairs]
         steps = max(1, round(cfg.epochs * len(examples) / cfg.batch_size))
