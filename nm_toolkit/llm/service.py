@@ -83,6 +83,10 @@ class ServiceStats:
 class RequestRejected(Exception):
     """A prompt message the service answers with an error record instead of a completion."""
 
+    def __init__(self, reason: str, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.request_id = request_id
+
 
 class PromptService:
     """Consumes prompts, completes them at the edge in micro-batches, produces completion records."""
@@ -150,7 +154,7 @@ class PromptService:
                 prepared, tokens = self._prepare(message, request)
                 valid.append((index, request, prepared, tokens))
             except RequestRejected as exc:
-                records[index] = self._error(message, request_id, str(exc))
+                records[index] = self._error(message, request_id or exc.request_id, str(exc))
         if valid:
             try:
                 generations = self.completer.complete([p for _, _, p, _ in valid])
@@ -187,7 +191,11 @@ class PromptService:
             request = PromptMessage.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise RequestRejected(f"invalid prompt message: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+            request_id = data.get("request_id") if isinstance(data, dict) else None
+            raise RequestRejected(
+                f"invalid prompt message: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                request_id if isinstance(request_id, str) else None,
+            ) from exc
         return request
 
     def _prepare(self, message: Message, request: PromptMessage) -> tuple[PreparedRequest, int]:
