@@ -3,7 +3,10 @@
 No pretrained weights can be downloaded, so ``nmt model init`` learns the domain's language from
 text the toolkit can produce itself: short user prompts, operator intents (the Nile/Lumi set when
 given, plus templated ones), serialised telemetry (the Milan CDR series when given, else
-synthetic), edge location context, and sentences of network vocabulary.
+synthetic) each followed by its one-line reading, edge location context each followed by the
+edge's summary of it, and sentences of network vocabulary. The readings and summaries restate
+values that appear earlier in the same document: that is what teaches a small model to look
+things up in its context (induction), which prompt completion later relies on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.completion_data import TIMES_OF_DAY, TRAIN_FRAMES, edge_input
+from nm_toolkit.llm.completion_data import TIMES_OF_DAY, TRAIN_FRAMES, edge_input, nearest_by_category
 from nm_toolkit.llm.context import POI_CATEGORIES, LocationContext, synthetic_city
 
 _NETWORK_TERMS = (
@@ -64,7 +67,7 @@ class CorpusConfig:
     user_prompts: int = 800
     intents: int = 600
     telemetry: int = 600
-    contexts: int = 600
+    contexts: int = 1200
     vocabulary_repeats: int = 4
 
 
@@ -97,7 +100,9 @@ def cdr_telemetry_lines(path: Path, count: int, rng: random.Random) -> list[str]
 
 
 def _telemetry_json(ts: str, source: str, metric: str, value: float) -> str:
-    return json.dumps({"ts": ts, "source": source, "metric": metric, "value": round(value, 2)})
+    """A record as collectors see it, then how an operator reads it."""
+    record = json.dumps({"ts": ts, "source": source, "metric": metric, "value": round(value, 2)})
+    return f"{record}\nreading: {source} reported {metric} = {round(value, 2)} at {ts}"
 
 
 def _synthetic_telemetry(count: int, rng: random.Random) -> list[str]:
@@ -129,18 +134,24 @@ def build_corpus(config: CorpusConfig, intents_file: Path | None = None, cdr_fil
     docs += nile
     docs += [_fill(rng.choice(_INTENT_TEMPLATES), rng) for _ in range(config.intents)]
     docs += cdr_telemetry_lines(cdr_file, config.telemetry, rng) if cdr_file else _synthetic_telemetry(config.telemetry, rng)
-    docs += list(_context_documents(config, rng, nouns))
+    docs += list(_context_documents(config, rng))
     docs += [f"{term}: {meaning}." for term, meaning in _NETWORK_TERMS] * config.vocabulary_repeats
     rng.shuffle(docs)
     return docs
 
 
-def _context_documents(config: CorpusConfig, rng: random.Random, nouns: list[str]) -> Iterator[str]:
-    """Edge context lines of a city drawn with the corpus seed (not the fine-tuning city)."""
+def _context_documents(config: CorpusConfig, rng: random.Random) -> Iterator[str]:
+    """Edge context of a city drawn with the corpus seed (not the fine-tuning city), then a summary."""
     city = synthetic_city(seed=config.seed + 10_000)
     cells, users = list(city.cells.values()), list(city.profiles.values())
     for _ in range(config.contexts):
         context = LocationContext(rng.choice(cells), rng.choice(TIMES_OF_DAY), rng.choice(users))
-        text = rng.choice(TRAIN_FRAMES).format(noun=rng.choice(nouns))
-        yield edge_input(text, context).rsplit("\nprompt:", 1)[0]
+        category = rng.choice(list(POI_CATEGORIES))
+        text = rng.choice(TRAIN_FRAMES).format(noun=rng.choice(POI_CATEGORIES[category]))
+        poi = nearest_by_category(context.cell.pois)[category]
+        yield (
+            edge_input(text, context).rsplit("\nprompt:", 1)[0]
+            + f"\nsummary: {context.profile.role} ({context.profile.preference}) at cell {context.cell.cell} in "
+            f"{context.cell.district}, {context.time_of_day}; wants {category}; nearest: {poi.name} at {poi.distance_m} m"
+        )
 

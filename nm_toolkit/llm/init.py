@@ -58,7 +58,7 @@ def initialise_model(
         "arch": config.arch,
         "preset": config.preset,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "model_config": {k: v for k, v in model_config.to_dict().items() if isinstance(v, int | float | str | bool)},
+        "model_config": {k: v for k, v in model_config.to_diff_dict().items() if k != "transformers_version"},
         "seed": config.seed,
         "init_config": {k: v for k, v in asdict(config).items() if k != "corpus"},
         "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples)},

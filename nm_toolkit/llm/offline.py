@@ -7,21 +7,16 @@ Operators bring their own weights (a GPT-2 at the edge, a LLaMA in the cloud) or
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+import huggingface_hub.constants
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from nm_toolkit.errors import UserError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import huggingface_hub.constants  # noqa: E402  (must follow the environment above)
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
+# The package __init__ set HF_HUB_OFFLINE before the hub client was imported; a user's environment
+# may have set it to 0, so pin the hub client offline here as well.
 huggingface_hub.constants.HF_HUB_OFFLINE = True
-transformers_logging.disable_progress_bar()  # our commands draw their own progress
 
 
 class CheckpointError(UserError):
