@@ -45,7 +45,7 @@ class SyntheticTelemetry:
         index = pd.date_range(self.start, periods=self.periods, freq=pd.Timedelta(seconds=self.step_seconds))
         hours = np.asarray(index.hour + index.minute / 60)[:, None]
         days = np.asarray((index - index[0]) / pd.Timedelta(days=1))[:, None]
-        weekend = np.asarray(index.dayofweek >= 5)[:, None]
+        weekend = np.asarray(index.day_of_week >= 5)[:, None]
         level = rng.lognormal(mean=4.0, sigma=0.6, size=(1, self.n_sources))
         phase = rng.normal(0, 1.0, size=(1, self.n_sources))
         daily = 1 + self.daily_amplitude * np.sin(2 * np.pi * (hours - 14 - phase) / 24)
