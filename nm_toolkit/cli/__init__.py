@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import dev
+from nm_toolkit.cli import collect, demo, dev
 from nm_toolkit.cli import llm, model
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
@@ -19,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(collect.app, name="collect")
+app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.add_typer(llm.app, name="llm")
 
