@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def complete(
     settings = load_settings()
     completer = edge_completer(settings)
     if seed is not None:
-        completer.limits = type(completer.limits)(**{**asdict(completer.limits), "do_sample": True})
+        completer.limits = replace(completer.limits, do_sample=True)
     prepared = completer.prepare(EdgeRequest(text, location, user, datetime.now(UTC), task, adapter))
     generation = completer.complete([prepared], seed=seed)[0]
     result: dict[str, object] = {

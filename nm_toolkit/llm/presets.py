@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 from transformers import GPT2Config, LlamaConfig, PretrainedConfig
@@ -50,6 +50,3 @@ def transformers_config(arch: Arch, preset: ModelPreset, vocab_size: int, eos_id
         )
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
 
-
-def preset_dict(preset: ModelPreset) -> dict[str, int]:
-    return asdict(preset)

@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nm_toolkit.bus.base import Bus, Message, TopicPartition
+from nm_toolkit.bus.base import Bus, Consumer, Message, TopicPartition
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.netgpt import EdgeCompleter, EdgeRequest, PreparedRequest
+from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
 from nm_toolkit.schemas import Identifier, Location, UtcDatetime
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class PromptService:
             consumer.close()
         return self.stats
 
-    def _collect(self, consumer) -> list[Message]:
+    def _collect(self, consumer: Consumer) -> list[Message]:
         """Up to ``max_batch`` messages: wait for the first, then at most ``batch_window_s`` for more."""
         batch = consumer.poll(self.limits.max_batch, 0.5)
         deadline = time.monotonic() + self.limits.batch_window_s
@@ -209,7 +209,7 @@ class PromptService:
             raise RequestRejected(f"timed out: waited {_age_ms(message) / 1000:.1f} s > {self.limits.request_timeout_s} s in the queue")
         try:
             prepared = self.completer.prepare(
-                EdgeRequest(request.text, request.cell, request.user, request.ts, request.task or "prompt_completion", request.adapter)
+                EdgeRequest(request.text, request.cell, request.user, request.ts, request.task or COMPLETION_TASK, request.adapter)
             )
         except UserError as exc:
             raise RequestRejected(str(exc)) from exc
