@@ -151,3 +151,16 @@ def test_cli_dataset_finetune_and_complete(settings_env: Path, tmp_path: Path) -
     missing = runner.invoke(app, ["model", "finetune", "--base", str(tmp_path / "none"), "--task", "t",
                                   "--data", str(tmp_path / "data" / "train.jsonl"), "--adapter", "x"])
     assert missing.exit_code != 0 and "nmt model init" in str(missing.exception)
+
+
+def test_requests_that_waited_past_the_timeout_are_answered_with_an_error(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NMT_LLM__REQUEST_TIMEOUT_S", "0.05")
+    settings = load_settings()
+    bus = EmbeddedBus()
+    producer = bus.producer()
+    producer.send(settings.topics.prompts, prompt("late", "coffee near me", a_cell(settings_env)))
+    time.sleep(0.2)
+    stats = prompt_service(settings, bus).run(max_requests=1, idle_exit_s=5)
+    assert (stats.completions, stats.errors) == (0, 1)
+    [record] = read_all(bus, settings.topics.completions, "reader", 1)
+    assert record["request_id"] == "late" and record["reason"].startswith("timed out")
