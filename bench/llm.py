@@ -84,7 +84,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--edge-preset", default="edge")
     parser.add_argument("--cloud-preset", default="cloud")
-    parser.add_argument("--edge-steps", type=int, default=700)
+    parser.add_argument("--edge-steps", type=int, default=1000)
     parser.add_argument("--cloud-steps", type=int, default=80)
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--test", type=int, default=100)

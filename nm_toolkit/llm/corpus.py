@@ -67,7 +67,7 @@ class CorpusConfig:
     user_prompts: int = 800
     intents: int = 600
     telemetry: int = 600
-    contexts: int = 1200
+    contexts: int = 2400
     vocabulary_repeats: int = 4
 
 
@@ -141,11 +141,13 @@ def build_corpus(config: CorpusConfig, intents_file: Path | None = None, cdr_fil
 
 
 def _context_documents(config: CorpusConfig, rng: random.Random) -> Iterator[str]:
-    """Edge context of a city drawn with the corpus seed (not the fine-tuning city), then a summary."""
-    city = synthetic_city(seed=config.seed + 10_000)
-    cells, users = list(city.cells.values()), list(city.profiles.values())
+    """Edge context, then a summary, from many small cities drawn with the corpus seed (never the
+    fine-tuning city): a cell appears about once, so the summary can only be written by looking
+    its values up in the context, not by remembering them."""
+    cities = [synthetic_city(seed=config.seed + 10_000 + i, districts=30, cells_per_district=1, users=30) for i in range(max(1, config.contexts // 30))]
     for _ in range(config.contexts):
-        context = LocationContext(rng.choice(cells), rng.choice(TIMES_OF_DAY), rng.choice(users))
+        city = rng.choice(cities)
+        context = LocationContext(rng.choice(list(city.cells.values())), rng.choice(TIMES_OF_DAY), rng.choice(list(city.profiles.values())))
         category = rng.choice(list(POI_CATEGORIES))
         text = rng.choice(TRAIN_FRAMES).format(noun=rng.choice(POI_CATEGORIES[category]))
         poi = nearest_by_category(context.cell.pois)[category]
