@@ -209,11 +209,12 @@ class TelemetryCollector:
         self.stats.checkpoints += 1
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> CollectorStats:
-        """Work until ``stop`` is set (or nothing arrived for ``idle_exit_s``), then checkpoint."""
+        """Work until ``stop`` is set, or until nothing arrived for ``idle_exit_s`` while this member
+        held partitions (joining a group can take a session timeout after a crash), then checkpoint."""
         last_work = time.monotonic()
         try:
             while not stop.is_set():
-                if self.step():
+                if self.step() or not self._partitions:
                     last_work = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
                     break
