@@ -1,0 +1,170 @@
+"""The OpenFlow side of the controller: keeps the desired state and pushes it to every connected
+switch as flow-mods and meter-mods, removes what expired, and reconciles reconnecting switches.
+
+The os-ken app (:mod:`nm_toolkit.controller.osken_app`) only forwards switch events here; this
+class never imports os-ken, so its logic is testable without a switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nm_toolkit.config import ControllerSettings
+from nm_toolkit.controller import openflow
+from nm_toolkit.controller.base import ControllerAdapter, Outcome, dry_run_outcome
+from nm_toolkit.controller.state import DesiredState, Entry
+from nm_toolkit.schemas import Decision
+
+log = logging.getLogger(__name__)
+
+
+class OpenFlowEngine(ControllerAdapter):
+    """Desired state -> switches. Thread-safe: decisions arrive on the caller's thread, switch
+    events on os-ken's."""
+
+    name = "openflow"
+
+    def __init__(self, settings: ControllerSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.state = DesiredState()
+        self.errors: deque[str] = deque(maxlen=100)
+        self._datapaths: dict[int, Any] = {}
+        self._pending: dict[tuple[int, int], threading.Event] = {}
+        self._xid_keys: dict[tuple[int, int], str] = {}
+        self._lock = threading.RLock()
+        self._connected = threading.Condition(self._lock)
+
+    # -- decisions -------------------------------------------------------------------------------
+    def apply(self, decisions: Sequence[Decision]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        with self._lock:
+            for decision in decisions:
+                outcomes.append(self._apply_one(decision))
+            self._barrier_all()
+        return outcomes
+
+    def _apply_one(self, decision: Decision) -> Outcome:
+        key, kind = decision.idempotency_key, decision.kind
+        if decision.dry_run:
+            return dry_run_outcome(decision)
+        expires_at = decision.created_at.timestamp() + decision.ttl_seconds
+        if expires_at <= self.clock():
+            return Outcome(key, kind, "expired", "its TTL ran out before it arrived")
+        try:
+            plan = openflow.compile_decision(
+                decision,
+                meter_id=self.state.meter_id_for(key) if openflow.needs_meter(decision) else None,
+                target_matches=self.settings.targets,
+                bandwidth_unit_kbps=self.settings.bandwidth_unit_kbps,
+                reservation_queue_id=self.settings.reservation_queue_id,
+                next_hop_ports=self.settings.next_hop_ports,
+            )
+        except (openflow.UnsupportedDecision, ValueError) as exc:
+            return Outcome(key, kind, "unsupported", str(exc))
+        entry = Entry(decision, plan, expires_at)
+        upsert = self.state.upsert(entry)
+        for old in upsert.replaced:
+            self._send_all(old.key, lambda dp, old=old: openflow.remove_messages(dp, old.plan))
+        # Re-sending an unchanged flow restarts its hard timeout (the TTL refresh); the meter stays.
+        self._send_all(key, lambda dp: self._install(dp, entry, with_meter=upsert.changed))
+        return Outcome(key, kind, "applied" if upsert.changed else "unchanged")
+
+    def expire(self, now: float) -> list[str]:
+        with self._lock:
+            gone = self.state.expire(now)
+            for entry in gone:
+                self._send_all(entry.key, lambda dp, entry=entry: openflow.remove_messages(dp, entry.plan))
+            if gone:
+                self._barrier_all()
+        for entry in gone:
+            log.info("decision %s expired and was removed", entry.key)
+        return [entry.key for entry in gone]
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every switch has processed everything sent so far (barrier replies)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            events = list(self._pending.values())
+        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in events)
+
+    # -- switch events (called from os-ken handlers) ---------------------------------------------
+    def switch_connected(self, datapath: Any) -> None:
+        """Reconcile a (re)connecting switch: wipe it, then install the whole desired state."""
+        with self._lock:
+            self._datapaths[datapath.id] = datapath
+            for message in openflow.reset_messages(datapath):
+                datapath.send_msg(message)
+            now = self.clock()
+            for entry in self.state.entries():
+                if entry.expires_at > now:
+                    self._send(datapath, entry.key, self._install(datapath, entry, with_meter=True))
+            self._barrier(datapath)
+            self._connected.notify_all()
+        log.info("switch %016x connected; installed %d decisions", datapath.id, len(self.state))
+
+    def switch_disconnected(self, datapath: Any) -> None:
+        with self._lock:
+            if self._datapaths.get(datapath.id) is datapath:
+                del self._datapaths[datapath.id]
+            for pending in [k for k in self._pending if k[0] == datapath.id]:
+                self._pending.pop(pending).set()  # nobody will answer; do not make flush() wait
+        log.info("switch %016x disconnected", datapath.id or 0)
+
+    def barrier_replied(self, datapath: Any, xid: int) -> None:
+        with self._lock:
+            event = self._pending.pop((datapath.id, xid), None)
+        if event is not None:
+            event.set()
+
+    def switch_error(self, datapath: Any, xid: int, description: str) -> None:
+        with self._lock:
+            key = self._xid_keys.get((datapath.id, xid), "?")
+        message = f"switch {datapath.id:016x} rejected a message of decision {key}: {description}"
+        self.errors.append(message)
+        log.warning(message)
+
+    def wait_for_switches(self, count: int, timeout_s: float) -> bool:
+        with self._connected:
+            return self._connected.wait_for(lambda: len(self._datapaths) >= count, timeout_s)
+
+    @property
+    def datapath_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._datapaths)
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _install(self, datapath: Any, entry: Entry, with_meter: bool) -> list[Any]:
+        # The hard timeout is a fail-safe should the controller die: the switch drops the flow a
+        # second after the TTL; normally the expiry sweep removes flow and meter first.
+        remaining = entry.expires_at - self.clock() + 1
+        return openflow.install_messages(datapath, entry.plan, hard_timeout_s=remaining, with_meter=with_meter)
+
+    def _send_all(self, key: str, build: Callable[[Any], list[Any]]) -> None:
+        for datapath in self._datapaths.values():
+            self._send(datapath, key, build(datapath))
+
+    def _send(self, datapath: Any, key: str, messages: list[Any]) -> None:
+        for message in messages:
+            datapath.set_xid(message)
+            self._xid_keys[(datapath.id, message.xid)] = key
+            datapath.send_msg(message)
+        if len(self._xid_keys) > 10_000:  # only recent xids matter for error reports
+            for stale in list(self._xid_keys)[:5_000]:
+                del self._xid_keys[stale]
+
+    def _barrier_all(self) -> None:
+        for datapath in self._datapaths.values():
+            self._barrier(datapath)
+
+    def _barrier(self, datapath: Any) -> None:
+        message = openflow.barrier(datapath)
+        datapath.set_xid(message)
+        self._pending[(datapath.id, message.xid)] = threading.Event()
+        datapath.send_msg(message)
+
