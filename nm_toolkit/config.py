@@ -97,7 +97,10 @@ class GuardrailSettings(BaseModel):
 
     max_changes_per_minute: PositiveInt = 120
     controller_ports: list[int] = Field(default_factory=lambda: [6653, 6633])
-    controller_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1/32"])
+    controller_addresses: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32"],
+        description="addresses at either end of the OpenFlow channel: controllers and switch management",
+    )
     tenants: dict[str, list[str]] = Field(
         default_factory=dict, description="tenant -> the targets its intents may touch"
     )
