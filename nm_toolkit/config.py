@@ -78,6 +78,11 @@ class ForecastSettings(BaseModel):
     horizon: PositiveInt = 24
     season_length: PositiveInt = 24
     min_history: PositiveInt = 24
+    max_history: PositiveInt = 24 * 7 * 8
+    value: Literal["sum", "mean", "max"] = Field(
+        default="sum", description="which window aggregate is the series value: sum for counts, mean for gauges"
+    )
+    level: float = Field(default=0.9, gt=0, lt=1)
 
 
 class PolicySettings(BaseModel):

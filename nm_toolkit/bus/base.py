@@ -76,6 +76,13 @@ class Consumer(ABC):
 class Bus(ABC):
     """A factory of producers and consumers over one cluster (or one process)."""
 
+    durable: bool = True
+    """Whether messages outlive this process (so state checkpointed against offsets stays valid)."""
+
+    @abstractmethod
+    def cluster_id(self) -> str:
+        """Identifies the cluster, so offsets checkpointed against one are never used on another."""
+
     @abstractmethod
     def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
         """Create the topics that do not exist yet; existing ones are left as they are."""

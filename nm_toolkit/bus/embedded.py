@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from kafka.partitioner.default import murmur2
@@ -33,13 +34,19 @@ def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
 class EmbeddedBus(Bus):
     """All topics live in this object's memory; thread-safe."""
 
+    durable = False
+
     def __init__(self, default_partitions: int = 4) -> None:
         self.default_partitions = default_partitions
+        self._cluster_id = f"embedded-{uuid.uuid4().hex}"
         self._logs: dict[str, list[list[Message]]] = {}
         self._committed: dict[str, dict[TopicPartition, int]] = {}
         self._groups: dict[str, list[_EmbeddedConsumer]] = {}
         self._cond = threading.Condition()
         self._unkeyed = 0
+
+    def cluster_id(self) -> str:
+        return self._cluster_id
 
     # -- topics ---------------------------------------------------------------------------
     def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:

@@ -42,18 +42,31 @@ class KafkaBus(Bus):
         self.client_id = client_id
         self.default_partitions = default_partitions
         self.max_message_bytes = max_message_bytes
+        self._cluster_id: str | None = None
 
     def _servers(self) -> list[str]:
         return self.bootstrap_servers.split(",")
 
-    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
+    def _admin(self) -> KafkaAdminClient:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self._servers(), client_id=self.client_id)
+            return KafkaAdminClient(bootstrap_servers=self._servers(), client_id=self.client_id)
         except KafkaError as exc:
             raise BusUnavailable(
                 f"cannot reach Kafka at {self.bootstrap_servers}: start a broker (nmt dev kafka) "
                 "or set NMT_BUS__BOOTSTRAP_SERVERS"
             ) from exc
+
+    def cluster_id(self) -> str:
+        if self._cluster_id is None:
+            admin = self._admin()
+            try:
+                self._cluster_id = str(admin.describe_cluster()["cluster_id"])
+            finally:
+                admin.close()
+        return self._cluster_id
+
+    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
+        admin = self._admin()
         try:
             existing = set(admin.list_topics())
             new = [

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import dev
+from nm_toolkit.cli import collect, demo, dev
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -18,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(collect.app, name="collect")
+app.command("demo")(demo.demo)
 
 
 def main() -> None:
