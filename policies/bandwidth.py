@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from nm_toolkit.schemas import Decision, Reservation, split_series_key
 from policies.base import Policy, PolicyContext
 
@@ -30,12 +32,13 @@ class BandwidthReservationPolicy(Policy):
             peak = max(forecast.upper) if forecast.upper else max(forecast.mean)
             if peak <= settings.reserve_share * capacity:
                 continue
-            bandwidth = min(capacity, peak * (1 + settings.headroom))
+            # Round down: rounding up a reservation capped at capacity would exceed capacity.
+            bandwidth = math.floor(min(capacity, peak * (1 + settings.headroom)) * 1000) / 1000
             decisions.append(
                 Reservation(
                     **self.stamp(context, source, forecast.start.isoformat()),
                     target=source,
-                    bandwidth=round(bandwidth, 3),
+                    bandwidth=bandwidth,
                     capacity=capacity,
                     forecast_peak=round(peak, 3),
                     reason=(

@@ -35,6 +35,11 @@ class ControllerAdapter(ABC):
         """Remove what outlived its TTL; returns the idempotency keys removed."""
         return []
 
+    def withdraw(self, keys: Sequence[str]) -> list[str]:
+        """Remove decisions before their TTL (they lost a conflict); returns the keys removed.
+        Adapters whose controller expires state on its own may leave this to the TTL."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""
 

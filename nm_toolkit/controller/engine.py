@@ -16,8 +16,8 @@ from typing import Any
 
 from nm_toolkit.config import ControllerSettings
 from nm_toolkit.controller import openflow
-from nm_toolkit.controller.base import ControllerAdapter, Outcome, dry_run_outcome
-from nm_toolkit.controller.state import DesiredState, Entry
+from nm_toolkit.controller.base import ControllerAdapter, Outcome
+from nm_toolkit.controller.state import DesiredState, Entry, plan_entry
 from nm_toolkit.schemas import Decision
 
 log = logging.getLogger(__name__)
@@ -50,27 +50,12 @@ class OpenFlowEngine(ControllerAdapter):
         return outcomes
 
     def _apply_one(self, decision: Decision) -> Outcome:
-        key, kind = decision.idempotency_key, decision.kind
-        if decision.dry_run:
-            return dry_run_outcome(decision)
-        expires_at = decision.created_at.timestamp() + decision.ttl_seconds
-        if expires_at <= self.clock():
-            return Outcome(key, kind, "expired", "its TTL ran out before it arrived")
-        try:
-            plan = openflow.compile_decision(
-                decision,
-                meter_id=self.state.meter_id_for(key) if openflow.needs_meter(decision) else None,
-                target_matches=self.settings.targets,
-                bandwidth_unit_kbps=self.settings.bandwidth_unit_kbps,
-                reservation_queue_id=self.settings.reservation_queue_id,
-                next_hop_ports=self.settings.next_hop_ports,
-            )
-        except (openflow.UnsupportedDecision, ValueError) as exc:
-            return Outcome(key, kind, "unsupported", str(exc))
-        entry = Entry(decision, plan, expires_at)
+        entry = plan_entry(decision, self.state, self.settings, self.clock())
+        if isinstance(entry, Outcome):
+            return entry
+        key, kind = entry.key, decision.kind
         upsert = self.state.upsert(entry)
-        for old in upsert.replaced:
-            self._send_all(old.key, lambda dp, old=old: openflow.remove_messages(dp, old.plan))
+        self._remove(upsert.replaced)
         # Re-sending an unchanged flow restarts its hard timeout (the TTL refresh); the meter stays.
         self._send_all(key, lambda dp: self._install(dp, entry, with_meter=upsert.changed))
         return Outcome(key, kind, "applied" if upsert.changed else "unchanged")
@@ -78,13 +63,22 @@ class OpenFlowEngine(ControllerAdapter):
     def expire(self, now: float) -> list[str]:
         with self._lock:
             gone = self.state.expire(now)
-            for entry in gone:
-                self._send_all(entry.key, lambda dp, entry=entry: openflow.remove_messages(dp, entry.plan))
-            if gone:
-                self._barrier_all()
+            self._remove(gone)
         for entry in gone:
             log.info("decision %s expired and was removed", entry.key)
         return [entry.key for entry in gone]
+
+    def withdraw(self, keys: Sequence[str]) -> list[str]:
+        with self._lock:
+            gone = [entry for entry in map(self.state.remove, keys) if entry is not None]
+            self._remove(gone)
+        return [entry.key for entry in gone]
+
+    def _remove(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self._send_all(entry.key, lambda dp, entry=entry: openflow.remove_messages(dp, entry.plan))
+        if entries:
+            self._barrier_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every switch has processed everything sent so far (barrier replies)."""
@@ -128,6 +122,14 @@ class OpenFlowEngine(ControllerAdapter):
         message = f"switch {datapath.id:016x} rejected a message of decision {key}: {description}"
         self.errors.append(message)
         log.warning(message)
+
+    def probe_switches(self) -> None:
+        """Send each switch an echo request. With os-ken's native (thread) hub a connection's
+        end is only noticed on the next send, so this keepalive is what makes a switch that
+        died show up as disconnected within one expiry interval."""
+        with self._lock:
+            for datapath in self._datapaths.values():
+                datapath.send_msg(openflow.echo_request(datapath))
 
     def wait_for_switches(self, count: int, timeout_s: float) -> bool:
         with self._connected:

@@ -208,3 +208,7 @@ def meter_mod(datapath: Any, meter: MeterPlan, command: int) -> Any:
 
 def barrier(datapath: Any) -> Any:
     return datapath.ofproto_parser.OFPBarrierRequest(datapath)
+
+
+def echo_request(datapath: Any) -> Any:
+    return datapath.ofproto_parser.OFPEchoRequest(datapath)

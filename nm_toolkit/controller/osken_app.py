@@ -32,6 +32,7 @@ class DecisionSwitchApp(app_manager.OSKenApp):
         interval = self.engine.settings.expiry_interval_seconds
         while self.is_active:
             self.engine.expire(self.engine.clock())
+            self.engine.probe_switches()
             hub.sleep(interval)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from nm_toolkit.config import ControllerSettings
+from nm_toolkit.controller import openflow
+from nm_toolkit.controller.base import Outcome, dry_run_outcome
 from nm_toolkit.controller.openflow import FlowPlan
 from nm_toolkit.schemas import Decision
 
@@ -91,3 +94,26 @@ class DesiredState:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def plan_entry(decision: Decision, state: DesiredState, settings: ControllerSettings, now: float) -> Entry | Outcome:
+    """The desired-state entry of ``decision``, or the outcome that says why there is none
+    (dry run, TTL already over, nothing a switch can do with it)."""
+    key, kind = decision.idempotency_key, decision.kind
+    if decision.dry_run:
+        return dry_run_outcome(decision)
+    expires_at = decision.created_at.timestamp() + decision.ttl_seconds
+    if expires_at <= now:
+        return Outcome(key, kind, "expired", "its TTL ran out before it arrived")
+    try:
+        plan = openflow.compile_decision(
+            decision,
+            meter_id=state.meter_id_for(key) if openflow.needs_meter(decision) else None,
+            target_matches=settings.targets,
+            bandwidth_unit_kbps=settings.bandwidth_unit_kbps,
+            reservation_queue_id=settings.reservation_queue_id,
+            next_hop_ports=settings.next_hop_ports,
+        )
+    except (openflow.UnsupportedDecision, ValueError) as exc:
+        return Outcome(key, kind, "unsupported", str(exc))
+    return Entry(decision, plan, expires_at)

@@ -96,12 +96,15 @@ class OpenVSwitch:
         assert self.work_dir is not None
         return self.work_dir / "db.sock"
 
-    def add_bridge(self, name: str, controller: str | None = None, ports: int = 0) -> str:
+    def add_bridge(
+        self, name: str, controller: str | None = None, ports: int = 0, datapath_id: int | None = None
+    ) -> str:
         """Create a userspace OpenFlow 1.3 bridge (secure fail mode: no flows without the
         controller) with ``ports`` internal ports; returns its management socket path."""
+        pinned = [] if datapath_id is None else [f"other-config:datapath-id={datapath_id:016x}"]
         self.vsctl(
             "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev",
-            "protocols=OpenFlow13", "fail_mode=secure",
+            "protocols=OpenFlow13", "fail_mode=secure", *pinned,
         )
         for index in range(1, ports + 1):
             port = f"{name}-p{index}"
@@ -110,14 +113,12 @@ class OpenVSwitch:
             self.set_controller(name, controller)
         return str(self.mgmt_socket(name))
 
-    def set_controller(self, bridge: str, target: str | None) -> None:
-        """Point ``bridge`` at ``tcp:HOST:PORT``, or disconnect it from any controller."""
-        if target is None:
-            self.vsctl("del-controller", bridge)
-        else:
-            self.vsctl("set-controller", bridge, target)
-            # Reconnect fast after a controller restart: tests and operators both want that.
-            self.vsctl("set", "controller", bridge, "max_backoff=1000", "inactivity_probe=5000")
+    def set_controller(self, bridge: str, target: str) -> None:
+        """Point ``bridge`` at ``tcp:HOST:PORT``. Flows stay while it has any controller
+        (``del-controller`` on a fail-secure bridge would flush them)."""
+        self.vsctl("set-controller", bridge, target)
+        # Reconnect fast after a controller restart: tests and operators both want that.
+        self.vsctl("set", "controller", bridge, "max_backoff=1000", "inactivity_probe=5000")
 
     def mgmt_socket(self, bridge: str) -> Path:
         assert self.work_dir is not None
@@ -125,10 +126,6 @@ class OpenVSwitch:
 
     def datapath_id(self, bridge: str) -> int:
         return int(self.vsctl("get", "bridge", bridge, "datapath_id").strip().strip('"'), 16)
-
-    def is_connected(self, bridge: str) -> bool:
-        out = self.vsctl("--columns=is_connected", "list", "controller").split()
-        return "true" in out
 
     # -- inspection --------------------------------------------------------------------------
     def dump_flows(self, bridge: str) -> list[str]:
