@@ -207,7 +207,12 @@ def _outranks(challenger: Decision, incumbent: Decision) -> bool:
     return (challenger.priority, challenger.created_at) > (incumbent.priority, incumbent.created_at)
 
 
+def same_effect(a: Decision, b: Decision) -> bool:
+    """True when ``b`` re-states ``a`` (same key and content; only id, time and wording differ)."""
+    ignore = {"id", "created_at", "reason"}
+    return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)
+
+
 def _is_refresh(decision: Decision, applied: Mapping[str, Decision]) -> bool:
     current = applied.get(decision.idempotency_key)
-    ignore = {"id", "created_at", "reason"}
-    return current is not None and current.model_dump(exclude=ignore) == decision.model_dump(exclude=ignore)
+    return current is not None and same_effect(current, decision)

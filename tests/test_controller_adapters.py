@@ -160,3 +160,18 @@ def test_round_applies_only_what_passes_guardrails_and_publishes_to_the_topic() 
     report = controller.apply([cap])
     assert report.guardrails.superseded and "cap" in controller.in_force
     assert not any(d.kind == "reservation" for d in controller.in_force.values())
+
+
+def test_topic_carries_changes_and_republishes_a_restated_decision_after_half_its_ttl() -> None:
+    bus = EmbeddedBus()
+    bus.create_topics(["d"])
+    now = [datetime.now(UTC).timestamp()]
+    topic = DecisionTopicAdapter(bus.producer(), "d", clock=lambda: now[0])
+    first = reservation(ttl=100)
+    assert [o.status for o in topic.apply([first])] == ["applied"]
+    restated = first.model_copy(update={"id": "again", "reason": "same again"})
+    assert [o.status for o in topic.apply([restated])] == ["unchanged"]
+    assert [o.status for o in topic.apply([reservation(bandwidth=6.0, ttl=100)])] == ["applied"]  # changed
+    now[0] += 51
+    assert [o.status for o in topic.apply([reservation(bandwidth=6.0, ttl=100)])] == ["applied"]  # refresh due
+    assert len(bus.consumer(["d"], "t").poll(10, 1.0)) == 3
