@@ -46,7 +46,6 @@ class OpenFlowEngine(ControllerAdapter):
         with self._lock:
             for decision in decisions:
                 outcomes.append(self._apply_one(decision))
-            self._barrier_all()
         return outcomes
 
     def _apply_one(self, decision: Decision) -> Outcome:
@@ -77,15 +76,20 @@ class OpenFlowEngine(ControllerAdapter):
     def _remove(self, entries: list[Entry]) -> None:
         for entry in entries:
             self._send_all(entry.key, lambda dp, entry=entry: openflow.remove_messages(dp, entry.plan))
-        if entries:
-            self._barrier_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every switch has processed everything sent so far (barrier replies)."""
+        """Wait until every connected switch has processed everything sent to it so far: a
+        barrier request each, and their replies. False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            events = list(self._pending.values())
+            events = [self._barrier(datapath) for datapath in self._datapaths.values()]
         return all(event.wait(max(0.0, deadline - time.monotonic())) for event in events)
+
+    def send_raw(self, datapath_id: int, messages: list[Any]) -> None:
+        """Send prepared OpenFlow messages to one switch, bypassing the desired state (for
+        diagnostics and the benchmark's baseline; decisions go through :meth:`apply`)."""
+        with self._lock:
+            self._send(self._datapaths[datapath_id], "raw", messages)
 
     # -- switch events (called from os-ken handlers) ---------------------------------------------
     def switch_connected(self, datapath: Any) -> None:
@@ -98,7 +102,6 @@ class OpenFlowEngine(ControllerAdapter):
             for entry in self.state.entries():
                 if entry.expires_at > now:
                     self._send(datapath, entry.key, self._install(datapath, entry, with_meter=True))
-            self._barrier(datapath)
             self._connected.notify_all()
         log.info("switch %016x connected; installed %d decisions", datapath.id, len(self.state))
 
@@ -160,13 +163,10 @@ class OpenFlowEngine(ControllerAdapter):
             for stale in list(self._xid_keys)[:5_000]:
                 del self._xid_keys[stale]
 
-    def _barrier_all(self) -> None:
-        for datapath in self._datapaths.values():
-            self._barrier(datapath)
-
-    def _barrier(self, datapath: Any) -> None:
+    def _barrier(self, datapath: Any) -> threading.Event:
         message = openflow.barrier(datapath)
         datapath.set_xid(message)
-        self._pending[(datapath.id, message.xid)] = threading.Event()
+        event = self._pending[(datapath.id, message.xid)] = threading.Event()
         datapath.send_msg(message)
+        return event
 
