@@ -81,7 +81,7 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     now = [datetime.now(UTC).timestamp()]
     settings = ControllerSettings(onos_url=onos_url, targets=TARGETS, onos_devices=["of:0000000000000001"])
     adapter = OnosAdapter(settings, clock=lambda: now[0])
-    reroute = Reroute(idempotency_key="rr", policy="t", target="cell-1", reason="t", match={"udp_dst": 5004},
+    reroute = Reroute(idempotency_key="rr", policy="t", target="cell-1", reason="t", match={"udp_dst": 5004}, ttl_seconds=40,
                       path=["of:0000000000000001/1", "of:0000000000000002", "of:0000000000000003/4"])
     outcomes = adapter.apply([reservation(ttl=30), deny_telnet(), reroute])
     assert [o.status for o in outcomes] == ["applied", "applied", "applied"]
@@ -108,7 +108,9 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     assert [(m, p) for m, p, _ in FakeOnos.requests[4:]] == [
         ("DELETE", "/onos/v1/flows/of:0000000000000001/2"), ("DELETE", "/onos/v1/meters/of:0000000000000001/1"),
     ]
-    assert adapter.withdraw(["rr"]) == ["rr"] and FakeOnos.requests[-1][:2] == ("DELETE", "/onos/v1/intents/4")
+    now[0] += 10  # the intent's TTL runs out too
+    assert adapter.expire(now[0]) == ["rr"] and FakeOnos.requests[-1][:2] == ("DELETE", "/onos/v1/intents/4")
+    assert adapter.withdraw(["a1"]) == ["a1"] and FakeOnos.requests[-1][:2] == ("DELETE", "/onos/v1/flows/of:0000000000000001/3")
 
 
 def test_onos_unreachable_is_a_failed_outcome_with_the_fix() -> None:

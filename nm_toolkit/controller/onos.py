@@ -122,6 +122,7 @@ class OnosAdapter(ControllerAdapter):
         self.clock = clock
         self.state = DesiredState()
         self._resources: dict[str, list[str]] = {}  # idempotency key -> created resource paths
+        self._intent_expiry: dict[str, float] = {}  # intents are not switch state: their TTLs live here
 
     def apply(self, decisions: Sequence[Decision]) -> list[Outcome]:
         return [self._apply_one(decision) for decision in decisions]
@@ -148,7 +149,12 @@ class OnosAdapter(ControllerAdapter):
 
     def _apply_intent(self, decision: Reroute) -> Outcome:
         key = decision.idempotency_key
-        if key in self._resources:
+        expires_at = decision.created_at.timestamp() + decision.ttl_seconds
+        if expires_at <= self.clock():
+            return Outcome(key, decision.kind, "expired", "its TTL ran out before it arrived")
+        known = key in self._resources
+        self._intent_expiry[key] = expires_at
+        if known:
             return Outcome(key, decision.kind, "unchanged")
         self._resources[key] = [self._post("/intents", onos_intent(decision))]
         return Outcome(key, decision.kind, "applied", self._resources[key][0])
@@ -168,12 +174,16 @@ class OnosAdapter(ControllerAdapter):
 
     def expire(self, now: float) -> list[str]:
         gone = [entry.key for entry in self.state.expire(now)]
+        gone += [key for key, expires_at in self._intent_expiry.items() if expires_at <= now]
+        for key in gone:
+            self._intent_expiry.pop(key, None)
         self._delete(gone)
         return gone
 
     def withdraw(self, keys: Sequence[str]) -> list[str]:
         for key in keys:
             self.state.remove(key)
+            self._intent_expiry.pop(key, None)
         present = [key for key in keys if key in self._resources]
         self._delete(present)
         return present
