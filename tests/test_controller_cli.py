@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,12 @@ from nm_toolkit.bus.kafka import KafkaBus
 from nm_toolkit.cli import app
 from nm_toolkit.cli.policy import ContextFileError
 from nm_toolkit.config import Settings
+from nm_toolkit.devtools.ovs import OpenVSwitch, ovs_available
 from nm_toolkit.schemas import DecisionAdapter, ScaleCompute
+from tests.test_controller_ovs import free_port
 from tests.test_policy_helpers import forecast
+
+REPO = Path(__file__).resolve().parents[1]
 
 runner = CliRunner()
 
@@ -56,30 +63,40 @@ def test_policy_test_with_a_bad_context_is_a_user_error(tmp_path: Path) -> None:
     assert "capacities.cell-1" in str(result.exception) and "fix the context file" in str(result.exception)
 
 
+def kafka_loop_env(bootstrap: str, prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Publish three days of telemetry of two cells to fresh topics; return the NMT_* settings
+    of a loop over them (cell-0000 runs near capacity) and the topic names."""
+    topics = {name: f"{prefix}.{name}" for name in
+              ("telemetry", "series", "forecasts", "decisions", "intents", "dead_letter", "late")}
+    telemetry = SyntheticTelemetry(n_sources=2, periods=72, metric="mbps", missing_probability=0.0,
+                                   burst_probability=0.0, seed=5)
+    bus = KafkaBus(bootstrap)
+    bus.create_topics([topics["telemetry"], topics["intents"]])
+    producer = bus.producer()
+    publish_records(producer, topics["telemetry"], telemetry.records())
+    producer.flush()
+    producer.close()
+    env = {
+        "NMT_BUS__KIND": "kafka", "NMT_BUS__BOOTSTRAP_SERVERS": bootstrap,
+        "NMT_POLICY__CAPACITIES": json.dumps({"cell-0000": float(telemetry.frame()["cell-0000"].max()) * 1.05}),
+        "NMT_CONTROLLER__TARGETS": json.dumps({"cell-0000": {"ipv4_dst": "10.0.0.0/24"}}),
+        **{f"NMT_TOPICS__{name.upper()}": topic for name, topic in topics.items()},
+    }
+    return env, topics
+
+
 @pytest.mark.kafka
 def test_controller_run_on_kafka_then_decisions_tail(
     kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topics = {"telemetry": "cli.telemetry", "series": "cli.series", "forecasts": "cli.forecasts",
-              "decisions": "cli.decisions", "intents": "cli.intents", "dead_letter": "cli.dlq", "late": "cli.late"}
-    telemetry = SyntheticTelemetry(n_sources=2, periods=72, metric="mbps", missing_probability=0.0,
-                                   burst_probability=0.0, seed=5)
-    frame = telemetry.frame()
+    env, topics = kafka_loop_env(kafka_bootstrap, "cli")
     faucet_file = tmp_path / "faucet-nmt.yaml"
-    env = {
-        "NMT_BUS__KIND": "kafka", "NMT_BUS__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "NMT_POLICY__CAPACITIES": json.dumps({"cell-0000": float(frame["cell-0000"].max()) * 1.05}),
-        "NMT_CONTROLLER__ADAPTER": "faucet", "NMT_CONTROLLER__FAUCET_CONFIG": str(faucet_file),
-        "NMT_CONTROLLER__TARGETS": json.dumps({"cell-0000": {"ipv4_dst": "10.0.0.0/24"}}),
-        **{f"NMT_TOPICS__{name.upper()}": topic for name, topic in topics.items()},
-    }
+    env |= {"NMT_CONTROLLER__ADAPTER": "faucet", "NMT_CONTROLLER__FAUCET_CONFIG": str(faucet_file)}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
     bus = KafkaBus(kafka_bootstrap)
-    bus.create_topics([topics["telemetry"], topics["intents"]])
     producer = bus.producer()
-    publish_records(producer, topics["telemetry"], telemetry.records())
     producer.send(topics["intents"], b'{"id": "broken"}', b"x")  # not an intent: dead-lettered
     producer.flush()
     assert settings.bus.kind == "kafka"
@@ -102,3 +119,26 @@ def test_controller_run_on_kafka_then_decisions_tail(
     assert sorted(d["kind"] for d in json.loads(result.output)) == ["reservation", "scale_compute"]
     producer.close()
 
+
+
+@pytest.mark.kafka
+@pytest.mark.ovs
+@pytest.mark.skipif(not ovs_available(), reason="needs openvswitch-switch (make test installs it)")
+def test_nmt_controller_run_process_programs_open_vswitch(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """`nmt controller run` as its own process: os-ken listens, the bridge connects, the loop's
+    reservation lands on the switch as a metered flow (which outlives the process: fail-secure)."""
+    env, _topics = kafka_loop_env(kafka_bootstrap, "ofrun")
+    port = free_port()
+    env |= {"NMT_CONTROLLER__ADAPTER": "openflow", "NMT_CONTROLLER__LISTEN_PORT": str(port)}
+    with OpenVSwitch() as ovs:
+        ovs.add_bridge("br-run", controller=f"tcp:127.0.0.1:{port}", datapath_id=2)
+        done = subprocess.run(
+            [sys.executable, "-c", "from nm_toolkit.cli import main; main()",
+             "controller", "run", "--rounds", "3", "--interval", "2", "--json"],
+            env={**os.environ, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        rounds = json.loads(done.stdout)
+        assert sum(r["openflow_applied"] for r in rounds) == 1, rounds
+        (flow,) = [f for f in ovs.dump_flows("br-run") if "nw_dst=10.0.0.0/24" in f]
+        assert "actions=meter:1,set_queue:1,NORMAL" in flow and 1 in ovs.dump_meters("br-run")
