@@ -1,0 +1,144 @@
+"""Ingest throughput: the Kafka collector vs bare kafka-python consume loops over the same topic.
+
+Usage: python bench/ingest.py [--records 500000] [--batch 500] [--partitions 4] [--bootstrap HOST:PORT]
+
+Without --bootstrap it starts its own single-node Kafka 4.x broker on 127.0.0.1. All loops read
+the same topic in the same run, so the ratios hold even on a noisy machine:
+- bare poll:        KafkaConsumer.poll and count messages (the floor of any consumer)
+- bare poll + JSON: the same plus orjson.loads of every message (the least work that sees records)
+- collector:        TelemetryCollector: decode, validate, window, publish closed windows, checkpoint
+- collector, no I/O: the collector's decode + validate + window on the same bytes held in memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from kafka import KafkaConsumer
+from rich.console import Console
+from rich.table import Table
+
+from collectors.decode import TelemetryDecoder
+from collectors.publish import publish_records, record_dict
+from collectors.service import TelemetryCollector
+from collectors.synthetic import SyntheticTelemetry
+from collectors.windowing import TumblingWindows
+from nm_toolkit.bus.kafka import KafkaBus
+from nm_toolkit.config import load_settings
+from nm_toolkit.devtools.kafka import KafkaBroker
+
+
+def produce(bus: KafkaBus, topic: str, records: int, batch: int) -> tuple[int, int, list[bytes]]:
+    sources = 200
+    telemetry = SyntheticTelemetry(n_sources=sources, periods=-(-records // sources), step_seconds=60, missing_probability=0)
+    recs = list(telemetry.records())[:records]
+    producer = bus.producer()
+    n_records, n_messages = publish_records(producer, topic, recs, batch_size=batch)
+    producer.flush()
+    producer.close()
+    payloads = [orjson.dumps({"records": [record_dict(r) for r in recs[i : i + batch]]}) for i in range(0, len(recs), batch)]
+    return n_records, n_messages, payloads
+
+
+def bare_loop(bootstrap: str, topic: str, messages: int, decode: bool) -> float:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=[bootstrap],
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=2000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    seen = 0
+    while not consumer.assignment():  # join the group before the clock starts
+        consumer.poll(timeout_ms=100, max_records=1, update_offsets=False)
+    start = time.perf_counter()
+    while seen < messages:
+        for records in consumer.poll(timeout_ms=500, max_records=2000).values():
+            for record in records:
+                if decode:
+                    orjson.loads(record.value)
+                seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close(autocommit=False)
+    return elapsed
+
+
+def collector_loop(bootstrap: str, topic: str, records: int, state_dir: Path) -> float:
+    settings = load_settings(
+        bus={"kind": "kafka", "bootstrap_servers": bootstrap},
+        topics={"telemetry": topic, "series": f"{topic}.series", "dead_letter": f"{topic}.dlq", "late": f"{topic}.late"},
+        collector={"group_id": f"collector-{uuid.uuid4().hex[:8]}", "window_seconds": 300, "max_poll_records": 2000},
+        state_dir=state_dir,
+    )
+    collector = TelemetryCollector(KafkaBus(bootstrap), settings)
+    while not collector.consumer.assignment():
+        collector.step(0.1)
+    start = time.perf_counter()
+    while collector.stats.records < records:
+        collector.step(0.5)
+    elapsed = time.perf_counter() - start
+    assert collector.stats.dead_letter_records == 0 and collector.stats.late_records == 0
+    collector.close()
+    return elapsed
+
+
+def in_memory(payloads: list[bytes]) -> float:
+    decoder = TelemetryDecoder()
+    windows = TumblingWindows(300)
+    start = time.perf_counter()
+    for raw in payloads:
+        for r in decoder.decode(raw).records:
+            windows.add(r.source, r.metric, r.ts.timestamp(), r.value, r.unit, None)
+    windows.close_ready()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--batch", type=int, default=500, help="records per Kafka message")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop; the median is reported")
+    parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    args = parser.parse_args()
+    console = Console()
+    broker = None if args.bootstrap else KafkaBroker(partitions=args.partitions).start()
+    bootstrap = args.bootstrap or broker.bootstrap_servers
+    try:
+        bus = KafkaBus(bootstrap)
+        topic = f"bench.ingest.{uuid.uuid4().hex[:6]}"
+        bus.create_topics([topic], partitions=args.partitions)
+        with console.status(f"producing {args.records:,} records"):
+            n_records, n_messages, payloads = produce(bus, topic, args.records, args.batch)
+        timings: dict[str, list[float]] = {"bare poll": [], "bare poll + JSON": [], "collector": [], "collector, no I/O": []}
+        with tempfile.TemporaryDirectory() as state, console.status("measuring") as status:
+            for i in range(args.repeats):  # interleaved, so drift in machine load hits every loop alike
+                status.update(f"measuring, round {i + 1}/{args.repeats}")
+                timings["bare poll"].append(bare_loop(bootstrap, topic, n_messages, decode=False))
+                timings["bare poll + JSON"].append(bare_loop(bootstrap, topic, n_messages, decode=True))
+                timings["collector"].append(collector_loop(bootstrap, topic, n_records, Path(state) / str(i)))
+                timings["collector, no I/O"].append(in_memory(payloads))
+    finally:
+        if broker:
+            broker.stop()
+
+    rate = {name: n_records / statistics.median(t) for name, t in timings.items()}
+    table = Table(title=f"ingest: {n_records:,} records in {n_messages:,} messages of {args.batch}, {args.partitions} partitions, median of {args.repeats}")
+    for column in ("loop", "records/s", "vs bare poll", "vs bare poll + JSON"):
+        table.add_column(column, justify="left" if column == "loop" else "right")
+    for name, value in rate.items():
+        table.add_row(name, f"{value:,.0f}", f"{value / rate['bare poll']:.2f}", f"{value / rate['bare poll + JSON']:.2f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
