@@ -85,7 +85,7 @@ def test_demo_runs_end_to_end_and_reports_as_json() -> None:
     assert summary["records_ingested"] > 8 * 5 * 24 * 0.9
     assert summary["dead_lettered_records"] == 5
     assert summary["series"] == summary["forecasts"] == 8
-    assert summary["decisions"] == len(out["decisions"]) >= 1
+    assert summary["decisions_accepted"] == len(out["decisions"]) >= 1
 
 
 def test_settings_come_from_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

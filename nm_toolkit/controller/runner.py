@@ -16,9 +16,7 @@ from nm_toolkit.bus import Bus, Consumer, Producer
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
 from nm_toolkit.controller.service import DecisionController, RoundReport
-from nm_toolkit.controller.topic import DecisionTopicAdapter
 from nm_toolkit.pipeline import ClosedLoop
-from policies import load_policies
 from policies.intents import NetworkIntent
 
 log = logging.getLogger(__name__)
@@ -82,20 +80,18 @@ class ControllerRun:
     settings: Settings
     bus: Bus
     loop: ClosedLoop
-    controller: DecisionController
     inbox: IntentInbox
     rounds: list[dict[str, int]] = field(default_factory=list)
 
     @classmethod
     def start(cls, settings: Settings, bus: Bus) -> ControllerRun:
-        producer = bus.producer()
-        adapters: list[ControllerAdapter] = [a for a in [switch_adapter(settings)] if a is not None]
-        adapters.append(DecisionTopicAdapter(producer, settings.topics.decisions))
-        policies = load_policies(settings.policy.enabled, settings.controller.policy_params)
-        capacities = dict(settings.policy.capacities)
-        loop = ClosedLoop(bus, settings, policies=[], capacities=capacities)  # policies run below, guarded
-        controller = DecisionController(settings, policies, adapters, capacities)
-        return cls(settings, bus, loop, controller, IntentInbox(bus, settings, producer))
+        switch = switch_adapter(settings)
+        loop = ClosedLoop(bus, settings, adapters=[switch] if switch is not None else [])
+        return cls(settings, bus, loop, IntentInbox(bus, settings, bus.producer()))
+
+    @property
+    def controller(self) -> DecisionController:
+        return self.loop.controller
 
     def round(self, collect_idle_s: float = 0.5) -> RoundReport:
         self.loop.collect(idle_s=collect_idle_s)
@@ -117,5 +113,3 @@ class ControllerRun:
     def close(self) -> None:
         self.inbox.close()
         self.loop.close()
-        for adapter in self.controller.adapters:
-            adapter.close()
