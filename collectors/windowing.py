@@ -33,7 +33,7 @@ class WindowAggregate:
     min: float
     max: float
     unit: str
-    location: dict[str, Any] | None
+    location: Location | None
 
     def add(self, value: float) -> None:
         self.count += 1
@@ -74,12 +74,15 @@ class TumblingWindows:
         ts: float,
         value: float,
         unit: str = "",
-        location: dict[str, Any] | None = None,
+        location: Location | None = None,
     ) -> bool:
         """Aggregate one record; return False (and change nothing) if its window already closed."""
-        start = self.window_start(ts)
+        # The hot path of the collector: the watermark test is inlined on purpose.
+        width = self.window_seconds
+        start = int(ts // width) * width
         series = (source, metric)
-        if start + self.window_seconds <= self.watermark(source, metric) or start < self._closed_until.get(series, -1):
+        max_seen = self._max_event_time.get(series, -math.inf)
+        if start + width <= max_seen - self.allowed_lateness_seconds or start < self._closed_until.get(series, -1):
             return False
         key = (source, metric, start)
         agg = self._open.get(key)
@@ -87,7 +90,7 @@ class TumblingWindows:
             self._open[key] = WindowAggregate(1, value, value, value, unit, location)
         else:
             agg.add(value)
-        if ts > self._max_event_time.get(series, -math.inf):
+        if ts > max_seen:
             self._max_event_time[series] = ts
         return True
 
@@ -119,7 +122,7 @@ class TumblingWindows:
                     min=agg.min,
                     max=agg.max,
                     unit=agg.unit,
-                    location=Location(**agg.location) if agg.location else None,
+                    location=agg.location,
                 )
             )
         return points
@@ -130,7 +133,7 @@ class TumblingWindows:
             "window_seconds": self.window_seconds,
             "max_event_time": [[s, m, ts] for (s, m), ts in self._max_event_time.items()],
             "open": [
-                [s, m, start, a.count, a.sum, a.min, a.max, a.unit, a.location]
+                [s, m, start, a.count, a.sum, a.min, a.max, a.unit, a.location and a.location.model_dump(exclude_none=True)]
                 for (s, m, start), a in self._open.items()
             ],
             "closed_until": [[s, m, end] for (s, m), end in self._closed_until.items()],
@@ -145,7 +148,7 @@ class TumblingWindows:
             )
         self._max_event_time = {(s, m): ts for s, m, ts in state["max_event_time"]}
         self._open = {
-            (s, m, start): WindowAggregate(count, total, lo, hi, unit, loc)
+            (s, m, start): WindowAggregate(count, total, lo, hi, unit, Location(**loc) if loc else None)
             for s, m, start, count, total, lo, hi, unit, loc in state["open"]
         }
         self._closed_until = {(s, m): end for s, m, end in state["closed_until"]}
