@@ -1,6 +1,6 @@
 """Ingest throughput: the Kafka collector vs bare kafka-python consume loops over the same topic.
 
-Usage: python bench/ingest.py [--records 500000] [--batch 500] [--partitions 4] [--bootstrap HOST:PORT]
+Usage: python bench/ingest.py [--records 500000] [--batch 500] [--partitions 4] [--repeats 3] [--bootstrap HOST:PORT]
 
 Without --bootstrap it starts its own single-node Kafka 4.x broker on 127.0.0.1. All loops read
 the same topic in the same run, so the ratios hold even on a noisy machine:
@@ -8,6 +8,8 @@ the same topic in the same run, so the ratios hold even on a noisy machine:
 - bare poll + JSON: the same plus orjson.loads of every message (the least work that sees records)
 - collector:        TelemetryCollector: decode, validate, window, publish closed windows, checkpoint
 - collector, no I/O: the collector's decode + validate + window on the same bytes held in memory
+
+Each is measured for row batches ({"records": [...]}) and columnar batches ({"columns": {...}}).
 """
 
 from __future__ import annotations
@@ -25,26 +27,30 @@ from rich.console import Console
 from rich.table import Table
 
 from collectors.decode import TelemetryDecoder
-from collectors.publish import publish_records, record_dict
+from collectors.publish import publish_records
 from collectors.gnmi import CounterRates
 from collectors.service import PartitionState, TelemetryCollector, cyclic_gc_paused
 from collectors.synthetic import SyntheticTelemetry
+from nm_toolkit.bus import EmbeddedBus
 from collectors.windowing import TumblingWindows
 from nm_toolkit.bus.kafka import KafkaBus
 from nm_toolkit.config import load_settings
 from nm_toolkit.devtools.kafka import KafkaBroker
+from nm_toolkit.schemas import TelemetryRecord
+
+LOOPS = ("bare poll", "bare poll + JSON", "collector", "collector, no I/O")
 
 
-def produce(bus: KafkaBus, topic: str, records: int, batch: int) -> tuple[int, int, list[bytes]]:
-    sources = 200
-    telemetry = SyntheticTelemetry(n_sources=sources, periods=-(-records // sources), step_seconds=60, missing_probability=0)
-    recs = list(telemetry.records())[:records]
+def produce(bus: KafkaBus, topic: str, records: list[TelemetryRecord], batch: int, columnar: bool) -> tuple[int, list[bytes]]:
+    """Publish ``records`` to ``topic``; return the message count and the payloads themselves."""
+    memory = EmbeddedBus(default_partitions=1)
+    publish_records(memory.producer(), "payloads", records, batch_size=batch, columnar=columnar)
+    payloads = [m.value for m in memory.messages("payloads")]
     producer = bus.producer()
-    n_records, n_messages = publish_records(producer, topic, recs, batch_size=batch)
+    n_messages = publish_records(producer, topic, records, batch_size=batch, columnar=columnar)[1]
     producer.flush()
     producer.close()
-    payloads = [orjson.dumps({"records": [record_dict(r) for r in recs[i : i + batch]]}) for i in range(0, len(recs), batch)]
-    return n_records, n_messages, payloads
+    return n_messages, payloads
 
 
 def bare_loop(bootstrap: str, topic: str, messages: int, decode: bool) -> float:
@@ -59,16 +65,17 @@ def bare_loop(bootstrap: str, topic: str, messages: int, decode: bool) -> float:
         fetch_max_bytes=64 * 1024 * 1024,
     )
     seen = 0
-    while not consumer.assignment():  # join the group before the clock starts
-        consumer.poll(timeout_ms=100, max_records=1, update_offsets=False)
-    start = time.perf_counter()
+    elapsed = 0.0  # time spent in polls that returned messages, as for the collector
     while seen < messages:
-        for records in consumer.poll(timeout_ms=500, max_records=2000).values():
+        start = time.perf_counter()
+        batches = consumer.poll(timeout_ms=500, max_records=2000)
+        for records in batches.values():
             for record in records:
                 if decode:
                     orjson.loads(record.value)
                 seen += 1
-    elapsed = time.perf_counter() - start
+        if batches:
+            elapsed += time.perf_counter() - start
     consumer.close(autocommit=False)
     return elapsed
 
@@ -81,12 +88,11 @@ def collector_loop(bootstrap: str, topic: str, records: int, state_dir: Path) ->
         state_dir=state_dir,
     )
     collector = TelemetryCollector(KafkaBus(bootstrap), settings)
-    while not collector.consumer.assignment():
-        collector.step(0.1)
-    start = time.perf_counter()
+    elapsed = 0.0  # time spent in polls that returned messages: joining the group is not ingest
     while collector.stats.records < records:
-        collector.step(0.5)
-    elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        if collector.step(0.5):
+            elapsed += time.perf_counter() - start
     assert collector.stats.dead_letter_records == 0 and collector.stats.late_records == 0
     collector.close()
     return elapsed
@@ -99,7 +105,7 @@ def in_memory(payloads: list[bytes]) -> float:
     with cyclic_gc_paused():
         for raw in payloads:
             state.ingest(decoder.decode(raw))
-    state.windows.close_ready()
+        state.windows.close_ready()
     return time.perf_counter() - start
 
 
@@ -112,32 +118,44 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     args = parser.parse_args()
     console = Console()
+    sources = 200
+    telemetry = SyntheticTelemetry(n_sources=sources, periods=-(-args.records // sources), step_seconds=60, missing_probability=0)
+    records = list(telemetry.records())[: args.records]
     broker = None if args.bootstrap else KafkaBroker(partitions=args.partitions).start()
     bootstrap = args.bootstrap or broker.bootstrap_servers
+    rates: dict[tuple[str, str], float] = {}
+    messages: dict[str, int] = {}
     try:
         bus = KafkaBus(bootstrap)
-        topic = f"bench.ingest.{uuid.uuid4().hex[:6]}"
-        bus.create_topics([topic], partitions=args.partitions)
-        with console.status(f"producing {args.records:,} records"):
-            n_records, n_messages, payloads = produce(bus, topic, args.records, args.batch)
-        timings: dict[str, list[float]] = {"bare poll": [], "bare poll + JSON": [], "collector": [], "collector, no I/O": []}
-        with tempfile.TemporaryDirectory() as state, console.status("measuring") as status:
-            for i in range(args.repeats):  # interleaved, so drift in machine load hits every loop alike
-                status.update(f"measuring, round {i + 1}/{args.repeats}")
-                timings["bare poll"].append(bare_loop(bootstrap, topic, n_messages, decode=False))
-                timings["bare poll + JSON"].append(bare_loop(bootstrap, topic, n_messages, decode=True))
-                timings["collector"].append(collector_loop(bootstrap, topic, n_records, Path(state) / str(i)))
-                timings["collector, no I/O"].append(in_memory(payloads))
+        for form in ("rows", "columnar"):
+            topic = f"bench.ingest.{form}.{uuid.uuid4().hex[:6]}"
+            bus.create_topics([topic], partitions=args.partitions)
+            with console.status(f"producing {len(records):,} records as {form} batches"):
+                messages[form], payloads = produce(bus, topic, records, args.batch, form == "columnar")
+            timings: dict[str, list[float]] = {name: [] for name in LOOPS}
+            with tempfile.TemporaryDirectory() as state, console.status("measuring") as status:
+                for i in range(args.repeats):  # interleaved, so drift in machine load hits every loop alike
+                    status.update(f"measuring {form} batches, round {i + 1}/{args.repeats}")
+                    timings["bare poll"].append(bare_loop(bootstrap, topic, messages[form], decode=False))
+                    timings["bare poll + JSON"].append(bare_loop(bootstrap, topic, messages[form], decode=True))
+                    timings["collector"].append(collector_loop(bootstrap, topic, len(records), Path(state) / str(i)))
+                    timings["collector, no I/O"].append(in_memory(payloads))
+            for name, values in timings.items():
+                rates[(form, name)] = len(records) / statistics.median(values)
     finally:
         if broker:
             broker.stop()
 
-    rate = {name: n_records / statistics.median(t) for name, t in timings.items()}
-    table = Table(title=f"ingest: {n_records:,} records in {n_messages:,} messages of {args.batch}, {args.partitions} partitions, median of {args.repeats}")
-    for column in ("loop", "records/s", "vs bare poll", "vs bare poll + JSON"):
-        table.add_column(column, justify="left" if column == "loop" else "right")
-    for name, value in rate.items():
-        table.add_row(name, f"{value:,.0f}", f"{value / rate['bare poll']:.2f}", f"{value / rate['bare poll + JSON']:.2f}")
+    table = Table(
+        title=f"ingest: {len(records):,} records in batches of {args.batch}, {args.partitions} partitions, median of {args.repeats}"
+    )
+    for column in ("batches", "loop", "records/s", "vs bare poll", "vs bare poll + JSON"):
+        table.add_column(column, justify="left" if column in ("batches", "loop") else "right")
+    for (form, name), value in rates.items():
+        table.add_row(
+            f"{form} ({messages[form]:,} msgs)", name, f"{value:,.0f}",
+            f"{value / rates[(form, 'bare poll')]:.2f}", f"{value / rates[(form, 'bare poll + JSON')]:.2f}",
+        )  # fmt: skip
     console.print(table)
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+import numpy as np
 import orjson
 
 from collectors.checkpoints import CheckpointStore
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_REASON = "nmt.error.reason"
 DEAD_LETTER_ERRORS = "nmt.error.records"
 DEAD_LETTER_ORIGIN = "nmt.error.origin"
+DEAD_LETTER_COUNT = "nmt.error.count"
+MAX_ERRORS_IN_HEADER = 100  # a batch of bad records keeps its header small; the count is exact
 
 
 @dataclass
@@ -68,7 +71,20 @@ class PartitionState:
             records = records + [r for s in decoded.counters if (r := self.rates.update(s)) is not None]
         add = self.windows.add
         late = [r for r in records if not add(r.source, r.metric, r.ts.timestamp(), r.value, r.unit, r.location)]
-        return len(records), late
+        columns = decoded.columns
+        if columns is None:
+            return len(records), late
+        late_rows = np.flatnonzero(
+            self.windows.add_columns(columns.source, columns.metric, columns.ts, columns.value, columns.unit, columns.location)
+        )
+        late.extend(
+            TelemetryRecord(
+                ts=columns.ts[i], source=columns.source[i], metric=columns.metric[i], value=columns.value[i],
+                unit=columns.unit, location=columns.location,
+            )  # fmt: skip
+            for i in late_rows
+        )
+        return len(records) + len(columns), late
 
 
 @contextmanager
@@ -93,7 +109,8 @@ def dead_letter_headers(message: Message, errors: list[RecordError]) -> list[tup
     """Headers that say why a message was dead-lettered and where it came from."""
     return [
         (DEAD_LETTER_REASON, errors[0].reason.encode()),
-        (DEAD_LETTER_ERRORS, orjson.dumps([{"index": e.index, "reason": e.reason} for e in errors])),
+        (DEAD_LETTER_ERRORS, orjson.dumps([{"index": e.index, "reason": e.reason} for e in errors[:MAX_ERRORS_IN_HEADER]])),
+        (DEAD_LETTER_COUNT, str(len(errors)).encode()),
         (DEAD_LETTER_ORIGIN, _origin(message)),
     ]
 

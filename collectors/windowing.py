@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from nm_toolkit.schemas import Location, SeriesPoint
 
 SeriesKey = tuple[str, str]  # (source, metric)
@@ -42,6 +44,12 @@ class WindowAggregate:
             self.min = value
         if value > self.max:
             self.max = value
+
+    def merge(self, count: int, total: float, low: float, high: float) -> None:
+        self.count += count
+        self.sum += total
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
 
 
 class TumblingWindows:
@@ -94,6 +102,58 @@ class TumblingWindows:
             self._max_event_time[series] = ts
         return True
 
+    def add_columns(
+        self,
+        source: list[str],
+        metric: list[str],
+        ts: np.ndarray,
+        value: np.ndarray,
+        unit: str = "",
+        location: Location | None = None,
+    ) -> np.ndarray:
+        """Aggregate many records at once, with the same result as :meth:`add` on each in turn.
+
+        Returns the boolean mask of late records (not aggregated).
+        """
+        late = np.zeros(len(ts), dtype=bool)
+        if len(ts) == 0:
+            return late
+        width = self.window_seconds
+        starts = (np.floor_divide(ts, width) * width).astype(np.int64)
+        series_ids: dict[SeriesKey, int] = {}
+        ids = np.fromiter((series_ids.setdefault(k, len(series_ids)) for k in zip(source, metric, strict=True)), np.int64, len(ts))
+        order = np.argsort(ids, kind="stable")  # each series' records, still in arrival order
+        segments = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1)
+        for series, rows in zip(series_ids, segments, strict=True):
+            seg_ts, seg_start = ts[rows], starts[rows]
+            seen = self._max_event_time.get(series, -math.inf)
+            # the watermark each record meets: the largest event time before it, this batch included
+            before = np.maximum.accumulate(np.concatenate(([seen], seg_ts[:-1])))
+            seg_late = (seg_start + width <= before - self.allowed_lateness_seconds) | (
+                seg_start < self._closed_until.get(series, -1)
+            )
+            late[rows] = seg_late
+            ok = ~seg_late
+            if not ok.any():
+                continue
+            window_starts, inverse = np.unique(seg_start[ok], return_inverse=True)
+            values = value[rows][ok]
+            counts = np.bincount(inverse)
+            sums = np.bincount(inverse, weights=values)
+            mins = np.full(len(window_starts), np.inf)
+            maxs = np.full(len(window_starts), -np.inf)
+            np.minimum.at(mins, inverse, values)
+            np.maximum.at(maxs, inverse, values)
+            for start, count, total, lo, hi in zip(window_starts.tolist(), counts.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(), strict=True):
+                key = (series[0], series[1], start)
+                agg = self._open.get(key)
+                if agg is None:
+                    self._open[key] = WindowAggregate(count, total, lo, hi, unit, location)
+                else:
+                    agg.merge(count, total, lo, hi)
+            self._max_event_time[series] = max(seen, float(seg_ts[ok].max()))
+        return late
+
     def close_ready(self) -> list[SeriesPoint]:
         """Close and return the windows that end at or before their series' watermark."""
         ready = [k for k in self._open if k[2] + self.window_seconds <= self.watermark(k[0], k[1])]
@@ -112,7 +172,7 @@ class TumblingWindows:
             if end > self._closed_until.get((source, metric), -1):
                 self._closed_until[(source, metric)] = end
             points.append(
-                SeriesPoint(
+                SeriesPoint.model_construct(  # built from validated state: no second validation
                     source=source,
                     metric=metric,
                     window_start=datetime.fromtimestamp(start, UTC),
