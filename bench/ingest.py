@@ -1,6 +1,7 @@
 """Ingest throughput: the Kafka collector vs bare kafka-python consume loops over the same topic.
 
-Usage: python bench/ingest.py [--records 500000] [--batch 500] [--partitions 4] [--repeats 3] [--bootstrap HOST:PORT]
+Usage: python bench/ingest.py [--records 500000] [--batch 500] [--partitions 4] [--step 10] [--window 300]
+                              [--repeats 3] [--bootstrap HOST:PORT]
 
 Without --bootstrap it starts its own single-node Kafka 4.x broker on 127.0.0.1. All loops read
 the same topic in the same run, so the ratios hold even on a noisy machine:
@@ -80,11 +81,11 @@ def bare_loop(bootstrap: str, topic: str, messages: int, decode: bool) -> float:
     return elapsed
 
 
-def collector_loop(bootstrap: str, topic: str, records: int, state_dir: Path) -> float:
+def collector_loop(bootstrap: str, topic: str, records: int, window: int, state_dir: Path) -> float:
     settings = load_settings(
         bus={"kind": "kafka", "bootstrap_servers": bootstrap},
         topics={"telemetry": topic, "series": f"{topic}.series", "dead_letter": f"{topic}.dlq", "late": f"{topic}.late"},
-        collector={"group_id": f"collector-{uuid.uuid4().hex[:8]}", "window_seconds": 300, "max_poll_records": 2000},
+        collector={"group_id": f"collector-{uuid.uuid4().hex[:8]}", "window_seconds": window, "max_poll_records": 2000},
         state_dir=state_dir,
     )
     collector = TelemetryCollector(KafkaBus(bootstrap), settings)
@@ -98,9 +99,9 @@ def collector_loop(bootstrap: str, topic: str, records: int, state_dir: Path) ->
     return elapsed
 
 
-def in_memory(payloads: list[bytes]) -> float:
+def in_memory(payloads: list[bytes], window: int) -> float:
     decoder = TelemetryDecoder()
-    state = PartitionState(TumblingWindows(300), CounterRates())
+    state = PartitionState(TumblingWindows(window), CounterRates())
     start = time.perf_counter()
     with cyclic_gc_paused():
         for raw in payloads:
@@ -114,12 +115,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=500, help="records per Kafka message")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--step", type=int, default=10, help="seconds between samples of one series")
+    parser.add_argument("--window", type=int, default=300, help="collector window in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop; the median is reported")
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     args = parser.parse_args()
     console = Console()
     sources = 200
-    telemetry = SyntheticTelemetry(n_sources=sources, periods=-(-args.records // sources), step_seconds=60, missing_probability=0)
+    telemetry = SyntheticTelemetry(n_sources=sources, periods=-(-args.records // sources), step_seconds=args.step, missing_probability=0)
     records = list(telemetry.records())[: args.records]
     broker = None if args.bootstrap else KafkaBroker(partitions=args.partitions).start()
     bootstrap = args.bootstrap or broker.bootstrap_servers
@@ -138,8 +141,8 @@ def main() -> None:
                     status.update(f"measuring {form} batches, round {i + 1}/{args.repeats}")
                     timings["bare poll"].append(bare_loop(bootstrap, topic, messages[form], decode=False))
                     timings["bare poll + JSON"].append(bare_loop(bootstrap, topic, messages[form], decode=True))
-                    timings["collector"].append(collector_loop(bootstrap, topic, len(records), Path(state) / str(i)))
-                    timings["collector, no I/O"].append(in_memory(payloads))
+                    timings["collector"].append(collector_loop(bootstrap, topic, len(records), args.window, Path(state) / str(i)))
+                    timings["collector, no I/O"].append(in_memory(payloads, args.window))
             for name, values in timings.items():
                 rates[(form, name)] = len(records) / statistics.median(values)
     finally:
@@ -147,7 +150,8 @@ def main() -> None:
             broker.stop()
 
     table = Table(
-        title=f"ingest: {len(records):,} records in batches of {args.batch}, {args.partitions} partitions, median of {args.repeats}"
+        title=f"ingest: {len(records):,} records ({sources} series, a sample every {args.step} s, {args.window} s windows) "
+        f"in batches of {args.batch}, {args.partitions} partitions, median of {args.repeats}"
     )
     for column in ("batches", "loop", "records/s", "vs bare poll", "vs bare poll + JSON"):
         table.add_column(column, justify="left" if column in ("batches", "loop") else "right")

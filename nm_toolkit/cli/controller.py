@@ -9,8 +9,7 @@ from pathlib import Path
 import typer
 
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.collect import _kafka_only
-from nm_toolkit.cli.common import ConfigOption
+from nm_toolkit.cli.common import ConfigOption, require_shared_bus
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json
 from nm_toolkit.config import load_settings
 from nm_toolkit.controller.runner import ControllerRun
@@ -36,7 +35,7 @@ def run(
     if adapter is not None:
         overrides["controller"] = {"adapter": adapter}
     settings = load_settings(config, **overrides)  # merged over nmt.toml and NMT_* values
-    _kafka_only(settings.bus.kind, "nmt controller run")
+    require_shared_bus(settings, "nmt controller run")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

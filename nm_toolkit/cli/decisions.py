@@ -12,8 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.collect import _kafka_only
-from nm_toolkit.cli.common import ConfigOption, settings_from
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
 from nm_toolkit.schemas import Decision, DecisionAdapter
 
@@ -37,8 +36,7 @@ def tail(
     as_json: bool = JsonOption,
 ) -> None:
     """Show the latest decisions (read with a throw-away consumer group: nobody's offsets move)."""
-    settings = settings_from(config)
-    _kafka_only(settings.bus.kind, "nmt decisions tail")
+    settings = shared_bus_settings(config, "nmt decisions tail")
     bus = bus_from_settings(settings)
     consumer = bus.consumer([settings.topics.decisions], f"nmt-decisions-tail-{uuid.uuid4().hex[:8]}")
     latest: deque[Decision] = deque(maxlen=last)
