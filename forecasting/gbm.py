@@ -23,6 +23,7 @@ from forecasting.base import Forecaster, PointForecast, future_index, steps_per
 from forecasting.history import DAY, WEEK, infer_step, regular_grid
 from forecasting.naive import SeasonalMean
 
+MIN_TRAIN_ROWS = 200
 FEATURES = ("h", "hour_of_day", "day_profile", "week_profile", "lag_week", "lag_day", "last_day", "last", "log_level")
 
 
@@ -141,18 +142,23 @@ class GlobalGBM(Forecaster):
         self.max_horizon_ = max_horizon or self.periods_.day
         self.frame_ = frame
         values = frame.to_numpy().T
-        observed_last_day = np.isfinite(values[:, -self.periods_.day :]).sum(axis=1)
+        recent = values[:, -self.periods_.day :]
         observed = np.isfinite(values).sum(axis=1)
-        self.fallback_ = {
-            str(c): f"{observed[i]} points, less than a day of recent history: seasonal-mean fallback"
-            for i, c in enumerate(frame.columns)
-            if observed[i] <= self.periods_.day or observed_last_day[i] == 0
-        }
+        self.fallback_: dict[str, str] = {}
+        for i, column in enumerate(frame.columns):
+            if observed[i] <= self.periods_.day or not np.isfinite(recent[i]).any():
+                self.fallback_[str(column)] = f"{observed[i]} points, less than a day of recent history: seasonal-mean fallback"
+            elif np.nanmax(np.abs(recent[i])) == 0:
+                self.fallback_[str(column)] = "the last day is all zeros: seasonal-mean fallback"
         keep = [i for i, c in enumerate(frame.columns) if str(c) not in self.fallback_]
         self.global_columns_ = [str(frame.columns[i]) for i in keep]
         self.X_, self.t_ = self._training_rows(values[keep], index)
         self.models_: dict[float, HistGradientBoostingRegressor] = {}
-        if len(self.t_):
+        if len(self.t_) < MIN_TRAIN_ROWS:
+            note = f"{len(self.t_)} training rows are too few for the global model: seasonal-mean fallback"
+            self.fallback_.update(dict.fromkeys(self.global_columns_, note))
+            self.global_columns_ = []
+        else:
             self.models_[0.5] = self._regressor(0.5).fit(self.X_, self.t_)
         return self
 
@@ -196,7 +202,7 @@ class GlobalGBM(Forecaster):
     def _predict_frame(self, horizon: int, level: float) -> dict[str, PointForecast]:
         frame = self.frame_
         out: dict[str, PointForecast] = {}
-        if self.global_columns_ and self.models_:
+        if self.global_columns_:
             values = frame[self.global_columns_].to_numpy().T
             origin = frame.index[-1] + self.step_
             x, scale = origin_features(values, origin, self.step_, horizon, self.max_horizon_, self.periods_)
@@ -210,16 +216,5 @@ class GlobalGBM(Forecaster):
                     index, mean[i], np.minimum(lower[i], mean[i]), np.maximum(upper[i], mean[i]), level, self.name
                 )
         for column, note in self.fallback_.items():
-            if column in out:
-                continue
-            y = frame[column]
-            if y.notna().sum() == 0:
-                raise ValueError(f"series {column!r} has no observations: nothing to forecast from")
-            fallback = SeasonalMean(self.periods_.day).fit(y).predict(horizon, level)
-            out[column] = fallback.with_note(note)
-        if not self.models_:  # no training rows at all: every series fell back
-            for column in self.global_columns_:
-                out[column] = SeasonalMean(self.periods_.day).fit(frame[column]).predict(horizon, level).with_note(
-                    "too little history to train the global model: seasonal-mean fallback"
-                )
+            out[column] = SeasonalMean(self.periods_.day).fit(frame[column]).predict(horizon, level).with_note(note)
         return {str(c): out[str(c)] for c in frame.columns}
