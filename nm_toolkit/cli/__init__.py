@@ -7,8 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, policy
-from nm_toolkit.cli import llm, model
+from nm_toolkit.cli import collect, controller, decisions, demo, dev, forecast, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -20,9 +19,13 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(collect.app, name="collect")
+<<<<<<< HEAD
 app.add_typer(policy.app, name="policy")
 app.add_typer(decisions.app, name="decisions")
 app.add_typer(controller.app, name="controller")
+=======
+app.add_typer(forecast.app, name="forecast")
+>>>>>>> forecast
 app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.add_typer(llm.app, name="llm")
