@@ -19,13 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(collect.app, name="collect")
-<<<<<<< HEAD
+app.add_typer(forecast.app, name="forecast")
 app.add_typer(policy.app, name="policy")
 app.add_typer(decisions.app, name="decisions")
 app.add_typer(controller.app, name="controller")
-=======
-app.add_typer(forecast.app, name="forecast")
->>>>>>> forecast
 app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.add_typer(llm.app, name="llm")
