@@ -153,6 +153,10 @@ class GlobalGBM(Forecaster):
         keep = [i for i, c in enumerate(frame.columns) if str(c) not in self.fallback_]
         self.global_columns_ = [str(frame.columns[i]) for i in keep]
         self.X_, self.t_ = self._training_rows(values[keep], index)
+        # A feature with no value in any training row (weekly lags on less than a week of history)
+        # carries nothing, and an all-missing column breaks the regressor's binning: hold it at 0.
+        self.absent_features_ = ~np.isfinite(self.X_).any(axis=0)
+        self.X_ = self._without_absent(self.X_)
         self.models_: dict[float, HistGradientBoostingRegressor] = {}
         if len(self.t_) < MIN_TRAIN_ROWS:
             note = f"{len(self.t_)} training rows are too few for the global model: seasonal-mean fallback"
@@ -182,6 +186,11 @@ class GlobalGBM(Forecaster):
             rows = np.sort(np.random.default_rng(self.random_state).choice(rows, self.max_train_rows, replace=False))
         return x[rows], t[rows]
 
+    def _without_absent(self, x: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        x[:, self.absent_features_] = 0.0
+        return x
+
     def _regressor(self, quantile: float) -> HistGradientBoostingRegressor:
         median = quantile == 0.5
         return HistGradientBoostingRegressor(
@@ -206,6 +215,7 @@ class GlobalGBM(Forecaster):
             values = frame[self.global_columns_].to_numpy().T
             origin = frame.index[-1] + self.step_
             x, scale = origin_features(values, origin, self.step_, horizon, self.max_horizon_, self.periods_)
+            x = self._without_absent(x)
             shape = (len(self.global_columns_), horizon)
             mean = self.models_[0.5].predict(x).reshape(shape) * scale[:, None]
             lower = self._quantile_model((1 - level) / 2).predict(x).reshape(shape) * scale[:, None]

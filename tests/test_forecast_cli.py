@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from forecasting.store import ForecastStore
 from nm_toolkit.cli import app
+from nm_toolkit.errors import UserError
 from nm_toolkit.schemas import Forecast
 
 DATA = Path(__file__).parent / "data" / "milan_4cells_21days.csv"
@@ -21,6 +22,8 @@ runner = CliRunner()
 
 def nmt(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
+    if isinstance(result.exception, UserError):  # what nm_toolkit.cli.main prints as one line, exit code 2
+        return 2, f"error: {result.exception}"
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output
