@@ -152,7 +152,10 @@ class GlobalGBM(Forecaster):
                 self.fallback_[str(column)] = "the last day is all zeros: seasonal-mean fallback"
         keep = [i for i, c in enumerate(frame.columns) if str(c) not in self.fallback_]
         self.global_columns_ = [str(frame.columns[i]) for i in keep]
-        self.X_, self.t_ = self._training_rows(values[keep], index)
+        x, self.t_ = self._training_rows(values[keep], index)
+        # a feature the history is too short for (a weekly lag in a 5-day file) is left out
+        self.features_ = np.flatnonzero(np.isfinite(x).any(axis=0))
+        self.X_ = x[:, self.features_]
         self.models_: dict[float, HistGradientBoostingRegressor] = {}
         if len(self.t_) < MIN_TRAIN_ROWS:
             note = f"{len(self.t_)} training rows are too few for the global model: seasonal-mean fallback"
@@ -206,6 +209,7 @@ class GlobalGBM(Forecaster):
             values = frame[self.global_columns_].to_numpy().T
             origin = frame.index[-1] + self.step_
             x, scale = origin_features(values, origin, self.step_, horizon, self.max_horizon_, self.periods_)
+            x = x[:, self.features_]
             shape = (len(self.global_columns_), horizon)
             mean = self.models_[0.5].predict(x).reshape(shape) * scale[:, None]
             lower = self._quantile_model((1 - level) / 2).predict(x).reshape(shape) * scale[:, None]
