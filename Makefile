@@ -24,9 +24,12 @@ install: deps
 demo: install
 	$(VENV)/bin/nmt demo
 
-# Provision the real services the tests use (Kafka jars from Maven Central), then run pytest.
+# Provision the real services the tests use (Kafka jars from Maven Central, Open vSwitch from
+# Debian, the example plug-in policy package), then run pytest.
 test: install
 	$(VENV)/bin/nmt dev kafka --fetch-only
+	command -v ovs-vswitchd >/dev/null || (apt-get update && apt-get install -y --no-install-recommends openvswitch-switch)
+	$(PY) -m pip install -q --no-deps --no-build-isolation ./tests/plugins/nmt-example-policies
 	$(PY) -m pytest -q -ra
 
 kafka: install

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from collectors.columnar import ColumnarBatch, is_columnar, parse_columns
 from collectors.gnmi import CounterSample, is_notification, notification_samples
 from nm_toolkit.schemas import TelemetryRecord
 
@@ -34,6 +35,7 @@ class RecordError:
 class Decoded:
     records: list[TelemetryRecord] = field(default_factory=list)
     counters: list[CounterSample] = field(default_factory=list)
+    columns: ColumnarBatch | None = None
     errors: list[RecordError] = field(default_factory=list)
 
 
@@ -64,8 +66,11 @@ class TelemetryDecoder:
                 RecordError(f"message of {len(raw)} bytes exceeds the {self.max_message_bytes}-byte limit")
             )
             return out
+        now = now or datetime.now(UTC)
+        earliest = self.min_timestamp.timestamp()
+        latest = now.timestamp() + self.max_future_seconds
         try:
-            items = self._items(raw, out)
+            items = self._items(raw, out, earliest, latest)
         except ValueError as exc:
             out.errors.append(RecordError(str(exc)))
             return out
@@ -81,9 +86,6 @@ class TelemetryDecoder:
                     indexed.append((i, _RECORD.validate_python(item)))
                 except ValidationError as exc:
                     out.errors.append(RecordError(_reason(exc), i))
-        now = now or datetime.now(UTC)
-        latest = now.timestamp() + self.max_future_seconds
-        earliest = self.min_timestamp.timestamp()
         for i, record in indexed:
             ts = record.ts.timestamp()
             if earliest <= ts <= latest:
@@ -98,8 +100,9 @@ class TelemetryDecoder:
                 )
         return out
 
-    def _items(self, raw: bytes, out: Decoded) -> list[Any] | None:
-        """The list of record objects in a message; gNMI samples go to ``out.counters``."""
+    def _items(self, raw: bytes, out: Decoded, earliest: float, latest: float) -> list[Any] | None:
+        """The list of record objects in a message; gNMI samples go to ``out.counters`` and
+        columnar batches to ``out.columns``."""
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -113,6 +116,10 @@ class TelemetryDecoder:
                         obj.append(orjson.loads(line))
                     except orjson.JSONDecodeError as line_exc:
                         raise ValueError(f"invalid JSON on line {i + 1}: {line_exc}") from line_exc
+        if is_columnar(obj):
+            out.columns, errors = parse_columns(obj, earliest, latest)
+            out.errors.extend(RecordError(reason, i) for i, reason in sorted(errors.items()))
+            return None
         if isinstance(obj, dict) and "records" in obj:
             obj = obj["records"]
             if not isinstance(obj, list):

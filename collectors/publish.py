@@ -30,29 +30,55 @@ def record_dict(record: TelemetryRecord) -> dict[str, object]:
 
 
 def publish_records(
-    producer: Producer, topic: str, records: Iterable[TelemetryRecord], batch_size: int = 500
+    producer: Producer,
+    topic: str,
+    records: Iterable[TelemetryRecord],
+    batch_size: int = 500,
+    *,
+    columnar: bool = False,
 ) -> tuple[int, int]:
-    """Send records as ``{"records": [...]}`` batches keyed by source; return (records, messages).
+    """Send records in batches keyed by source; return (records, messages).
 
+    Row batches are ``{"records": [...]}``; ``columnar`` batches are ``{"columns": {...}}`` (see
+    :mod:`collectors.columnar`), grouped so that unit and location are shared by the batch.
     Keying by source keeps each series in one partition, which the windowing relies on.
     """
-    pending: dict[str, list[dict[str, object]]] = defaultdict(list)
+    pending: dict[tuple[str, str, str], list[TelemetryRecord]] = defaultdict(list)
     n_records = n_messages = 0
 
-    def send(source: str) -> None:
+    def send(group: tuple[str, str, str]) -> None:
         nonlocal n_messages
-        producer.send(topic, orjson.dumps({"records": pending.pop(source)}), source.encode())
+        batch = pending.pop(group)
+        producer.send(topic, _columnar(batch) if columnar else orjson.dumps({"records": [record_dict(r) for r in batch]}), group[0].encode())
         n_messages += 1
 
     for record in records:
-        batch = pending[record.source]
-        batch.append(record_dict(record))
+        group = (record.source, record.unit, record.location.model_dump_json() if columnar and record.location else "")
+        batch = pending[group]
+        batch.append(record)
         n_records += 1
         if len(batch) >= batch_size:
-            send(record.source)
-    for source in list(pending):
-        send(source)
+            send(group)
+    for group in list(pending):
+        send(group)
     return n_records, n_messages
+
+
+def _columnar(batch: list[TelemetryRecord]) -> bytes:
+    first = batch[0]
+    message: dict[str, object] = {
+        "columns": {
+            "ts": [r.ts.timestamp() for r in batch],
+            "source": [r.source for r in batch],
+            "metric": [r.metric for r in batch],
+            "value": [r.value for r in batch],
+        }
+    }
+    if first.unit:
+        message["unit"] = first.unit
+    if first.location is not None:
+        message["location"] = first.location.model_dump(exclude_none=True)
+    return orjson.dumps(message)
 
 
 def replay_frame(

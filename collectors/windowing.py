@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from nm_toolkit.schemas import Location, SeriesPoint
 
 SeriesKey = tuple[str, str]  # (source, metric)
@@ -33,7 +35,7 @@ class WindowAggregate:
     min: float
     max: float
     unit: str
-    location: dict[str, Any] | None
+    location: Location | None
 
     def add(self, value: float) -> None:
         self.count += 1
@@ -42,6 +44,12 @@ class WindowAggregate:
             self.min = value
         if value > self.max:
             self.max = value
+
+    def merge(self, count: int, total: float, low: float, high: float) -> None:
+        self.count += count
+        self.sum += total
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
 
 
 class TumblingWindows:
@@ -74,12 +82,15 @@ class TumblingWindows:
         ts: float,
         value: float,
         unit: str = "",
-        location: dict[str, Any] | None = None,
+        location: Location | None = None,
     ) -> bool:
         """Aggregate one record; return False (and change nothing) if its window already closed."""
-        start = self.window_start(ts)
+        # The hot path of the collector: the watermark test is inlined on purpose.
+        width = self.window_seconds
+        start = int(ts // width) * width
         series = (source, metric)
-        if start + self.window_seconds <= self.watermark(source, metric) or start < self._closed_until.get(series, -1):
+        max_seen = self._max_event_time.get(series, -math.inf)
+        if start + width <= max_seen - self.allowed_lateness_seconds or start < self._closed_until.get(series, -1):
             return False
         key = (source, metric, start)
         agg = self._open.get(key)
@@ -87,9 +98,61 @@ class TumblingWindows:
             self._open[key] = WindowAggregate(1, value, value, value, unit, location)
         else:
             agg.add(value)
-        if ts > self._max_event_time.get(series, -math.inf):
+        if ts > max_seen:
             self._max_event_time[series] = ts
         return True
+
+    def add_columns(
+        self,
+        source: list[str],
+        metric: list[str],
+        ts: np.ndarray,
+        value: np.ndarray,
+        unit: str = "",
+        location: Location | None = None,
+    ) -> np.ndarray:
+        """Aggregate many records at once, with the same result as :meth:`add` on each in turn.
+
+        Returns the boolean mask of late records (not aggregated).
+        """
+        late = np.zeros(len(ts), dtype=bool)
+        if len(ts) == 0:
+            return late
+        width = self.window_seconds
+        starts = (np.floor_divide(ts, width) * width).astype(np.int64)
+        series_ids: dict[SeriesKey, int] = {}
+        ids = np.fromiter((series_ids.setdefault(k, len(series_ids)) for k in zip(source, metric, strict=True)), np.int64, len(ts))
+        order = np.argsort(ids, kind="stable")  # each series' records, still in arrival order
+        segments = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1)
+        for series, rows in zip(series_ids, segments, strict=True):
+            seg_ts, seg_start = ts[rows], starts[rows]
+            seen = self._max_event_time.get(series, -math.inf)
+            # the watermark each record meets: the largest event time before it, this batch included
+            before = np.maximum.accumulate(np.concatenate(([seen], seg_ts[:-1])))
+            seg_late = (seg_start + width <= before - self.allowed_lateness_seconds) | (
+                seg_start < self._closed_until.get(series, -1)
+            )
+            late[rows] = seg_late
+            ok = ~seg_late
+            if not ok.any():
+                continue
+            window_starts, inverse = np.unique(seg_start[ok], return_inverse=True)
+            values = value[rows][ok]
+            counts = np.bincount(inverse)
+            sums = np.bincount(inverse, weights=values)
+            mins = np.full(len(window_starts), np.inf)
+            maxs = np.full(len(window_starts), -np.inf)
+            np.minimum.at(mins, inverse, values)
+            np.maximum.at(maxs, inverse, values)
+            for start, count, total, lo, hi in zip(window_starts.tolist(), counts.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(), strict=True):
+                key = (series[0], series[1], start)
+                agg = self._open.get(key)
+                if agg is None:
+                    self._open[key] = WindowAggregate(count, total, lo, hi, unit, location)
+                else:
+                    agg.merge(count, total, lo, hi)
+            self._max_event_time[series] = max(seen, float(seg_ts[ok].max()))
+        return late
 
     def close_ready(self) -> list[SeriesPoint]:
         """Close and return the windows that end at or before their series' watermark."""
@@ -109,7 +172,7 @@ class TumblingWindows:
             if end > self._closed_until.get((source, metric), -1):
                 self._closed_until[(source, metric)] = end
             points.append(
-                SeriesPoint(
+                SeriesPoint.model_construct(  # built from validated state: no second validation
                     source=source,
                     metric=metric,
                     window_start=datetime.fromtimestamp(start, UTC),
@@ -119,7 +182,7 @@ class TumblingWindows:
                     min=agg.min,
                     max=agg.max,
                     unit=agg.unit,
-                    location=Location(**agg.location) if agg.location else None,
+                    location=agg.location,
                 )
             )
         return points
@@ -130,7 +193,7 @@ class TumblingWindows:
             "window_seconds": self.window_seconds,
             "max_event_time": [[s, m, ts] for (s, m), ts in self._max_event_time.items()],
             "open": [
-                [s, m, start, a.count, a.sum, a.min, a.max, a.unit, a.location]
+                [s, m, start, a.count, a.sum, a.min, a.max, a.unit, a.location and a.location.model_dump(exclude_none=True)]
                 for (s, m, start), a in self._open.items()
             ],
             "closed_until": [[s, m, end] for (s, m), end in self._closed_until.items()],
@@ -145,7 +208,7 @@ class TumblingWindows:
             )
         self._max_event_time = {(s, m): ts for s, m, ts in state["max_event_time"]}
         self._open = {
-            (s, m, start): WindowAggregate(count, total, lo, hi, unit, loc)
+            (s, m, start): WindowAggregate(count, total, lo, hi, unit, Location(**loc) if loc else None)
             for s, m, start, count, total, lo, hi, unit, loc in state["open"]
         }
         self._closed_until = {(s, m): end for s, m, end in state["closed_until"]}

@@ -109,6 +109,62 @@ class PolicySettings(BaseModel):
     dry_run: bool = False
 
 
+class LlmSettings(BaseModel):
+    """Edge and cloud language models and the prompt service; model paths default under ``state_dir/llm``."""
+
+    edge_model: Path | None = None
+    cloud_model: Path | None = None
+    adapters_dir: Path | None = None
+    context_store: Path | None = None
+    group_id: str = "nmt-prompt-service"
+    max_batch: PositiveInt = 16
+    batch_window_ms: PositiveInt = 20
+    max_prompt_chars: PositiveInt = 1000
+    max_input_tokens: PositiveInt = 256
+    max_new_tokens: PositiveInt = 64
+    request_timeout_s: PositiveFloat = 30.0
+
+
+class GuardrailSettings(BaseModel):
+    """Checks every decision passes before anything is applied (see policies.guardrails)."""
+
+    max_changes_per_minute: PositiveInt = 120
+    controller_ports: list[int] = Field(default_factory=lambda: [6653, 6633])
+    controller_addresses: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32"],
+        description="addresses at either end of the OpenFlow channel: controllers and switch management",
+    )
+    tenants: dict[str, list[str]] = Field(
+        default_factory=dict, description="tenant -> the targets its intents may touch"
+    )
+
+
+class ControllerSettings(BaseModel):
+    """The SDN controller side: which adapter applies decisions, and how targets map to flows."""
+
+    adapter: Literal["openflow", "onos", "faucet", "kafka"] = "openflow"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=6653, ge=0, le=65535)
+    targets: dict[str, dict[str, str | int]] = Field(
+        default_factory=dict, description="target id (cell, link, site) -> OpenFlow match of its traffic"
+    )
+    next_hop_ports: dict[str, int] = Field(default_factory=dict, description='"node>next" -> output port')
+    bandwidth_unit_kbps: PositiveFloat = Field(default=1000.0, description="kbit/s per unit of reserved bandwidth")
+    reservation_queue_id: int = Field(default=1, ge=0)
+    expiry_interval_seconds: PositiveFloat = 1.0
+    policy_time_budget_seconds: PositiveFloat = 2.0
+    policy_params: dict[str, dict[str, float | int | str | bool]] = Field(
+        default_factory=dict, description="policy name -> keyword arguments of its constructor"
+    )
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    onos_url: str = "http://127.0.0.1:8181/onos/v1"
+    onos_user: str = "onos"
+    onos_password: str = "rocks"
+    onos_devices: list[str] = Field(default_factory=lambda: ["of:0000000000000001"])
+    faucet_config: Path = Path("faucet-nmt.yaml")
+    faucet_dp: str = "sw1"
+
+
 class Settings(BaseSettings):
     """The toolkit's configuration: see the module docstring for where values come from."""
 
@@ -123,6 +179,10 @@ class Settings(BaseSettings):
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     forecast_service: ForecastServiceSettings = Field(default_factory=ForecastServiceSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+
+
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,11 @@ from collectors.service import TelemetryCollector
 from forecasting import Forecaster, SeasonalNaive
 from nm_toolkit.bus import Bus
 from nm_toolkit.config import Settings
+from nm_toolkit.controller.base import ControllerAdapter
+from nm_toolkit.controller.service import DecisionController, RoundReport
+from nm_toolkit.controller.topic import DecisionTopicAdapter
 from nm_toolkit.schemas import Decision, DecisionAdapter, Forecast, SeriesPoint
-from policies import Policy, PolicyContext, load_policies, run_policies
+from policies import Policy, load_policies
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,20 @@ class LoopReport:
     series: int = 0
     forecasts: list[Forecast] = field(default_factory=list)
     skipped_series: dict[str, str] = field(default_factory=dict)
-    decisions: list[Decision] = field(default_factory=list)
+    round: RoundReport = field(default_factory=RoundReport)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """The decisions that passed the guardrails."""
+        return list(self.round.guardrails.accepted)
 
 
 class ClosedLoop:
-    """Runs collector, forecasting and policies over ``bus`` with ``settings``."""
+    """Runs collector, forecasting and policies over ``bus`` with ``settings``.
+
+    Decisions go through :class:`~nm_toolkit.controller.service.DecisionController`: guardrails
+    first, then every adapter in ``adapters`` (an SDN controller, say) and the decisions topic.
+    """
 
     def __init__(
         self,
@@ -77,18 +89,25 @@ class ClosedLoop:
         forecaster: Callable[[], Forecaster] | None = None,
         policies: list[Policy] | None = None,
         capacities: dict[str, float] | None = None,
+        adapters: list[ControllerAdapter] | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.make_forecaster = forecaster or (lambda: SeasonalNaive(settings.forecast.season_length))
-        self.policies = policies if policies is not None else load_policies(settings.policy.enabled)
-        self.capacities = capacities or {}
+        if policies is None:
+            policies = load_policies(settings.policy.enabled, settings.controller.policy_params)
         self.collector = TelemetryCollector(bus, settings)
         self.history = SeriesHistory(settings.forecast.value, settings.forecast.max_history)
         topics = settings.topics
         bus.create_topics([topics.forecasts, topics.decisions])
         self._series = bus.consumer([topics.series], f"{settings.collector.group_id}-loop")
         self._producer = bus.producer()
+        self.controller = DecisionController(
+            settings,
+            policies,
+            [*(adapters or []), DecisionTopicAdapter(self._producer, topics.decisions)],
+            {**settings.policy.capacities, **(capacities or {})},
+        )
 
     def collect(self, idle_s: float = 1.0, close_windows: bool = False) -> int:
         """Consume telemetry until none arrives for ``idle_s``; optionally close open windows."""
@@ -134,38 +153,25 @@ class ClosedLoop:
         self._producer.flush()
         return forecasts, skipped
 
-    def decide(self, forecasts: list[Forecast], now: datetime | None = None) -> list[Decision]:
-        """Run the enabled policies on the forecasts; publish decisions to the decisions topic."""
-        context = PolicyContext(
-            now=now or datetime.now(UTC),
-            settings=self.settings.policy,
-            forecasts={f.series_id: f for f in forecasts},
-            capacities=self.capacities,
-        )
-        decisions = run_policies(self.policies, context)
-        for decision in decisions:
-            self._producer.send(
-                self.settings.topics.decisions, DecisionAdapter.dump_json(decision), decision.target.encode()
-            )
-        self._producer.flush()
-        return decisions
-
     def run_once(self, idle_s: float = 1.0, close_windows: bool = False) -> LoopReport:
         """Collect what is waiting, forecast, decide: one turn of the loop."""
         self.collect(idle_s, close_windows)
         forecasts, skipped = self.forecast()
-        decisions = self.decide(forecasts)
+        round_report = self.controller.decide(forecasts)
+        self.controller.expire()
         return LoopReport(
             collector=self.collector.stats_dict(),
             series=len(self.history.series_ids()),
             forecasts=forecasts,
             skipped_series=skipped,
-            decisions=decisions,
+            round=round_report,
         )
 
     def close(self) -> None:
         self.collector.close()
         self._series.close()
+        for adapter in self.controller.adapters:
+            adapter.close()
         self._producer.close()
 
 

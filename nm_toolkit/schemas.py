@@ -6,7 +6,6 @@ the edge, and what it writes is the same shape another service (or another langu
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -18,7 +17,6 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
-    field_validator,
 )
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
@@ -26,9 +24,10 @@ Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 
 def _as_utc(value: datetime) -> datetime:
     """Naive timestamps are taken as UTC; aware ones are converted to UTC."""
-    if value.tzinfo is None:
+    offset = value.utcoffset()
+    if offset is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value if not offset else value.astimezone(UTC)
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
@@ -57,16 +56,9 @@ class TelemetryRecord(BaseModel):
     ts: UtcDatetime
     source: Identifier
     metric: Identifier
-    value: float
+    value: Annotated[float, Field(allow_inf_nan=False)]
     unit: Annotated[str, StringConstraints(max_length=32)] = ""
     location: Location | None = None
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("value must be a finite number, not NaN or infinity")
-        return value
 
     @property
     def series_id(self) -> str:

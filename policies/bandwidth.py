@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from nm_toolkit.schemas import Decision, Reservation, split_series_key
 from policies.base import Policy, PolicyContext
 
@@ -11,34 +13,38 @@ class BandwidthReservationPolicy(Policy):
     ``reserve_share`` of its capacity, capped at capacity.
 
     The upper bound of the interval, not the mean, is what a reservation must cover.
+    ``metric`` restricts it to one metric (say ``throughput_mbps``); ``None`` takes every series.
     """
 
     name = "bandwidth_reservation"
+
+    def __init__(self, metric: str | None = None) -> None:
+        self.metric = metric
 
     def decide(self, context: PolicyContext) -> list[Decision]:
         settings = context.settings
         decisions: list[Decision] = []
         for series_id, forecast in sorted(context.forecasts.items()):
-            source, _metric = split_series_key(series_id)
+            source, metric = split_series_key(series_id)
+            if self.metric is not None and metric != self.metric:
+                continue
             capacity = context.capacity_of(source)
             peak = max(forecast.upper) if forecast.upper else max(forecast.mean)
             if peak <= settings.reserve_share * capacity:
                 continue
-            bandwidth = min(capacity, peak * (1 + settings.headroom))
+            # Round down: rounding up a reservation capped at capacity would exceed capacity.
+            bandwidth = math.floor(min(capacity, peak * (1 + settings.headroom)) * 1000) / 1000
             decisions.append(
                 Reservation(
-                    idempotency_key=f"{self.name}:{source}:{forecast.start.isoformat()}",
-                    policy=self.name,
+                    **self.stamp(context, source, forecast.start.isoformat()),
                     target=source,
-                    ttl_seconds=settings.decision_ttl_seconds,
-                    bandwidth=round(bandwidth, 3),
+                    bandwidth=bandwidth,
                     capacity=capacity,
                     forecast_peak=round(peak, 3),
                     reason=(
                         f"{forecast.model} forecast of {series_id} peaks at {peak:,.1f} "
                         f"({peak / capacity:.0%} of capacity {capacity:,.0f}) within {forecast.horizon} steps"
                     ),
-                    dry_run=settings.dry_run,
                 )
             )
         return decisions

@@ -89,7 +89,9 @@ class KafkaBus(Bus):
                 client_id=self.client_id,
                 linger_ms=5,
                 batch_size=256 * 1024,
-                max_request_size=self.max_message_bytes + 64 * 1024,
+                # The broker's message.max.bytes is the real limit; the client must not refuse to
+                # dead-letter an oversized message the broker did accept.
+                max_request_size=max(16 * 1024 * 1024, self.max_message_bytes + 64 * 1024),
             )
         )
 

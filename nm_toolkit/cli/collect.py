@@ -15,19 +15,10 @@ from collectors.service import TelemetryCollector
 from collectors.synthetic import SyntheticTelemetry
 from collectors.tabular import TelemetryFileError, load_wide_frame
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, settings_from
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings
 from nm_toolkit.cli.output import JsonOption, emit
-from nm_toolkit.errors import UserError
 
 app = typer.Typer(help="Telemetry collection: the collector service and telemetry producers.", no_args_is_help=True)
-
-
-def _kafka_only(settings_kind: str, what: str) -> None:
-    if settings_kind != "kafka":
-        raise UserError(
-            f"{what} needs a shared bus: set NMT_BUS__KIND=kafka and NMT_BUS__BOOTSTRAP_SERVERS "
-            "(the embedded bus lives inside one process; try `nmt demo` instead)"
-        )
 
 
 @app.command("run")
@@ -37,8 +28,7 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Consume the telemetry topic until SIGINT/SIGTERM, windowing records into series."""
-    settings = settings_from(config)
-    _kafka_only(settings.bus.kind, "nmt collect run")
+    settings = shared_bus_settings(config, "nmt collect run")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -57,8 +47,7 @@ def publish(
     as_json: bool = JsonOption,
 ) -> None:
     """Publish a telemetry file to the telemetry topic (JSON lines as-is, CSV replayed in time)."""
-    settings = settings_from(config)
-    _kafka_only(settings.bus.kind, "nmt collect publish")
+    settings = shared_bus_settings(config, "nmt collect publish")
     bus = bus_from_settings(settings)
     bus.create_topics([settings.topics.telemetry])
     producer = bus.producer()

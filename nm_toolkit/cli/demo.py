@@ -61,7 +61,8 @@ def demo(
         "windows_emitted": report.collector["windows_emitted"],
         "series": report.series,
         "forecasts": len(report.forecasts),
-        "decisions": len(report.decisions),
+        "decisions_accepted": len(report.decisions),
+        "decisions_rejected_by_guardrails": len(report.round.guardrails.rejected),
     }
     if as_json:
         print_json({"summary": summary, "decisions": decisions_json(report.decisions), "skipped_series": report.skipped_series})

@@ -142,7 +142,7 @@ class KafkaBroker:
         log4j.write_text(_LOG4J.format(log_file=self.log_file))
         java = ["java", f"-Xmx{self.heap}", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
         fmt = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config), "--standalone"],
+            [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(config), "--standalone"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if fmt.returncode != 0:

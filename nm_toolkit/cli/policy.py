@@ -1,0 +1,101 @@
+"""``nmt policy``: which policies are installed, and what one decides on a given context."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nm_toolkit.cli.common import ConfigOption, settings_from
+from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
+from nm_toolkit.errors import UserError
+from nm_toolkit.schemas import DecisionAdapter, Forecast, UtcDatetime
+from policies import PolicyContext, load_policies
+from policies.guardrails import Guardrails
+from policies.intents import NetworkIntent
+from policies.registry import available_policies, evaluate_policy
+
+app = typer.Typer(help="Policies: list the installed ones, try one on a context file.", no_args_is_help=True)
+
+
+class ContextFile(BaseModel):
+    """The JSON a ``nmt policy test --context`` file holds; every field is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    now: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    forecasts: list[Forecast] = Field(default_factory=list)
+    capacities: dict[str, float] = Field(default_factory=dict)
+    intents: list[NetworkIntent] = Field(default_factory=list)
+    adapter_popularity: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class ContextFileError(UserError):
+    """The context file is missing or not a valid context."""
+
+
+def read_context_file(path: Path) -> ContextFile:
+    if not path.is_file():
+        raise ContextFileError(f"context file {path} does not exist: pass a JSON file (see `nmt policy test --help`)")
+    try:
+        return ContextFile.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ContextFileError(f"{path}: {where}: {first['msg']} (fix the context file)") from exc
+
+
+@app.command("list")
+def list_policies(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Every policy installed through the ``nm_toolkit.policies`` entry point, and which run."""
+    settings = settings_from(config)
+    enabled = settings.policy.enabled
+    rows = [
+        {"name": name, "object": target, "enabled": name in enabled,
+         "order": enabled.index(name) + 1 if name in enabled else None}
+        for name, target in sorted(available_policies().items())
+    ]
+    shown = [row | {"enabled": "yes" if row["enabled"] else "no"} for row in rows]
+    emit(as_json, rows, "installed policies", shown)
+
+
+@app.command("test")
+def test_policy(
+    policy: str = typer.Option(..., "--policy", "-p", help="policy name (see `nmt policy list`)"),
+    context: Path = typer.Option(..., "--context", help="JSON context: forecasts, capacities, intents, adapter_popularity"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run one policy on a context file and check its decisions against the guardrails.
+    Nothing is applied: this is a dry run by construction."""
+    settings = settings_from(config)
+    data = read_context_file(context)
+    loaded = load_policies([policy], settings.controller.policy_params)
+    if not loaded:
+        raise UserError(f"policy {policy!r} is installed but its code failed to import (see the log): fix or reinstall its package")
+    ctx = PolicyContext(
+        now=data.now, settings=settings.policy, forecasts={f.series_id: f for f in data.forecasts},
+        capacities=data.capacities, intents=data.intents, adapter_popularity=data.adapter_popularity,
+    )
+    run = evaluate_policy(loaded[0], ctx, settings.controller.policy_time_budget_seconds)
+    report = Guardrails(settings.controller.guardrails, ctx.capacity_of).check(run.decisions)
+    verdicts = {r.decision.id: f"rejected ({r.rule}): {r.reason}" for r in report.rejected}
+    rows = [
+        {"kind": d.kind, "target": d.target, "priority": d.priority, "ttl_s": d.ttl_seconds,
+         "guardrails": verdicts.get(d.id, "accepted"), "reason": d.reason}
+        for d in run.decisions
+    ]
+    if as_json:
+        print_json({
+            "policy": run.policy, "status": run.status, "elapsed_s": run.elapsed_s, "error": run.error,
+            "decisions": [
+                {"decision": DecisionAdapter.dump_python(d, mode="json"), "guardrails": verdicts.get(d.id, "accepted")}
+                for d in run.decisions
+            ],
+        })
+        return
+    console.print(f"policy [bold]{run.policy}[/]: {run.status} in {run.elapsed_s * 1000:.1f} ms {run.error}")
+    if rows:
+        console.print(table("decisions (dry run)", rows))

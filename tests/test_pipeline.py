@@ -1,0 +1,111 @@
+"""The closed loop and the collector's delivery guarantees on the embedded bus."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from collectors.checkpoints import CheckpointStore
+from collectors.publish import publish_records
+from collectors.service import TelemetryCollector
+from collectors.synthetic import SyntheticTelemetry
+from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.cli import app
+from nm_toolkit.config import ConfigError, load_settings
+from nm_toolkit.pipeline import ClosedLoop
+from nm_toolkit.schemas import DecisionAdapter, Forecast, SeriesPoint
+
+
+def test_crash_between_checkpoint_and_commit_skips_redelivered_messages(tmp_path: Path) -> None:
+    settings = load_settings(collector={"window_seconds": 3600, "max_poll_records": 3}, state_dir=tmp_path)
+    bus = EmbeddedBus(default_partitions=2)
+    telemetry = SyntheticTelemetry(n_sources=6, periods=48, seed=1)
+    publish_records(bus.producer(), settings.topics.telemetry, telemetry.records(), batch_size=8)
+    store_path = tmp_path / "ckpt.sqlite"
+
+    crashed = TelemetryCollector(bus, settings, CheckpointStore(store_path))
+    crashed.consumer.commit = lambda offsets: None  # type: ignore[method-assign]  # dies before committing
+    for _ in range(4):
+        crashed.step(0.05)
+    crashed._checkpoint(set(crashed._partitions))
+    crashed.consumer.close()  # leaves the group: everything is redelivered from offset 0
+
+    resumed = TelemetryCollector(bus, settings, CheckpointStore(store_path))
+    while resumed.step(0.05):
+        pass
+    resumed.close_all_windows()
+    assert resumed.stats.redelivered_skipped == crashed.stats.messages > 0
+    assert crashed.stats.records + resumed.stats.records == int(telemetry.frame().notna().sum().sum())
+
+    latest: dict[tuple[str, int], SeriesPoint] = {}
+    for m in bus.messages(settings.topics.series):
+        p = SeriesPoint.model_validate_json(m.value)
+        key = (p.series_id, int(p.window_start.timestamp()))
+        assert key not in latest or latest[key] == p  # re-emitted windows are identical
+        latest[key] = p
+    frame = telemetry.frame()
+    assert sum(p.sum for p in latest.values()) == pytest.approx(float(frame.sum().sum()))
+    assert sum(p.count for p in latest.values()) == int(frame.notna().sum().sum())
+
+
+def test_closed_loop_reserves_for_the_cell_whose_forecast_nears_capacity(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    bus = EmbeddedBus()
+    telemetry = SyntheticTelemetry(n_sources=5, periods=24 * 7, seed=2, burst_probability=0, missing_probability=0)
+    frame = telemetry.frame()
+    publish_records(bus.producer(), settings.topics.telemetry, telemetry.records())
+    hot = frame.columns[0]
+    capacities = {c: float(frame[c].max()) * 10 for c in frame.columns} | {hot: float(frame[hot].max()) * 1.05}
+    loop = ClosedLoop(bus, settings, capacities=capacities)
+    report = loop.run_once(idle_s=0.1, close_windows=True)
+    loop.close()
+
+    assert report.collector["records"] == frame.size and report.series == 5
+    assert len(report.forecasts) == 5 and report.skipped_series == {}
+    assert [d.target for d in report.decisions] == [hot]
+    decision = report.decisions[0]
+    assert decision.kind == "reservation" and decision.bandwidth <= decision.capacity
+    published = [DecisionAdapter.validate_json(m.value) for m in bus.messages(settings.topics.decisions)]
+    assert published == report.decisions
+    forecasts = [Forecast.model_validate_json(m.value) for m in bus.messages(settings.topics.forecasts)]
+    assert {f.series_id for f in forecasts} == {f"{c}|traffic" for c in frame.columns}
+    assert all(f.horizon == settings.forecast.horizon for f in forecasts)
+
+
+def test_demo_runs_end_to_end_and_reports_as_json() -> None:
+    result = CliRunner().invoke(app, ["demo", "--cells", "8", "--days", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    out = orjson.loads(result.output)
+    summary = out["summary"]
+    assert summary["records_ingested"] > 8 * 5 * 24 * 0.9
+    assert summary["dead_lettered_records"] == 5
+    assert summary["series"] == summary["forecasts"] == 8
+    assert summary["decisions_accepted"] == len(out["decisions"]) >= 1
+
+
+def test_settings_come_from_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "nmt.toml").write_text('[bus]\nkind = "kafka"\nbootstrap_servers = "10.0.0.1:9092"\n[collector]\nwindow_seconds = 60\n')
+    monkeypatch.setenv("NMT_COLLECTOR__WINDOW_SECONDS", "300")
+    settings = load_settings()
+    assert settings.bus.kind == "kafka" and settings.bus.bootstrap_servers == "10.0.0.1:9092"
+    assert settings.collector.window_seconds == 300
+    monkeypatch.setenv("NMT_COLLECTOR__WINDOW_SECONDS", "-5")
+    with pytest.raises(ConfigError, match="window_seconds"):
+        load_settings()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_user_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("")
+    for args in (["demo", "--input", str(bad)], ["collect", "run"]):
+        proc = subprocess.run([sys.executable, "-m", "nm_toolkit", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
