@@ -23,8 +23,7 @@ from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model
 from forecasting.service import ForecastService
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.collect import _kafka_only
-from nm_toolkit.cli.common import ConfigOption, settings_from
+from nm_toolkit.cli.common import ConfigOption, require_shared_bus, settings_from
 from nm_toolkit.cli.output import JsonOption, emit, err_console
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
@@ -228,7 +227,7 @@ def serve(
 ) -> None:
     """Run the forecasting service: series windows in, forecasts out every forecast_service.interval_seconds."""
     settings = settings_from(config)
-    _kafka_only(settings.bus.kind, "nmt forecast serve")
+    require_shared_bus(settings, "nmt forecast serve")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
