@@ -53,10 +53,12 @@ def _ts(value: datetime) -> float:
 class ForecastStore:
     """Forecasts keyed by (series, issue time, model) and history points keyed by (series, window)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None) -> None:
+        """Open (or create) the store at ``path``; None keeps it in memory, for a bus that is not durable."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._db = sqlite3.connect(path or ":memory:", timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
 
@@ -127,12 +129,21 @@ class ForecastStore:
 
     # -- retention --------------------------------------------------------------------------
     def prune(self, now: datetime, retention: timedelta, max_points: int | None = None) -> dict[str, int]:
-        """Delete forecasts issued and windows started before ``now - retention``, and all but
-        the newest ``max_points`` windows of each series; return how many rows of each went."""
+        """Delete forecasts issued before ``now - retention``, windows older than ``retention``
+        before their series' newest window, and all but the newest ``max_points`` windows of each
+        series; return how many rows of each went.
+
+        Windows age in event time, not wall-clock time, so a replay of last year's telemetry keeps
+        its history while a live series drops what is older than the retention.
+        """
         cutoff = _ts(now - retention)
         with self._db:
             forecasts = self._db.execute("DELETE FROM forecasts WHERE issued_at < ?", (cutoff,)).rowcount
-            points = self._db.execute("DELETE FROM points WHERE window_start < ?", (cutoff,)).rowcount
+            points = self._db.execute(
+                """DELETE FROM points WHERE window_start <
+                   (SELECT MAX(p.window_start) FROM points p WHERE p.series_id = points.series_id) - ?""",
+                (retention.total_seconds(),),
+            ).rowcount
             if max_points is not None:
                 points += self._db.execute(
                     """DELETE FROM points WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER

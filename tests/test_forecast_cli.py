@@ -23,8 +23,8 @@ runner = CliRunner()
 def nmt(*args: str) -> tuple[int, str]:
     """Run ``nmt`` as its console script does: a UserError is one line and exit code 2."""
     result = runner.invoke(app, list(args))
-    if isinstance(result.exception, UserError):
-        return 2, str(result.exception)
+    if isinstance(result.exception, UserError):  # what nm_toolkit.cli.main prints as one line, exit code 2
+        return 2, f"error: {result.exception}"
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output

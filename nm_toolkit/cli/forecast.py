@@ -23,7 +23,7 @@ from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model
 from forecasting.service import ForecastService
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, require_shared_bus, settings_from
+from nm_toolkit.cli.common import ConfigOption, settings_from, shared_bus_settings
 from nm_toolkit.cli.output import JsonOption, emit, err_console
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
@@ -226,8 +226,7 @@ def serve(
     as_json: bool = JsonOption,
 ) -> None:
     """Run the forecasting service: series windows in, forecasts out every forecast_service.interval_seconds."""
-    settings = settings_from(config)
-    require_shared_bus(settings, "nmt forecast serve")
+    settings = shared_bus_settings(config, "nmt forecast serve")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
