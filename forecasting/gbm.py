@@ -98,7 +98,8 @@ class GlobalGBM(Forecaster):
     ``max_horizon`` is how many steps ahead the direct model is trained for; beyond it the
     steps-ahead feature is held at its last value. ``None`` means the requested horizon in
     :meth:`forecast_many` and one day in :meth:`fit`. Training origins are spaced
-    ``min(day, max_horizon)`` steps apart over the last ``history_days`` days; at most
+    ``min(day, max_horizon)`` steps apart over the last ``history_days`` days, at most
+    ``max_origins`` of them (short horizons on fine data would otherwise give hundreds); at most
     ``max_train_rows`` rows (sampled) train each model. Series with less than a day of history
     fall back to :class:`~forecasting.naive.SeasonalMean` and say so. ``n_threads`` caps the
     OpenMP threads of the boosting (None: all cores).
@@ -111,6 +112,7 @@ class GlobalGBM(Forecaster):
         max_horizon: int | None = None,
         history_days: float = 14.0,
         max_train_rows: int = 100_000,
+        max_origins: int = 48,
         max_iter: int = 200,
         learning_rate: float = 0.05,
         quantile_max_iter: int = 100,
@@ -120,6 +122,7 @@ class GlobalGBM(Forecaster):
         self.max_horizon = max_horizon
         self.history_days = history_days
         self.max_train_rows = max_train_rows
+        self.max_origins = max_origins
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.quantile_max_iter = quantile_max_iter
@@ -182,7 +185,7 @@ class GlobalGBM(Forecaster):
         d, t_end, hmax = self.periods_.day, values.shape[1], self.max_horizon_
         spacing = max(1, min(d, hmax))
         first = max(d, t_end - hmax)
-        count = int(self.history_days * d / spacing)
+        count = min(self.max_origins, int(self.history_days * d / spacing))
         origins = [o for o in range(first, first - count * spacing, -spacing) if o >= d and o < t_end]
         xs, ts = [], []
         for o in origins:

@@ -21,6 +21,7 @@ runner = CliRunner()
 
 
 def nmt(*args: str) -> tuple[int, str]:
+    """Run ``nmt`` as its console script does: a UserError is one line and exit code 2."""
     result = runner.invoke(app, list(args))
     if isinstance(result.exception, UserError):  # what nm_toolkit.cli.main prints as one line, exit code 2
         return 2, f"error: {result.exception}"
@@ -29,9 +30,9 @@ def nmt(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def five_minute_csv(path: Path, days: int = 8, n_series: int = 3) -> Path:
-    """A long CSV (timestamp, series, value) of 5-minute traffic with a daily cycle."""
-    index = pd.date_range("2024-03-01", periods=days * 288, freq="5min")
+def five_minute_csv(path: Path, periods: int = 7 * 288 + 48, n_series: int = 3) -> Path:
+    """A long CSV (timestamp, series, value) of 5-minute traffic with a daily cycle: 7 days and 4 hours."""
+    index = pd.date_range("2024-03-01", periods=periods, freq="5min")
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n_series):
@@ -60,7 +61,7 @@ def test_backtest_rolling_on_five_minute_long_file(tmp_path: Path) -> None:
     assert code == 0, out
     data = json.loads(out)
     assert data["step_seconds"] == 300 and data["mase_season_steps"] == 288
-    assert data["origins"] == (288 - 12) // 12 + 1 and data["series"] == 3
+    assert data["origins"] == (48 - 12) // 12 + 1 and data["series"] == 3
     assert {m["model"] for m in data["models"]} == {"snaive_daily", "gbm"}
     code, out = nmt("forecast", "backtest", "--input", str(path), "--train-days", "7", "--horizon", "12", "--rolling", "--models", "snaive_daily")
     assert code == 0 and "snaive_daily" in out  # the human table
