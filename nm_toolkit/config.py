@@ -137,6 +137,22 @@ class ControllerSettings(BaseModel):
     faucet_dp: str = "sw1"
 
 
+class LlmSettings(BaseModel):
+    """Edge and cloud language models and the prompt service; model paths default under ``state_dir/llm``."""
+
+    edge_model: Path | None = None
+    cloud_model: Path | None = None
+    adapters_dir: Path | None = None
+    context_store: Path | None = None
+    group_id: str = "nmt-prompt-service"
+    max_batch: PositiveInt = 16
+    batch_window_ms: PositiveInt = 20
+    max_prompt_chars: PositiveInt = 1000
+    max_input_tokens: PositiveInt = 256
+    max_new_tokens: PositiveInt = 64
+    request_timeout_s: PositiveFloat = 30.0
+
+
 class Settings(BaseSettings):
     """The toolkit's configuration: see the module docstring for where values come from."""
 
@@ -151,6 +167,7 @@ class Settings(BaseSettings):
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @classmethod
     def settings_customise_sources(

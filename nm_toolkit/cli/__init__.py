@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, policy
+from nm_toolkit.cli import collect, controller, decisions, demo, dev, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -23,6 +23,8 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(decisions.app, name="decisions")
 app.add_typer(controller.app, name="controller")
 app.command("demo")(demo.demo)
+app.add_typer(model.app, name="model")
+app.add_typer(llm.app, name="llm")
 
 
 def main() -> None:

@@ -1,0 +1,165 @@
+"""Benchmark of the edge and cloud LLMs (issue 4), every figure next to its same-run baseline.
+
+1. completion quality on the held-out split (unseen districts and phrasings): the LoRA-tuned edge
+   model vs the un-tuned base model (exact match, ROUGE-L);
+2. NetGPT edge/cloud split: edge and cloud latency, bytes sent edge -> cloud vs a cloud-only
+   deployment that ships the raw location context, model memory;
+3. serving: the micro-batched prompt service (embedded bus) vs one-request-at-a-time ``generate``
+   on the same model and the same burst of requests: tokens/s, p50/p95 latency;
+4. LoRA fine-tuning seconds per 1,000 examples, and peak RSS of the process.
+
+    python bench/llm.py --intents /work/shared/data/nile_intents_alpha.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.llm.completion_data import build_completion_dataset
+from nm_toolkit.llm.context import synthetic_city
+from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
+from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
+from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
+from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest, evaluate_completion
+from nm_toolkit.llm.offline import load_causal_lm
+from nm_toolkit.llm.service import PromptService, ServiceLimits
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def model_mb(lm: AdapterLM) -> float:
+    return sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2**20
+
+
+def build_model(directory: Path, arch: str, preset: str, steps: int, seed: int, intents: Path | None) -> float:
+    started = time.perf_counter()
+    model, tokenizer, losses, facts = initialise_model(InitConfig(arch=arch, preset=preset, steps=steps, seed=seed, intents_file=intents))  # type: ignore[arg-type]
+    save_initialised(directory, model, tokenizer, losses, facts)
+    print(f"  {arch}/{preset}: {facts['parameters']:,} parameters, {steps} steps, final loss {facts['final_loss']}, {time.perf_counter() - started:.0f} s", flush=True)
+    return time.perf_counter() - started
+
+
+def serve_batched(completer: EdgeCompleter, requests: list[bytes], max_batch: int) -> tuple[list[float], int, float]:
+    bus = EmbeddedBus()
+    producer = bus.producer()
+    started = time.perf_counter()
+    for value in requests:
+        producer.send("prompts", value)
+    service = PromptService(bus, completer, "prompts", "completions", "bench", ServiceLimits(max_batch=max_batch, batch_window_s=0.005))
+    service.run(max_requests=len(requests), idle_exit_s=5)
+    elapsed = time.perf_counter() - started
+    records = [json.loads(m.value) for m in bus.messages("completions")]
+    assert all(r["status"] == "ok" for r in records), [r.get("reason") for r in records if r["status"] != "ok"]
+    return [r["latency_ms"] for r in records], sum(r["new_tokens"] for r in records), elapsed
+
+
+def serve_sequential(completer: EdgeCompleter, requests: list[EdgeRequest]) -> tuple[list[float], int, float]:
+    """The baseline: the same burst, answered one ``generate`` call per request."""
+    latencies, tokens = [], 0
+    started = time.perf_counter()
+    for request in requests:
+        generation = completer.complete([completer.prepare(request)])[0]
+        tokens += generation.new_tokens
+        latencies.append(1000 * (time.perf_counter() - started))
+    return latencies, tokens, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--intents", type=Path, help="Nile intents JSON added to the pre-training corpus")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--edge-preset", default="edge")
+    parser.add_argument("--cloud-preset", default="cloud")
+    parser.add_argument("--edge-steps", type=int, default=1000)
+    parser.add_argument("--cloud-steps", type=int, default=80)
+    parser.add_argument("--train", type=int, default=1500)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--epochs", type=float, default=2.5)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="keep models here (default: a temporary directory)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="nmt-bench-llm-"))
+    edge_dir, cloud_dir, registry = work / "edge", work / "cloud", AdapterRegistry(work / "adapters")
+
+    print(f"building models in {work}", flush=True)
+    if not (edge_dir / "config.json").is_file():
+        build_model(edge_dir, "gpt2", args.edge_preset, args.edge_steps, args.seed, args.intents)
+    if not (cloud_dir / "config.json").is_file():
+        build_model(cloud_dir, "llama", args.cloud_preset, args.cloud_steps, args.seed, args.intents)
+
+    store = synthetic_city(seed=args.seed + 1)
+    train, test = build_completion_dataset(store, args.train, args.test, seed=args.seed + 1)
+    model, tokenizer = load_causal_lm(edge_dir)
+    config = LoraTrainConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    tuner = LoraFineTuner(config).fit(model, tokenizer, [(e.input, " " + e.target) for e in train], "completion")
+    seconds_per_1000 = 1000 * tuner.seconds_ / (args.epochs * len(train))
+    registry.save(tuner.model_, AdapterCard("completion", "prompt_completion", str(edge_dir), train_examples=len(train),
+                                            train_seconds=tuner.seconds_, config=asdict(config)), tuner.losses_)
+    print(f"  LoRA: {len(train)} examples x {args.epochs} epochs in {tuner.seconds_:.0f} s, final loss {tuner.losses_[-1]:.3f}", flush=True)
+
+    limits = GenerationLimits(max_new_tokens=72)
+    edge = EdgeCompleter(AdapterLM.load(edge_dir, registry), store, limits)
+    tuned, tuned_out = evaluate_completion(edge, test, "completion")
+    base, _ = evaluate_completion(edge, test, BASE)
+
+    cloud = CloudResponder(AdapterLM.load(cloud_dir), GenerationLimits(max_new_tokens=32))
+    cloud_ms = []
+    for generation in tuned_out[:16]:
+        started = time.perf_counter()
+        cloud.answer([generation.text])
+        cloud_ms.append(1000 * (time.perf_counter() - started))
+
+    burst = [test[i % len(test)] for i in range(args.requests)]
+    edge_requests = [EdgeRequest(e.text, e.cell, e.user, None, adapter="completion") for e in burst]
+    messages = [json.dumps({"request_id": f"r{i}", "text": e.text, "location": e.cell, "user": e.user, "adapter": "completion"}).encode()
+                for i, e in enumerate(burst)]
+    serve_sequential(edge, edge_requests[:4])  # warm-up
+    seq_lat, seq_tokens, seq_s = serve_sequential(edge, edge_requests)
+    bat_lat, bat_tokens, bat_s = serve_batched(edge, messages, args.max_batch)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print("\n## completion quality, held-out split (unseen districts and phrasings)")
+    print(f"{'model':28} {'examples':>8} {'exact match':>12} {'ROUGE-L':>8}")
+    for name, report in (("edge GPT-2 + LoRA", tuned), ("edge GPT-2 base (no adapter)", base)):
+        print(f"{name:28} {report.examples:>8} {report.exact_match:>12.3f} {report.rouge_l:>8.3f}")
+    print("\n## edge / cloud split")
+    print(f"edge completion latency     {tuned.edge_ms_per_request:8.1f} ms/request (batches of 16)")
+    print(f"cloud answer latency        {statistics.median(cloud_ms):8.1f} ms/request (p50, one at a time, 32 new tokens)")
+    print(f"bytes edge -> cloud         {tuned.bytes_edge_to_cloud:8.0f} B/request (completed prompt)")
+    print(f"bytes cloud-only baseline   {tuned.bytes_cloud_only:8.0f} B/request (prompt + raw location context)")
+    print(f"edge model memory           {model_mb(edge.lm):8.1f} MiB ({sum(p.numel() for p in edge.lm.model.parameters()):,} parameters incl. LoRA)")
+    print(f"cloud model memory          {model_mb(cloud.lm):8.1f} MiB ({sum(p.numel() for p in cloud.lm.model.parameters()):,} parameters)")
+    print(f"\n## serving {args.requests} requests arriving together (same model, same requests)")
+    print(f"{'mode':34} {'tokens/s':>9} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, lat, tokens, secs in (
+        ("one-at-a-time generate", seq_lat, seq_tokens, seq_s),
+        (f"prompt service, batches <= {args.max_batch}", bat_lat, bat_tokens, bat_s),
+    ):
+        print(f"{name:34} {tokens / secs:>9.1f} {percentile(lat, 0.5):>8.0f} {percentile(lat, 0.95):>8.0f}")
+    print(f"throughput ratio (service / one-at-a-time): {(bat_tokens / bat_s) / max(seq_tokens / seq_s, 1e-9):.2f}x")
+    print(f"\nLoRA fine-tuning: {seconds_per_1000:.1f} s per 1,000 examples (rank {args.rank}, {args.threads} threads)")
+    print(f"peak RSS: {peak_rss_mb:.0f} MiB")
+    return 0 if tuned.rouge_l >= 0.9 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``nmt llm``: NetGPT prompt completion at the edge, answers from the cloud, and the prompt service."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from nm_toolkit.cli.output import JsonOption, console, emit
+from nm_toolkit.config import load_settings
+
+app = typer.Typer(help="Edge prompt completion, cloud answers and the prompt-stream service.", no_args_is_help=True)
+
+
+@app.command()
+def dataset(
+    output: Path = typer.Option(..., "-o", "--output", help="directory for context.json, train.jsonl, test.jsonl"),
+    seed: int = typer.Option(0, help="seed of the synthetic city and the pairs"),
+    train_size: int = typer.Option(2000, "--train", min=1),
+    test_size: int = typer.Option(200, "--test", min=1),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the location-based completion data set; test pairs use unseen districts and phrasings."""
+    from nm_toolkit.llm.completion_data import build_completion_dataset, held_out_districts, write_jsonl
+    from nm_toolkit.llm.context import synthetic_city
+
+    store = synthetic_city(seed)
+    train, test = build_completion_dataset(store, train_size, test_size, seed)
+    store.save(output / "context.json")
+    write_jsonl(output / "train.jsonl", train)
+    write_jsonl(output / "test.jsonl", test)
+    info = {"output": str(output), "cells": len(store.cells), "users": len(store.profiles), "train": len(train), "test": len(test),
+            "test_districts": sorted(held_out_districts(store, 0.25, seed))}
+    emit(as_json, info, "completion data set", [{**info, "test_districts": ", ".join(info["test_districts"])}])
+    if not as_json:
+        console.print(f"use it at the edge with: export NMT_LLM__CONTEXT_STORE={output / 'context.json'}")
+
+
+@app.command()
+def complete(
+    text: str = typer.Argument(..., help="the user's concise prompt"),
+    location: str = typer.Option(..., help="cell id the user is in"),
+    user: str | None = typer.Option(None, help="user id (profile known at the edge)"),
+    adapter: str | None = typer.Option(None, help="adapter to use (default: chosen by task and location)"),
+    task: str = typer.Option("prompt_completion"),
+    cloud: bool = typer.Option(False, "--cloud", help="also send the completed prompt to the cloud model"),
+    seed: int | None = typer.Option(None, help="sample with this seed instead of greedy decoding"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Complete one prompt at the edge (and optionally answer it in the cloud)."""
+    from nm_toolkit.llm.completion_data import cloud_only_payload
+    from nm_toolkit.llm.deployment import cloud_responder, edge_completer
+    from nm_toolkit.llm.netgpt import EdgeRequest
+
+    settings = load_settings()
+    completer = edge_completer(settings)
+    if seed is not None:
+        completer.limits = replace(completer.limits, do_sample=True)
+    prepared = completer.prepare(EdgeRequest(text, location, user, datetime.now(UTC), task, adapter))
+    generation = completer.complete([prepared], seed=seed)[0]
+    result: dict[str, object] = {
+        "completion": generation.text, "adapter": generation.adapter, "new_tokens": generation.new_tokens,
+        "bytes_edge_to_cloud": len(generation.text.encode()), "bytes_cloud_only": len(cloud_only_payload(text, prepared.context)),
+    }
+    if cloud:
+        result["answer"] = cloud_responder(settings).answer([generation.text])[0].text
+    emit(as_json, result, "edge completion", [{"field": k, "value": v} for k, v in result.items()])
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., help="held-out JSONL written by `nmt llm dataset`"),
+    adapter: str | None = typer.Option(None, help="adapter (default: chosen by task; __base__ for none)"),
+    limit: int | None = typer.Option(None, min=1, help="score only the first N examples"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Completion quality (exact match, ROUGE-L) and edge-to-cloud bytes on held-out pairs."""
+    from nm_toolkit.llm.completion_data import read_examples
+    from nm_toolkit.llm.deployment import edge_completer
+    from nm_toolkit.llm.netgpt import evaluate_completion
+
+    examples = read_examples(data)[:limit]
+    report, _ = evaluate_completion(edge_completer(load_settings()), examples, adapter)
+    emit(as_json, asdict(report), "held-out completion quality", [asdict(report)])
+
+
+@app.command()
+def serve(
+    max_requests: int | None = typer.Option(None, min=1, help="stop after answering this many messages"),
+    idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without prompts"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Serve the prompts topic until Ctrl-C: micro-batched completions to the completions topic."""
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.llm.deployment import prompt_service
+
+    settings = load_settings()
+    bus = bus_from_settings(settings)
+    service = prompt_service(settings, bus)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if not as_json:
+        console.print(f"serving {settings.topics.prompts} -> {settings.topics.completions} on the {settings.bus.kind} bus (Ctrl-C stops)")
+    try:
+        stats = service.run(stop, max_requests, idle_exit)
+    finally:
+        bus.close()
+    emit(as_json, asdict(stats), "prompt service", [asdict(stats)])

@@ -1,0 +1,138 @@
+"""NetGPT's location-based prompt completion as a supervised data set.
+
+A user sends a concise prompt ("coffee near me?"); the edge knows where and who the user is and
+completes it into the comprehensive prompt the cloud model should answer. The split keeps whole
+districts (hence cells and their places) and whole phrasings out of training, so the held-out
+score measures generalisation to unseen locations and unseen wordings, not memorisation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nm_toolkit.errors import UserError
+from nm_toolkit.llm.context import POI_CATEGORIES, ContextStore, LocationContext, PointOfInterest
+
+TRAIN_FRAMES: tuple[str, ...] = (
+    "{noun} near me", "find a {noun} nearby", "where is the closest {noun}?", "any {noun} around here?",
+    "I need a {noun}", "show me a {noun} close by", "{noun}?", "take me to a {noun}",
+)
+TEST_FRAMES: tuple[str, ...] = ("looking for a {noun}", "is there a {noun} nearby?", "nearest {noun} please")
+TIMES_OF_DAY: tuple[str, ...] = ("morning", "afternoon", "evening", "night")
+
+
+@dataclass(frozen=True)
+class CompletionExample:
+    """One pair: what the model reads at the edge (``input``) and the prompt it should write."""
+
+    text: str
+    cell: str
+    user: str
+    time_of_day: str
+    category: str
+    input: str
+    target: str
+
+
+def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfInterest]:
+    """The closest place of every category (``pois`` need not be sorted)."""
+    best: dict[str, PointOfInterest] = {}
+    for poi in pois:
+        if poi.category not in best or poi.distance_m < best[poi.category].distance_m:
+            best[poi.category] = poi
+    return best
+
+
+def edge_input(text: str, context: LocationContext) -> str:
+    """The edge model's input: compact context, then the user's words, then the cue to complete."""
+    places = "; ".join(
+        f"{p.name} ({p.category}, {p.distance_m} m)" for p in sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
+    )
+    return (
+        f"cell {context.cell.cell} | {context.cell.district} | {context.time_of_day} | "
+        f"{context.profile.role}, {context.profile.preference}\nplaces: {places}\n"
+        f"request: {text.strip()}\nprompt:"
+    )
+
+
+def comprehensive_prompt(category: str, context: LocationContext) -> str:
+    """The reference completion: what the cloud needs to answer well, and nothing else."""
+    poi = nearest_by_category(context.cell.pois)[category]
+    return (
+        f"As a {context.profile.role} who {context.profile.preference}, I am in {context.cell.district} "
+        f"(cell {context.cell.cell}) this {context.time_of_day}. Recommend a {category} near me. "
+        f"The nearest {category} is {poi.name}, {poi.distance_m} m away."
+    )
+
+
+def cloud_only_payload(text: str, context: LocationContext) -> bytes:
+    """What a cloud-only deployment must ship instead: the prompt plus the raw location context."""
+    return json.dumps({"text": text, "context": asdict(context)}, separators=(",", ":")).encode()
+
+
+def held_out_districts(store: ContextStore, share: float, seed: int) -> set[str]:
+    districts = sorted({c.district for c in store.cells.values()})
+    count = max(1, round(len(districts) * share))
+    return set(random.Random(seed).sample(districts, count))
+
+
+def build_completion_dataset(
+    store: ContextStore, train_size: int, test_size: int, seed: int, test_share: float = 0.25
+) -> tuple[list[CompletionExample], list[CompletionExample]]:
+    """Train and test pairs; test cells lie in held-out districts and use held-out phrasings."""
+    rng = random.Random(seed)
+    test_districts = held_out_districts(store, test_share, seed)
+    train_cells = [c for c in store.cells.values() if c.district not in test_districts]
+    test_cells = [c for c in store.cells.values() if c.district in test_districts]
+    users = sorted(store.profiles)
+
+    def sample(cells: list, frames: tuple[str, ...], count: int) -> list[CompletionExample]:
+        out = []
+        for _ in range(count):
+            cell, user = rng.choice(cells), rng.choice(users)
+            category = rng.choice(list(POI_CATEGORIES))
+            text = rng.choice(frames).format(noun=rng.choice(POI_CATEGORIES[category]))
+            context = LocationContext(cell, rng.choice(TIMES_OF_DAY), store.profiles[user])
+            out.append(
+                CompletionExample(
+                    text, cell.cell, user, context.time_of_day, category,
+                    edge_input(text, context), comprehensive_prompt(category, context),
+                )
+            )
+        return out
+
+    return sample(train_cells, TRAIN_FRAMES, train_size), sample(test_cells, TEST_FRAMES, test_size)
+
+
+def write_jsonl(path: Path, examples: list[CompletionExample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for example in examples:
+            out.write(json.dumps(asdict(example)) + "\n")
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(input, target) pairs of a JSONL training file; any extra fields are ignored."""
+    if not path.is_file():
+        raise UserError(f"no data file at {path}: pass a JSONL file with 'input' and 'target' fields")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append((str(record["input"]), str(record["target"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{number}: expected a JSON object with 'input' and 'target' ({exc})") from exc
+    if not pairs:
+        raise UserError(f"{path} holds no examples: add JSON lines with 'input' and 'target'")
+    return pairs
+
+
+def read_examples(path: Path) -> list[CompletionExample]:
+    """Examples written by :func:`write_jsonl` (with their location fields, for evaluation)."""
+    read_pairs(path)  # same validation and messages
+    return [CompletionExample(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

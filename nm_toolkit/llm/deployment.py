@@ -1,0 +1,57 @@
+"""Wiring from settings: where the models, adapters and context live, and the services built on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nm_toolkit.bus.base import Bus
+from nm_toolkit.config import Settings
+from nm_toolkit.llm.context import ContextStore
+from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
+from nm_toolkit.llm.lora import AdapterRegistry
+from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter
+from nm_toolkit.llm.service import PromptService, ServiceLimits
+
+
+@dataclass(frozen=True)
+class LlmPaths:
+    edge_model: Path
+    cloud_model: Path
+    adapters_dir: Path
+    context_store: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LlmPaths:
+        root = settings.state_dir / "llm"
+        cfg = settings.llm
+        return cls(
+            cfg.edge_model or root / "edge",
+            cfg.cloud_model or root / "cloud",
+            cfg.adapters_dir or root / "adapters",
+            cfg.context_store or root / "context.json",
+        )
+
+
+def generation_limits(settings: Settings) -> GenerationLimits:
+    cfg = settings.llm
+    return GenerationLimits(cfg.max_input_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
+
+
+def edge_completer(settings: Settings) -> EdgeCompleter:
+    """The edge model with every registered adapter loaded, and the edge's context store."""
+    paths = LlmPaths.from_settings(settings)
+    lm = AdapterLM.load(paths.edge_model, AdapterRegistry(paths.adapters_dir))
+    return EdgeCompleter(lm, ContextStore.load(paths.context_store), generation_limits(settings))
+
+
+def cloud_responder(settings: Settings) -> CloudResponder:
+    return CloudResponder(AdapterLM.load(LlmPaths.from_settings(settings).cloud_model), generation_limits(settings))
+
+
+def prompt_service(settings: Settings, bus: Bus, completer: EdgeCompleter | None = None) -> PromptService:
+    cfg = settings.llm
+    limits = ServiceLimits(cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_prompt_chars, cfg.request_timeout_s)
+    return PromptService(
+        bus, completer or edge_completer(settings), settings.topics.prompts, settings.topics.completions, cfg.group_id, limits
+    )

@@ -1,0 +1,117 @@
+"""One base model with several LoRA adapters loaded at once, generating for a batch of requests.
+
+Requests in one batch may each name a different adapter: peft's mixed-adapter batches route every
+row through its own LoRA weights, so the service batches by arrival, not by adapter. Inputs are
+left-padded so that every row's next token sits in the last column and the KV cache is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from nm_toolkit.errors import UserError
+from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry
+from nm_toolkit.llm.offline import load_causal_lm
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """Bounds every request is held to; greedy decoding unless ``do_sample``."""
+
+    max_input_tokens: int = 256
+    max_new_tokens: int = 64
+    timeout_s: float = 30.0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int
+    adapter: str
+    finished: bool  # ended with end-of-text, not cut by max_new_tokens or the timeout
+
+
+class AdapterLM:
+    """A causal LM plus the adapters loaded into it, keyed by adapter name."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cards: Sequence[AdapterCard] = ()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cards = {card.name: card for card in cards}
+
+    @classmethod
+    def load(cls, base_dir: Path, registry: AdapterRegistry | None = None, adapters: Sequence[str] | None = None) -> AdapterLM:
+        """The base checkpoint with ``adapters`` (default: every adapter in ``registry``) loaded."""
+        model, tokenizer = load_causal_lm(base_dir)
+        if registry is None:
+            return cls(model, tokenizer)
+        cards = [registry.card(name) for name in adapters] if adapters is not None else registry.cards()
+        for card in cards:
+            path = registry.path(card.name)
+            if not isinstance(model, PeftModel):
+                model = PeftModel.from_pretrained(model, path, adapter_name=card.name, is_trainable=False)
+            else:
+                model.load_adapter(path, adapter_name=card.name, is_trainable=False)
+        model.eval()
+        return cls(model, tokenizer, cards)
+
+    def select(self, task: str | None, location_group: str | None, adapter: str | None = None) -> str:
+        """The adapter for a request: the one it names, else the task's adapter for its location group,
+        else the task's adapter for every location, else the base model when no adapters are loaded."""
+        if adapter is not None:
+            if adapter != BASE and adapter not in self.cards:
+                raise UserError(f"adapter {adapter!r} is not loaded (loaded: {', '.join(self.cards) or 'none'})")
+            return adapter
+        if not self.cards:
+            return BASE
+        for_task = [c for c in self.cards.values() if task is None or c.task == task]
+        if not for_task:
+            raise UserError(f"no adapter for task {task!r} (tasks: {', '.join(sorted({c.task for c in self.cards.values()}))})")
+        for card in for_task:
+            if location_group and location_group in card.location_groups:
+                return card.name
+        general = [c for c in for_task if not c.location_groups]
+        return (general or for_task)[0].name
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False).input_ids]
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], adapters: Sequence[str] | None = None, limits: GenerationLimits = GenerationLimits(), seed: int | None = None
+    ) -> list[Generation]:
+        """Complete ``prompts`` in one batch; ``adapters[i]`` is row i's adapter (default: base model)."""
+        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
+        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        config = GenerationConfig(
+            max_new_tokens=limits.max_new_tokens, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
+            top_k=limits.top_k if limits.do_sample else None, top_p=None, use_cache=True, max_time=limits.timeout_s,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=None,
+        )
+        extra = {"adapter_names": names} if isinstance(self.model, PeftModel) else {}
+        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
+            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self.model.generate(**batch, generation_config=config, **extra)
+        new = output[:, batch["input_ids"].shape[1] :]
+        results = []
+        for row, name in zip(new, names, strict=True):
+            ids = row.tolist()
+            finished = self.tokenizer.eos_token_id in ids
+            length = ids.index(self.tokenizer.eos_token_id) if finished else len(ids)
+            text = self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
+            results.append(Generation(text, length, name, finished))
+        return results

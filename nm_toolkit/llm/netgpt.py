@@ -1,0 +1,120 @@
+"""NetGPT's edge-cloud split: the edge completes prompts with local context, the cloud answers them.
+
+Only the completed prompt crosses the network; the cell, the places around it and the user's
+profile stay at the edge. :func:`evaluate_completion` scores an edge model on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nm_toolkit.llm.completion_data import CompletionExample, cloud_only_payload, edge_input
+from nm_toolkit.llm.context import ContextStore, LocationContext
+from nm_toolkit.llm.generation import AdapterLM, Generation, GenerationLimits
+from nm_toolkit.llm.metrics import exact_match, rouge_l
+
+COMPLETION_TASK = "prompt_completion"
+
+
+@dataclass(frozen=True)
+class EdgeRequest:
+    """A user's concise prompt with who and where it comes from (resolved at the edge only)."""
+
+    text: str
+    cell: str
+    user: str | None = None
+    when: datetime | None = None
+    task: str = COMPLETION_TASK
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    model_input: str
+    adapter: str
+    context: LocationContext
+
+
+class EdgeCompleter:
+    """The edge service: resolves context locally and completes prompts with the chosen adapter."""
+
+    def __init__(self, lm: AdapterLM, store: ContextStore, limits: GenerationLimits = GenerationLimits()) -> None:
+        self.lm = lm
+        self.store = store
+        self.limits = limits
+
+    def prepare(self, request: EdgeRequest) -> PreparedRequest:
+        """Model input and adapter of one request; raises :class:`UserError` for an unknown cell or adapter."""
+        context = self.store.context(request.cell, request.user, request.when or datetime.now(UTC))
+        adapter = self.lm.select(request.task, context.cell.district, request.adapter)
+        return PreparedRequest(edge_input(request.text, context), adapter, context)
+
+    def complete(self, prepared: Sequence[PreparedRequest], seed: int | None = None) -> list[Generation]:
+        return self.lm.generate([p.model_input for p in prepared], [p.adapter for p in prepared], self.limits, seed)
+
+
+def cloud_prompt(completed: str) -> str:
+    """How the cloud model is asked to answer a completed prompt."""
+    return f"question: {completed}\nanswer:"
+
+
+class CloudResponder:
+    """The cloud service: answers completed prompts; it never sees raw location context."""
+
+    def __init__(self, lm: AdapterLM, limits: GenerationLimits = GenerationLimits()) -> None:
+        self.lm = lm
+        self.limits = limits
+
+    def answer(self, completed: Sequence[str]) -> list[Generation]:
+        return self.lm.generate([cloud_prompt(c) for c in completed], None, self.limits)
+
+
+@dataclass(frozen=True)
+class CompletionReport:
+    """Held-out completion quality and the edge-to-cloud traffic it implies."""
+
+    examples: int
+    adapter: str
+    rouge_l: float
+    exact_match: float
+    edge_ms_per_request: float
+    bytes_edge_to_cloud: float
+    bytes_cloud_only: float
+
+
+def evaluate_completion(
+    completer: EdgeCompleter, examples: Sequence[CompletionExample], adapter: str | None, batch_size: int = 16
+) -> tuple[CompletionReport, list[Generation]]:
+    """Complete every held-out example with ``adapter`` (None: the task's adapter) and score it."""
+    outputs: list[Generation] = []
+    started = time.perf_counter()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        prepared = [
+            completer.prepare(EdgeRequest(e.text, e.cell, e.user, _at(e.time_of_day), adapter=adapter)) for e in chunk
+        ]
+        outputs += completer.complete(prepared)
+    elapsed = time.perf_counter() - started
+    contexts = [completer.store.context(e.cell, e.user, _at(e.time_of_day)) for e in examples]
+    n = max(1, len(examples))
+    report = CompletionReport(
+        examples=len(examples),
+        adapter=outputs[0].adapter if outputs else "",
+        rouge_l=sum(rouge_l(o.text, e.target) for o, e in zip(outputs, examples, strict=True)) / n,
+        exact_match=sum(exact_match(o.text, e.target) for o, e in zip(outputs, examples, strict=True)) / n,
+        edge_ms_per_request=1000 * elapsed / n,
+        bytes_edge_to_cloud=sum(len(o.text.encode()) for o in outputs) / n,
+        bytes_cloud_only=sum(len(cloud_only_payload(e.text, c)) for e, c in zip(examples, contexts, strict=True)) / n,
+    )
+    return report, outputs
+
+
+_HOURS = {"morning": 9, "afternoon": 14, "evening": 19, "night": 23}
+
+
+def _at(time_of_day: str) -> datetime:
+    """A moment that falls in ``time_of_day`` (the data set stores the period, not the instant)."""
+    return datetime(2024, 1, 1, _HOURS[time_of_day], tzinfo=UTC)

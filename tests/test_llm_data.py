@@ -1,0 +1,74 @@
+"""Pure parts of the LLM package: metrics, the location context store, the completion data split."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nm_toolkit.errors import UserError
+from nm_toolkit.llm.completion_data import (
+    TEST_FRAMES,
+    TRAIN_FRAMES,
+    build_completion_dataset,
+    cloud_only_payload,
+    read_examples,
+    read_pairs,
+    write_jsonl,
+)
+from nm_toolkit.llm.context import ContextStore, synthetic_city
+from nm_toolkit.llm.metrics import exact_match, lcs_length, rouge_l
+
+
+def test_rouge_l_matches_hand_computed_values() -> None:
+    assert lcs_length("a b c d".split(), "a c d e".split()) == 3
+    # LCS("the cat sat on the mat", "the cat is on the mat") = 5 -> P = R = 5/6
+    assert rouge_l("the cat sat on the mat", "The cat is on the mat.") == pytest.approx(5 / 6)
+    assert rouge_l("", "") == 1.0
+    assert rouge_l("x", "") == 0.0
+    assert exact_match(" a  b ", "a b") and not exact_match("a b", "A b")
+
+
+def test_context_store_round_trips_and_rejects_unknown_cells(tmp_path: Path) -> None:
+    store = synthetic_city(seed=3, districts=4, cells_per_district=2)
+    store.save(tmp_path / "ctx.json")
+    loaded = ContextStore.load(tmp_path / "ctx.json")
+    assert loaded == store
+    cell = next(iter(store.cells))
+    context = loaded.context(cell, "u0001", datetime(2024, 1, 1, 20, tzinfo=UTC))
+    assert context.time_of_day == "evening" and context.profile == store.profiles["u0001"]
+    with pytest.raises(UserError, match="unknown cell"):
+        loaded.context("nope", None, datetime.now(UTC))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="not a location context store"):
+        ContextStore.load(tmp_path / "bad.json")
+
+
+def test_split_holds_out_locations_and_phrasings(tmp_path: Path) -> None:
+    store = synthetic_city(seed=5)
+    train, test = build_completion_dataset(store, 400, 100, seed=5)
+    train_districts = {store.cells[e.cell].district for e in train}
+    test_districts = {store.cells[e.cell].district for e in test}
+    assert train_districts and test_districts and not train_districts & test_districts
+    assert not {e.cell for e in train} & {e.cell for e in test}
+    frames = {f.split("{noun}")[0] for f in TEST_FRAMES}
+    assert all(any(e.text.startswith(f) for f in frames) for e in test)
+    assert not set(TRAIN_FRAMES) & set(TEST_FRAMES)
+    # the target names the nearest place of the requested category, which the input lists
+    example = test[0]
+    assert store.cells[example.cell].district in example.target and example.category in example.target
+    # location context stays at the edge: the completed prompt is smaller than the raw context
+    context = store.context(example.cell, example.user, datetime.now(UTC))
+    assert len(example.target.encode()) < len(cloud_only_payload(example.text, context))
+    write_jsonl(tmp_path / "t.jsonl", test)
+    assert read_examples(tmp_path / "t.jsonl") == test
+    assert read_pairs(tmp_path / "t.jsonl")[0] == (example.input, example.target)
+
+
+def test_bad_training_files_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no data file"):
+        read_pairs(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"input": "x"}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        read_pairs(tmp_path / "bad.jsonl")
