@@ -53,11 +53,12 @@ class OperatorIntent(BaseModel):
     traffic: list[SpanText] = Field(default_factory=list, max_length=8)
     protocol: list[SpanText] = Field(default_factory=list, max_length=8)
     service: list[SpanText] = Field(default_factory=list, max_length=8)
+    qos_metric: list[SpanText] = Field(default_factory=list, max_length=8)
     qos: QosRequirement | None = None
     start: ClockTime | None = None
     end: ClockTime | None = None
 
-    @field_validator("origin", "destination", "target", "group", "middlebox", "traffic", "protocol", "service")
+    @field_validator("origin", "destination", "target", "group", "middlebox", "traffic", "protocol", "service", "qos_metric")
     @classmethod
     def _printable(cls, values: list[str]) -> list[str]:
         for value in values:
@@ -71,6 +72,8 @@ class OperatorIntent(BaseModel):
             raise ValueError(f"'{self.action}' needs a middlebox (firewall, dpi, nat, ...)")
         if self.action == "set" and self.qos is None:
             raise ValueError("'set' needs a QoS value with its unit (e.g. 100 mbps, 10 GB per week)")
+        if self.action == "unset" and not self.qos_metric:
+            raise ValueError("'unset' needs the QoS rule to lift (rate limit, quota, bandwidth)")
         if self.action in ("allow", "block") and not (self.traffic or self.service or self.protocol or self.target or self.origin or self.destination or self.group):
             raise ValueError(f"'{self.action}' needs the traffic, service, protocol or endpoint it applies to")
         if (self.start is None) != (self.end is None):
