@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, llm, model, policy
+from nm_toolkit.cli import collect, controller, decisions, demo, dev, intent, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -25,6 +25,7 @@ app.add_typer(controller.app, name="controller")
 app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.add_typer(llm.app, name="llm")
+app.add_typer(intent.app, name="intent")
 
 
 def main() -> None:
