@@ -109,22 +109,6 @@ class PolicySettings(BaseModel):
     dry_run: bool = False
 
 
-class LlmSettings(BaseModel):
-    """Edge and cloud language models and the prompt service; model paths default under ``state_dir/llm``."""
-
-    edge_model: Path | None = None
-    cloud_model: Path | None = None
-    adapters_dir: Path | None = None
-    context_store: Path | None = None
-    group_id: str = "nmt-prompt-service"
-    max_batch: PositiveInt = 16
-    batch_window_ms: PositiveInt = 20
-    max_prompt_chars: PositiveInt = 1000
-    max_input_tokens: PositiveInt = 256
-    max_new_tokens: PositiveInt = 64
-    request_timeout_s: PositiveFloat = 30.0
-
-
 class GuardrailSettings(BaseModel):
     """Checks every decision passes before anything is applied (see policies.guardrails)."""
 
@@ -165,6 +149,22 @@ class ControllerSettings(BaseModel):
     faucet_dp: str = "sw1"
 
 
+class LlmSettings(BaseModel):
+    """Edge and cloud language models and the prompt service; model paths default under ``state_dir/llm``."""
+
+    edge_model: Path | None = None
+    cloud_model: Path | None = None
+    adapters_dir: Path | None = None
+    context_store: Path | None = None
+    group_id: str = "nmt-prompt-service"
+    max_batch: PositiveInt = 16
+    batch_window_ms: PositiveInt = 20
+    max_prompt_chars: PositiveInt = 1000
+    max_input_tokens: PositiveInt = 256
+    max_new_tokens: PositiveInt = 64
+    request_timeout_s: PositiveFloat = 30.0
+
+
 class Settings(BaseSettings):
     """The toolkit's configuration: see the module docstring for where values come from."""
 
@@ -179,10 +179,8 @@ class Settings(BaseSettings):
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     forecast_service: ForecastServiceSettings = Field(default_factory=ForecastServiceSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
-    llm: LlmSettings = Field(default_factory=LlmSettings)
-
-
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, forecast, llm, model, policy
+from nm_toolkit.cli import collect, controller, decisions, demo, dev, forecast, intent, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -26,6 +26,7 @@ app.add_typer(controller.app, name="controller")
 app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.add_typer(llm.app, name="llm")
+app.add_typer(intent.app, name="intent")
 
 
 def main() -> None:

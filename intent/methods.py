@@ -1,0 +1,53 @@
+"""The two extraction paths by name, and operator-intent parsing on top of either."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from intent.evaluation import SpanExtractor
+from intent.llm_output import parse_llm_output
+from intent.schema import NeedsClarification, OperatorIntent
+from intent.structure import structure
+from nm_toolkit.errors import UserError
+
+Method = Literal["sklearn", "llm"]
+METHODS: tuple[str, ...] = ("sklearn", "llm")
+
+
+def factory(method: str) -> Callable[[], SpanExtractor]:
+    """A constructor of a fresh, unfitted extractor of ``method``."""
+    if method == "sklearn":
+        from intent.tagger import SklearnIntentTagger
+
+        return SklearnIntentTagger
+    if method == "llm":
+        from intent.llm_extractor import LlmIntentExtractor
+
+        return LlmIntentExtractor
+    raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def load(directory: Path) -> SpanExtractor:
+    """A trained extractor of either kind from ``nmt intent train -o DIR``."""
+    from intent.llm_extractor import CONFIG_FILE as LLM_CONFIG
+    from intent.llm_extractor import LlmIntentExtractor
+    from intent.tagger import SklearnIntentTagger
+
+    if (directory / LLM_CONFIG).is_file():
+        return LlmIntentExtractor.from_pretrained(directory)
+    return SklearnIntentTagger.from_pretrained(directory)
+
+
+def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> list[OperatorIntent | NeedsClarification]:
+    """Operator intents of ``texts``; LLM output is grounded and validated, failures clarified."""
+    from intent.llm_extractor import LlmIntentExtractor
+
+    results: list[OperatorIntent | NeedsClarification] = []
+    if isinstance(extractor, LlmIntentExtractor):
+        for text, output in zip(texts, extractor.generate(texts), strict=True):
+            parsed = parse_llm_output(text, output)
+            results.append(NeedsClarification(text=text, reason=parsed.error) if parsed.error else structure(text, parsed.spans))
+        return results
+    return [structure(text, spans) for text, spans in zip(texts, extractor.predict_spans(texts), strict=True)]

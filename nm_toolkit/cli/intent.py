@@ -1,0 +1,95 @@
+"""``nmt intent``: parse operator intents, train extractors, and score them on Nile-format data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import Progress
+
+from nm_toolkit.cli.output import JsonOption, console, emit
+from nm_toolkit.errors import UserError
+
+app = typer.Typer(help="Operator intents: parse to Nile, train and evaluate the extractors.", no_args_is_help=True)
+
+
+@app.command()
+def parse(
+    text: str = typer.Argument(..., help="the operator's intent in natural language"),
+    model: Path = typer.Option(..., "--model", "-m", help="directory written by `nmt intent train`"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Extract the intent's entities, validate them, and compile the intent to Nile."""
+    from intent.methods import load, parse_operator_intents
+    from intent.nile import compile_nile
+
+    result = parse_operator_intents(load(model), [text])[0]
+    data = result.model_dump()
+    if result.kind == "operator":
+        data["nile"] = compile_nile(result)  # type: ignore[arg-type]
+    rows = [{"field": k, "value": v if not isinstance(v, list) else ", ".join(map(str, v))} for k, v in data.items() if v not in (None, [])]
+    emit(as_json, data, "intent", rows)
+
+
+@app.command()
+def train(
+    input: Path = typer.Option(..., "--input", "-i", help="Nile-format labelled intents (JSON)"),
+    output: Path = typer.Option(..., "-o", "--output", help="directory for the trained extractor"),
+    method: str = typer.Option("sklearn", help="sklearn or llm"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fit an extractor on every intent of the file and save it."""
+    from intent.data import load_intents
+    from intent.methods import factory
+
+    intents = load_intents(input)
+    extractor = factory(method)().fit(intents)
+    extractor.save_pretrained(output)  # type: ignore[attr-defined]
+    emit(as_json, {"method": method, "intents": len(intents), "output": str(output)}, "trained")
+
+
+@app.command("eval")
+def evaluate(
+    input: Path | None = typer.Option(None, "--input", "-i", help="Nile-format file to cross-validate on"),
+    folds: int = typer.Option(5, help="number of cross-validation folds"),
+    train_file: Path | None = typer.Option(None, "--train", help="train on this file (with --test)"),
+    test_file: Path | None = typer.Option(None, "--test", help="score on this file (with --train)"),
+    method: str = typer.Option("sklearn", help="sklearn, llm, or a comma-separated list to compare side by side"),
+    seed: int = typer.Option(0, help="seed of the fold split"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Entity-level precision/recall/F1 per type and micro-averaged, plus whole-intent exact match."""
+    from intent.data import load_intents
+    from intent.evaluation import cross_validate, train_test
+    from intent.methods import factory
+
+    if (input is None) == (train_file is None or test_file is None):
+        raise UserError("pass either --input FILE (cross-validation) or both --train FILE and --test FILE")
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    makers = {m: factory(m) for m in methods}
+    reports: dict[str, dict[str, object]] = {}
+    with Progress(console=console, transient=True, disable=as_json) as progress:
+        for name, make in makers.items():
+            if input is not None:
+                intents = load_intents(input)
+                task = progress.add_task(f"{name}: {folds}-fold cross-validation", total=folds)
+                reports[name] = cross_validate(make, intents, folds, seed, on_fold=lambda _k, t=task: progress.advance(t))
+            else:
+                assert train_file is not None and test_file is not None
+                progress.add_task(f"{name}: train/test", total=None)
+                reports[name] = train_test(make, load_intents(train_file), load_intents(test_file))
+    best = max(reports, key=lambda m: reports[m]["micro"]["f1"])  # type: ignore[index]
+    if as_json:
+        emit(True, {"methods": reports, "best": best}, "")
+        return
+    kinds = sorted({k for r in reports.values() for k in r["per_type"]})  # type: ignore[union-attr]
+    rows = []
+    for kind in [*kinds, "micro"]:
+        row: dict[str, object] = {"entity": kind}
+        for name, report in reports.items():
+            scores = report["micro"] if kind == "micro" else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
+            row |= {f"{name} P": scores.get("precision"), f"{name} R": scores.get("recall"), f"{name} F1": scores.get("f1")}
+        rows.append(row)
+    rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
+    emit(False, reports, "entity-level scores (type and span text must match)", rows)
+    console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
