@@ -35,8 +35,12 @@ test: install
 kafka: install
 	$(VENV)/bin/nmt dev kafka
 
+# Each script prints its figures next to a baseline from the same run (see bench/RESULTS.md).
+# bench/llm.py trains models for 10+ minutes; run it on its own.
 bench: install
 	$(PY) bench/ingest.py
+	OMP_NUM_THREADS=1 $(PY) bench/forecast.py
+	$(PY) bench/controller.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -85,6 +85,18 @@ class ForecastSettings(BaseModel):
     level: float = Field(default=0.9, gt=0, lt=1)
 
 
+class ForecastServiceSettings(BaseModel):
+    """The forecasting service: its consumer group, model, schedule, store and retention."""
+
+    group_id: str = "nmt-forecaster"
+    model: str = "ensemble"
+    interval_seconds: PositiveFloat = 300.0
+    dead_letter_topic: str = "nmt.series.dlq"
+    max_poll_records: PositiveInt = 5000
+    store_path: Path | None = Field(default=None, description="SQLite file; default: state_dir/forecasts.sqlite")
+    retention_days: PositiveFloat = 30.0
+
+
 class PolicySettings(BaseModel):
     """Enabled policies, in the order they run, and the capacities they plan against."""
 
@@ -165,6 +177,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
+    forecast_service: ForecastServiceSettings = Field(default_factory=ForecastServiceSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

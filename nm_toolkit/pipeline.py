@@ -8,54 +8,23 @@ one process, which is what ``nmt demo`` and ``nmt run`` do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
-import pandas as pd
 
 from collectors.service import TelemetryCollector
-from forecasting import Forecaster, SeasonalNaive
+from forecasting.service import ForecastService
+from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import Bus
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
 from nm_toolkit.controller.service import DecisionController, RoundReport
 from nm_toolkit.controller.topic import DecisionTopicAdapter
-from nm_toolkit.schemas import Decision, DecisionAdapter, Forecast, SeriesPoint
+from nm_toolkit.schemas import Decision, DecisionAdapter, Forecast
 from policies import Policy, load_policies
 
 log = logging.getLogger(__name__)
-
-
-class SeriesHistory:
-    """The recent windows of every series, deduplicated by window start (re-emitted windows
-    replace the earlier copy), bounded to ``max_points`` per series."""
-
-    def __init__(self, value: str = "sum", max_points: int = 1344) -> None:
-        self.value = value
-        self.max_points = max_points
-        self._points: dict[str, dict[datetime, float]] = {}
-        self._step: dict[str, int] = {}
-
-    def add(self, point: SeriesPoint) -> None:
-        value = point.mean if self.value == "mean" else getattr(point, self.value)
-        points = self._points.setdefault(point.series_id, {})
-        points[point.window_start] = value
-        self._step[point.series_id] = point.window_seconds
-        if len(points) > self.max_points:
-            for stale in sorted(points)[: len(points) - self.max_points]:
-                del points[stale]
-
-    def series_ids(self) -> list[str]:
-        return sorted(self._points)
-
-    def series(self, series_id: str) -> pd.Series:
-        """The series on a regular grid; windows that never arrived are NaN."""
-        points = self._points[series_id]
-        raw = pd.Series(points, dtype=float).sort_index()
-        grid = pd.date_range(raw.index[0], raw.index[-1], freq=pd.Timedelta(seconds=self._step[series_id]))
-        return raw.reindex(grid)
 
 
 @dataclass
@@ -86,21 +55,19 @@ class ClosedLoop:
         bus: Bus,
         settings: Settings,
         *,
-        forecaster: Callable[[], Forecaster] | None = None,
         policies: list[Policy] | None = None,
         capacities: dict[str, float] | None = None,
         adapters: list[ControllerAdapter] | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
-        self.make_forecaster = forecaster or (lambda: SeasonalNaive(settings.forecast.season_length))
         if policies is None:
             policies = load_policies(settings.policy.enabled, settings.controller.policy_params)
         self.collector = TelemetryCollector(bus, settings)
-        self.history = SeriesHistory(settings.forecast.value, settings.forecast.max_history)
+        store_path = settings.forecast_service.store_path or default_store_path(settings.state_dir)
+        self.forecasting = ForecastService(bus, settings, ForecastStore(store_path if bus.durable else None))
         topics = settings.topics
-        bus.create_topics([topics.forecasts, topics.decisions])
-        self._series = bus.consumer([topics.series], f"{settings.collector.group_id}-loop")
+        bus.create_topics([topics.decisions])
         self._producer = bus.producer()
         self.controller = DecisionController(
             settings,
@@ -118,40 +85,12 @@ class ClosedLoop:
             self.collector.close_all_windows()
         return applied
 
-    def _read_series(self) -> None:
-        while messages := self._series.poll(10_000, 0.05):
-            for message in messages:
-                self.history.add(SeriesPoint.model_validate_json(message.value))
-            self._series.commit({m.topic_partition: m.offset + 1 for m in messages})
-
     def forecast(self, now: datetime | None = None) -> tuple[list[Forecast], dict[str, str]]:
-        """Forecast every series with enough history; publish to the forecasts topic."""
-        self._read_series()
-        cfg = self.settings.forecast
-        issued = now or datetime.now(UTC)
-        forecasts, skipped = [], {}
-        for series_id in self.history.series_ids():
-            y = self.history.series(series_id)
-            if y.count() < cfg.min_history:
-                skipped[series_id] = f"{y.count()} windows of history, {cfg.min_history} needed"
-                continue
-            result = self.make_forecaster().fit(y).predict(cfg.horizon, cfg.level)
-            forecast = Forecast(
-                series_id=series_id,
-                model=result.model,
-                issued_at=issued,
-                step_seconds=int((y.index[1] - y.index[0]).total_seconds()),
-                start=result.index[0].to_pydatetime(),
-                mean=result.mean.round(4).tolist(),
-                lower=result.lower.round(4).tolist(),
-                upper=result.upper.round(4).tolist(),
-                level=result.level,
-                note=result.note,
-            )
-            forecasts.append(forecast)
-            self._producer.send(self.settings.topics.forecasts, forecast.model_dump_json().encode(), series_id.encode())
-        self._producer.flush()
-        return forecasts, skipped
+        """Store the closed windows waiting on the series topic, then forecast every series with
+        enough history and publish the forecasts (the forecasting service's round)."""
+        while self.forecasting.step(timeout_s=0.05):
+            pass
+        return self.forecasting.forecast_round(now)
 
     def run_once(self, idle_s: float = 1.0, close_windows: bool = False) -> LoopReport:
         """Collect what is waiting, forecast, decide: one turn of the loop."""
@@ -161,7 +100,7 @@ class ClosedLoop:
         self.controller.expire()
         return LoopReport(
             collector=self.collector.stats_dict(),
-            series=len(self.history.series_ids()),
+            series=len(self.forecasting.store.series_ids()),
             forecasts=forecasts,
             skipped_series=skipped,
             round=round_report,
@@ -169,7 +108,7 @@ class ClosedLoop:
 
     def close(self) -> None:
         self.collector.close()
-        self._series.close()
+        self.forecasting.close()
         for adapter in self.controller.adapters:
             adapter.close()
         self._producer.close()

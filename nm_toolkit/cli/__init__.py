@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, intent, llm, model, policy
+from nm_toolkit.cli import collect, controller, decisions, demo, dev, forecast, intent, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(collect.app, name="collect")
+app.add_typer(forecast.app, name="forecast")
 app.add_typer(policy.app, name="policy")
 app.add_typer(decisions.app, name="decisions")
 app.add_typer(controller.app, name="controller")

@@ -47,14 +47,23 @@ def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfI
 
 
 def edge_input(text: str, context: LocationContext) -> str:
-    """The edge model's input: compact context, then the user's words, then the cue to complete."""
-    places = "; ".join(
-        f"{p.name} ({p.category}, {p.distance_m} m)" for p in sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
-    )
+    """The edge model's input: the location context as the edge service states it, the user's words,
+    then the cue to complete.
+
+    The edge service owns this serialisation, so it states every fact in the words a completed
+    prompt uses for it ("commuter who travels by bike", "Brera (cell MI-1234) this evening",
+    "pharmacy is Farmacia Rossi, 360 m") and lists the nearest place of every category, nearest
+    first. The model's work is then what only it can do (read an unseen phrasing, decide which
+    category is meant, pick that place among the listed ones and compose the prompt) while every
+    value it writes is copied from its context, which even a small edge model does reliably; it
+    never has to derive a value (a time-of-day from a clock, a minimum over distances).
+    """
+    nearest = sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
+    places = "; ".join(f"{p.category} is {p.name}, {p.distance_m} m" for p in nearest)
     return (
-        f"cell {context.cell.cell} | {context.cell.district} | {context.time_of_day} | "
-        f"{context.profile.role}, {context.profile.preference}\nplaces: {places}\n"
-        f"request: {text.strip()}\nprompt:"
+        f"user: {context.profile.role} who {context.profile.preference}\n"
+        f"location: {context.cell.district} (cell {context.cell.cell}) this {context.time_of_day}\n"
+        f"nearest: {places}\nrequest: {text.strip()}\nprompt:"
     )
 
 

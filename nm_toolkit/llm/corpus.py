@@ -153,7 +153,6 @@ def _context_documents(config: CorpusConfig, rng: random.Random) -> Iterator[str
         poi = nearest_by_category(context.cell.pois)[category]
         yield (
             edge_input(text, context).rsplit("\nprompt:", 1)[0]
-            + f"\nsummary: {context.profile.role} ({context.profile.preference}) at cell {context.cell.cell} in "
-            f"{context.cell.district}, {context.time_of_day}; wants {category}; nearest: {poi.name} at {poi.distance_m} m"
+            + f"\nsummary: a {context.profile.role} in {context.cell.district} (cell {context.cell.cell}) this "
+            f"{context.time_of_day} wants a {category}; the nearest {category} is {poi.name}, {poi.distance_m} m away"
         )
-

@@ -1,0 +1,102 @@
+"""Backtests: forecast from past origins with only the data before each, score against what came.
+
+A *fixed split* has one origin (train on the first N days, score the next H steps); a *rolling
+origin* backtest moves the origin forward every S steps, each time using all data before it.
+Every model sees the same origins and the same history, and is timed while it fits and forecasts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from forecasting import metrics
+from forecasting.base import Forecaster
+
+METRICS = ("mae", "rmse", "mase", "smape", "coverage")
+
+
+def fixed_origin(n_steps: int, train_steps: int, horizon: int) -> list[int]:
+    """The single origin of a train/test split; the test window may be cut short by the data's end."""
+    if train_steps < 2 or train_steps >= n_steps:
+        raise ValueError(f"training on {train_steps} of {n_steps} steps leaves nothing to score: train on fewer")
+    return [train_steps]
+
+
+def rolling_origins(n_steps: int, first: int, horizon: int, step: int) -> list[int]:
+    """Origins ``first, first + step, ...`` that each leave a full ``horizon`` to score."""
+    if step < 1:
+        raise ValueError("the rolling step must be at least 1")
+    origins = list(range(first, n_steps - horizon + 1, step))
+    if first < 2 or not origins:
+        raise ValueError(
+            f"no origin after {first} steps leaves {horizon} steps to score in {n_steps}: train on fewer days or shorten the horizon"
+        )
+    return origins
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Per (model, series, origin) scores, and each model's fit + forecast time in seconds."""
+
+    scores: pd.DataFrame
+    seconds: dict[str, float]
+    n_series: int
+    n_origins: int
+
+    def summary(self) -> pd.DataFrame:
+        """One row per model: metrics averaged over series and origins, seconds per series-fit."""
+        table = self.scores.groupby("model", sort=False)[list(METRICS)].mean()
+        table["seconds_per_series"] = [self.seconds[m] / (self.n_series * self.n_origins) for m in table.index]
+        return table
+
+
+def score_forecast(
+    actual: np.ndarray, mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, history: np.ndarray, season: int
+) -> dict[str, float]:
+    """All metrics of one forecast against what happened."""
+    return {
+        "mae": metrics.mae(actual, mean),
+        "rmse": metrics.rmse(actual, mean),
+        "mase": metrics.mase(actual, mean, history, season),
+        "smape": metrics.smape(actual, mean),
+        "coverage": metrics.coverage(actual, lower, upper),
+    }
+
+
+def backtest(
+    frame: pd.DataFrame,
+    models: Mapping[str, Forecaster],
+    origins: Sequence[int],
+    horizon: int,
+    *,
+    season: int,
+    level: float = 0.9,
+    on_step: Callable[[str, int], None] | None = None,
+) -> BacktestResult:
+    """Forecast ``frame`` (wide, regular) from every origin with every model and score it.
+
+    ``season`` is the MASE yardstick's lag in steps (a day, by convention for traffic).
+    ``on_step(model, origin)`` is called after each model-origin, for progress bars.
+    """
+    rows: list[dict[str, object]] = []
+    seconds = dict.fromkeys(models, 0.0)
+    for origin in origins:
+        history, future = frame.iloc[:origin], frame.iloc[origin : origin + horizon]
+        steps = len(future)
+        for name, model in models.items():
+            started = time.perf_counter()
+            forecasts = model.forecast_many(history, steps, level)
+            seconds[name] += time.perf_counter() - started
+            for series, fc in forecasts.items():
+                scores = score_forecast(
+                    future[series].to_numpy(), fc.mean, fc.lower, fc.upper, history[series].to_numpy(), season
+                )
+                rows.append({"model": name, "series": series, "origin": frame.index[origin], **scores, "note": fc.note})
+            if on_step:
+                on_step(name, origin)
+    return BacktestResult(pd.DataFrame(rows), seconds, frame.shape[1], len(origins))

@@ -1,0 +1,57 @@
+"""Forecast combination: the mean of several models' forecasts.
+
+Combining forecasts of models that err differently is one of the most reliable gains in
+forecasting (the M-competitions' lesson); intervals are combined by averaging the members'
+bounds (Vincentization, i.e. averaging quantiles), which keeps them calibrated when the members are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from forecasting.base import Forecaster, PointForecast
+
+
+class Combination(Forecaster):
+    """Equal-weight mean of ``members``' point forecasts and interval bounds."""
+
+    name = "combination"
+
+    def __init__(self, members: Sequence[Forecaster] = ()) -> None:
+        self.members = members
+
+    def fit(self, y: pd.Series) -> Self:
+        if not self.members:
+            raise ValueError("a combination needs at least one member forecaster")
+        self.fitted_ = [clone(m).fit(y) for m in self.members]
+        return self
+
+    def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
+        return combine([m.predict(horizon, level) for m in self.fitted_])
+
+    def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        if not self.members:
+            raise ValueError("a combination needs at least one member forecaster")
+        each = [m.forecast_many(frame, horizon, level) for m in self.members]
+        return {c: combine([forecasts[c] for forecasts in each]) for c in each[0]}
+
+
+def combine(forecasts: Sequence[PointForecast]) -> PointForecast:
+    """The mean of ``forecasts`` (same index and level), named after its members, notes joined."""
+    first = forecasts[0]
+    name = "mean(" + ",".join(f.model for f in forecasts) + ")"
+    notes = "; ".join(dict.fromkeys(f"{f.model}: {f.note}" for f in forecasts if f.note))
+    return PointForecast(
+        first.index,
+        np.mean([f.mean for f in forecasts], axis=0),
+        np.mean([f.lower for f in forecasts], axis=0),
+        np.mean([f.upper for f in forecasts], axis=0),
+        first.level,
+        name,
+        notes,
+    )

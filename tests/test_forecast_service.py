@@ -1,0 +1,113 @@
+"""The forecasting service on the embedded bus and on the real Kafka broker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON
+from forecasting.service import ForecastService
+from forecasting.store import ForecastStore
+from nm_toolkit.bus import Bus, EmbeddedBus
+from nm_toolkit.config import Settings, load_settings
+from nm_toolkit.schemas import Forecast, SeriesPoint
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def publish_points(bus: Bus, settings: Settings, sources: int = 3, hours: int = 72) -> None:
+    producer = bus.producer()
+    for s in range(sources):
+        for h in range(hours):
+            point = SeriesPoint(
+                source=f"cell-{s}", metric="traffic", window_start=START + timedelta(hours=h), window_seconds=3600,
+                count=4, sum=10.0 * (s + 1) + (h % 24), min=1.0, max=30.0,
+            )
+            producer.send(settings.topics.series, point.model_dump_json().encode(), point.series_id.encode())
+    producer.send(settings.topics.series, b'{"source": "cell-9", "metric": "traffic"}', b"cell-9|traffic")
+    producer.send(settings.topics.series, b"\xff not json", None)
+    producer.flush()
+
+
+def drain(service: ForecastService) -> None:
+    for _ in range(200):
+        if not service.step(timeout_s=0.2) and service.stats.messages >= 3 * 72 + 2:
+            return
+
+
+def test_service_on_embedded_bus_forecasts_dead_letters_and_commits(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path, forecast={"horizon": 24, "min_history": 48}, forecast_service={"model": "seasonal_mean"})
+    bus = EmbeddedBus(default_partitions=2)
+    bus.create_topics([settings.topics.series])
+    publish_points(bus, settings)
+    service = ForecastService(bus, settings)
+    drain(service)
+    assert service.stats.points == 3 * 72 and service.stats.dead_letters == 2
+    dead = bus.messages(settings.forecast_service.dead_letter_topic)
+    assert {m.value for m in dead} == {b'{"source": "cell-9", "metric": "traffic"}', b"\xff not json"}
+    assert all(m.header(DEAD_LETTER_REASON).startswith(b"not a SeriesPoint") and m.header(DEAD_LETTER_ORIGIN) for m in dead)
+    assert sum(bus._committed[settings.forecast_service.group_id].values()) == 3 * 72 + 2  # everything applied is committed
+
+    forecasts, skipped = service.forecast_round(now=START + timedelta(hours=72))
+    assert skipped == {} and len(forecasts) == 3
+    published = [Forecast.model_validate_json(m.value) for m in bus.messages(settings.topics.forecasts)]
+    by_series = {f.series_id: f for f in published}
+    cell0 = by_series["cell-0|traffic"]
+    assert cell0.start == START + timedelta(hours=72) and cell0.horizon == 24 and cell0.step_seconds == 3600
+    assert cell0.mean[:3] == pytest.approx([10.0, 11.0, 12.0])  # the daily ramp of the sums, recovered
+    service.close()
+    with ForecastStore(tmp_path / "forecasts.sqlite") as store:
+        assert store.latest("cell-2|traffic") == by_series["cell-2|traffic"]
+        assert len(store.history("cell-1|traffic")) == 72
+
+
+def test_service_restarts_from_the_store_without_losing_windows(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path, forecast={"horizon": 6, "min_history": 24}, forecast_service={"model": "snaive_daily"})
+    bus = EmbeddedBus(default_partitions=1)
+    bus.create_topics([settings.topics.series])
+    publish_points(bus, settings, sources=1, hours=30)
+    first = ForecastService(bus, settings)
+    first.step(timeout_s=0.2)
+    first.close()
+    second = ForecastService(bus, settings)  # same group: nothing is redelivered, history comes from the store
+    assert second.step(timeout_s=0.2) == 0
+    forecasts, _ = second.forecast_round()
+    assert len(forecasts) == 1 and forecasts[0].start == START + timedelta(hours=30)
+    second.close()
+
+
+@pytest.mark.kafka
+def test_service_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from nm_toolkit.bus.kafka import KafkaBus
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        state_dir=tmp_path,
+        topics={"series": f"series-{suffix}", "forecasts": f"forecasts-{suffix}"},
+        forecast={"horizon": 12, "min_history": 48},
+        forecast_service={"model": "seasonal_mean", "dead_letter_topic": f"dlq-{suffix}", "group_id": f"fc-{suffix}"},
+    )
+    bus = KafkaBus(kafka_bootstrap, default_partitions=2)
+    bus.create_topics([settings.topics.series])
+    publish_points(bus, settings, sources=2, hours=48)
+    service = ForecastService(bus, settings)
+    for _ in range(100):
+        service.step(timeout_s=0.5)
+        if service.stats.messages >= 2 * 48 + 2:
+            break
+    assert service.stats.points == 96 and service.stats.dead_letters == 2
+    forecasts, _ = service.forecast_round()
+    service.close()
+    assert {f.series_id for f in forecasts} == {"cell-0|traffic", "cell-1|traffic"}
+    reader = bus.consumer([settings.topics.forecasts], f"reader-{suffix}")
+    got = []
+    for _ in range(40):
+        got += reader.poll(100, 0.5)
+        if len(got) >= 2:
+            break
+    reader.close()
+    assert {orjson.loads(m.value)["series_id"] for m in got} == {"cell-0|traffic", "cell-1|traffic"}
