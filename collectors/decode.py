@@ -39,7 +39,7 @@ class Decoded:
     errors: list[RecordError] = field(default_factory=list)
 
 
-def _reason(exc: ValidationError) -> str:
+def validation_reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
         loc = ".".join(str(p) for p in err["loc"]) or "record"
@@ -85,7 +85,7 @@ class TelemetryDecoder:
                 try:
                     indexed.append((i, _RECORD.validate_python(item)))
                 except ValidationError as exc:
-                    out.errors.append(RecordError(_reason(exc), i))
+                    out.errors.append(RecordError(validation_reason(exc), i))
         for i, record in indexed:
             ts = record.ts.timestamp()
             if earliest <= ts <= latest:

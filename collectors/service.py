@@ -111,7 +111,7 @@ def dead_letter_headers(message: Message, errors: list[RecordError]) -> list[tup
         (DEAD_LETTER_REASON, errors[0].reason.encode()),
         (DEAD_LETTER_ERRORS, orjson.dumps([{"index": e.index, "reason": e.reason} for e in errors[:MAX_ERRORS_IN_HEADER]])),
         (DEAD_LETTER_COUNT, str(len(errors)).encode()),
-        (DEAD_LETTER_ORIGIN, _origin(message)),
+        (DEAD_LETTER_ORIGIN, message_origin(message)),
     ]
 
 
@@ -208,7 +208,7 @@ class TelemetryCollector:
             self._topics.late,
             record.model_dump_json().encode(),
             record.series_id.encode(),
-            [(DEAD_LETTER_REASON, b"late: its window had already closed"), (DEAD_LETTER_ORIGIN, _origin(message))],
+            [(DEAD_LETTER_REASON, b"late: its window had already closed"), (DEAD_LETTER_ORIGIN, message_origin(message))],
         )
 
     def _close_windows(self) -> None:
@@ -280,5 +280,5 @@ class TelemetryCollector:
         return asdict(self.stats)
 
 
-def _origin(message: Message) -> bytes:
+def message_origin(message: Message) -> bytes:
     return f"{message.topic}/{message.partition}/{message.offset}".encode()

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from pydantic import ValidationError
 
-from collectors.decode import _reason as validation_reason
-from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON
+from collectors.decode import validation_reason
+from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, message_origin
 from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import Bus, Message
@@ -92,7 +92,7 @@ class ForecastService:
             return point
         except (ValidationError, ValueError) as exc:
             reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
-            origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
+            origin = message_origin(message)
             headers = [(DEAD_LETTER_REASON, f"not a SeriesPoint: {reason}".encode()), (DEAD_LETTER_ORIGIN, origin)]
             self.producer.send(self._cfg.dead_letter_topic, message.value, message.key, headers)
             self.stats.dead_letters += 1
