@@ -15,7 +15,7 @@ from nm_toolkit.llm.card import write_card
 from nm_toolkit.llm.corpus import CorpusConfig, build_corpus
 from nm_toolkit.llm.presets import PRESETS, Arch, transformers_config
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
-from nm_toolkit.llm.training import StepCallback, encode_pair, train
+from nm_toolkit.llm.training import StepCallback, encode_pair, pack_examples, train
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def initialise_model(
     model = AutoModelForCausalLM.from_config(model_config)
     examples = [encode_pair(tokenizer, "", doc, config.max_length) for doc in docs]
     started = time.perf_counter()
-    losses = train(model, examples, tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
+    losses = train(model, pack_examples(examples, config.max_length), tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
     facts: dict[str, object] = {
         "arch": config.arch,
         "preset": config.preset,
