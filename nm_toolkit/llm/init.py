@@ -62,7 +62,7 @@ def initialise_model(
         "seed": config.seed,
         "init_config": {k: v for k, v in asdict(config).items() if k != "corpus"},
         "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples)},
-        "tokenizer": {"kind": "byte-level BPE", "vocab_size": len(tokenizer)},
+        "tokenizer": {"kind": "byte-level BPE, one token per digit", "vocab_size": len(tokenizer)},
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
     }
