@@ -53,7 +53,8 @@ def initialise_model(
     model = AutoModelForCausalLM.from_config(model_config)
     examples = [encode_pair(tokenizer, "", doc, config.max_length) for doc in docs]
     started = time.perf_counter()
-    losses = train(model, pack_examples(examples, config.max_length), tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
+    sequences = pack_examples(examples, config.max_length)
+    losses = train(model, sequences, tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
     facts: dict[str, object] = {
         "arch": config.arch,
         "preset": config.preset,
@@ -61,7 +62,7 @@ def initialise_model(
         "model_config": {k: v for k, v in model_config.to_diff_dict().items() if k != "transformers_version"},
         "seed": config.seed,
         "init_config": {k: v for k, v in asdict(config).items() if k != "corpus"},
-        "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples)},
+        "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples), "packed_sequences": len(sequences)},
         "tokenizer": {"kind": "byte-level BPE, one token per digit", "vocab_size": len(tokenizer)},
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
