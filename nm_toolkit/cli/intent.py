@@ -13,6 +13,17 @@ from nm_toolkit.errors import UserError
 app = typer.Typer(help="Operator intents: parse to Nile, train and evaluate the extractors.", no_args_is_help=True)
 
 
+BaseModelOption = typer.Option(
+    None, "--base-model", help="llm method: start every fold from this `nmt model init` checkpoint instead of pre-training one per fit"
+)
+
+
+def _checked(base_model: Path | None) -> Path | None:
+    if base_model is not None and not (base_model / "config.json").is_file():
+        raise UserError(f"--base-model {base_model} is not a model checkpoint: build one with `nmt model init -o {base_model}`")
+    return base_model
+
+
 @app.command()
 def parse(
     text: str = typer.Argument(..., help="the operator's intent in natural language"),
@@ -36,6 +47,7 @@ def train(
     input: Path = typer.Option(..., "--input", "-i", help="Nile-format labelled intents (JSON)"),
     output: Path = typer.Option(..., "-o", "--output", help="directory for the trained extractor"),
     method: str = typer.Option("sklearn", help="sklearn or llm"),
+    base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Fit an extractor on every intent of the file and save it."""
@@ -43,7 +55,7 @@ def train(
     from intent.methods import factory
 
     intents = load_intents(input)
-    extractor = factory(method)().fit(intents)
+    extractor = factory(method, _checked(base_model))().fit(intents)
     extractor.save_pretrained(output)  # type: ignore[attr-defined]
     emit(as_json, {"method": method, "intents": len(intents), "output": str(output)}, "trained")
 
@@ -56,6 +68,7 @@ def evaluate(
     test_file: Path | None = typer.Option(None, "--test", help="score on this file (with --train)"),
     method: str = typer.Option("sklearn", help="sklearn, llm, or a comma-separated list to compare side by side"),
     seed: int = typer.Option(0, help="seed of the fold split"),
+    base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Entity-level precision/recall/F1 per type and micro-averaged, plus whole-intent exact match."""
@@ -66,7 +79,7 @@ def evaluate(
     if (input is None) == (train_file is None or test_file is None):
         raise UserError("pass either --input FILE (cross-validation) or both --train FILE and --test FILE")
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    makers = {m: factory(m) for m in methods}
+    makers = {m: factory(m, _checked(base_model)) for m in methods}
     reports: dict[str, dict[str, object]] = {}
     with Progress(console=console, transient=True, disable=as_json) as progress:
         for name, make in makers.items():
