@@ -309,7 +309,8 @@ class IntentService:
         try:
             while not stop.is_set() and (max_records is None or self.stats.messages < max_records):
                 handled = self.step(limit=None if max_records is None else max_records - self.stats.messages)
-                if handled or not self.consumer.assignment():  # joining a group is not idleness
+                joining = not (self.consumer.assignment() and self.demand.consumer.assignment())
+                if handled or joining:  # waiting to join a group is not idleness
                     last_work = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
                     break
