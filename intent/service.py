@@ -45,7 +45,7 @@ from intent.user import infer_user_intent
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
-from nm_toolkit.schemas import Identifier, Location, UtcDatetime
+from nm_toolkit.schemas import Identifier, Location, TelemetryBatch, UtcDatetime
 
 
 
@@ -244,15 +244,20 @@ class IntentService:
             raise Rejected("location has no cell: send 'location' as a cell id or {'cell': ...}")
         at = prompt.ts or _broker_time(message)
         result = infer_user_intent(prompt.request_id, text, cell)
-        status = "inferred" if isinstance(result, UserServiceIntent) else "needs_clarification"
+        demand, records = None, []
+        if isinstance(result, UserServiceIntent):
+            records = demand_records(result, cell, at)
+            demand = TelemetryBatch(records=records).model_dump_json().encode()
+            if errors := self.demand.decoder.decode(demand).errors:  # refused here, with the prompt's own bytes
+                raise Rejected(f"its demand cannot be windowed: {errors[0].reason}")
+        status = "inferred" if demand is not None else "needs_clarification"
         self._publish(
             IntentRecord(request_id=prompt.request_id, source="user", status=status, intent=result, event_time=at, origin=_origin(message))
         )
-        if isinstance(result, UserServiceIntent):
+        if demand is not None:
+            self.producer.send(self._cfg.demand_topic, demand, cell.encode())
             self.stats.user_intents += 1
-            for record in demand_records(result, cell, at):
-                self.producer.send(self._cfg.demand_topic, record.model_dump_json().encode(), cell.encode())
-                self.stats.demand_records += 1
+            self.stats.demand_records += len(records)
 
     def _operator_message(self, message: Message) -> OperatorMessage:
         data = json_object(message.value, plain_text_allowed=True)

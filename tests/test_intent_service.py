@@ -159,6 +159,7 @@ def test_bad_messages_are_dead_lettered_whole_and_the_service_carries_on(tmp_pat
         prompt("p-long", "watch video " * 40): "exceeds the 200-character limit",
         orjson.dumps({"request_id": "p-noloc", "text": "watch a movie"}): "location",
         prompt("p-site", "watch a movie", {"site": "north"}): "location has no cell",
+        prompt("p-1990", "watch a movie", "cell-a", datetime(1990, 1, 1, tzinfo=UTC)): "cannot be windowed: ts: 1990-01-01",
     }
     bad_operator = {
         b"\xff block": "not UTF-8",
