@@ -39,14 +39,18 @@ from intent.demand import demand_collector, demand_records
 from intent.evaluation import SpanExtractor
 from intent.methods import load, parse_operator_intents
 from intent.nile import compile_nile, conflict_reason
-from intent.schema import IntentResult, NeedsClarification, OperatorIntent, UserServiceIntent
+from intent.schema import (
+    IntentResult,
+    NeedsClarification,
+    OperatorIntent,
+    UserServiceIntent,
+)
 from intent.structure import validation_reason
 from intent.user import infer_user_intent
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.schemas import Identifier, Location, TelemetryBatch, UtcDatetime
-
 
 
 class PromptFields(BaseModel):
