@@ -11,6 +11,12 @@ arrive keyed by request, so one location's requests are spread over every partit
 members (or two partitions) each closing a partial window of the same series would overwrite each
 other downstream. Re-keying by location puts a series in exactly one partition, and the collector
 brings its checkpoints with it (a window counts each demand record once, even after a crash).
+
+Windows close by event-time watermark, so order matters: producers should key prompts by cell, as
+telemetry is keyed by source, and then a location's demand arrives in order. Prompts keyed
+otherwise are still windowed in order while the service keeps up, but a backlog is read partition
+by partition, and demand behind an already closed window goes to the late topic, counted
+(``demand_late``), not into the series; ``bench/intent_service.py`` measures both cases.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ conflicting with itself.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -32,9 +33,9 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from collectors.checkpoints import CheckpointStore
 from collectors.decode import RecordError
 from collectors.service import dead_letter_headers, message_origin
-from intent.accepted import AcceptedIntents
 from intent.demand import demand_collector, demand_records
 from intent.evaluation import SpanExtractor
 from intent.methods import load, parse_operator_intents
@@ -50,8 +51,15 @@ from intent.user import infer_user_intent
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
-from nm_toolkit.schemas import Identifier, Location, TelemetryBatch, UtcDatetime
+from nm_toolkit.schemas import (
+    Identifier,
+    Location,
+    TelemetryBatch,
+    TelemetryRecord,
+    UtcDatetime,
+)
 
+log = logging.getLogger(__name__)
 
 class PromptFields(BaseModel):
     """The fields of a prompt message this service reads. Other fields (user, task, adapter) are
@@ -115,6 +123,9 @@ class IntentServiceStats:
     demand_records: int = 0
 
 
+ACCEPTED_PARTITION = 0  # the checkpoint row of the accepted intents: one set per consumer group
+
+
 class Rejected(Exception):
     """A message the service dead-letters; the message says why."""
 
@@ -166,8 +177,10 @@ class IntentService:
         bus: Bus,
         settings: Settings,
         extractor: SpanExtractor | None = None,
-        accepted: AcceptedIntents | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
+        """``checkpoints`` keeps the accepted intents; default: a SQLite file per cluster under
+        ``state_dir`` (in memory for a bus that is not durable)."""
         self.settings = settings
         self._cfg = settings.intent
         self._topics = settings.topics
@@ -176,10 +189,12 @@ class IntentService:
         bus.create_topics(
             [self._topics.prompts, self._topics.operator_intents, self._topics.intents, self._cfg.dead_letter_topic, self._cfg.demand_topic]
         )
-        self.store = accepted or AcceptedIntents(
+        self.checkpoints = checkpoints or CheckpointStore(
             settings.state_dir / f"intents-{bus.cluster_id()}.sqlite" if bus.durable else None
         )
-        self.accepted = {rid: IntentRecord.model_validate_json(raw) for rid, raw in self.store.records().items()}
+        saved = self.checkpoints.load(self._cfg.group_id, self._topics.intents, ACCEPTED_PARTITION)
+        accepted = [] if saved is None else saved[1]["accepted"]
+        self.accepted = {r.request_id: r for r in map(IntentRecord.model_validate, accepted)}
         self.demand = demand_collector(bus, settings)
         self.producer = bus.producer()
         self.consumer = bus.consumer(
@@ -194,7 +209,8 @@ class IntentService:
         if messages:
             newly_accepted = self.handle(messages)
             self.producer.flush()
-            self.store.add([(r.request_id, r.model_dump_json().encode()) for r in newly_accepted])
+            if newly_accepted:
+                self._save_accepted()
             self.consumer.commit(next_offsets(messages))
             self.stats.messages += len(messages)
         return len(messages) + self.demand.step(timeout_s=0.0 if messages else min(timeout_s, 0.1))
@@ -202,17 +218,25 @@ class IntentService:
     def handle(self, messages: Sequence[Message]) -> list[IntentRecord]:
         """Publish the outputs of ``messages`` (not flushed); return the newly accepted intents."""
         operator: list[tuple[Message, OperatorMessage]] = []
+        demand: list[TelemetryRecord] = []
         for message in messages:
             try:
                 if message.topic == self._topics.prompts:
-                    self._prompt(message)
+                    demand += self._prompt(message)
                 else:
                     operator.append((message, self._operator_message(message)))
             except Rejected as exc:
                 self._dead_letter(message, str(exc))
+        self._send_demand(demand)
         if not operator:
             return []
-        results = parse_operator_intents(self.extractor, [m.text for _, m in operator])
+        try:
+            results = parse_operator_intents(self.extractor, [m.text for _, m in operator])
+        except Exception as exc:  # keep serving: the batch's texts go to the DLQ with the reason
+            log.exception("operator-intent extraction failed for a batch of %d", len(operator))
+            for message, _ in operator:
+                self._dead_letter(message, f"extraction failed: {exc}")
+            return []
         newly_accepted = []
         for (message, request), result in zip(operator, results, strict=True):
             try:
@@ -226,6 +250,11 @@ class IntentService:
                 newly_accepted.append(record)
         return newly_accepted
 
+    def _save_accepted(self) -> None:
+        """Store every accepted intent, oldest first (operator intents are few: the whole set is one row)."""
+        state = {"accepted": [r.model_dump(mode="json") for r in self.accepted.values()]}
+        self.checkpoints.save(self._cfg.group_id, [(self._topics.intents, ACCEPTED_PARTITION, len(self.accepted), state)])
+
     def _checked_text(self, text: str) -> str:
         text = text.strip()
         if not text:
@@ -236,7 +265,8 @@ class IntentService:
             )
         return text
 
-    def _prompt(self, message: Message) -> None:
+    def _prompt(self, message: Message) -> list[TelemetryRecord]:
+        """Publish the prompt's intent; return its demand records (none without an intent)."""
         data = json_object(message.value, plain_text_allowed=False)
         try:
             prompt = PromptFields.model_validate(data)
@@ -248,20 +278,25 @@ class IntentService:
             raise Rejected("location has no cell: send 'location' as a cell id or {'cell': ...}")
         at = prompt.ts or _broker_time(message)
         result = infer_user_intent(prompt.request_id, text, cell)
-        demand, records = None, []
-        if isinstance(result, UserServiceIntent):
-            records = demand_records(result, cell, at)
-            demand = TelemetryBatch(records=records).model_dump_json().encode()
-            if errors := self.demand.decoder.decode(demand).errors:  # refused here, with the prompt's own bytes
-                raise Rejected(f"its demand cannot be windowed: {errors[0].reason}")
-        status = "inferred" if demand is not None else "needs_clarification"
+        records = demand_records(result, cell, at) if isinstance(result, UserServiceIntent) else []
+        if errors := self.demand.decoder.decode(TelemetryBatch(records=records).model_dump_json().encode()).errors:
+            raise Rejected(f"its demand cannot be windowed: {errors[0].reason}")  # the prompt's own bytes go to the DLQ
+        status = "inferred" if records else "needs_clarification"
         self._publish(
             IntentRecord(request_id=prompt.request_id, source="user", status=status, intent=result, event_time=at, origin=_origin(message))
         )
-        if demand is not None:
-            self.producer.send(self._cfg.demand_topic, demand, cell.encode())
-            self.stats.user_intents += 1
-            self.stats.demand_records += len(records)
+        self.stats.user_intents += bool(records)
+        return records
+
+    def _send_demand(self, records: list[TelemetryRecord]) -> None:
+        """One message per location, its records in event-time order: a batch read from several
+        prompt partitions then reaches the windows in order, not partition after partition."""
+        by_location: dict[str, list[TelemetryRecord]] = {}
+        for record in sorted(records, key=lambda r: r.ts):
+            by_location.setdefault(record.source, []).append(record)
+        for location, batch in by_location.items():
+            self.producer.send(self._cfg.demand_topic, TelemetryBatch(records=batch).model_dump_json().encode(), location.encode())
+        self.stats.demand_records += len(records)
 
     def _operator_message(self, message: Message) -> OperatorMessage:
         data = json_object(message.value, plain_text_allowed=True)
@@ -342,7 +377,7 @@ class IntentService:
         self.producer.flush()
         self.producer.close()
         self.demand.close()
-        self.store.close()
+        self.checkpoints.close()
 
 
 def _origin(message: Message) -> str:

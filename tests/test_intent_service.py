@@ -11,9 +11,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from collectors.checkpoints import CheckpointStore
 from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON
 from forecasting.service import ForecastService
-from intent.accepted import AcceptedIntents
 from intent.data import load_intents
 from intent.service import IntentRecord, IntentService
 from intent.tagger import SklearnIntentTagger
@@ -61,8 +61,8 @@ def intent_records(bus: EmbeddedBus, settings: Settings) -> list[IntentRecord]:
 
 
 def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_path: Path, extractor_dir: Path) -> None:
-    # prompts keyed by request spread a location's hours over partitions that are read one after
-    # another: the lateness has to cover that skew (here a whole backlog, closed at its end)
+    # unkeyed prompts spread a location's hours over partitions that are read one after another:
+    # here the lateness covers that skew (the whole backlog, closed at its end)
     settings = service_settings(
         tmp_path, extractor_dir, lateness_s=3 * 86400, forecast={"horizon": 6, "min_history": 24},
         forecast_service={"model": "seasonal_mean"},
@@ -115,7 +115,7 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
 def test_operator_texts_compile_to_nile_and_conflicts_are_flagged_across_restarts(tmp_path: Path, extractor_dir: Path) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    service = IntentService(bus, settings, accepted=AcceptedIntents(tmp_path / "accepted.sqlite"))
+    service = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     topic = settings.topics.operator_intents
     send(bus, topic, [
         orjson.dumps({"request_id": "op-1", "text": "Set quota to 10 GB per week at dorms", "tenant": "campus"}),
@@ -139,7 +139,7 @@ def test_operator_texts_compile_to_nile_and_conflicts_are_flagged_across_restart
     service.close()
 
     # a new member of the group remembers what was accepted before
-    restarted = IntentService(bus, settings, accepted=AcceptedIntents(tmp_path / "accepted.sqlite"))
+    restarted = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     send(bus, topic, [orjson.dumps({"request_id": "op-7", "text": "Set quota to 30 GB per week at dorms"})])
     drain(restarted)
     latest = intent_records(bus, settings)[-1]
@@ -186,21 +186,26 @@ def test_bad_messages_are_dead_lettered_whole_and_the_service_carries_on(tmp_pat
     service.close()
 
 
-def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itself(tmp_path: Path, extractor_dir: Path) -> None:
+def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itself(
+    tmp_path: Path, extractor_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    store = AcceptedIntents(tmp_path / "accepted.sqlite")
-    crashed = IntentService(bus, settings, accepted=store)
+    crashed = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     send(bus, settings.topics.operator_intents, [orjson.dumps({"request_id": "op-1", "text": "block facebook"})])
     send(bus, settings.topics.prompts, [prompt("p-1", "a video call with grandma")])
-    # the work is done and flushed, the accepted intent stored, but the process dies before committing
-    store.add([(r.request_id, r.model_dump_json().encode()) for r in crashed.handle(crashed.consumer.poll(100, 0.1))])
-    crashed.producer.flush()
-    crashed.consumer.close()
-    crashed.demand.consumer.close()
-    assert bus._committed.get(settings.intent.group_id, {}).get((settings.topics.prompts, 0), 0) == 0
 
-    survivor = IntentService(bus, settings, accepted=AcceptedIntents(tmp_path / "accepted.sqlite"))
+    def die(offsets: object) -> None:
+        raise SystemExit("killed after the outputs were flushed, before the offsets were committed")
+
+    monkeypatch.setattr(crashed.consumer, "commit", die)
+    with pytest.raises(SystemExit):
+        crashed.step(timeout_s=0.1)
+    crashed.consumer.close()  # what the broker does when the member's session ends
+    crashed.demand.consumer.close()
+    assert bus.messages(settings.topics.intents) and not bus._committed.get(settings.intent.group_id)
+
+    survivor = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     drain(survivor)
     records = intent_records(bus, settings)
     by_id: dict[str, list[IntentRecord]] = {}
@@ -215,6 +220,31 @@ def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itse
     drain(survivor)
     assert survivor.stats.dead_letters == 1  # a reused request id with other words is refused, not merged
     survivor.close()
+
+
+class BrokenExtractor:
+    """An extractor that fails on every batch, as a model that ran out of memory would."""
+
+    def fit(self, intents: object) -> BrokenExtractor:
+        return self
+
+    def predict_spans(self, texts: object) -> list[list[object]]:
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_failing_extractor_dead_letters_the_batch_and_the_service_carries_on(tmp_path: Path, extractor_dir: Path) -> None:
+    settings = service_settings(tmp_path, extractor_dir)
+    bus = EmbeddedBus(default_partitions=1)
+    service = IntentService(bus, settings, extractor=BrokenExtractor())  # type: ignore[arg-type]
+    send(bus, settings.topics.operator_intents, [b"block facebook"])
+    send(bus, settings.topics.prompts, [prompt("p-1", "watch a video")])
+    drain(service)
+    dead = bus.messages(settings.intent.dead_letter_topic)
+    assert [m.value for m in dead] == [b"block facebook"]
+    assert dead[0].header(DEAD_LETTER_REASON) == b"extraction failed: CUDA out of memory"
+    assert [r.request_id for r in intent_records(bus, settings)] == ["p-1"]
+    assert sum(bus._committed[settings.intent.group_id].values()) == 2
+    service.close()
 
 
 ADVERSARIAL = [

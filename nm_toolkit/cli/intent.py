@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
-from nm_toolkit.cli.common import ConfigOption, shared_bus_settings
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
 
@@ -104,25 +104,19 @@ def serve(
     as_json: bool = JsonOption,
 ) -> None:
     """Serve the prompts and operator-intents topics until Ctrl-C: intents and demand series out."""
-    import signal
-    import threading
-
     from intent.service import IntentService
     from nm_toolkit.bus import bus_from_settings
 
     settings = shared_bus_settings(config, "nmt intent serve")
     bus = bus_from_settings(settings)
-    service = IntentService(bus, settings)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if not as_json:
-        topics = settings.topics
-        console.print(
-            f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
-        )
     try:
-        service.run(stop, idle_exit_s=idle_exit, max_records=max_records)
+        service = IntentService(bus, settings)  # a missing extractor fails here, with the fix
+        if not as_json:
+            topics = settings.topics
+            console.print(
+                f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
+            )
+        service.run(stop_on_signals(), idle_exit_s=idle_exit, max_records=max_records)
     finally:
         bus.close()
     counts = service.stats_dict()
