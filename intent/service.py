@@ -16,7 +16,9 @@ missing fields go whole to ``intent.dead_letter_topic`` with the reason in heade
 service carries on. Offsets are committed only after every output of a batch is flushed and newly
 accepted intents are stored, so a crash replays messages rather than losing them; a replayed
 operator intent is recognised by its request id and re-published unchanged, not flagged as
-conflicting with itself.
+conflicting with itself. Delivery is at least once: the intents of a batch replayed after a crash
+appear twice on ``topics.intents`` (same key, same content), and their demand counts twice in its
+window. (The demand collector itself counts each demand record once, through its checkpoints.)
 """
 
 from __future__ import annotations
