@@ -34,8 +34,8 @@ def extractor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return SklearnIntentTagger().fit(load_intents(SLICE)).save_pretrained(tmp_path_factory.mktemp("extractor"))
 
 
-def service_settings(state_dir: Path, extractor_dir: Path, lateness_s: float = 0.0, **overrides: object) -> Settings:
-    intent = {"extractor_dir": extractor_dir, "allowed_lateness_seconds": lateness_s, "max_text_chars": 200}
+def service_settings(state_dir: Path, extractor_dir: Path, max_poll_records: int = 500, **overrides: object) -> Settings:
+    intent = {"extractor_dir": extractor_dir, "allowed_lateness_seconds": 0.0, "max_text_chars": 200, "max_poll_records": max_poll_records}
     return load_settings(state_dir=state_dir, intent=intent, **overrides)
 
 
@@ -61,24 +61,23 @@ def intent_records(bus: EmbeddedBus, settings: Settings) -> list[IntentRecord]:
 
 
 def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_path: Path, extractor_dir: Path) -> None:
-    # unkeyed prompts spread a location's hours over partitions that are read one after another:
-    # here the lateness covers that skew (the whole backlog, closed at its end)
     settings = service_settings(
-        tmp_path, extractor_dir, lateness_s=3 * 86400, forecast={"horizon": 6, "min_history": 24},
-        forecast_service={"model": "seasonal_mean"},
-    )  # fmt: skip
-    bus = EmbeddedBus(default_partitions=3)
+        tmp_path, extractor_dir, forecast={"horizon": 6, "min_history": 24}, forecast_service={"model": "seasonal_mean"}
+    )
+    bus = EmbeddedBus(default_partitions=3)  # unkeyed prompts: round robin over the partitions
     service = IntentService(bus, settings)
     hours = 30
     video = {h: 1 + h % 4 for h in range(hours)}
     messages = []
-    for h in range(hours):
-        at = START + timedelta(hours=h, minutes=7)
-        messages += [prompt(f"v{h}-{i}", "I want to watch a 4k movie on netflix", "cell-a", at) for i in range(video[h])]
-        messages.append(prompt(f"g{h}", "play multiplayer games at 20 mbps", {"cell": "cell-b"}, at))
-    send(bus, settings.topics.prompts, messages)
-    drain(service)
+    for h in range(hours):  # live: each hour's prompts arrive, then the service reads them
+        at = [START + timedelta(hours=h, minutes=7 + 13 * i) for i in range(video[h])]
+        hour = [prompt(f"v{h}-{i}", "I want to watch a 4k movie on netflix", "cell-a", t) for i, t in enumerate(at)]
+        hour.append(prompt(f"g{h}", "play multiplayer games at 20 mbps", {"cell": "cell-b"}, at[0]))
+        send(bus, settings.topics.prompts, hour)
+        drain(service)
+        messages += hour
     assert service.demand.close_all_windows() > 0  # the newest hour is open until the input ends
+    assert service.stats_dict()["demand_late"] == 0
 
     records = intent_records(bus, settings)
     assert len(records) == len(messages) and {r.status for r in records} == {"inferred"}
@@ -110,6 +109,27 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
     assert {f.series_id for f in forecasts} == set(by_series)
     assert all(f.start == START + timedelta(hours=hours) and f.horizon == 6 for f in forecasts)
     forecaster.close()
+
+
+@pytest.mark.parametrize("key", [None, b"cell-a"], ids=["unkeyed", "keyed-by-cell"])
+def test_a_backlog_loses_no_demand_silently_and_none_when_keyed_by_cell(tmp_path: Path, extractor_dir: Path, key: bytes | None) -> None:
+    settings = service_settings(tmp_path, extractor_dir, max_poll_records=10)
+    bus = EmbeddedBus(default_partitions=3)
+    service = IntentService(bus, settings)
+    # small polls read partition after partition: unkeyed, later partitions bring hours whose windows closed
+    backlog = [prompt(f"r{i}", "stream a video", "cell-a", START + timedelta(minutes=20 * i)) for i in range(90)]
+    send(bus, settings.topics.prompts, backlog, key)
+    drain(service)
+    service.demand.close_all_windows()
+    windowed = sum(
+        p.sum for p in map(SeriesPoint.model_validate_json, (m.value for m in bus.messages(settings.topics.series)))
+        if p.metric == "demand.video.requests"
+    )  # fmt: skip
+    late = [m for m in bus.messages(settings.topics.late) if m.key == b"cell-a|demand.video.requests"]
+    assert windowed + len(late) == 90  # every request is in a window or on the late topic
+    assert len(bus.messages(settings.topics.late)) == service.stats_dict()["demand_late"]
+    assert (len(late) > 0) == (key is None)
+    service.close()
 
 
 def test_operator_texts_compile_to_nile_and_conflicts_are_flagged_across_restarts(tmp_path: Path, extractor_dir: Path) -> None:
