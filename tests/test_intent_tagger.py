@@ -98,6 +98,7 @@ def test_cli_scores_both_methods_side_by_side(tmp_path: Path, tiny_base: Path) -
     for method in ("sklearn", "llm"):
         scores = report["methods"][method]
         assert scores["intents"] == 6 and 0.0 <= scores["micro"]["f1"] <= 1.0
+        assert scores["fit_seconds"] > 0 and scores["predict_ms_per_intent"] > 0
     support = sum(v["support"] for v in report["methods"]["sklearn"]["per_type"].values())
     assert support == sum(len(item.spans) for item in load_intents(test))
 

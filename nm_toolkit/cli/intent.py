@@ -106,6 +106,8 @@ def evaluate(
         rows.append(row)
     rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
     emit(False, reports, "entity-level scores (type and span text must match)", rows)
+    for name, report in reports.items():
+        console.print(f"{name}: fit {report['fit_seconds']:.1f} s in all, predict {report['predict_ms_per_intent']:.1f} ms per intent")
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
 
 
