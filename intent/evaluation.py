@@ -1,6 +1,7 @@
 """Entity-level scores of an extractor: an entity counts when its type AND span text match.
 
-Per type and micro-averaged precision/recall/F1, plus whole-intent exact match (the predicted
+Per type, micro-averaged (pooled counts) and macro-averaged (mean over types, so rare types weigh
+as much as common ones) precision/recall/F1, plus whole-intent exact match (the predicted
 multiset of (type, text) equals the gold one), in k-fold cross-validation or train/test mode, with
 the seconds spent fitting (summed over folds) and predicting, since the two paths differ in cost by
 orders of magnitude.
@@ -57,8 +58,10 @@ class EntityScores:
         kinds = sorted(set(self.tp) | set(self.fp) | set(self.fn))
         per_type = {k: _prf(self.tp[k], self.fp[k], self.fn[k]) for k in kinds}
         micro = _prf(sum(self.tp.values()), sum(self.fp.values()), sum(self.fn.values()))
+        macro = {m: sum(float(s[m]) for s in per_type.values()) / len(per_type) if per_type else 0.0 for m in ("precision", "recall", "f1")}
         return {
             "micro": micro,
+            "macro": macro | {"support": micro["support"]},
             "per_type": per_type,
             "exact_match": self.exact / self.intents if self.intents else 0.0,
             "intents": self.intents,

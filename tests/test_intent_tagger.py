@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from intent.data import load_intents
-from intent.evaluation import cross_validate, score
+from intent.data import Span, load_intents
+from intent.evaluation import EntityScores, cross_validate, score
 from intent.tagger import SklearnIntentTagger
 from nm_toolkit.cli import app
 
@@ -31,6 +31,18 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("intent-llm") / "base"
     save_initialised(directory, model, tokenizer, losses, facts)
     return directory
+
+
+def test_entity_scores_need_type_and_text_to_match() -> None:
+    scores = EntityScores()
+    gold = [Span("operation", 0, 5, "block"), Span("target", 6, 7, "x")]
+    scores.add(gold, [Span("operation", 0, 5, "block"), Span("traffic", 6, 7, "x")])
+    scores.add(gold, gold)
+    report = scores.report()
+    assert report["micro"] == {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
+    assert report["per_type"]["target"]["recall"] == 0.5 and report["per_type"]["traffic"]["precision"] == 0.0  # type: ignore[index]
+    assert abs(report["macro"]["f1"] - (1.0 + 2 / 3 + 0.0) / 3) < 1e-9  # type: ignore[index]
+    assert report["exact_match"] == 0.5
 
 
 def test_cross_validation_on_slice_is_sane() -> None:

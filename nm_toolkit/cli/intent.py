@@ -98,10 +98,10 @@ def evaluate(
         return
     kinds = sorted({k for r in reports.values() for k in r["per_type"]})  # type: ignore[union-attr]
     rows = []
-    for kind in [*kinds, "micro"]:
+    for kind in [*kinds, "macro", "micro"]:
         row: dict[str, object] = {"entity": kind}
         for name, report in reports.items():
-            scores = report["micro"] if kind == "micro" else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
+            scores = report[kind] if kind in ("macro", "micro") else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
             row |= {f"{name} P": scores.get("precision"), f"{name} R": scores.get("recall"), f"{name} F1": scores.get("f1")}
         rows.append(row)
     rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
