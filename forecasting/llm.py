@@ -47,6 +47,7 @@ from nm_toolkit.llm.training import encode_pair, train
 
 ADAPTER = "forecast"
 PARAMS_FILE = "llm_forecaster.json"
+GENERATION_ROWS = 256  # sample paths per generate call: bounds the KV cache when many series are forecast
 
 
 def synthetic_windows(count: int, points: int, seed: int) -> Iterator[np.ndarray]:
@@ -137,11 +138,11 @@ class LlmForecaster(Forecaster):
         chunk_points: int = 24,
         precision: int = 2,
         alpha: float = 0.95,
-        samples: int = 10,
+        samples: int = 20,
         temperature: float = 1.0,
-        rank: int = 8,
+        rank: int = 16,
         epochs: float = 1.0,
-        max_windows: int = 800,
+        max_windows: int = 2400,
         window_stride: int = 6,
         batch_size: int = 16,
         learning_rate: float = 3e-3,
@@ -309,8 +310,12 @@ class LlmForecaster(Forecaster):
                 codec.encode(np.concatenate([self.histories_[key], paths[key][s]])[-self.context_points :], scales[key])
                 for key, s in rows
             ]
+            texts = []
             with _torch_threads(self.n_threads):
-                texts = [g.text for g in self.lm_.generate(prompts, [ADAPTER] * len(prompts), limits, seed=self.seed + start)]
+                for first in range(0, len(prompts), GENERATION_ROWS):
+                    batch = prompts[first : first + GENERATION_ROWS]
+                    generated = self.lm_.generate(batch, [ADAPTER] * len(batch), limits, seed=self.seed + start + first)
+                    texts += [g.text for g in generated]
             for (key, s), text in zip(rows, texts, strict=True):
                 values = codec.decode(text, scales[key], count)
                 paths[key][s] = None if values is None else np.concatenate([paths[key][s], values])
@@ -320,17 +325,18 @@ class LlmForecaster(Forecaster):
         index = future_index(self.frame_, horizon)
         day = steps_per(DAY, self.step_)
         out: dict[str, PointForecast] = {}
+        fallback = dict(self.fallback_)
         self.malformed_samples_ = 0
         for key, samples in self._sample_paths(horizon).items():
             dropped = self.samples - len(samples)
             self.malformed_samples_ += dropped
             if len(samples) == 0:
-                self.fallback_[key] = f"all {self.samples} LLM samples were malformed: seasonal-naive fallback"
+                fallback[key] = f"all {self.samples} LLM samples were malformed: seasonal-naive fallback"
                 continue
             lower, mean, upper = np.quantile(samples, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
             note = "; ".join(n for n in (self.notes_[key], f"{dropped} of {self.samples} samples malformed, dropped" if dropped else "") if n)
             out[key] = PointForecast(index, mean, lower, upper, level, self.name, note)
-        for key, note in self.fallback_.items():
+        for key, note in fallback.items():
             out[key] = SeasonalNaive(day).fit(self.frame_[key]).predict(horizon, level).with_note(note)
-        self.fallbacks_ = len(self.fallback_)
+        self.fallbacks_ = len(fallback)
         return {c: out[c] for c in self.frame_.columns}
