@@ -77,8 +77,9 @@ def build_digit_base(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float]]:
     """A GPT-2 of ``preset``'s shape with the digit tokenizer, pre-trained on synthetic traffic windows.
 
-    The position table is widened when ``window_points`` values would not fit the preset's context. Returns the model, tokenizer and loss per step; ``save_pretrained`` both
-    to reuse the base (``LlmForecaster(base_model=DIR)``).
+    The position table is widened when ``window_points`` values would not fit the preset's
+    context. Returns the model, tokenizer and loss per step; ``save_pretrained`` both to reuse the
+    base (``LlmForecaster(base_model=DIR)``).
     """
     if preset not in PRESETS:
         raise UserError(f"unknown model preset {preset!r}: choose from {', '.join(PRESETS)}")
@@ -249,6 +250,12 @@ class LlmForecaster(Forecaster):
                 continue
             clean, self.notes_[key] = clean_history(frame[key])
             self.histories_[key] = clean.to_numpy()
+        window = self.context_points + self.chunk_points
+        if self.adapter is None and all(len(h) < window for h in self.histories_.values()):
+            note = f"no series has the {window} points of one tuning window: seasonal-naive fallback"
+            self.fallback_.update(dict.fromkeys(self.histories_, note))
+            self.histories_ = {}
+            return self
         with _torch_threads(self.n_threads), torch.random.fork_rng(devices=[]):
             base, tokenizer = self.load_base()
             torch.manual_seed(self.seed)
@@ -265,10 +272,6 @@ class LlmForecaster(Forecaster):
         """(context, next chunk) digit-text pairs from every series, at most ``max_windows``, seeded."""
         codec, c, k = self._codec(), self.context_points, self.chunk_points
         origins = [(key, o) for key, h in self.histories_.items() for o in range(c, len(h) - k + 1, self.window_stride)]
-        if not origins:
-            raise UserError(
-                f"no series has the {c + k} points one training window needs: give more history or lower context_points"
-            )
         rng = np.random.default_rng(self.seed)
         chosen = rng.choice(len(origins), size=min(self.max_windows, len(origins)), replace=False)
         pairs = []
@@ -295,6 +298,8 @@ class LlmForecaster(Forecaster):
     def _sample_paths(self, horizon: int) -> dict[str, np.ndarray]:
         """``(surviving samples, horizon)`` paths per series; a path whose text fails to parse is dropped."""
         codec, keys = self._codec(), list(self.histories_)
+        if not keys:
+            return {}
         scales = {key: codec.scale(self.histories_[key][-self.context_points :]) for key in keys}
         paths = {key: [np.empty(0) for _ in range(self.samples)] for key in keys}
         limits = GenerationLimits(

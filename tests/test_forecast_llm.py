@@ -109,6 +109,8 @@ def test_short_series_fall_back_and_base_checks_are_one_line_errors(week: pd.Dat
     frame.iloc[: len(frame) - 20, 1] = np.nan  # 20 observed points, fewer than the 48-point context
     forecasts = LlmForecaster(**TINY).forecast_many(frame, 12)
     assert "fallback" in forecasts[str(frame.columns[1])].note and forecasts[str(frame.columns[0])].model == "llm"
+    too_short = LlmForecaster(**TINY).forecast_many(week.iloc[:50], 12)  # 50 points < 48 + 12 of a tuning window
+    assert all("tuning window: seasonal-naive fallback" in fc.note and fc.model == "seasonal_naive" for fc in too_short.values())
     with pytest.raises(UserError, match="no saved LLM forecaster"):
         LlmForecaster.from_pretrained(tmp_path)
     with pytest.raises(UserError, match="no model directory"):
