@@ -8,7 +8,7 @@ Tokenisation is a stable digit grouping: every fixed-width value is one token, a
 tokenizer groups digits in threes. A byte-pair tokenizer trained on text merges digits into
 corpus-dependent chunks (``"42"`` one token, ``"103"`` two), so a model would see the same value
 spelt differently from one series to the next. LLMTime's own fix, one token per digit, was tried
-here first: after 300 pre-training and 38 tuning steps a tiny model still wrote no parseable
+here first: after 300 pre-training and 30 tuning steps a tiny model still wrote no parseable
 sample for any of four Milan cells, and with a value taking about four tokens a 256-token context
 cannot hold the week of history that carries the weekly cycle. A value per token is also how Chronos (Ansari et al., 2024) tokenises series:
 the model's next-token distribution is a distribution over quantised values.
