@@ -72,7 +72,7 @@ def synthetic_windows(count: int, points: int, seed: int) -> Iterator[np.ndarray
 
 
 def build_digit_base(
-    preset: str = "edge", steps: int = 300, window_points: int = 96, codec: DigitCodec = DigitCodec(),
+    preset: str = "edge", steps: int = 300, window_points: int = 96, codec: DigitCodec | None = None,
     batch_size: int = 16, learning_rate: float = 3e-3, seed: int = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float]]:
     """A GPT-2 of ``preset``'s shape with the digit tokenizer, pre-trained on synthetic traffic windows.
@@ -83,6 +83,7 @@ def build_digit_base(
     """
     if preset not in PRESETS:
         raise UserError(f"unknown model preset {preset!r}: choose from {', '.join(PRESETS)}")
+    codec = codec or DigitCodec()
     tokenizer = codec.tokenizer()
     shape = PRESETS[preset]
     shape = replace(shape, context=max(shape.context, window_points + 1))  # + end of text

@@ -25,7 +25,7 @@ from nm_toolkit.errors import UserError
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
 
 DATA = Path(__file__).parent / "data" / "milan_4cells_21days.csv"
-TINY = dict(preset="tiny", base_steps=30, context_points=48, chunk_points=12, max_windows=48, samples=4, seed=3)
+TINY = {"preset": "tiny", "base_steps": 30, "context_points": 48, "chunk_points": 12, "max_windows": 48, "samples": 4, "seed": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
