@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
 
@@ -93,3 +94,30 @@ def evaluate(
     rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
     emit(False, reports, "entity-level scores (type and span text must match)", rows)
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
+
+
+@app.command()
+def serve(
+    max_records: int | None = typer.Option(None, min=1, help="stop after handling this many prompt and operator messages"),
+    idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without messages"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Serve the prompts and operator-intents topics until Ctrl-C: intents and demand series out."""
+    from intent.service import IntentService
+    from nm_toolkit.bus import bus_from_settings
+
+    settings = shared_bus_settings(config, "nmt intent serve")
+    bus = bus_from_settings(settings)
+    try:
+        service = IntentService(bus, settings)  # a missing extractor fails here, with the fix
+        if not as_json:
+            topics = settings.topics
+            console.print(
+                f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
+            )
+        service.run(stop_on_signals(), idle_exit_s=idle_exit, max_records=max_records)
+    finally:
+        bus.close()
+    counts = service.stats_dict()
+    emit(as_json, counts, "intent service", [{"counter": k, "value": v} for k, v in counts.items()])
