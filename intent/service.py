@@ -50,7 +50,7 @@ from intent.schema import (
 )
 from intent.structure import validation_reason
 from intent.user import infer_user_intent
-from nm_toolkit.bus import Bus, Message, TopicPartition
+from nm_toolkit.bus import Bus, Message, next_offsets
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.schemas import (
@@ -162,13 +162,6 @@ def json_object(raw: bytes, plain_text_allowed: bool) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise Rejected(f"expected a JSON object, got a JSON {type(data).__name__}")
     return data
-
-
-def next_offsets(messages: Sequence[Message]) -> dict[TopicPartition, int]:
-    offsets: dict[TopicPartition, int] = {}
-    for message in messages:
-        offsets[message.topic_partition] = max(offsets.get(message.topic_partition, 0), message.offset + 1)
-    return offsets
 
 
 class IntentService:
