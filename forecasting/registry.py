@@ -22,6 +22,19 @@ def _ensemble(day: int, week: int) -> Forecaster:
     return Combination([GlobalGBM(), SeasonalMean(day, seasons=7)])
 
 
+def _auto_candidates(day: int, week: int) -> list[Forecaster]:
+    return [SeasonalNaive(week), SeasonalMean(day, seasons=7), GlobalGBM(), _ensemble(day, week)]
+
+
+def _llm(day: int, week: int) -> Forecaster:
+    """The edge LLM reads a week and writes a day at a time (on finer data, as many steps as fit its
+    context). Imported here, not at the top: torch and transformers add seconds to every start of
+    the CLI and the forecast service, which need them only when this model is chosen."""
+    from forecasting.llm import LlmForecaster
+
+    return LlmForecaster(context_points=min(week, 168), chunk_points=min(day, 24))
+
+
 BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
     "snaive_daily": lambda day, week: SeasonalNaive(day),
     "snaive_weekly": lambda day, week: SeasonalNaive(week),
@@ -30,9 +43,10 @@ BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
     "sarima": lambda day, week: SARIMA(season_length=day),
     "gbm": lambda day, week: GlobalGBM(),
     "ensemble": _ensemble,
-    "auto": lambda day, week: AutoSelect(
-        [SeasonalNaive(week), SeasonalMean(day, seasons=7), GlobalGBM(), _ensemble(day, week)]
-    ),
+    "llm": _llm,
+    "auto": lambda day, week: AutoSelect(_auto_candidates(day, week)),
+    # the LLM joins automatic selection as one more candidate: a series gets it only where it wins validation
+    "auto_llm": lambda day, week: AutoSelect([*_auto_candidates(day, week), _llm(day, week)]),
 }
 MODEL_NAMES = tuple(BUILDERS)
 

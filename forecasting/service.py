@@ -25,7 +25,7 @@ from collectors.decode import validation_reason
 from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, message_origin
 from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
-from nm_toolkit.bus import Bus, Message
+from nm_toolkit.bus import Bus, Message, next_offsets
 from nm_toolkit.config import Settings
 from nm_toolkit.schemas import Forecast, SeriesPoint
 
@@ -76,10 +76,7 @@ class ForecastService:
                 points.append((point.series_id, point.window_start, point.window_seconds, point_value(point, self.settings.forecast.value)))
         self.store.put_points(points)
         self.producer.flush()
-        offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            offsets[message.topic_partition] = max(offsets.get(message.topic_partition, 0), message.offset + 1)
-        self.consumer.commit(offsets)
+        self.consumer.commit(next_offsets(messages))
         self.stats.messages += len(messages)
         self.stats.points += len(points)
         return len(messages)

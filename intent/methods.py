@@ -16,16 +16,21 @@ Method = Literal["sklearn", "llm"]
 METHODS: tuple[str, ...] = ("sklearn", "llm")
 
 
-def factory(method: str) -> Callable[[], SpanExtractor]:
-    """A constructor of a fresh, unfitted extractor of ``method``."""
+def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExtractor]:
+    """A constructor of a fresh, unfitted extractor of ``method``.
+
+    ``base_model`` (a checkpoint from ``nmt model init``) is what every LLM extractor starts from;
+    without it each one pre-trains its own base in-process, which cross-validation would repeat per fold.
+    """
     if method == "sklearn":
         from intent.tagger import SklearnIntentTagger
 
         return SklearnIntentTagger
     if method == "llm":
-        from intent.llm_extractor import LlmIntentExtractor
+        from intent.llm_extractor import LlmIntentConfig, LlmIntentExtractor
 
-        return LlmIntentExtractor
+        config = LlmIntentConfig(base_model=str(base_model) if base_model else None)
+        return lambda: LlmIntentExtractor(config)
     raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
 
 

@@ -1,57 +1,107 @@
-"""A scikit-learn entity tagger that needs no LLM: token-level BIO tags from hand-crafted features.
+"""A scikit-learn-style entity tagger that needs no LLM: a linear-chain CRF over BIO tags.
 
-Each token is described by its word, shape, affixes and neighbours, and by gazetteers built from
-the training spans (does an n-gram starting or covering this token occur as a labelled span of a
-type?). A logistic regression over ``DictVectorizer`` features gives per-token tag probabilities;
-Viterbi decoding over BIO constraints (``I-x`` only after ``B-x``/``I-x``) turns them into spans.
+Each token is described by its word, stem, shape, affixes, its neighbours within a window, the
+general networking word classes of :mod:`intent.lexicon`, and the last preposition before it
+("from"/"to"/"for"/"between"...): in the Nile data that preposition is what separates an origin from
+a destination or a target, and a start from an end. The CRF (CRFsuite, L-BFGS with elastic-net
+regularisation) scores whole tag sequences, so span boundaries are decided jointly rather than
+token by token; only BIO-consistent paths survive :func:`intent.data.decode_spans`.
+
+No gazetteer of training spans: a feature "this n-gram was labelled X in training" is perfectly
+predictive on the training sentences themselves, so the CRF leans on it and then misses every span
+it has not seen verbatim (measured in bench/RESULTS.md, "Intent extraction").
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import joblib
-import numpy as np
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.linear_model import LogisticRegression
+import sklearn_crfsuite
 
+from intent.data import LabelledIntent, Span, Token, bio_tags, decode_spans, tokenize
 from intent.lexicon import word_classes
-from intent.data import OUTSIDE, LabelledIntent, Span, Token, bio_tags, decode_spans, tokenize
 from nm_toolkit.errors import UserError
 
 CONFIG_FILE = "tagger_config.json"
-MODEL_FILE = "tagger.joblib"
-_MAX_GAZETTEER_TOKENS = 5
+MODEL_FILE = "tagger.crfsuite"
+PREPOSITIONS = frozenset("from to for in on at between and through into of during until till by with".split())
+
+Features = dict[str, float]
 
 
 @dataclass(frozen=True)
 class TaggerConfig:
-    """Feature window and regularisation of :class:`SklearnIntentTagger`."""
+    """Feature window and CRF regularisation of :class:`SklearnIntentTagger`.
+
+    ``c1``/``c2`` are fixed a priori at the values of sklearn-crfsuite's tutorial, not tuned on
+    the evaluation folds.
+    """
 
     window: int = 2
     affix: int = 3
-    C: float = 1.0
-    max_iter: int = 300
-    outside_penalty: float = 1.0  # log-probability taken off "O" at decoding: trades precision for recall
-    gazetteer_min_count: int = 1
+    c1: float = 0.1  # L1: drops features that never help
+    c2: float = 0.1  # L2: shrinks the rest
+    max_iterations: int = 200
 
 
-def _shape(word: str) -> str:
+def token_shape(word: str) -> str:
     """"16:00" -> "d:d", "Netflix" -> "Xx", "DPI" -> "X", "5" -> "d"."""
-    shape = re.sub(r"[A-Z]+", "X", re.sub(r"[a-z]+", "x", re.sub(r"\d+", "d", word)))
-    return shape
+    return re.sub(r"[A-Z]+", "X", re.sub(r"[a-z]+", "x", re.sub(r"\d+", "d", word)))
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
+    """A crude suffix stripper ("blocked" -> "block") so inflections share evidence."""
     for suffix in ("ing", "ed", "es", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
+
+
+def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig()) -> list[Features]:
+    """One sparse feature dict per token (a pure function of the sentence)."""
+    words = [t.text.lower() for t in tokens]
+    n = len(words)
+    out: list[Features] = []
+    last_prep = "<none>"
+    for i, word in enumerate(words):
+        text = tokens[i].text
+        f: Features = {"bias": 1.0, f"w={word}": 1.0, f"stem={stem(word)}": 1.0, f"shape={token_shape(text)}": 1.0}
+        if text[:1].isupper():
+            f["title"] = 1.0
+        if i == 0:
+            f["first"] = 1.0
+        if i == n - 1:
+            f["last"] = 1.0
+        # "5gbps", "F2movies", "4pm": the tokenizer splits letters from digits; whether a token is
+        # glued to its neighbour tells a unit after a value from one word cut in pieces
+        if i > 0 and tokens[i - 1].end == tokens[i].start:
+            f["glued_prev"] = 1.0
+        if i + 1 < n and tokens[i].end == tokens[i + 1].start:
+            f["glued_next"] = 1.0
+        for k in range(1, config.affix + 1):
+            f[f"pre{k}={word[:k]}"] = 1.0
+            f[f"suf{k}={word[-k:]}"] = 1.0
+        for d in range(-config.window, config.window + 1):
+            if 0 <= i + d < n:
+                f.update({f"class{d:+d}={c}": 1.0 for c in word_classes(words[i + d])})
+                if d:
+                    f[f"w{d:+d}={words[i + d]}"] = 1.0
+                    f[f"shape{d:+d}={token_shape(tokens[i + d].text)}"] = 1.0
+            elif d:
+                f[f"w{d:+d}=<pad>"] = 1.0
+        f[f"bigram-={words[i - 1] if i else '<s>'}|{word}"] = 1.0
+        f[f"bigram+={word}|{words[i + 1] if i + 1 < n else '</s>'}"] = 1.0
+        f[f"last_prep={last_prep}"] = 1.0
+        f[f"w={word}|last_prep={last_prep}"] = 1.0
+        f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in word_classes(word)})
+        if word in PREPOSITIONS:
+            last_prep = word
+        out.append(f)
+    return out
 
 
 class SklearnIntentTagger:
@@ -60,88 +110,23 @@ class SklearnIntentTagger:
     def __init__(self, config: TaggerConfig = TaggerConfig()) -> None:
         self.config = config
 
-    # -- features -----------------------------------------------------------------------------
-    def _gazetteer_features(self, words: Sequence[str]) -> list[dict[str, float]]:
-        feats: list[dict[str, float]] = [{} for _ in words]
-        for i in range(len(words)):
-            for n in range(1, _MAX_GAZETTEER_TOKENS + 1):
-                gram = " ".join(words[i : i + n])
-                if i + n > len(words):
-                    break
-                for kind in self.gazetteer_.get(gram, ()):
-                    feats[i][f"gaz_begin={kind}"] = 1.0
-                    for j in range(i, i + n):
-                        feats[j][f"gaz_in={kind}"] = 1.0
-                    if n > 1:
-                        feats[i + n - 1][f"gaz_end={kind}"] = 1.0
-        return feats
-
-    def _features(self, tokens: Sequence[Token]) -> list[dict[str, float]]:
-        cfg = self.config
-        words = [t.text.lower() for t in tokens]
-        gaz = self._gazetteer_features(words)
-        out = []
-        for i, word in enumerate(words):
-            f: dict[str, float] = {"bias": 1.0, f"w={word}": 1.0, f"stem={_stem(word)}": 1.0, f"shape={_shape(tokens[i].text)}": 1.0}
-            if i == 0:
-                f["first"] = 1.0
-            for d in (-2, -1, 0, 1, 2):
-                if 0 <= i + d < len(words):
-                    f.update({f"class{d:+d}={c}": 1.0 for c in word_classes(words[i + d])})
-            for k in range(1, cfg.affix + 1):
-                f[f"pre{k}={word[:k]}"] = 1.0
-                f[f"suf{k}={word[-k:]}"] = 1.0
-            for d in range(1, cfg.window + 1):
-                f[f"w-{d}={words[i - d] if i - d >= 0 else '<s>'}"] = 1.0
-                f[f"w+{d}={words[i + d] if i + d < len(words) else '</s>'}"] = 1.0
-                if i - d >= 0:
-                    f[f"shape-{d}={_shape(tokens[i - d].text)}"] = 1.0
-                if i + d < len(words):
-                    f[f"shape+{d}={_shape(tokens[i + d].text)}"] = 1.0
-            f[f"bigram-={words[i - 1] if i else '<s>'}|{word}"] = 1.0
-            f[f"bigram+={word}|{words[i + 1] if i + 1 < len(words) else '</s>'}"] = 1.0
-            f.update(gaz[i])
-            for d in (-1, 1):
-                if 0 <= i + d < len(words):
-                    f.update({f"{k}@{d:+d}": v for k, v in gaz[i + d].items()})
-            out.append(f)
-        return out
-
-    # -- estimator ----------------------------------------------------------------------------
     def fit(self, intents: Sequence[LabelledIntent]) -> SklearnIntentTagger:
         if not intents:
             raise UserError("no training intents: pass a Nile-format file with at least one labelled intent")
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for item in intents:
-            for span in item.spans:
-                gram = " ".join(t.text.lower() for t in tokenize(span.text))
-                if len(gram.split()) <= _MAX_GAZETTEER_TOKENS:
-                    counts[gram][span.type] += 1
-        self.gazetteer_ = {
-            gram: sorted(k for k, c in kinds.items() if c >= self.config.gazetteer_min_count) for gram, kinds in counts.items()
-        }
-        rows, labels = [], []
+        X, y = [], []
         for item in intents:
             tokens = tokenize(item.text)
-            rows += self._features(tokens)
-            labels += bio_tags(tokens, item.spans)
-        self.vectorizer_ = DictVectorizer()
-        X = self.vectorizer_.fit_transform(rows)
-        self.classifier_ = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter)
-        self.classifier_.fit(X, labels)
-        self.tags_ = list(self.classifier_.classes_)
-        self._allowed = _transition_mask(self.tags_)
+            X.append(token_features(tokens, self.config))
+            y.append(bio_tags(tokens, item.spans))
+        cfg = self.config
+        self.crf_ = sklearn_crfsuite.CRF(
+            algorithm="lbfgs", c1=cfg.c1, c2=cfg.c2, max_iterations=cfg.max_iterations, all_possible_transitions=True
+        )
+        self.crf_.fit(X, y)
         return self
 
     def predict_tags(self, tokens: Sequence[Token]) -> list[str]:
-        if not tokens:
-            return []
-        log_p = self.classifier_.predict_log_proba(self.vectorizer_.transform(self._features(tokens)))
-        log_p[:, self.tags_.index(OUTSIDE)] -= self.config.outside_penalty
-        return [self.tags_[i] for i in _viterbi(log_p, self._allowed, self._starts())]
-
-    def _starts(self) -> np.ndarray:
-        return np.array([not t.startswith("I-") for t in self.tags_])
+        return list(self.crf_.predict_single(token_features(tokens, self.config))) if tokens else []
 
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         """Labelled spans of each text (character offsets into that text)."""
@@ -151,11 +136,11 @@ class SklearnIntentTagger:
             result.append(decode_spans(text, tokens, self.predict_tags(tokens)))
         return result
 
-    # -- persistence --------------------------------------------------------------------------
+    # -- persistence: CRFsuite's own model file, no pickle ----------------------------------------
     def save_pretrained(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps({"method": "sklearn", **asdict(self.config)}, indent=1))
-        joblib.dump({"vectorizer": self.vectorizer_, "classifier": self.classifier_, "gazetteer": self.gazetteer_}, directory / MODEL_FILE)
+        (directory / MODEL_FILE).write_bytes(Path(self.crf_.modelfile.name).read_bytes())
         return directory
 
     @classmethod
@@ -166,34 +151,6 @@ class SklearnIntentTagger:
         data = json.loads(config_path.read_text())
         data.pop("method", None)
         tagger = cls(TaggerConfig(**data))
-        state = joblib.load(model_path)
-        tagger.vectorizer_, tagger.classifier_, tagger.gazetteer_ = state["vectorizer"], state["classifier"], state["gazetteer"]
-        tagger.tags_ = list(tagger.classifier_.classes_)
-        tagger._allowed = _transition_mask(tagger.tags_)
+        tagger.crf_ = sklearn_crfsuite.CRF(model_filename=str(model_path))
+        tagger.crf_.tagger_  # noqa: B018 - open (read) the model now, not at the first prediction
         return tagger
-
-
-def _transition_mask(tags: Sequence[str]) -> np.ndarray:
-    """``allowed[a, b]``: tag ``b`` may follow tag ``a`` (``I-x`` only after ``B-x`` or ``I-x``)."""
-    allowed = np.ones((len(tags), len(tags)), dtype=bool)
-    for b, tag in enumerate(tags):
-        if tag.startswith("I-"):
-            for a, prev in enumerate(tags):
-                allowed[a, b] = prev != OUTSIDE and prev[2:] == tag[2:]
-    return allowed
-
-
-def _viterbi(log_p: np.ndarray, allowed: np.ndarray, starts: np.ndarray) -> list[int]:
-    """The most probable tag sequence under the BIO constraints (per-token scores add up)."""
-    n, k = log_p.shape
-    penalty = np.where(allowed, 0.0, -np.inf)
-    score = np.where(starts, log_p[0], -np.inf)
-    back = np.zeros((n, k), dtype=int)
-    for i in range(1, n):
-        total = score[:, None] + penalty
-        back[i] = total.argmax(axis=0)
-        score = total.max(axis=0) + log_p[i]
-    path = [int(score.argmax())]
-    for i in range(n - 1, 0, -1):
-        path.append(int(back[i, path[-1]]))
-    return path[::-1]

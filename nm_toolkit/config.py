@@ -53,6 +53,7 @@ class TopicSettings(BaseModel):
     prompts: str = "nmt.prompts"
     completions: str = "nmt.completions"
     intents: str = "nmt.intents"
+    operator_intents: str = "nmt.intents.operator"
 
 
 class CollectorSettings(BaseModel):
@@ -165,6 +166,26 @@ class LlmSettings(BaseModel):
     request_timeout_s: PositiveFloat = 30.0
 
 
+class IntentServiceSettings(BaseModel):
+    """The intent service: prompts and operator texts in, intents and demand series out."""
+
+    group_id: str = "nmt-intent-service"
+    extractor_dir: Path | None = Field(
+        default=None, description="operator-intent extractor from `nmt intent train`; default: state_dir/intent-extractor"
+    )
+    dead_letter_topic: str = "nmt.intents.dlq"
+    demand_topic: str = Field(
+        default="nmt.intents.demand", description="per-request demand records, keyed by location, that are windowed into series"
+    )
+    window_seconds: PositiveInt = 3600
+    allowed_lateness_seconds: float = Field(default=60.0, ge=0)
+    idle_close_seconds: PositiveFloat | None = Field(
+        default=None, description="close every open demand window once no request arrived for this long"
+    )
+    max_text_chars: int = Field(default=1000, gt=0, le=2000, description="longer prompts and operator texts are dead-lettered")
+    max_poll_records: PositiveInt = 500
+
+
 class Settings(BaseSettings):
     """The toolkit's configuration: see the module docstring for where values come from."""
 
@@ -181,6 +202,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    intent: IntentServiceSettings = Field(default_factory=IntentServiceSettings)
 
     @classmethod
     def settings_customise_sources(

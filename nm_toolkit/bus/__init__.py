@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nm_toolkit.bus.base import Bus, Consumer, Message, Producer, TopicPartition
+from nm_toolkit.bus.base import Bus, Consumer, Message, Producer, TopicPartition, next_offsets
 from nm_toolkit.bus.embedded import EmbeddedBus
 from nm_toolkit.config import Settings
 
@@ -21,4 +21,4 @@ def bus_from_settings(settings: Settings) -> Bus:
     return EmbeddedBus(settings.bus.default_partitions)
 
 
-__all__ = ["Bus", "Consumer", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings"]
+__all__ = ["Bus", "Consumer", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings", "next_offsets"]

@@ -39,6 +39,15 @@ class Message:
         return None
 
 
+def next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
+    """The offsets to commit once ``messages`` are fully processed: one past the highest
+    message of each partition (Kafka's "next offset to read" convention)."""
+    offsets: dict[TopicPartition, int] = {}
+    for message in messages:
+        offsets[message.topic_partition] = max(offsets.get(message.topic_partition, 0), message.offset + 1)
+    return offsets
+
+
 class Producer(ABC):
     """Sends messages; ``flush`` returns once everything sent so far is durably written."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import orjson
@@ -15,7 +13,7 @@ from collectors.service import TelemetryCollector
 from collectors.synthetic import SyntheticTelemetry
 from collectors.tabular import TelemetryFileError, load_wide_frame
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, shared_bus_settings
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit
 
 app = typer.Typer(help="Telemetry collection: the collector service and telemetry producers.", no_args_is_help=True)
@@ -29,9 +27,7 @@ def run(
 ) -> None:
     """Consume the telemetry topic until SIGINT/SIGTERM, windowing records into series."""
     settings = shared_bus_settings(config, "nmt collect run")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stats = TelemetryCollector(bus_from_settings(settings), settings).run(stop, idle_exit_s=idle_exit)
     emit(as_json, stats.__dict__, "collector", [{"counter": k, "value": v} for k, v in stats.__dict__.items()])
 

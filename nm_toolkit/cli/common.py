@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import typer
@@ -30,3 +32,11 @@ def shared_bus_settings(config: Path | None, command: str) -> Settings:
     settings = load_settings(config)
     require_shared_bus(settings, command)
     return settings
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set, so a service finishes its batch and shuts down cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import typer
 
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, require_shared_bus
+from nm_toolkit.cli.common import ConfigOption, require_shared_bus, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json
 from nm_toolkit.config import load_settings
 from nm_toolkit.controller.runner import ControllerRun
@@ -36,9 +34,7 @@ def run(
         overrides["controller"] = {"adapter": adapter}
     settings = load_settings(config, **overrides)  # merged over nmt.toml and NMT_* values
     require_shared_bus(settings, "nmt controller run")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     runner = ControllerRun.start(settings, bus_from_settings(settings))
     if not as_json:
         console.print(f"controller running: adapter={settings.controller.adapter} dry_run={settings.policy.dry_run}")

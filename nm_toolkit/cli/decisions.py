@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import uuid
 from collections import deque
 from pathlib import Path
@@ -12,7 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, shared_bus_settings
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
 from nm_toolkit.schemas import Decision, DecisionAdapter
 
@@ -41,9 +39,7 @@ def tail(
     consumer = bus.consumer([settings.topics.decisions], f"nmt-decisions-tail-{uuid.uuid4().hex[:8]}")
     latest: deque[Decision] = deque(maxlen=last)
     unreadable = 0
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
 
     def read(timeout_s: float) -> list[Decision]:
         nonlocal unreadable

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from contextlib import nullcontext
 
 import typer
 
+from nm_toolkit.cli.common import stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.devtools.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka_jars
 
@@ -26,9 +25,7 @@ def kafka(
     if fetch_only:
         emit(as_json, {"kafka_version": KAFKA_VERSION, "lib": str(lib)}, "Kafka jars", [{"version": KAFKA_VERSION, "lib": str(lib)}])
         return
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     with console.status("starting Kafka...") if not as_json else nullcontext():
         broker = KafkaBroker(port=port, partitions=partitions).start()
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +21,7 @@ from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model
 from forecasting.service import ForecastService
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, settings_from, shared_bus_settings
+from nm_toolkit.cli.common import ConfigOption, settings_from, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit, err_console
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
@@ -227,8 +225,6 @@ def serve(
 ) -> None:
     """Run the forecasting service: series windows in, forecasts out every forecast_service.interval_seconds."""
     settings = shared_bus_settings(config, "nmt forecast serve")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stats = ForecastService(bus_from_settings(settings), settings).run(stop, idle_exit_s=idle_exit)
     emit(as_json, stats.__dict__, "forecast service", [{"counter": k, "value": v} for k, v in stats.__dict__.items()])

@@ -7,10 +7,22 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
+from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
 
-app = typer.Typer(help="Operator intents: parse to Nile, train and evaluate the extractors.", no_args_is_help=True)
+app = typer.Typer(help="Intents: parse operator intents to Nile, train and evaluate the extractors, serve the prompt and operator-intent streams.", no_args_is_help=True)
+
+
+BaseModelOption = typer.Option(
+    None, "--base-model", help="llm method: start every fold from this `nmt model init` checkpoint instead of pre-training one per fit"
+)
+
+
+def _checked(base_model: Path | None) -> Path | None:
+    if base_model is not None and not (base_model / "config.json").is_file():
+        raise UserError(f"--base-model {base_model} is not a model checkpoint: build one with `nmt model init -o {base_model}`")
+    return base_model
 
 
 @app.command()
@@ -36,6 +48,7 @@ def train(
     input: Path = typer.Option(..., "--input", "-i", help="Nile-format labelled intents (JSON)"),
     output: Path = typer.Option(..., "-o", "--output", help="directory for the trained extractor"),
     method: str = typer.Option("sklearn", help="sklearn or llm"),
+    base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Fit an extractor on every intent of the file and save it."""
@@ -43,7 +56,7 @@ def train(
     from intent.methods import factory
 
     intents = load_intents(input)
-    extractor = factory(method)().fit(intents)
+    extractor = factory(method, _checked(base_model))().fit(intents)
     extractor.save_pretrained(output)  # type: ignore[attr-defined]
     emit(as_json, {"method": method, "intents": len(intents), "output": str(output)}, "trained")
 
@@ -56,6 +69,7 @@ def evaluate(
     test_file: Path | None = typer.Option(None, "--test", help="score on this file (with --train)"),
     method: str = typer.Option("sklearn", help="sklearn, llm, or a comma-separated list to compare side by side"),
     seed: int = typer.Option(0, help="seed of the fold split"),
+    base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Entity-level precision/recall/F1 per type and micro-averaged, plus whole-intent exact match."""
@@ -66,7 +80,7 @@ def evaluate(
     if (input is None) == (train_file is None or test_file is None):
         raise UserError("pass either --input FILE (cross-validation) or both --train FILE and --test FILE")
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    makers = {m: factory(m) for m in methods}
+    makers = {m: factory(m, _checked(base_model)) for m in methods}
     reports: dict[str, dict[str, object]] = {}
     with Progress(console=console, transient=True, disable=as_json) as progress:
         for name, make in makers.items():
@@ -84,12 +98,41 @@ def evaluate(
         return
     kinds = sorted({k for r in reports.values() for k in r["per_type"]})  # type: ignore[union-attr]
     rows = []
-    for kind in [*kinds, "micro"]:
+    for kind in [*kinds, "macro", "micro"]:
         row: dict[str, object] = {"entity": kind}
         for name, report in reports.items():
-            scores = report["micro"] if kind == "micro" else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
+            scores = report[kind] if kind in ("macro", "micro") else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
             row |= {f"{name} P": scores.get("precision"), f"{name} R": scores.get("recall"), f"{name} F1": scores.get("f1")}
         rows.append(row)
     rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
     emit(False, reports, "entity-level scores (type and span text must match)", rows)
+    for name, report in reports.items():
+        console.print(f"{name}: fit {report['fit_seconds']:.1f} s in all, predict {report['predict_ms_per_intent']:.1f} ms per intent")
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
+
+
+@app.command()
+def serve(
+    max_records: int | None = typer.Option(None, min=1, help="stop after handling this many prompt and operator messages"),
+    idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without messages"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Serve the prompts and operator-intents topics until Ctrl-C: intents and demand series out."""
+    from intent.service import IntentService
+    from nm_toolkit.bus import bus_from_settings
+
+    settings = shared_bus_settings(config, "nmt intent serve")
+    bus = bus_from_settings(settings)
+    try:
+        service = IntentService(bus, settings)  # a missing extractor fails here, with the fix
+        if not as_json:
+            topics = settings.topics
+            console.print(
+                f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
+            )
+        service.run(stop_on_signals(), idle_exit_s=idle_exit, max_records=max_records)
+    finally:
+        bus.close()
+    counts = service.stats_dict()
+    emit(as_json, counts, "intent service", [{"counter": k, "value": v} for k, v in counts.items()])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
+from nm_toolkit.cli.common import stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.config import load_settings
 
@@ -101,9 +100,7 @@ def serve(
     settings = load_settings()
     bus = bus_from_settings(settings)
     service = prompt_service(settings, bus)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     if not as_json:
         console.print(f"serving {settings.topics.prompts} -> {settings.topics.completions} on the {settings.bus.kind} bus (Ctrl-C stops)")
     try:

@@ -85,6 +85,13 @@ class OpenFlowEngine(ControllerAdapter):
             events = [self._barrier(datapath) for datapath in self._datapaths.values()]
         return all(event.wait(max(0.0, deadline - time.monotonic())) for event in events)
 
+    def close(self) -> None:
+        """Wait (bounded) until the switches have processed what was sent: os-ken writes from a
+        send queue on its own thread, so a process that exits right after a round could
+        otherwise take its last flow-mods with it."""
+        if not self.flush(timeout_s=5.0):
+            log.warning("switches did not confirm the last OpenFlow messages within 5 s")
+
     def send_raw(self, datapath_id: int, messages: list[Any]) -> None:
         """Send prepared OpenFlow messages to one switch, bypassing the desired state (for
         diagnostics and the benchmark's baseline; decisions go through :meth:`apply`)."""

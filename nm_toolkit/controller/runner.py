@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from nm_toolkit.bus import Bus, Consumer, Producer
+from nm_toolkit.bus import Bus, Consumer, Producer, next_offsets
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
 from nm_toolkit.controller.service import DecisionController, RoundReport
@@ -66,7 +66,7 @@ class IntentInbox:
                     continue
                 self.intents[intent.id] = intent
             self._producer.flush()
-            self._consumer.commit({m.topic_partition: m.offset + 1 for m in messages})
+            self._consumer.commit(next_offsets(messages))
         return list(self.intents.values())
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ class GenerationLimits:
 
     max_input_tokens: int = 256
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # end-of-text is masked out until this many tokens are written
     timeout_s: float = 30.0
     do_sample: bool = False
     temperature: float = 1.0
@@ -95,7 +96,7 @@ class AdapterLM:
         names = list(adapters) if adapters is not None else [BASE] * len(prompts)
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         config = GenerationConfig(
-            max_new_tokens=limits.max_new_tokens, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
+            max_new_tokens=limits.max_new_tokens, min_new_tokens=limits.min_new_tokens or None, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
             top_k=limits.top_k if limits.do_sample else None, top_p=None, use_cache=True, max_time=limits.timeout_s,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=None,
         )

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nm_toolkit.bus.base import Bus, Consumer, Message, TopicPartition
+from nm_toolkit.bus.base import Bus, Consumer, Message, next_offsets
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
 from nm_toolkit.schemas import Identifier, Location, UtcDatetime
@@ -128,7 +128,7 @@ class PromptService:
                     key = record.request_id.encode() if record.request_id else None
                     producer.send(self.completions_topic, record.model_dump_json(exclude_none=True).encode(), key=key)
                 producer.flush()
-                consumer.commit(_next_offsets(messages))
+                consumer.commit(next_offsets(messages))
         finally:
             producer.close()
             consumer.close()
@@ -228,10 +228,3 @@ class PromptService:
 
 def _age_ms(message: Message) -> float:
     return max(0.0, time.time() * 1000 - message.timestamp_ms)
-
-
-def _next_offsets(messages: Sequence[Message]) -> dict[TopicPartition, int]:
-    offsets: dict[TopicPartition, int] = {}
-    for message in messages:
-        offsets[message.topic_partition] = max(offsets.get(message.topic_partition, 0), message.offset + 1)
-    return offsets

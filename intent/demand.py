@@ -1,0 +1,64 @@
+"""User intents as demand series: requests and Mbit/s per location and service class, per window.
+
+NetGPT's popularity prediction forecasts what users will ask for, where. Each inferred
+:class:`~intent.schema.UserServiceIntent` becomes two demand records (one request, its bandwidth
+need) on ``intent.demand_topic``, keyed by location, and a telemetry collector windows that topic
+into :class:`~nm_toolkit.schemas.SeriesPoint` records on the series topic: the forecasting service
+then forecasts ``cell-7|demand.video.requests`` like any other series.
+
+Why a keyed topic between the two steps rather than windows in the intent service itself: prompts
+arrive keyed by request, so one location's requests are spread over every partition, and two
+members (or two partitions) each closing a partial window of the same series would overwrite each
+other downstream. Re-keying by location puts a series in exactly one partition, and the collector
+brings its checkpoints with it (a window counts each demand record once, even after a crash).
+
+Windows close by event-time watermark, so order matters: producers should key prompts by cell, as
+telemetry is keyed by source, and then a location's demand arrives in order. Prompts keyed
+otherwise are still windowed in order while the service keeps up, but a backlog is read partition
+by partition, and demand behind an already closed window goes to the late topic, counted
+(``demand_late``), not into the series; ``bench/intent_service.py`` measures both cases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from collectors.service import TelemetryCollector
+from intent.schema import UserServiceIntent
+from nm_toolkit.bus import Bus
+from nm_toolkit.config import Settings
+from nm_toolkit.schemas import TelemetryRecord
+
+
+def demand_metric(service_class: str, measure: str) -> str:
+    """``("video", "requests")`` -> ``"demand.video.requests"``: the metric of a demand series."""
+    return f"demand.{service_class}.{measure}"
+
+
+def demand_records(intent: UserServiceIntent, location: str, at: datetime) -> list[TelemetryRecord]:
+    """One request and its bandwidth need at ``location`` and event time ``at``."""
+    return [
+        TelemetryRecord(ts=at, source=location, metric=demand_metric(intent.service_class, "requests"), value=1.0, unit="requests"),
+        TelemetryRecord(ts=at, source=location, metric=demand_metric(intent.service_class, "mbps"), value=intent.bandwidth_mbps, unit="Mbit/s"),
+    ]
+
+
+def demand_collector_settings(settings: Settings) -> Settings:
+    """The collector's settings for the demand topic: the intent section's group, windows and
+    dead-letter topic instead of the telemetry collector's."""
+    cfg = settings.intent
+    topics = settings.topics.model_copy(update={"telemetry": cfg.demand_topic, "dead_letter": cfg.dead_letter_topic})
+    collector = settings.collector.model_copy(
+        update={
+            "group_id": f"{cfg.group_id}-demand",
+            "window_seconds": cfg.window_seconds,
+            "allowed_lateness_seconds": cfg.allowed_lateness_seconds,
+            "idle_close_seconds": cfg.idle_close_seconds,
+        }
+    )
+    return settings.model_copy(update={"topics": topics, "collector": collector})
+
+
+def demand_collector(bus: Bus, settings: Settings) -> TelemetryCollector:
+    """A collector that windows ``intent.demand_topic`` into demand series on ``topics.series``."""
+    return TelemetryCollector(bus, demand_collector_settings(settings))
