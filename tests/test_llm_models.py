@@ -74,16 +74,6 @@ def test_init_saves_a_checkpoint_whose_reload_gives_identical_logits(tiny) -> No
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
 
 
-def test_saved_tokenizer_gives_every_digit_its_own_token(tiny) -> None:
-    """Numbers copied from the context (cell ids, distances) must tokenise the same everywhere."""
-    _, tokenizer = load_causal_lm(tiny[0])
-    for text in ("cell MI-4401 |", "(cell MI-4401) this", "pharmacy: Farmacia Rossi 27, 360 m;", "is Farmacia Rossi 27, 360 m away"):
-        tokens = [t.lstrip("\u0120") for t in tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids)]
-        digits = [t for t in tokens if any(c.isdigit() for c in t)]
-        assert digits and all(len(t) == 1 for t in digits), tokens
-        assert tokenizer.decode(tokenizer(text).input_ids) == text
-
-
 def test_init_is_reproducible_with_a_seed() -> None:
     config = replace(TINY, steps=3, arch="llama")
     first, _, losses_a, _ = initialise_model(config)

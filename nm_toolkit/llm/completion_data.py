@@ -47,13 +47,9 @@ def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfI
 
 
 def edge_input(text: str, context: LocationContext) -> str:
-    """The edge model's input: compact context, then the user's words, then the cue to complete.
-
-    Places are listed category first (``pharmacy: Farmacia Rossi, 360 m``), so the completion's
-    "nearest pharmacy is ..." is a plain look-up: find the category, copy what follows it.
-    """
+    """The edge model's input: compact context, then the user's words, then the cue to complete."""
     places = "; ".join(
-        f"{p.category}: {p.name}, {p.distance_m} m" for p in sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
+        f"{p.name} ({p.category}, {p.distance_m} m)" for p in sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
     )
     return (
         f"cell {context.cell.cell} | {context.cell.district} | {context.time_of_day} | "

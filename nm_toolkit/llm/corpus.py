@@ -154,6 +154,6 @@ def _context_documents(config: CorpusConfig, rng: random.Random) -> Iterator[str
         yield (
             edge_input(text, context).rsplit("\nprompt:", 1)[0]
             + f"\nsummary: {context.profile.role} ({context.profile.preference}) at cell {context.cell.cell} in "
-            f"{context.cell.district}, {context.time_of_day}; wants {category}; nearest {category}: {poi.name}, {poi.distance_m} m"
+            f"{context.cell.district}, {context.time_of_day}; wants {category}; nearest: {poi.name} at {poi.distance_m} m"
         )
 

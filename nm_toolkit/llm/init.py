@@ -15,7 +15,7 @@ from nm_toolkit.llm.card import write_card
 from nm_toolkit.llm.corpus import CorpusConfig, build_corpus
 from nm_toolkit.llm.presets import PRESETS, Arch, transformers_config
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
-from nm_toolkit.llm.training import StepCallback, encode_pair, pack_examples, train
+from nm_toolkit.llm.training import StepCallback, encode_pair, train
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def initialise_model(
     model = AutoModelForCausalLM.from_config(model_config)
     examples = [encode_pair(tokenizer, "", doc, config.max_length) for doc in docs]
     started = time.perf_counter()
-    sequences = pack_examples(examples, config.max_length)
-    losses = train(model, sequences, tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
+    losses = train(model, examples, tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
     facts: dict[str, object] = {
         "arch": config.arch,
         "preset": config.preset,
@@ -62,8 +61,8 @@ def initialise_model(
         "model_config": {k: v for k, v in model_config.to_diff_dict().items() if k != "transformers_version"},
         "seed": config.seed,
         "init_config": {k: v for k, v in asdict(config).items() if k != "corpus"},
-        "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples), "packed_sequences": len(sequences)},
-        "tokenizer": {"kind": "byte-level BPE, one token per digit", "vocab_size": len(tokenizer)},
+        "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples)},
+        "tokenizer": {"kind": "byte-level BPE", "vocab_size": len(tokenizer)},
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
     }

@@ -1,30 +1,20 @@
-"""A byte-level BPE tokenizer trained on the toolkit's domain corpus (GPT-2's scheme, smaller vocab).
-
-One change from GPT-2: every digit is its own pre-token (as in LLaMA), so a number is always the
-same sequence of digit tokens wherever it appears. Cell ids and distances are then copied from the
-context one digit at a time, instead of through merges that split "4401" and " 360" differently
-from one number to the next.
-"""
+"""A byte-level BPE tokenizer trained on the toolkit's domain corpus (GPT-2's scheme, smaller vocab)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
 PAD = "<pad>"
-# GPT-2's pre-tokenizer pattern with ``\p{N}+`` (runs of digits) narrowed to ``\p{N}`` (one digit).
-_PRE_TOKEN = Regex(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE over ``texts``: any UTF-8 input encodes, domain words get single tokens, digits one each."""
+    """Byte-level BPE over ``texts``: any UTF-8 input encodes, domain words get single tokens."""
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(_PRE_TOKEN, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -26,27 +26,6 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prefix: str, target: str, ma
     return ids, labels
 
 
-def pack_examples(examples: Sequence[tuple[list[int], list[int]]], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Consecutive examples joined into sequences of at most ``max_length`` tokens, never split.
-
-    Pre-training documents range from a few tokens (a user prompt) to a few hundred (a location
-    context with its summary); padded one per row, most of a batch would be padding. Packed, every
-    step trains on about ``batch_size * max_length`` real tokens, and a context document still
-    sits whole in one sequence, next to the summary that looks values up in it.
-    """
-    packed: list[tuple[list[int], list[int]]] = []
-    ids: list[int] = []
-    labels: list[int] = []
-    for example_ids, example_labels in examples:
-        if ids and len(ids) + len(example_ids) > max_length:
-            packed.append((ids, labels))
-            ids, labels = [], []
-        ids, labels = ids + example_ids, labels + example_labels
-    if ids:
-        packed.append((ids, labels))
-    return packed
-
-
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch (training needs no left padding) with padded labels ignored."""
     width = max(len(ids) for ids, _ in examples)
