@@ -2,7 +2,7 @@
 
 The allowed outputs are the compact JSON that :func:`intent.llm_output.target_json` writes::
 
-    {}   or   {"<type>":["<span>",...],...}
+    {}   or   {"<type>":[" <span>",...],...}
 
 with entity types from :data:`intent.schema.ENTITY_TYPES` in their canonical order (each at most
 once) and every span a run of whole words of the input text, the spans of one list in text order.
@@ -78,7 +78,7 @@ class IntentGrammar:
                 if state.typed not in self.types[state.last_type + 1 :]:
                     return None
                 span = self._span(0, self.types.index(state.typed))
-                return State("literal", literal=':["', after=span) if span else None
+                return State("literal", literal=':[" ', after=span) if span else None
             typed = state.typed + ch
             return replace(state, typed=typed) if any(t.startswith(typed) for t in self.types[state.last_type + 1 :]) else None
         if phase == "span":
@@ -94,7 +94,7 @@ class IntentGrammar:
             if ch == "]":
                 return State("after_list", last_type=state.last_type)
             span = self._span(state.min_start, state.last_type) if ch == "," else None
-            return State("literal", literal='"', after=span) if span else None
+            return State("literal", literal='" ', after=span) if span else None
         if phase == "after_list":
             if ch == "}":
                 return State("done")

@@ -123,8 +123,12 @@ def parse_llm_output(text: str, output: str) -> ParsedOutput:
 
 
 def target_json(spans: list[Span]) -> str:
-    """The training target for a labelled intent: entity lists in the canonical type order."""
+    """The training target for a labelled intent: entity lists in the canonical type order.
+
+    Each span is written with a leading space (``" for guest"``), so that the byte-level BPE splits
+    it into the same tokens as in the prompt (``Ġfor Ġguest``, not ``f or Ġguest``) and copying a
+    span is repeating tokens the model has just read; the reader strips the space."""
     grouped: dict[str, list[str]] = {}
     for span in sorted(spans, key=lambda s: s.start):
-        grouped.setdefault(span.type, []).append(span.text)
+        grouped.setdefault(span.type, []).append(" " + span.text)
     return json.dumps({k: grouped[k] for k in ENTITY_TYPES if k in grouped}, separators=(",", ":"))

@@ -31,15 +31,15 @@ def test_every_training_target_is_in_the_language() -> None:
 @pytest.mark.parametrize(
     "output",
     [
-        '{"tenant":["block"]}',  # not an entity type
-        '{"operation":["bloc"]}',  # part of a word
-        '{"operation":["ban"]}',  # not in the text
-        '{"target":["for students"],"operation":["block"]}',  # keys out of the canonical order
-        '{"operation":["block"],"operation":["block"]}',  # a key twice
-        '{"start":["to 11pm","from 6pm"]}',  # a list's spans out of text order
-        '{"operation":["block"],}',  # trailing comma
-        "{'operation':['block']}",  # single quotes
-        '{"operation":["block"]}}',  # anything after the object
+        '{"tenant":[" block"]}',  # not an entity type
+        '{"operation":[" bloc"]}',  # part of a word
+        '{"operation":[" ban"]}',  # not in the text
+        '{"target":[" for students"],"operation":[" block"]}',  # keys out of the canonical order
+        '{"operation":[" block"],"operation":[" block"]}',  # a key twice
+        '{"start":[" to 11pm"," from 6pm"]}',  # a list's spans out of text order
+        '{"operation":[" block"],}',  # trailing comma
+        "{'operation':[' block']}",  # single quotes
+        '{"operation":[" block"]}}',  # anything after the object
         '{"operation":[]}',  # an empty list
     ],
 )
@@ -47,10 +47,17 @@ def test_grammar_rejects_what_the_schema_does_not_allow(output: str) -> None:
     assert IntentGrammar(TEXT).advance(START, output) is None
 
 
+def test_grammar_accepts_the_target_and_ends_there() -> None:
+    grammar = IntentGrammar(TEXT)
+    assert grammar.advance(START, '{"operation":[" block"],"target":[" for students"],"start":[" from 6pm"],"end":[" to 11pm"]}').phase == "done"
+    assert grammar.advance(START, '{"operation":["block"]}') is None  # spans are written after one space
+    assert grammar.advance(START, "{}").phase == "done"  # nothing found: the reader turns it into a clarification
+
+
 def test_grammar_accepts_a_repeated_word_in_text_order() -> None:
-    state = IntentGrammar("from a to b to c").advance(START, '{"destination":["to b","to c"]}')
+    state = IntentGrammar("from a to b to c").advance(START, '{"destination":[" to b"," to c"]}')
     assert state is not None and state.phase == "done"
-    spans = parse_llm_output("from a to b to c", '{"destination":["to b","to c"]}').spans
+    spans = parse_llm_output("from a to b to c", '{"destination":[" to b"," to c"]}').spans
     assert [(s.start, s.end) for s in spans] == [(7, 11), (12, 16)]
 
 
