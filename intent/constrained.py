@@ -150,27 +150,38 @@ class VocabularyTrie:
 
 
 class SchemaLogitsProcessor(LogitsProcessor):
-    """Masks every token that would take row ``i``'s output out of ``grammars[i]``'s language;
-    end-of-text is allowed only once the JSON is complete. One instance per ``generate`` call."""
+    """Masks every token that would take a row's output out of its text's language; end-of-text is
+    allowed only once the JSON is complete. Row ``i`` belongs to ``grammars[i // rows_per_text]``
+    (beam search keeps ``num_beams`` rows per text and reorders them, so states are looked up by the
+    tokens written so far, not by row). One instance per ``generate`` call."""
 
-    def __init__(self, grammars: Sequence[IntentGrammar], vocabulary: VocabularyTrie, prompt_width: int, eos_id: int) -> None:
+    def __init__(self, grammars: Sequence[IntentGrammar], vocabulary: VocabularyTrie, prompt_width: int, eos_id: int, rows_per_text: int = 1) -> None:
         self.grammars = list(grammars)
         self.vocabulary = vocabulary
         self.prompt_width = prompt_width
         self.eos_id = eos_id
-        self._states: list[State | None] = [START] * len(grammars)
-        self._seen = 0
+        self.rows_per_text = rows_per_text
+        self._states: dict[tuple[int, tuple[int, ...]], State | None] = {}
+
+    def _state(self, text: int, written: tuple[int, ...]) -> State | None:
+        key = (text, written)
+        if key not in self._states:
+            before = self._state(text, written[:-1]) if written else START
+            token = written[-1] if written else None
+            if token is None:
+                self._states[key] = before
+            elif token == self.eos_id or before is None:
+                self._states[key] = None
+            else:
+                self._states[key] = self.grammars[text].advance(before, self.vocabulary.pieces.get(token, "\0"))
+        return self._states[key]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        new = input_ids[:, self.prompt_width + self._seen :].tolist()
-        self._seen += len(new[0]) if new else 0
         mask = torch.full_like(scores, float("-inf"))
-        for row, (grammar, tokens) in enumerate(zip(self.grammars, new, strict=True)):
-            state = self._states[row]
-            for token in tokens:
-                state = None if token == self.eos_id else grammar.advance(state, self.vocabulary.pieces.get(token, "\0"))
-            self._states[row] = state
-            allowed = self.vocabulary.allowed(grammar, state) if state is not None else []
+        for row, written in enumerate(input_ids[:, self.prompt_width :].tolist()):
+            text = row // self.rows_per_text
+            state = self._state(text, tuple(written))
+            allowed = self.vocabulary.allowed(self.grammars[text], state) if state is not None else []
             if state is None or state.phase == "done":
                 allowed.append(self.eos_id)  # finished (or, defensively, off the grammar): only end-of-text
             mask[row, allowed] = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -38,7 +39,8 @@ class LlmIntentConfig:
     epochs: float = 30.0
     learning_rate: float = 3e-3
     batch_size: int = 16
-    max_new_tokens: int = 160  # the longest training target is 118 tokens
+    max_new_tokens: int = 160  # more than the longest target in the Nile file (115 tokens)
+    num_beams: int = 1  # beam search under the grammar; 1 is greedy
     seed: int = 0
 
 
@@ -93,24 +95,29 @@ class LlmIntentExtractor:
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str]) -> list[str]:
-        """Greedy outputs, each constrained to the intent grammar of its own text."""
+        """The most likely outputs (greedy, or beam search), each within the intent grammar of its own text."""
         tokenizer = self.tokenizer_
-        if getattr(self, "vocabulary_", None) is None:
-            self.vocabulary_ = VocabularyTrie(tokenizer)
+        context = self.model_.get_base_model().config.max_position_embeddings
         outputs: list[str] = []
         for start in range(0, len(texts), 16):
             chunk = [normalise(t) for t in texts[start : start + 16]]
             batch = tokenizer([prompt(t) for t in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
             width = batch["input_ids"].shape[1]
-            schema = SchemaLogitsProcessor([IntentGrammar(t) for t in chunk], self.vocabulary_, width, tokenizer.eos_token_id)
+            if width + 8 > context:
+                raise UserError(f"an intent text is {width} tokens long, too long for the model's {context}-token context: split it into shorter intents")
+            schema = SchemaLogitsProcessor([IntentGrammar(t) for t in chunk], self._vocabulary, width, tokenizer.eos_token_id, self.config.num_beams)
             generated = self.model_.generate(
-                **batch, logits_processor=LogitsProcessorList([schema]), max_new_tokens=self.config.max_new_tokens, do_sample=False,
+                **batch, logits_processor=LogitsProcessorList([schema]), max_new_tokens=min(self.config.max_new_tokens, context - width), do_sample=False, num_beams=self.config.num_beams,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
             )
             for row in generated[:, width:].tolist():
                 length = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
                 outputs.append(tokenizer.decode(row[:length], skip_special_tokens=True))
         return outputs
+
+    @cached_property
+    def _vocabulary(self) -> VocabularyTrie:
+        return VocabularyTrie(self.tokenizer_)
 
     def parse(self, texts: Sequence[str]) -> list[ParsedOutput]:
         return [parse_llm_output(text, output) for text, output in zip(texts, self.generate(texts), strict=True)]
