@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,12 +70,15 @@ def fitted(tiny_base: Path) -> LlmIntentExtractor:  # noqa: F811
     return LlmIntentExtractor(config).fit(load_intents(SLICE)[:16])
 
 
-def test_constrained_output_is_always_schema_json_grounded_in_the_text(fitted: LlmIntentExtractor) -> None:
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_constrained_output_is_always_schema_json_grounded_in_the_text(fitted: LlmIntentExtractor, num_beams: int) -> None:
     """A barely trained model (its unconstrained output is noise) still writes only the schema's JSON
     with spans from the text; an adversarial text cannot make it emit any other field."""
+    decoder = copy.copy(fitted)  # the same fitted model, decoded greedily or with beam search
+    decoder.config = replace(fitted.config, num_beams=num_beams)
     texts = [item.text for item in load_intents(SLICE)[16:22]] + ADVERSARIAL
-    for text, output in zip(texts, fitted.generate(texts), strict=True):
-        assert IntentGrammar(normalise(text)).advance(START, output) is not None, output  # a prefix of a valid output
+    for text, output in zip(texts, decoder.generate(texts), strict=True):
+        assert output.startswith("{") and IntentGrammar(normalise(text)).advance(START, output) is not None, output  # a valid prefix, at least
         if output.endswith("}"):
             assert set(json.loads(output)) <= set(ENTITY_TYPES)
         parsed = parse_llm_output(text, output)
