@@ -11,7 +11,7 @@ from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_sig
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
 
-app = typer.Typer(help="Operator intents: parse to Nile, train and evaluate the extractors.", no_args_is_help=True)
+app = typer.Typer(help="Intents: parse operator intents to Nile, train and evaluate the extractors, serve the prompt and operator-intent streams.", no_args_is_help=True)
 
 
 BaseModelOption = typer.Option(

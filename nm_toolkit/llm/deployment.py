@@ -35,7 +35,7 @@ class LlmPaths:
 
 def generation_limits(settings: Settings) -> GenerationLimits:
     cfg = settings.llm
-    return GenerationLimits(cfg.max_input_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
+    return GenerationLimits(max_input_tokens=cfg.max_input_tokens, max_new_tokens=cfg.max_new_tokens, timeout_s=cfg.request_timeout_s)
 
 
 def edge_completer(settings: Settings) -> EdgeCompleter:

@@ -22,7 +22,7 @@ from nm_toolkit.llm.offline import load_causal_lm
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationLimits:
     """Bounds every request is held to; greedy decoding unless ``do_sample``."""
 
