@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from intent.data import tokenize
 from intent.schema import ENTITY_TYPES
+
+if TYPE_CHECKING:  # transformers is imported at run time only after nm_toolkit.llm has pinned the hub offline
+    from transformers import PreTrainedTokenizerBase
 
 _FORBIDDEN_IN_SPAN = frozenset('"\\') | frozenset(chr(i) for i in range(32))
 
@@ -149,8 +152,8 @@ class VocabularyTrie:
         return found
 
 
-class SchemaLogitsProcessor(LogitsProcessor):
-    """Masks every token that would take a row's output out of its text's language; end-of-text is
+class SchemaLogitsProcessor:
+    """A transformers logits processor (any ``(input_ids, scores) -> scores`` callable is one): masks every token that would take a row's output out of its text's language; end-of-text is
     allowed only once the JSON is complete. Row ``i`` belongs to ``grammars[i // rows_per_text]``
     (beam search keeps ``num_beams`` rows per text and reorders them, so states are looked up by the
     tokens written so far, not by row). One instance per ``generate`` call."""

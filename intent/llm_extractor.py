@@ -16,7 +16,6 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessorList
 
 from intent.constrained import IntentGrammar, SchemaLogitsProcessor, VocabularyTrie
 from intent.data import LabelledIntent, Span
@@ -69,14 +68,14 @@ class LlmIntentExtractor:
         return model, tokenizer
 
     def fit(self, intents: Sequence[LabelledIntent]) -> LlmIntentExtractor:
+        if not intents:
+            raise UserError("no training intents: pass a Nile-format file with at least one labelled intent")
+        base, self.tokenizer_ = self._base()  # imports nm_toolkit.llm, which pins the hub offline before peft imports transformers
         from peft import LoraConfig, get_peft_model
 
         from nm_toolkit.llm.lora import DEFAULT_TARGET_MODULES
         from nm_toolkit.llm.training import IGNORE, encode_pair, train
 
-        if not intents:
-            raise UserError("no training intents: pass a Nile-format file with at least one labelled intent")
-        base, self.tokenizer_ = self._base()
         self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # LoRA wraps the layers in place
         cfg = self.config
         examples = [encode_pair(self.tokenizer_, prompt(i.text), target_json(list(i.spans)), MAX_LENGTH) for i in intents]
@@ -96,6 +95,9 @@ class LlmIntentExtractor:
     @torch.no_grad()
     def generate(self, texts: Sequence[str]) -> list[str]:
         """The most likely outputs (greedy, or beam search), each within the intent grammar of its own text."""
+        # imported here, after fit or from_pretrained imported nm_toolkit.llm (which pins the hub offline)
+        from transformers import LogitsProcessorList
+
         tokenizer = self.tokenizer_
         context = self.model_.get_base_model().config.max_position_embeddings
         outputs: list[str] = []
