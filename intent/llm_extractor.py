@@ -2,8 +2,9 @@
 
 ``fit`` starts from a local base checkpoint (``nmt model init``) or, without one, initialises a
 base model in-process from a preset; it then fits a LoRA adapter (task ``intent``) on
-(prompt, entity JSON) pairs. ``predict_spans`` generates greedily and reads the output through
-:mod:`intent.llm_output`, so every span it returns occurs in the input text.
+(prompt, entity JSON) pairs. ``generate`` decodes greedily under :mod:`intent.constrained`, so the
+output is schema-valid JSON whose spans are words of the input by construction; ``predict_spans``
+still reads it through :mod:`intent.llm_output` (defence in depth: the reader trusts nothing).
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
+import torch
+
+from intent.constrained import IntentGrammar, SchemaLogitsProcessor, VocabularyTrie
 from intent.data import LabelledIntent, Span
 from intent.llm_output import ParsedOutput, parse_llm_output, target_json
 from nm_toolkit.errors import UserError
 
 ADAPTER = "intent"
 CONFIG_FILE = "llm_intent_config.json"
+MAX_LENGTH = 256  # the edge preset's context
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,18 @@ class LlmIntentConfig:
     epochs: float = 30.0
     learning_rate: float = 3e-3
     batch_size: int = 16
-    max_new_tokens: int = 96
+    max_new_tokens: int = 160  # more than the longest target in the Nile file (115 tokens)
+    num_beams: int = 1  # beam search under the grammar; 1 is greedy
     seed: int = 0
 
 
+def normalise(text: str) -> str:
+    """The text as the model sees it: runs of whitespace collapsed to one space."""
+    return " ".join(text.split())
+
+
 def prompt(text: str) -> str:
-    return f"intent: {' '.join(text.split())}\njson: "
+    return f"intent: {normalise(text)}\njson: "
 
 
 class LlmIntentExtractor:
@@ -56,30 +68,58 @@ class LlmIntentExtractor:
         return model, tokenizer
 
     def fit(self, intents: Sequence[LabelledIntent]) -> LlmIntentExtractor:
-        from nm_toolkit.llm.lora import LoraFineTuner, LoraTrainConfig
-
         if not intents:
             raise UserError("no training intents: pass a Nile-format file with at least one labelled intent")
-        base, self.tokenizer_ = self._base()
+        base, self.tokenizer_ = self._base()  # imports nm_toolkit.llm, which pins the hub offline before peft imports transformers
+        from peft import LoraConfig, get_peft_model
+
+        from nm_toolkit.llm.lora import DEFAULT_TARGET_MODULES
+        from nm_toolkit.llm.training import IGNORE, encode_pair, train
+
         self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # LoRA wraps the layers in place
         cfg = self.config
-        tuner = LoraFineTuner(LoraTrainConfig(rank=cfg.rank, alpha=2 * cfg.rank, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                              learning_rate=cfg.learning_rate, seed=cfg.seed))
-        tuner.fit(base, self.tokenizer_, [(prompt(i.text), target_json(list(i.spans))) for i in intents], adapter_name=ADAPTER)
-        self.model_ = tuner.model_
-        self.losses_ = tuner.losses_
+        examples = [encode_pair(self.tokenizer_, prompt(i.text), target_json(list(i.spans)), MAX_LENGTH) for i in intents]
+        # The JSON's punctuation tokens ('{"', '":[', ...) never occur in the base model's corpus, so
+        # their (tied) embeddings are untrained; low-rank updates of the blocks cannot make the model
+        # emit them (training loss stalls near 4.3). Those few embedding rows are trained too.
+        target_tokens = sorted({t for _, labels in examples for t in labels if t != IGNORE})
+        lora = LoraConfig(
+            r=cfg.rank, lora_alpha=2 * cfg.rank, target_modules=list(DEFAULT_TARGET_MODULES[base.config.model_type]), task_type="CAUSAL_LM",
+            fan_in_fan_out=base.config.model_type == "gpt2", trainable_token_indices=target_tokens,
+        )
+        self.model_ = get_peft_model(base, lora, adapter_name=ADAPTER)
+        steps = max(1, round(cfg.epochs * len(examples) / cfg.batch_size))
+        self.losses_ = train(self.model_, examples, self.tokenizer_.pad_token_id, steps, cfg.batch_size, cfg.learning_rate, cfg.seed)
         return self
 
+    @torch.no_grad()
     def generate(self, texts: Sequence[str]) -> list[str]:
-        from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
+        """The most likely outputs (greedy, or beam search), each within the intent grammar of its own text."""
+        # imported here, after fit or from_pretrained imported nm_toolkit.llm (which pins the hub offline)
+        from transformers import LogitsProcessorList
 
-        lm = AdapterLM(self.model_, self.tokenizer_)
-        limits = GenerationLimits(max_new_tokens=self.config.max_new_tokens)
+        tokenizer = self.tokenizer_
+        context = self.model_.get_base_model().config.max_position_embeddings
         outputs: list[str] = []
         for start in range(0, len(texts), 16):
-            batch = [prompt(t) for t in texts[start : start + 16]]
-            outputs += [g.text for g in lm.generate(batch, adapters=[ADAPTER] * len(batch), limits=limits)]
+            chunk = [normalise(t) for t in texts[start : start + 16]]
+            batch = tokenizer([prompt(t) for t in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            width = batch["input_ids"].shape[1]
+            if width + 8 > context:
+                raise UserError(f"an intent text is {width} tokens long, too long for the model's {context}-token context: split it into shorter intents")
+            schema = SchemaLogitsProcessor([IntentGrammar(t) for t in chunk], self._vocabulary, width, tokenizer.eos_token_id, self.config.num_beams)
+            generated = self.model_.generate(
+                **batch, logits_processor=LogitsProcessorList([schema]), max_new_tokens=min(self.config.max_new_tokens, context - width), do_sample=False, num_beams=self.config.num_beams,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+            )
+            for row in generated[:, width:].tolist():
+                length = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+                outputs.append(tokenizer.decode(row[:length], skip_special_tokens=True))
         return outputs
+
+    @cached_property
+    def _vocabulary(self) -> VocabularyTrie:
+        return VocabularyTrie(self.tokenizer_)
 
     def parse(self, texts: Sequence[str]) -> list[ParsedOutput]:
         return [parse_llm_output(text, output) for text, output in zip(texts, self.generate(texts), strict=True)]

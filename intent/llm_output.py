@@ -68,12 +68,17 @@ def _load(candidate: str, repairs: list[str]) -> object:
     return json.loads(fixed)
 
 
-def _ground(text: str, value: str) -> tuple[int, int] | None:
-    """Where ``value`` occurs in ``text`` (exact first, then case-insensitive)."""
-    at = text.find(value)
-    if at < 0:
-        at = text.lower().find(value.lower())
-    return None if at < 0 else (at, at + len(value))
+def _ground(text: str, value: str, after: int = 0) -> tuple[int, int] | None:
+    """Where ``value`` occurs in ``text``: its first occurrence from ``after`` on, else anywhere;
+    exact case first, then any case. Whitespace runs match any whitespace run, because the model
+    sees the text with its whitespace collapsed."""
+    pattern = r"\s+".join(re.escape(word) for word in value.split())
+    for flags in (0, re.IGNORECASE):
+        regex = re.compile(pattern, flags)
+        found = regex.search(text, after) or regex.search(text)
+        if found:
+            return found.span()
+    return None
 
 
 def parse_llm_output(text: str, output: str) -> ParsedOutput:
@@ -99,14 +104,16 @@ def parse_llm_output(text: str, output: str) -> ParsedOutput:
         if kind not in ENTITY_TYPES:
             result.repairs.append(f"dropped unknown field {str(key)[:40]!r}")
             continue
+        after = 0  # a type's spans are listed in text order: a repeated word is the next occurrence
         for value in values if isinstance(values, list) else [values]:
             if not isinstance(value, str) or not value.strip():
                 result.repairs.append(f"dropped non-text {kind} value")
                 continue
-            where = _ground(text, value.strip())
+            where = _ground(text, value.strip(), after)
             if where is None:
                 result.repairs.append(f"dropped {kind} {value.strip()[:40]!r}: not in the text")
                 continue
+            after = where[1]
             if len(result.spans) < MAX_SPANS:
                 result.spans.append(Span(kind, where[0], where[1], text[where[0] : where[1]]))
     if not result.spans:
@@ -116,8 +123,12 @@ def parse_llm_output(text: str, output: str) -> ParsedOutput:
 
 
 def target_json(spans: list[Span]) -> str:
-    """The training target for a labelled intent: entity lists in the canonical type order."""
+    """The training target for a labelled intent: entity lists in the canonical type order.
+
+    Each span is written with a leading space (``" for guest"``), so that the byte-level BPE splits
+    it into the same tokens as in the prompt (``Ġfor Ġguest``, not ``f or Ġguest``) and copying a
+    span is repeating tokens the model has just read; the reader strips the space."""
     grouped: dict[str, list[str]] = {}
     for span in sorted(spans, key=lambda s: s.start):
-        grouped.setdefault(span.type, []).append(span.text)
+        grouped.setdefault(span.type, []).append(" " + span.text)
     return json.dumps({k: grouped[k] for k in ENTITY_TYPES if k in grouped}, separators=(",", ":"))

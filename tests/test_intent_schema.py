@@ -68,7 +68,7 @@ def test_injected_llm_output_yields_no_privileged_intent() -> None:
 
 def test_target_json_is_the_llm_training_target() -> None:
     spans = spans_of(TEXT, operation="block", service="netflix", target="for students")
-    assert target_json(spans) == '{"operation":["block"],"target":["for students"],"service":["netflix"]}'
+    assert target_json(spans) == '{"operation":[" block"],"target":[" for students"],"service":[" netflix"]}'
     assert parse_llm_output(TEXT, target_json(spans)).spans == sorted(spans, key=lambda s: s.start)
 
 
