@@ -71,25 +71,18 @@ class LlmIntentExtractor:
         if not intents:
             raise UserError("no training intents: pass a Nile-format file with at least one labelled intent")
         base, self.tokenizer_ = self._base()  # imports nm_toolkit.llm, which pins the hub offline before peft imports transformers
-        from peft import LoraConfig, get_peft_model
-
-        from nm_toolkit.llm.lora import DEFAULT_TARGET_MODULES
-        from nm_toolkit.llm.training import IGNORE, encode_pair, train
+        from nm_toolkit.llm.lora import LoraFineTuner, LoraTrainConfig
 
         self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # LoRA wraps the layers in place
         cfg = self.config
-        examples = [encode_pair(self.tokenizer_, prompt(i.text), target_json(list(i.spans)), MAX_LENGTH) for i in intents]
-        # The JSON's punctuation tokens ('{"', '":[', ...) never occur in the base model's corpus, so
-        # their (tied) embeddings are untrained; low-rank updates of the blocks cannot make the model
-        # emit them (training loss stalls near 4.3). Those few embedding rows are trained too.
-        target_tokens = sorted({t for _, labels in examples for t in labels if t != IGNORE})
-        lora = LoraConfig(
-            r=cfg.rank, lora_alpha=2 * cfg.rank, target_modules=list(DEFAULT_TARGET_MODULES[base.config.model_type]), task_type="CAUSAL_LM",
-            fan_in_fan_out=base.config.model_type == "gpt2", trainable_token_indices=target_tokens,
-        )
-        self.model_ = get_peft_model(base, lora, adapter_name=ADAPTER)
-        steps = max(1, round(cfg.epochs * len(examples) / cfg.batch_size))
-        self.losses_ = train(self.model_, examples, self.tokenizer_.pad_token_id, steps, cfg.batch_size, cfg.learning_rate, cfg.seed)
+        # The JSON's punctuation tokens ('{"', '":[', ...) never occur in the base model's corpus:
+        # without their embedding rows trained too, the training loss stalls near 4.3.
+        tuner = LoraFineTuner(LoraTrainConfig(rank=cfg.rank, alpha=2 * cfg.rank, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                              learning_rate=cfg.learning_rate, max_length=MAX_LENGTH, seed=cfg.seed,
+                                              train_target_embeddings=True))
+        tuner.fit(base, self.tokenizer_, [(prompt(i.text), target_json(list(i.spans))) for i in intents], adapter_name=ADAPTER)
+        self.model_ = tuner.model_
+        self.losses_ = tuner.losses_
         return self
 
     @torch.no_grad()

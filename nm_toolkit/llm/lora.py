@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.card import write_card
-from nm_toolkit.llm.training import StepCallback, encode_pair, mean_loss, train
+from nm_toolkit.llm.training import IGNORE, StepCallback, encode_pair, mean_loss, train
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
@@ -42,6 +42,10 @@ class LoraTrainConfig:
     learning_rate: float = 3e-3
     max_length: int = 256
     seed: int = 0
+    # Also train the embedding rows of the tokens the targets contain. Tokens the base model's
+    # corpus (almost) never held, such as JSON punctuation, keep near-random embeddings that
+    # low-rank updates of the blocks cannot make the model emit; training those few rows can.
+    train_target_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,14 @@ class LoraFineTuner:
         missing = [t for t in targets if not any(n.endswith(t) for n, _ in base.named_modules())]
         if missing:
             raise UserError(f"target modules {missing} are not in the {base.config.model_type} model: check --target-modules")
+        examples = [encode_pair(tokenizer, prefix, target, cfg.max_length) for prefix, target in pairs]
+        target_tokens = sorted({t for _, labels in examples for t in labels if t != IGNORE}) if cfg.train_target_embeddings else None
         lora = LoraConfig(
             r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM",
             fan_in_fan_out=base.config.model_type == "gpt2",  # GPT-2 stores its linear layers transposed (Conv1D)
+            trainable_token_indices=target_tokens,
         )
         self.model_ = get_peft_model(base, lora, adapter_name=adapter_name)
-        examples = [encode_pair(tokenizer, prefix, target, cfg.max_length) for prefix, target in pairs]
         steps = max(1, round(cfg.epochs * len(examples) / cfg.batch_size))
         started = time.perf_counter()
         self.losses_ = train(self.model_, examples, tokenizer.pad_token_id, steps, cfg.batch_size, cfg.learning_rate, cfg.seed, on_step)
