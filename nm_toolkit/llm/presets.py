@@ -28,6 +28,8 @@ PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(layers=2, hidden=64, heads=2, intermediate=128, context=256, vocab_size=1024),
     # the edge model: a few million parameters, fast on one CPU core
     "edge": ModelPreset(layers=4, hidden=192, heads=4, intermediate=576, context=256, vocab_size=2048),
+    # a larger edge model (about 5 M parameters) for sites with a little more CPU
+    "edge-large": ModelPreset(layers=6, hidden=256, heads=4, intermediate=1024, context=256, vocab_size=2048),
     # the cloud model: several times larger
     "cloud": ModelPreset(layers=6, hidden=384, heads=6, intermediate=1024, context=512, vocab_size=4096),
 }
