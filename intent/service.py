@@ -55,7 +55,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.schemas import (
     Identifier,
-    Location,
+    PromptMessage,
     TelemetryBatch,
     TelemetryRecord,
     UtcDatetime,
@@ -63,20 +63,11 @@ from nm_toolkit.schemas import (
 
 log = logging.getLogger(__name__)
 
-class PromptFields(BaseModel):
-    """The fields of a prompt message this service reads. Other fields (user, task, adapter) are
-    the prompt service's business and are ignored here rather than rejected."""
+class PromptFields(PromptMessage):
+    """A prompt message as this service reads it: fields it does not know are the prompt
+    service's business and are ignored here rather than rejected."""
 
     model_config = ConfigDict(extra="ignore")
-
-    request_id: Identifier
-    text: str
-    location: Identifier | Location
-    ts: UtcDatetime | None = None
-
-    @property
-    def cell(self) -> str | None:
-        return self.location if isinstance(self.location, str) else self.location.cell
 
 
 class OperatorMessage(BaseModel):

@@ -219,3 +219,21 @@ class DeadLetter(BaseModel):
     original_b64: str
     index: int | None = Field(default=None, description="position of the bad record inside a batch")
     failed_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class PromptMessage(BaseModel):
+    """A request on the prompts topic; ``location`` is a cell id or a location object with a cell."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Identifier
+    text: str
+    location: Identifier | Location
+    user: Identifier | None = None
+    task: Identifier | None = None
+    adapter: Identifier | None = None
+    ts: UtcDatetime | None = None
+
+    @property
+    def cell(self) -> str | None:
+        return self.location if isinstance(self.location, str) else self.location.cell

@@ -17,32 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from nm_toolkit.bus.base import Bus, Consumer, Message, next_offsets
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
-from nm_toolkit.schemas import Identifier, Location, UtcDatetime
+from nm_toolkit.schemas import PromptMessage
 
 log = logging.getLogger(__name__)
-
-
-class PromptMessage(BaseModel):
-    """A request on the prompts topic; ``location`` is a cell id or a location object with a cell."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: Identifier
-    text: str
-    location: Identifier | Location
-    user: Identifier | None = None
-    task: Identifier | None = None
-    adapter: Identifier | None = None
-    ts: UtcDatetime | None = None
-
-    @property
-    def cell(self) -> str | None:
-        return self.location if isinstance(self.location, str) else self.location.cell
 
 
 class CompletionRecord(BaseModel):
