@@ -1,7 +1,8 @@
-"""The two extraction paths by name, and operator-intent parsing on top of either."""
+"""The extraction methods by name, and operator-intent parsing on top of any of them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -12,8 +13,9 @@ from intent.schema import NeedsClarification, OperatorIntent
 from intent.structure import structure
 from nm_toolkit.errors import UserError
 
-Method = Literal["sklearn", "llm"]
-METHODS: tuple[str, ...] = ("sklearn", "llm")
+Method = Literal["span", "sklearn", "llm"]
+METHODS: tuple[str, ...] = ("span", "sklearn", "llm")
+BEST_METHOD: Method = "span"  # highest micro-F1 in cross-validation (bench/RESULTS.md, "Intent extraction")
 
 
 def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExtractor]:
@@ -22,6 +24,10 @@ def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExt
     ``base_model`` (a checkpoint from ``nmt model init``) is what every LLM extractor starts from;
     without it each one pre-trains its own base in-process, which cross-validation would repeat per fold.
     """
+    if method == "span":
+        from intent.span import SpanIntentTagger
+
+        return SpanIntentTagger
     if method == "sklearn":
         from intent.tagger import SklearnIntentTagger
 
@@ -35,13 +41,16 @@ def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExt
 
 
 def load(directory: Path) -> SpanExtractor:
-    """A trained extractor of either kind from ``nmt intent train -o DIR``."""
+    """A trained extractor of any kind from ``nmt intent train -o DIR``."""
     from intent.llm_extractor import CONFIG_FILE as LLM_CONFIG
     from intent.llm_extractor import LlmIntentExtractor
-    from intent.tagger import SklearnIntentTagger
+    from intent.span import SpanIntentTagger
+    from intent.tagger import CONFIG_FILE, SklearnIntentTagger
 
     if (directory / LLM_CONFIG).is_file():
         return LlmIntentExtractor.from_pretrained(directory)
+    if (directory / CONFIG_FILE).is_file() and json.loads((directory / CONFIG_FILE).read_text()).get("method") == "span":
+        return SpanIntentTagger.from_pretrained(directory)
     return SklearnIntentTagger.from_pretrained(directory)
 
 

@@ -61,13 +61,22 @@ def stem(word: str) -> str:
     return word
 
 
+def last_prepositions(words: Sequence[str]) -> list[str]:
+    """For each (lower-case) word, the last preposition before it, or "<none>"."""
+    out, last = [], "<none>"
+    for word in words:
+        out.append(last)
+        if word in PREPOSITIONS:
+            last = word
+    return out
+
+
 def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig()) -> list[Features]:
     """One sparse feature dict per token (a pure function of the sentence)."""
     words = [t.text.lower() for t in tokens]
     n = len(words)
     out: list[Features] = []
-    last_prep = "<none>"
-    for i, word in enumerate(words):
+    for i, (word, last_prep) in enumerate(zip(words, last_prepositions(words), strict=True)):
         text = tokens[i].text
         f: Features = {"bias": 1.0, f"w={word}": 1.0, f"stem={stem(word)}": 1.0, f"shape={token_shape(text)}": 1.0}
         if text[:1].isupper():
@@ -98,8 +107,6 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
         f[f"last_prep={last_prep}"] = 1.0
         f[f"w={word}|last_prep={last_prep}"] = 1.0
         f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in word_classes(word)})
-        if word in PREPOSITIONS:
-            last_prep = word
         out.append(f)
     return out
 

@@ -74,7 +74,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 def test_cli_train_parse_eval(tmp_path: Path) -> None:
     runner = CliRunner()
     model = tmp_path / "model"
-    result = runner.invoke(app, ["intent", "train", "--input", str(SLICE), "-o", str(model), "--json"])
+    result = runner.invoke(app, ["intent", "train", "--input", str(SLICE), "-o", str(model), "--method", "sklearn", "--json"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["intent", "parse", "block netflix traffic for students", "--model", str(model), "--json"])
     assert result.exit_code == 0, result.output
@@ -82,7 +82,7 @@ def test_cli_train_parse_eval(tmp_path: Path) -> None:
     assert parsed["kind"] in ("operator", "needs_clarification")
     if parsed["kind"] == "operator":
         assert parsed["nile"].startswith("define intent ")
-    result = runner.invoke(app, ["intent", "eval", "--train", str(SLICE), "--test", str(SLICE), "--json"])
+    result = runner.invoke(app, ["intent", "eval", "--train", str(SLICE), "--test", str(SLICE), "--method", "sklearn", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["best"] == "sklearn" and report["methods"]["sklearn"]["mode"] == "train_test"

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
+from intent.methods import BEST_METHOD, METHODS
 from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
@@ -47,7 +48,7 @@ def parse(
 def train(
     input: Path = typer.Option(..., "--input", "-i", help="Nile-format labelled intents (JSON)"),
     output: Path = typer.Option(..., "-o", "--output", help="directory for the trained extractor"),
-    method: str = typer.Option("sklearn", help="sklearn or llm"),
+    method: str = typer.Option(BEST_METHOD, help=f"one of {', '.join(METHODS)}"),
     base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -67,7 +68,7 @@ def evaluate(
     folds: int = typer.Option(5, help="number of cross-validation folds"),
     train_file: Path | None = typer.Option(None, "--train", help="train on this file (with --test)"),
     test_file: Path | None = typer.Option(None, "--test", help="score on this file (with --train)"),
-    method: str = typer.Option("sklearn", help="sklearn, llm, or a comma-separated list to compare side by side"),
+    method: str = typer.Option(BEST_METHOD, help=f"one of {', '.join(METHODS)}, or a comma-separated list to compare side by side"),
     seed: int = typer.Option(0, help="seed of the fold split"),
     base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,

@@ -1,0 +1,281 @@
+"""A semi-Markov CRF entity tagger: it scores whole candidate spans, not BIO tags per token.
+
+The Nile labels follow span conventions that a token tagger gets wrong at the edges: "to labs" is a
+destination with its preposition, "for faculty" a target without the noun after it, "must not be
+blocked" one operation. A BIO tagger decides each edge from the tokens around it; here every run
+of up to ``max_span_tokens_`` tokens (the longest labelled span seen in training) is one candidate,
+described as a whole: its text, first and last word, length, the words just outside it, the last
+preposition before it, and the :mod:`intent.lexicon` classes of its words. A sentence is segmented
+into entity spans and single unlabelled tokens; the model (one weight per feature and entity type,
+unlabelled tokens score 0) is trained on the log-likelihood of the labelled segmentation against
+all segmentations (the forward algorithm over span ends), with an L2 penalty, by L-BFGS. So the
+choice between "to labs", "labs" and nothing is made jointly, with no threshold to tune, and
+decoding is the best non-overlapping set of spans (:func:`best_segmentation`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from scipy import sparse
+
+from intent.data import LabelledIntent, Span, Token, tokenize
+from intent.lexicon import word_classes
+from intent.tagger import CONFIG_FILE, PREPOSITIONS, Features, last_prepositions, stem, token_shape
+from nm_toolkit.errors import UserError
+
+WEIGHTS_FILE = "span_weights.safetensors"
+BOUNDARY_PUNCTUATION = frozenset(",.;!?")
+
+
+@dataclass(frozen=True)
+class SpanTaggerConfig:
+    """Training of :class:`SpanIntentTagger`.
+
+    ``l2`` was chosen on fold seeds 1-4 only (bench/RESULTS.md, "Intent extraction"), never on the
+    reported seed 0.
+    """
+
+    l2: float = 0.5
+    max_iterations: int = 200
+
+
+def candidate_spans(n_tokens: int, max_len: int) -> list[tuple[int, int]]:
+    """Every ``(start, end)`` token range (end exclusive) of 1..``max_len`` tokens, by start then end."""
+    return [(i, j) for i in range(n_tokens) for j in range(i + 1, min(n_tokens, i + max_len) + 1)]
+
+
+def span_features(tokens: Sequence[Token], i: int, j: int, last_prep: Sequence[str]) -> Features:
+    """Sparse features of tokens ``i..j-1`` as one candidate entity (a pure function).
+
+    ``last_prep[k]`` is the last preposition before token ``k`` (:func:`intent.tagger.last_prepositions`).
+    """
+    words = [t.text.lower() for t in tokens]
+    n, inside, prep = len(words), words[i:j], last_prep[i]
+    first, last = inside[0], inside[-1]
+    f: Features = {
+        "bias": 1.0,
+        f"len={j - i}": 1.0,
+        f"text={' '.join(inside)}": 1.0,
+        f"first={first}": 1.0,
+        f"last={last}": 1.0,
+        f"first_stem={stem(first)}": 1.0,
+        f"last_stem={stem(last)}": 1.0,
+        f"first_shape={token_shape(tokens[i].text)}": 1.0,
+        f"last_shape={token_shape(tokens[j - 1].text)}": 1.0,
+        f"before={words[i - 1] if i else '<s>'}": 1.0,
+        f"after={words[j] if j < n else '</s>'}": 1.0,
+        f"before2={words[i - 2] if i > 1 else '<s>'}": 1.0,
+        f"after2={words[j + 1] if j + 1 < n else '</s>'}": 1.0,
+        f"last_prep={prep}": 1.0,
+        f"first={first}|last_prep={prep}": 1.0,
+        f"last={last}|last_prep={prep}": 1.0,
+    }
+    for word in inside:
+        f[f"in={word}"] = f.get(f"in={word}", 0.0) + 1.0
+        f[f"in_stem={stem(word)}"] = 1.0
+        f.update({f"in_class={c}": 1.0 for c in word_classes(word)})
+    f.update({f"first_class={c}": 1.0 for c in word_classes(first)})
+    for c in word_classes(last):
+        f[f"last_class={c}"] = 1.0
+        f[f"last_class={c}|last_prep={prep}"] = 1.0
+    if i > 0:
+        f.update({f"before_class={c}": 1.0 for c in word_classes(words[i - 1])})
+        if tokens[i - 1].end == tokens[i].start:
+            f["glued_before"] = 1.0  # "5" of "5gbps" is not a span on its own edge
+    if j < n:
+        f.update({f"after_class={c}": 1.0 for c in word_classes(words[j])})
+        if tokens[j - 1].end == tokens[j].start:
+            f["glued_after"] = 1.0
+    if any(w in BOUNDARY_PUNCTUATION for w in inside):
+        f["punctuation_inside"] = 1.0
+    if i == 0:
+        f["at_start"] = 1.0
+    if j == n:
+        f["at_end"] = 1.0
+    if tokens[i].text[:1].isupper():
+        f["title"] = 1.0
+    if first in PREPOSITIONS:
+        f["starts_with_preposition"] = 1.0
+    return f
+
+
+def best_segmentation(scores: np.ndarray) -> list[tuple[int, int]]:
+    """The highest-scoring set of non-overlapping spans, as ``(start, end)`` token ranges.
+
+    ``scores[j - 1, l - 1]`` is the score of the span of ``l`` tokens ending before token ``j``
+    (``-inf`` where there is none); a token outside every span scores 0. Viterbi over span ends.
+    """
+    n, max_len = scores.shape
+    best = np.zeros(n + 1)
+    back = [0] * (n + 1)  # 0: token j-1 is outside; l > 0: a span of l tokens ends at j
+    for j in range(1, n + 1):
+        best[j], back[j] = best[j - 1], 0
+        for length in range(1, min(max_len, j) + 1):
+            value = best[j - length] + scores[j - 1, length - 1]
+            if value > best[j]:
+                best[j], back[j] = value, length
+    spans, j = [], n
+    while j > 0:
+        if back[j]:
+            spans.append((j - back[j], j))
+            j -= back[j]
+        else:
+            j -= 1
+    return spans[::-1]
+
+
+def log_partition(span_scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Log of the summed exp-scores of every segmentation of each sentence (the forward algorithm).
+
+    ``span_scores[b, j - 1, l - 1]``: log-sum over entity types of the span of ``l`` tokens ending
+    before token ``j`` of sentence ``b`` (a large negative number where there is none);
+    ``lengths[b]``: its number of tokens. A token outside every span contributes 0.
+    """
+    batch, n, max_len = span_scores.shape
+    alpha = [span_scores.new_zeros(batch)]
+    for j in range(1, n + 1):
+        ways = [alpha[j - 1]] + [alpha[j - length] + span_scores[:, j - 1, length - 1] for length in range(1, min(max_len, j) + 1)]
+        alpha.append(torch.logsumexp(torch.stack(ways, 1), 1))
+    return torch.stack(alpha, 1)[torch.arange(batch), lengths]
+
+
+def token_range(tokens: Sequence[Token], span: Span) -> tuple[int, int] | None:
+    """The tokens a labelled span covers (those whose start lies in it), as in :func:`intent.data.bio_tags`."""
+    inside = [k for k, t in enumerate(tokens) if span.start <= t.start < span.end]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
+class SpanIntentTagger:
+    """Semi-Markov CRF entity tagger: ``fit(intents)`` then ``predict_spans(texts)``."""
+
+    def __init__(self, config: SpanTaggerConfig = SpanTaggerConfig()) -> None:
+        self.config = config
+
+    def _candidates(self, text: str) -> tuple[list[Token], list[tuple[int, int]], list[Features]]:
+        tokens = tokenize(text)
+        last_prep = last_prepositions([t.text.lower() for t in tokens])
+        candidates = candidate_spans(len(tokens), self.max_span_tokens_)
+        return tokens, candidates, [span_features(tokens, i, j, last_prep) for i, j in candidates]
+
+    def _matrix(self, feature_dicts: Sequence[Features], grow: bool = False) -> sparse.csr_matrix:
+        rows, cols, values = [], [], []
+        for row, features in enumerate(feature_dicts):
+            for name, value in features.items():
+                column = self.vocabulary_.get(name)
+                if column is None and grow:
+                    column = self.vocabulary_[name] = len(self.vocabulary_)
+                if column is not None:
+                    rows.append(row)
+                    cols.append(column)
+                    values.append(value)
+        return sparse.csr_matrix((values, (rows, cols)), shape=(len(feature_dicts), len(self.vocabulary_)))
+
+    def fit(self, intents: Sequence[LabelledIntent]) -> SpanIntentTagger:
+        self.entity_types_ = sorted({s.type for item in intents for s in item.spans})
+        if not self.entity_types_:
+            raise UserError("no labelled spans in the training intents: pass a Nile-format file whose parts carry entity types")
+        gold = [[(s.type, r) for s in item.spans if (r := token_range(tokenize(item.text), s))] for item in intents]
+        self.max_span_tokens_ = max(j - i for labelled in gold for _, (i, j) in labelled)
+        self.vocabulary_: dict[str, int] = {}
+        type_index = {t: k for k, t in enumerate(self.entity_types_)}
+        blocks, sentences, gold_rows, gold_types, offset = [], [], [], [], 0
+        for item, labelled in zip(intents, gold, strict=True):
+            _, candidates, features = self._candidates(item.text)
+            blocks.append(features)
+            row_of = {c: offset + k for k, c in enumerate(candidates)}
+            for kind, token_span in labelled:
+                gold_rows.append(row_of[token_span])
+                gold_types.append(type_index[kind])
+            sentences.append(candidates)
+            offset += len(candidates)
+        X = self._matrix([f for block in blocks for f in block], grow=True)
+        self.weights_ = _train(X, sentences, gold_rows, gold_types, len(self.entity_types_), self.max_span_tokens_, self.config)
+        return self
+
+    def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Labelled spans of each text (character offsets into that text)."""
+        result = []
+        for text in texts:
+            tokens, candidates, features = self._candidates(text)
+            if not candidates:
+                result.append([])
+                continue
+            by_type = np.asarray(self._matrix(features) @ self.weights_)
+            scores = np.full((len(tokens), self.max_span_tokens_), -np.inf)
+            for (i, j), row in zip(candidates, by_type, strict=True):
+                scores[j - 1, j - i - 1] = row.max()
+            row_of = {c: k for k, c in enumerate(candidates)}
+            spans = []
+            for i, j in best_segmentation(scores):
+                kind = self.entity_types_[int(by_type[row_of[(i, j)]].argmax())]
+                start, end = tokens[i].start, tokens[j - 1].end
+                spans.append(Span(kind, start, end, text[start:end]))
+            result.append(spans)
+        return result
+
+    # -- persistence: JSON + safetensors, no pickle -----------------------------------------------
+    def save_pretrained(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        names = sorted(self.vocabulary_, key=self.vocabulary_.__getitem__)
+        meta = {"method": "span", **asdict(self.config), "entity_types": self.entity_types_, "max_span_tokens": self.max_span_tokens_, "features": names}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta))
+        save_file({"weights": self.weights_}, str(directory / WEIGHTS_FILE))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> SpanIntentTagger:
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not (config_path.is_file() and weights_path.is_file()):
+            raise UserError(f"{directory} holds no span intent tagger: train one with `nmt intent train --method span -o {directory}`")
+        meta = json.loads(config_path.read_text())
+        tagger = cls(SpanTaggerConfig(l2=meta["l2"], max_iterations=meta["max_iterations"]))
+        tagger.entity_types_ = meta["entity_types"]
+        tagger.max_span_tokens_ = meta["max_span_tokens"]
+        tagger.vocabulary_ = {name: k for k, name in enumerate(meta["features"])}
+        tagger.weights_ = load_file(str(weights_path))["weights"]
+        return tagger
+
+
+def _train(
+    X: sparse.csr_matrix,
+    sentences: Sequence[Sequence[tuple[int, int]]],
+    gold_rows: Sequence[int],
+    gold_types: Sequence[int],
+    n_types: int,
+    max_len: int,
+    config: SpanTaggerConfig,
+) -> np.ndarray:
+    """Weights (features x types) minimising the segmentations' negative log-likelihood + ``l2``*|W|^2."""
+    coo = X.tocoo()
+    features = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)), torch.from_numpy(coo.data.astype(np.float64)), X.shape, check_invariants=True).coalesce()
+    n_rows, longest = X.shape[0], max(max((j for _, j in c), default=0) for c in sentences)
+    # where[b, j - 1, l - 1]: the row of sentence b's span of l tokens ending before token j (n_rows: none)
+    where = torch.full((len(sentences), longest, max_len), n_rows, dtype=torch.long)
+    lengths, offset = torch.zeros(len(sentences), dtype=torch.long), 0
+    for b, candidates in enumerate(sentences):
+        for k, (i, j) in enumerate(candidates):
+            where[b, j - 1, j - i - 1] = offset + k
+        lengths[b] = max((j for _, j in candidates), default=0)
+        offset += len(candidates)
+    rows, types = torch.tensor(gold_rows, dtype=torch.long), torch.tensor(gold_types, dtype=torch.long)
+    weights = torch.zeros(X.shape[1], n_types, dtype=torch.float64, requires_grad=True)
+    no_span = torch.full((1, n_types), -1e4, dtype=torch.float64)
+    optimizer = torch.optim.LBFGS([weights], max_iter=config.max_iterations, history_size=10, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        scores = torch.cat([torch.sparse.mm(features, weights), no_span])
+        log_z = log_partition(torch.logsumexp(scores, 1)[where], lengths)
+        loss = log_z.sum() - scores[rows, types].sum() + config.l2 * (weights * weights).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weights.detach().numpy().astype(np.float32)
