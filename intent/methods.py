@@ -13,9 +13,9 @@ from intent.schema import NeedsClarification, OperatorIntent
 from intent.structure import structure
 from nm_toolkit.errors import UserError
 
-Method = Literal["span", "sklearn", "llm"]
-METHODS: tuple[str, ...] = ("span", "sklearn", "llm")
-BEST_METHOD: Method = "span"  # highest micro-F1 in cross-validation (bench/RESULTS.md, "Intent extraction")
+Method = Literal["vote", "semicrf", "spanlr", "sklearn", "llm"]
+METHODS: tuple[str, ...] = ("vote", "semicrf", "spanlr", "sklearn", "llm")
+BEST_METHOD: Method = "vote"  # highest micro-F1 in cross-validation (bench/RESULTS.md, "Intent extraction")
 
 
 def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExtractor]:
@@ -24,10 +24,15 @@ def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExt
     ``base_model`` (a checkpoint from ``nmt model init``) is what every LLM extractor starts from;
     without it each one pre-trains its own base in-process, which cross-validation would repeat per fold.
     """
-    if method == "span":
-        from intent.span import SpanIntentTagger
+    if method == "vote":
+        from intent.ensemble import VotingIntentTagger
 
-        return SpanIntentTagger
+        return VotingIntentTagger
+    if method in ("semicrf", "spanlr"):
+        from intent.span import SpanIntentTagger, SpanTaggerConfig
+
+        span_config = SpanTaggerConfig(objective="segmentation" if method == "semicrf" else "per_span")
+        return lambda: SpanIntentTagger(span_config)
     if method == "sklearn":
         from intent.tagger import SklearnIntentTagger
 
@@ -42,6 +47,7 @@ def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExt
 
 def load(directory: Path) -> SpanExtractor:
     """A trained extractor of any kind from ``nmt intent train -o DIR``."""
+    from intent.ensemble import VotingIntentTagger
     from intent.llm_extractor import CONFIG_FILE as LLM_CONFIG
     from intent.llm_extractor import LlmIntentExtractor
     from intent.span import SpanIntentTagger
@@ -49,7 +55,10 @@ def load(directory: Path) -> SpanExtractor:
 
     if (directory / LLM_CONFIG).is_file():
         return LlmIntentExtractor.from_pretrained(directory)
-    if (directory / CONFIG_FILE).is_file() and json.loads((directory / CONFIG_FILE).read_text()).get("method") == "span":
+    method = json.loads((directory / CONFIG_FILE).read_text()).get("method") if (directory / CONFIG_FILE).is_file() else None
+    if method == "vote":
+        return VotingIntentTagger.from_pretrained(directory)
+    if method in ("semicrf", "spanlr"):
         return SpanIntentTagger.from_pretrained(directory)
     return SklearnIntentTagger.from_pretrained(directory)
 

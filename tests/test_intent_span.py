@@ -1,4 +1,4 @@
-"""The semi-Markov span tagger: its dynamic programmes against brute force, fitting, persistence, CLI."""
+"""The span taggers and their vote: dynamic programmes against brute force, fitting, persistence, CLI."""
 
 from __future__ import annotations
 
@@ -12,11 +12,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from intent.data import load_intents
+from intent.data import LabelledIntent, Span, load_intents
+from intent.ensemble import VotingIntentTagger, majority_spans
 from intent.evaluation import cross_validate, score
-from intent.methods import load
-from intent.span import SpanIntentTagger, best_segmentation, candidate_spans, log_partition
+from intent.methods import factory, load
+from intent.span import (
+    SpanIntentTagger,
+    SpanTaggerConfig,
+    best_segmentation,
+    candidate_spans,
+    log_partition,
+)
 from nm_toolkit.cli import app
+from nm_toolkit.errors import UserError
 
 SLICE = Path(__file__).parent / "data" / "nile_intents_slice.json"
 
@@ -44,7 +52,7 @@ def test_best_segmentation_is_the_brute_force_optimum(seed: int) -> None:
     scores = np.full((n, max_len), -np.inf)
     for i, j in candidate_spans(n, max_len):
         scores[j - 1, j - i - 1] = rng.normal()
-    total = lambda seg: sum(scores[j - 1, j - i - 1] for i, j in seg)  # noqa: E731
+    total = lambda seg: sum(scores[j - 1, j - i - 1] for i, j in seg)
     best = max(segmentations(n, max_len), key=total)
     assert math.isclose(total(best_segmentation(scores)), total(best))
     assert best_segmentation(np.full((n, max_len), -1.0)) == []
@@ -63,11 +71,13 @@ def test_log_partition_sums_every_segmentation() -> None:
     assert math.isclose(float(log_partition(torch.tensor(scores), torch.tensor([1]))[0]), math.log(1 + math.exp(scores[0, 0, 0])))
 
 
-def test_span_tagger_learns_the_slice() -> None:
+@pytest.mark.parametrize("method", ["semicrf", "spanlr"])
+def test_span_taggers_learn_the_slice(method: str) -> None:
     intents = load_intents(SLICE)
-    report = cross_validate(SpanIntentTagger, intents, folds=3)
+    report = cross_validate(factory(method), intents, folds=3)
     assert report["intents"] == len(intents) and 0.5 < report["micro"]["f1"] <= 1.0  # type: ignore[index]
-    fitted = SpanIntentTagger().fit(intents)
+    fitted = factory(method)().fit(intents)
+    assert isinstance(fitted, SpanIntentTagger)
     assert score(fitted, intents).report()["micro"]["f1"] > 0.95  # type: ignore[index]
     assert fitted.max_span_tokens_ == max(len(s.text.split()) for i in intents for s in i.spans)
 
@@ -79,35 +89,57 @@ def test_spans_keep_the_preposition_convention() -> None:
     assert {("start", "from 10pm"), ("end", "to 6am")} <= spans
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
+def test_per_span_margin_trades_precision_for_recall() -> None:
+    """A larger margin lifts every type's log-odds against "none": more spans, never fewer."""
     intents = load_intents(SLICE)
-    tagger = SpanIntentTagger().fit(intents[:40])
-    directory = tagger.save_pretrained(tmp_path / "m")
-    assert not list(directory.glob("*.pkl"))
+    counts = []
+    for margin in (0.0, 2.0, 4.0):
+        tagger = SpanIntentTagger(SpanTaggerConfig(objective="per_span", margin=margin)).fit(intents[:40])
+        counts.append(sum(len(s) for s in tagger.predict_spans([i.text for i in intents[40:]])))
+    assert counts[0] < counts[2] and counts == sorted(counts)
+
+
+@pytest.mark.parametrize("method", ["semicrf", "spanlr", "vote"])
+def test_save_load_round_trip(tmp_path: Path, method: str) -> None:
+    intents = load_intents(SLICE)
+    tagger = factory(method)().fit(intents[:40])
+    directory = tagger.save_pretrained(tmp_path / "m")  # type: ignore[attr-defined]
+    assert not list(directory.rglob("*.pkl"))
     loaded = load(directory)
-    assert isinstance(loaded, SpanIntentTagger)
+    assert type(loaded) is type(tagger)
     texts = [i.text for i in intents[40:]] + [""]
     assert loaded.predict_spans(texts) == tagger.predict_spans(texts)
 
 
 def test_training_needs_labelled_spans(tmp_path: Path) -> None:
-    from intent.data import LabelledIntent
-    from nm_toolkit.errors import UserError
-
     with pytest.raises(UserError, match="no labelled spans"):
         SpanIntentTagger().fit([LabelledIntent("block netflix", ())])
-    with pytest.raises(UserError, match="--method span"):
+    with pytest.raises(UserError, match="--method semicrf"):
         SpanIntentTagger.from_pretrained(tmp_path)
 
 
-def test_cli_default_method_is_span(tmp_path: Path) -> None:
+def test_majority_keeps_spans_most_members_predict() -> None:
+    a, b, c = Span("operation", 0, 5, "block"), Span("traffic", 6, 13, "netflix"), Span("service", 6, 13, "netflix")
+    assert majority_spans([[a, b], [a, c], [b]]) == [a, b]
+    assert majority_spans([[a], [b]]) == []  # a tie is not a majority
+    assert majority_spans([[a, a], [], []]) == []  # one member's duplicate is one vote
+
+
+def test_vote_members_are_checked() -> None:
+    intents = load_intents(SLICE)[:10]
+    for members in (("sklearn", "llm"), ("semicrf", "semicrf"), ()):
+        with pytest.raises(UserError, match="vote members"):
+            VotingIntentTagger(members).fit(intents)
+
+
+def test_vote_is_the_default_method(tmp_path: Path) -> None:
     runner = CliRunner()
     model = tmp_path / "model"
     result = runner.invoke(app, ["intent", "train", "--input", str(SLICE), "-o", str(model), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["method"] == "span"
+    assert json.loads(result.output)["method"] == "vote"
     result = runner.invoke(app, ["intent", "parse", "block netflix traffic for students", "--model", str(model), "--json"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["intent", "eval", "--input", str(SLICE), "--folds", "3", "--method", "span,sklearn", "--json"])
+    result = runner.invoke(app, ["intent", "eval", "--input", str(SLICE), "--folds", "3", "--method", "semicrf,sklearn", "--json"])
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.output)["methods"]) == {"span", "sklearn"}
+    assert set(json.loads(result.output)["methods"]) == {"semicrf", "sklearn"}

@@ -1,0 +1,68 @@
+"""A majority vote of entity taggers from different model families.
+
+The linear-chain CRF (:mod:`intent.tagger`), the semi-Markov CRF and the per-span classifier
+(:mod:`intent.span`) disagree mostly where the labels are uncertain: each gets different spans of
+a sentence wrong. Keeping a span (type and boundaries) only when more than half of the members
+predict it removes many of those errors while the spans they agree on stay. The kept spans never
+overlap: two spans that each have a strict majority share a member that predicted both, and no
+member predicts overlapping spans.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from intent.data import LabelledIntent, Span
+from intent.evaluation import SpanExtractor
+from intent.tagger import CONFIG_FILE
+from nm_toolkit.errors import UserError
+
+VOTERS: tuple[str, ...] = ("sklearn", "semicrf", "spanlr")
+
+
+def majority_spans(predictions: Sequence[Sequence[Span]]) -> list[Span]:
+    """The spans predicted by more than half of the members, in text order (a pure function)."""
+    votes = Counter(span for member in predictions for span in set(member))
+    return sorted((span for span, n in votes.items() if 2 * n > len(predictions)), key=lambda s: (s.start, s.end))
+
+
+class VotingIntentTagger:
+    """Fits each member on the same intents; predicts the spans a majority of them predict."""
+
+    def __init__(self, members: Sequence[str] = VOTERS) -> None:
+        self.members = tuple(members)
+
+    def fit(self, intents: Sequence[LabelledIntent]) -> VotingIntentTagger:
+        from intent.methods import factory
+
+        if not set(self.members) <= set(VOTERS) or len(set(self.members)) != len(self.members) or not self.members:
+            raise UserError(f"vote members must be distinct methods among {', '.join(VOTERS)}, got {', '.join(self.members) or 'none'}")
+        self.members_: list[SpanExtractor] = [factory(name)().fit(intents) for name in self.members]
+        return self
+
+    def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Labelled spans of each text (character offsets into that text)."""
+        per_member = [member.predict_spans(texts) for member in self.members_]
+        return [majority_spans([p[k] for p in per_member]) for k in range(len(texts))]
+
+    # -- persistence: each member in its own subdirectory, in its own format ------------------------
+    def save_pretrained(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps({"method": "vote", "members": list(self.members)}, indent=1))
+        for name, member in zip(self.members, self.members_, strict=True):
+            member.save_pretrained(directory / name)  # type: ignore[attr-defined]
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> VotingIntentTagger:
+        from intent.methods import load
+
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise UserError(f"{directory} holds no voting intent tagger: train one with `nmt intent train --method vote -o {directory}`")
+        tagger = cls(json.loads(config_path.read_text())["members"])
+        tagger.members_ = [load(directory / name) for name in tagger.members]
+        return tagger
