@@ -28,6 +28,7 @@ import torch
 from nm_toolkit.bus import EmbeddedBus
 from nm_toolkit.llm.completion_data import build_completion_dataset
 from nm_toolkit.llm.context import synthetic_city
+from nm_toolkit.llm.corpus import CorpusConfig
 from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
@@ -45,9 +46,10 @@ def model_mb(lm: AdapterLM) -> float:
     return sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2**20
 
 
-def build_model(directory: Path, arch: str, preset: str, steps: int, seed: int, intents: Path | None) -> float:
+def build_model(directory: Path, config: InitConfig) -> float:
     started = time.perf_counter()
-    model, tokenizer, losses, facts = initialise_model(InitConfig(arch=arch, preset=preset, steps=steps, seed=seed, intents_file=intents))  # type: ignore[arg-type]
+    model, tokenizer, losses, facts = initialise_model(config)
+    arch, preset, steps = config.arch, config.preset, config.steps
     save_initialised(directory, model, tokenizer, losses, facts)
     print(f"  {arch}/{preset}: {facts['parameters']:,} parameters, {steps} steps, final loss {facts['final_loss']}, {time.perf_counter() - started:.0f} s", flush=True)
     return time.perf_counter() - started
@@ -88,6 +90,9 @@ def main() -> int:
     parser.add_argument("--cloud-preset", default="cloud")
     parser.add_argument("--edge-steps", type=int, default=1000)
     parser.add_argument("--cloud-steps", type=int, default=80)
+    parser.add_argument("--edge-batch", type=int, default=16, help="documents per edge pre-training step")
+    parser.add_argument("--corpus-scale", type=float, default=1.0, help="edge pre-training corpus size, times the default")
+    parser.add_argument("--device", default="cpu", help="pre-train and fine-tune on cpu, cuda or auto; serving is on the CPU")
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=2.5)
@@ -104,14 +109,19 @@ def main() -> int:
 
     print(f"building models in {work}", flush=True)
     if not (edge_dir / "config.json").is_file():
-        build_model(edge_dir, "gpt2", args.edge_preset, args.edge_steps, args.seed, args.intents)
+        build_model(edge_dir, InitConfig(
+            arch="gpt2", preset=args.edge_preset, steps=args.edge_steps, batch_size=args.edge_batch, seed=args.seed,
+            device=args.device, corpus=CorpusConfig().scaled(args.corpus_scale), intents_file=args.intents,
+        ))
     if not (cloud_dir / "config.json").is_file():
-        build_model(cloud_dir, "llama", args.cloud_preset, args.cloud_steps, args.seed, args.intents)
+        build_model(cloud_dir, InitConfig(
+            arch="llama", preset=args.cloud_preset, steps=args.cloud_steps, seed=args.seed, device=args.device, intents_file=args.intents
+        ))
 
     store = synthetic_city(seed=args.seed + 1)
     train, test = build_completion_dataset(store, args.train, args.test, seed=args.seed + 1)
     model, tokenizer = load_causal_lm(edge_dir)
-    config = LoraTrainConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    config = LoraTrainConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, learning_rate=args.lr, seed=args.seed, device=args.device)
     tuner = LoraFineTuner(config).fit(model, tokenizer, [(e.input, " " + e.target) for e in train], "completion")
     seconds_per_1000 = 1000 * tuner.seconds_ / (args.epochs * len(train))
     registry.save(tuner.model_, AdapterCard("completion", "prompt_completion", str(edge_dir), train_examples=len(train),

@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from nm_toolkit.errors import UserError
 from nm_toolkit.llm.completion_data import build_completion_dataset
 from nm_toolkit.llm.context import synthetic_city
 from nm_toolkit.llm.corpus import CorpusConfig
 from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
-from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig, heldout_loss
+from nm_toolkit.llm.lora import (
+    AdapterCard,
+    AdapterRegistry,
+    LoraFineTuner,
+    LoraTrainConfig,
+    heldout_loss,
+)
 from nm_toolkit.llm.offline import CheckpointError, load_causal_lm
+from nm_toolkit.llm.training import resolve_device
 
 TINY_CORPUS = CorpusConfig(user_prompts=200, intents=150, telemetry=150, contexts=150, vocabulary_repeats=1)
 TINY = InitConfig(arch="gpt2", preset="tiny", steps=30, batch_size=8, corpus=TINY_CORPUS, seed=1)
@@ -81,6 +89,24 @@ def test_init_is_reproducible_with_a_seed() -> None:
     assert losses_a == losses_b
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_scaled_corpus_grows_every_generated_kind_and_keeps_its_seed() -> None:
+    scaled = TINY_CORPUS.scaled(2.5)
+    assert (scaled.user_prompts, scaled.contexts, scaled.vocabulary_repeats) == (500, 375, 2)
+    assert scaled.seed == TINY_CORPUS.seed
+    with pytest.raises(UserError, match="positive"):
+        TINY_CORPUS.scaled(0)
+
+
+def test_devices_resolve_to_what_torch_has_and_a_missing_gpu_is_a_user_error() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cpu"):
+            resolve_device("cuda")
 
 
 def test_missing_or_foreign_directories_are_one_line_user_errors(tmp_path: Path) -> None:

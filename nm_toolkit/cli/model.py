@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.config import load_settings
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.training import StepCallback
+from nm_toolkit.llm.training import StepCallback, resolve_device
 
 app = typer.Typer(help="Edge and cloud language models: init, LoRA fine-tuning, adapters.", no_args_is_help=True)
 
@@ -38,9 +38,13 @@ def init(
     seed: int = typer.Option(0, help="seed of corpus, tokenizer and weights"),
     intents: Path | None = typer.Option(None, help="Nile-format intents JSON to add to the corpus"),
     cdr: Path | None = typer.Option(None, help="wide hourly CDR CSV to serialise as telemetry in the corpus"),
+    batch_size: int = typer.Option(16, min=1, help="documents per pre-training step"),
+    corpus_scale: float = typer.Option(1.0, min=0.01, help="generate this many times the default corpus (for long runs)"),
+    device: str = typer.Option("cpu", help="train on cpu, cuda or auto (the model is saved for CPU serving)"),
     as_json: bool = JsonOption,
 ) -> None:
     """Build a causal LM from a config, train its tokenizer, pre-train it briefly, save it with a card."""
+    from nm_toolkit.llm.corpus import CorpusConfig
     from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
     from nm_toolkit.llm.presets import ARCHS, PRESETS
 
@@ -50,7 +54,11 @@ def init(
         raise UserError(f"unknown --preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if output.exists() and any(output.iterdir()):
         raise UserError(f"{output} is not empty: choose a new directory for the model")
-    config = InitConfig(arch=arch, preset=preset, steps=steps, seed=seed, intents_file=intents, cdr_file=cdr)  # type: ignore[arg-type]
+    resolve_device(device)  # fail before the corpus is built, not after
+    config = InitConfig(
+        arch=arch, preset=preset, steps=steps, batch_size=batch_size, seed=seed, device=device,  # type: ignore[arg-type]
+        corpus=CorpusConfig(seed=seed).scaled(corpus_scale), intents_file=intents, cdr_file=cdr,
+    )
     with training_progress(steps, f"pre-training {preset} {arch}", as_json) as on_step:
         model, tokenizer, losses, facts = initialise_model(config, on_step)
     save_initialised(output, model, tokenizer, losses, facts)
@@ -73,6 +81,7 @@ def finetune(
     learning_rate: float = typer.Option(3e-3, "--lr"),
     batch_size: int = typer.Option(16, min=1),
     seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="train on cpu, cuda or auto (the adapter is saved for CPU serving)"),
     registry: Path | None = typer.Option(None, help="adapter registry directory (default: settings llm.adapters_dir)"),
     as_json: bool = JsonOption,
 ) -> None:
@@ -84,11 +93,14 @@ def finetune(
 
     store = AdapterRegistry(registry or LlmPaths.from_settings(load_settings()).adapters_dir)
     store.path(adapter)  # validates the name before any work
+    resolve_device(device)
     pairs = read_pairs(data)
     held = read_pairs(heldout) if heldout else []
     model, tokenizer = load_causal_lm(base)
     modules = tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None
-    config = LoraTrainConfig(rank=rank, alpha=alpha, target_modules=modules, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    config = LoraTrainConfig(
+        rank=rank, alpha=alpha, target_modules=modules, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device
+    )
     before = heldout_loss(model, tokenizer, held) if held else None
     tuner = LoraFineTuner(config)
     steps = max(1, round(epochs * len(pairs) / batch_size))

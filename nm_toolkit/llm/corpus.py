@@ -15,7 +15,7 @@ import csv
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,6 +69,14 @@ class CorpusConfig:
     telemetry: int = 600
     contexts: int = 2400
     vocabulary_repeats: int = 4
+
+    def scaled(self, factor: float) -> CorpusConfig:
+        """Every generated kind ``factor`` times as large: long pre-training (on a GPU) needs more
+        distinct documents, or the model memorises the corpus instead of learning to look things up."""
+        if factor <= 0:
+            raise UserError(f"corpus scale must be positive, got {factor}")
+        counts = ("user_prompts", "intents", "telemetry", "contexts", "vocabulary_repeats")
+        return replace(self, **{name: max(1, round(getattr(self, name) * factor)) for name in counts})
 
 
 def load_nile_intents(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ from nm_toolkit.llm.card import write_card
 from nm_toolkit.llm.corpus import CorpusConfig, build_corpus
 from nm_toolkit.llm.presets import PRESETS, Arch, transformers_config
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
-from nm_toolkit.llm.training import StepCallback, encode_pair, train
+from nm_toolkit.llm.training import StepCallback, encode_pair, resolve_device, train
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class InitConfig:
     learning_rate: float = 3e-3
     max_length: int = 192
     seed: int = 0
+    device: str = "cpu"  # where to pre-train: cpu, cuda, auto; the saved model is loaded on the CPU
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     intents_file: Path | None = None
     cdr_file: Path | None = None
@@ -45,15 +46,17 @@ def initialise_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float], dict[str, object]]:
     """Build the corpus, tokenizer and model, pre-train for ``config.steps``; returns loss curve and facts."""
     preset = PRESETS[config.preset]
+    device = resolve_device(config.device)
     seed_everything(config.seed)
     docs = build_corpus(config.corpus, config.intents_file, config.cdr_file)
     tokenizer = train_bpe_tokenizer(docs, preset.vocab_size)
     model_config = transformers_config(config.arch, preset, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     seed_everything(config.seed)
-    model = AutoModelForCausalLM.from_config(model_config)
+    model = AutoModelForCausalLM.from_config(model_config).to(device)
     examples = [encode_pair(tokenizer, "", doc, config.max_length) for doc in docs]
     started = time.perf_counter()
     losses = train(model, examples, tokenizer.pad_token_id, config.steps, config.batch_size, config.learning_rate, config.seed, on_step)
+    model.to("cpu")
     facts: dict[str, object] = {
         "arch": config.arch,
         "preset": config.preset,
@@ -63,6 +66,7 @@ def initialise_model(
         "init_config": {k: v for k, v in asdict(config).items() if k != "corpus"},
         "corpus": {**asdict(config.corpus), "documents": len(docs), "tokens": sum(len(ids) for ids, _ in examples)},
         "tokenizer": {"kind": "byte-level BPE", "vocab_size": len(tokenizer)},
+        "train_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
     }

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.card import write_card
-from nm_toolkit.llm.training import IGNORE, StepCallback, encode_pair, mean_loss, train
+from nm_toolkit.llm.training import IGNORE, StepCallback, encode_pair, mean_loss, resolve_device, train
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
@@ -46,6 +46,7 @@ class LoraTrainConfig:
     # corpus (almost) never held, such as JSON punctuation, keep near-random embeddings that
     # low-rank updates of the blocks cannot make the model emit; training those few rows can.
     train_target_embeddings: bool = False
+    device: str = "cpu"  # where to train: cpu, cuda, auto; the fitted model is returned on the CPU
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,12 @@ class LoraFineTuner:
             fan_in_fan_out=base.config.model_type == "gpt2",  # GPT-2 stores its linear layers transposed (Conv1D)
             trainable_token_indices=target_tokens,
         )
-        self.model_ = get_peft_model(base, lora, adapter_name=adapter_name)
+        self.model_ = get_peft_model(base.to(resolve_device(cfg.device)), lora, adapter_name=adapter_name)
         steps = max(1, round(cfg.epochs * len(examples) / cfg.batch_size))
         started = time.perf_counter()
         self.losses_ = train(self.model_, examples, tokenizer.pad_token_id, steps, cfg.batch_size, cfg.learning_rate, cfg.seed, on_step)
         self.seconds_ = time.perf_counter() - started
+        self.model_.to("cpu")
         self.examples_ = len(examples)
         return self
 
