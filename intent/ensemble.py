@@ -10,14 +10,13 @@ member predicts overlapping spans.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from intent.data import LabelledIntent, Span
 from intent.evaluation import SpanExtractor
-from intent.tagger import CONFIG_FILE
+from intent.saved import read_config, write_config
 from nm_toolkit.errors import UserError
 
 VOTERS: tuple[str, ...] = ("sklearn", "semicrf", "spanlr")
@@ -50,8 +49,7 @@ class VotingIntentTagger:
 
     # -- persistence: each member in its own subdirectory, in its own format ------------------------
     def save_pretrained(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps({"method": "vote", "members": list(self.members)}, indent=1))
+        write_config(directory, "vote", {"members": list(self.members)})
         for name, member in zip(self.members, self.members_, strict=True):
             member.save_pretrained(directory / name)  # type: ignore[attr-defined]
         return directory
@@ -60,9 +58,6 @@ class VotingIntentTagger:
     def from_pretrained(cls, directory: Path) -> VotingIntentTagger:
         from intent.methods import load
 
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise UserError(f"{directory} holds no voting intent tagger: train one with `nmt intent train --method vote -o {directory}`")
-        tagger = cls(json.loads(config_path.read_text())["members"])
+        tagger = cls(read_config(directory, "vote")["members"])  # type: ignore[arg-type]
         tagger.members_ = [load(directory / name) for name in tagger.members]
         return tagger

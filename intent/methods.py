@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -50,16 +49,17 @@ def load(directory: Path) -> SpanExtractor:
     from intent.ensemble import VotingIntentTagger
     from intent.llm_extractor import CONFIG_FILE as LLM_CONFIG
     from intent.llm_extractor import LlmIntentExtractor
+    from intent.saved import saved_method
     from intent.span import SpanIntentTagger
-    from intent.tagger import CONFIG_FILE, SklearnIntentTagger
+    from intent.tagger import SklearnIntentTagger
 
     if (directory / LLM_CONFIG).is_file():
         return LlmIntentExtractor.from_pretrained(directory)
-    method = json.loads((directory / CONFIG_FILE).read_text()).get("method") if (directory / CONFIG_FILE).is_file() else None
+    method = saved_method(directory)
     if method == "vote":
         return VotingIntentTagger.from_pretrained(directory)
     if method in ("semicrf", "spanlr"):
-        return SpanIntentTagger.from_pretrained(directory)
+        return SpanIntentTagger.from_pretrained(directory, method)
     return SklearnIntentTagger.from_pretrained(directory)
 
 

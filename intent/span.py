@@ -23,7 +23,6 @@ Both penalise ``l2`` * |W|^2 against the summed negative log-likelihood.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,8 +36,8 @@ from sklearn.linear_model import LogisticRegression
 
 from intent.data import LabelledIntent, Span, Token, tokenize
 from intent.lexicon import word_classes
+from intent.saved import read_config, write_config
 from intent.tagger import (
-    CONFIG_FILE,
     PREPOSITIONS,
     Features,
     last_prepositions,
@@ -250,24 +249,21 @@ class SpanIntentTagger:
 
     # -- persistence: JSON + safetensors, no pickle -----------------------------------------------
     def save_pretrained(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
         names = sorted(self.vocabulary_, key=self.vocabulary_.__getitem__)
-        meta = {"method": METHOD_OF[self.config.objective], **asdict(self.config), "entity_types": self.entity_types_, "max_span_tokens": self.max_span_tokens_, "features": names}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta))
+        learned = {"entity_types": self.entity_types_, "max_span_tokens": self.max_span_tokens_, "features": names}
+        write_config(directory, METHOD_OF[self.config.objective], asdict(self.config) | learned)
         save_file({"weights": self.weights_}, str(directory / WEIGHTS_FILE))
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: Path) -> SpanIntentTagger:
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not (config_path.is_file() and weights_path.is_file()):
-            raise UserError(f"{directory} holds no span intent tagger: train one with `nmt intent train --method semicrf -o {directory}`")
-        meta = json.loads(config_path.read_text())
-        tagger = cls(SpanTaggerConfig(**{k: meta[k] for k in ("objective", "l2", "margin", "max_iterations")}))
-        tagger.entity_types_ = meta["entity_types"]
-        tagger.max_span_tokens_ = meta["max_span_tokens"]
-        tagger.vocabulary_ = {name: k for k, name in enumerate(meta["features"])}
-        tagger.weights_ = load_file(str(weights_path))["weights"]
+    def from_pretrained(cls, directory: Path, method: str = "semicrf") -> SpanIntentTagger:
+        """The tagger saved in ``directory``; ``method`` only names the fix when there is none."""
+        meta = read_config(directory, method, WEIGHTS_FILE)
+        tagger = cls(SpanTaggerConfig(**{k: meta[k] for k in ("objective", "l2", "margin", "max_iterations")}))  # type: ignore[arg-type]
+        tagger.entity_types_ = meta["entity_types"]  # type: ignore[assignment]
+        tagger.max_span_tokens_ = meta["max_span_tokens"]  # type: ignore[assignment]
+        tagger.vocabulary_ = {name: k for k, name in enumerate(meta["features"])}  # type: ignore[arg-type]
+        tagger.weights_ = load_file(str(directory / WEIGHTS_FILE))["weights"]
         return tagger
 
 

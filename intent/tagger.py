@@ -14,7 +14,6 @@ it has not seen verbatim (measured in bench/RESULTS.md, "Intent extraction").
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,9 +23,9 @@ import sklearn_crfsuite
 
 from intent.data import LabelledIntent, Span, Token, bio_tags, decode_spans, tokenize
 from intent.lexicon import word_classes
+from intent.saved import read_config, write_config
 from nm_toolkit.errors import UserError
 
-CONFIG_FILE = "tagger_config.json"
 MODEL_FILE = "tagger.crfsuite"
 PREPOSITIONS = frozenset("from to for in on at between and through into of during until till by with".split())
 
@@ -145,19 +144,13 @@ class SklearnIntentTagger:
 
     # -- persistence: CRFsuite's own model file, no pickle ----------------------------------------
     def save_pretrained(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps({"method": "sklearn", **asdict(self.config)}, indent=1))
+        write_config(directory, "sklearn", asdict(self.config))
         (directory / MODEL_FILE).write_bytes(Path(self.crf_.modelfile.name).read_bytes())
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: Path) -> SklearnIntentTagger:
-        config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
-        if not (config_path.is_file() and model_path.is_file()):
-            raise UserError(f"{directory} holds no sklearn intent tagger: train one with `nmt intent train --method sklearn -o {directory}`")
-        data = json.loads(config_path.read_text())
-        data.pop("method", None)
-        tagger = cls(TaggerConfig(**data))
-        tagger.crf_ = sklearn_crfsuite.CRF(model_filename=str(model_path))
+        tagger = cls(TaggerConfig(**read_config(directory, "sklearn", MODEL_FILE)))  # type: ignore[arg-type]
+        tagger.crf_ = sklearn_crfsuite.CRF(model_filename=str(directory / MODEL_FILE))
         tagger.crf_.tagger_  # noqa: B018 - open (read) the model now, not at the first prediction
         return tagger
