@@ -55,6 +55,19 @@ def build_model(directory: Path, config: InitConfig) -> float:
     return time.perf_counter() - started
 
 
+def describe_checkpoint(directory: Path) -> str:
+    """How a checkpoint in the work directory was made (a reused one may come from another machine)."""
+    card = json.loads((directory / "nmt_card.json").read_text()) if (directory / "nmt_card.json").is_file() else {}
+    init = card.get("init_config", {})
+    if not init:
+        return f"{directory} (no nmt card: not built by nmt model init)"
+    return (
+        f"{init['preset']} {init['arch']}, {card['parameters']:,} parameters, {init['steps']:,} steps x {init['batch_size']} documents "
+        f"({card['corpus']['documents']:,}-document corpus) on {card.get('train_device', 'cpu')} in {card['train_seconds']:.0f} s, "
+        f"final loss {card['final_loss']}"
+    )
+
+
 def serve_batched(completer: EdgeCompleter, requests: list[bytes], max_batch: int) -> tuple[list[float], int, float]:
     bus = EmbeddedBus()
     producer = bus.producer()
@@ -117,6 +130,8 @@ def main() -> int:
         build_model(cloud_dir, InitConfig(
             arch="llama", preset=args.cloud_preset, steps=args.cloud_steps, seed=args.seed, device=args.device, intents_file=args.intents
         ))
+
+    print(f"  edge model: {describe_checkpoint(edge_dir)}", flush=True)
 
     store = synthetic_city(seed=args.seed + 1)
     train, test = build_completion_dataset(store, args.train, args.test, seed=args.seed + 1)
