@@ -6,7 +6,8 @@ the offsets, so a crash replays windows rather than losing them (replays overwri
 window). Records it cannot use go to ``forecast_service.dead_letter_topic`` whole, with the
 reason and origin in headers. Every ``interval_seconds`` it forecasts every series with enough
 history in one :meth:`~forecasting.base.Forecaster.forecast_many` call per sampling step (global
-models learn across all of them), publishes :class:`~nm_toolkit.schemas.Forecast` records to
+models learn across all of them; missing windows of event counts such as intent demand are zeros,
+``forecast.zero_fill_metrics``), publishes :class:`~nm_toolkit.schemas.Forecast` records to
 ``topics.forecasts`` keyed by series id, stores them, and applies retention.
 """
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 
 import pandas as pd
 from pydantic import ValidationError
@@ -27,7 +30,7 @@ from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import Bus, Message, next_offsets
 from nm_toolkit.config import Settings
-from nm_toolkit.schemas import Forecast, SeriesPoint
+from nm_toolkit.schemas import Forecast, SeriesPoint, split_series_key
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,17 @@ class ForecastServiceStats:
 def point_value(point: SeriesPoint, value: str) -> float:
     """The window aggregate a series is made of: ``sum`` (counts), ``mean`` (gauges) or ``max``."""
     return point.mean if value == "mean" else float(getattr(point, value))
+
+
+def missing_means_zero(series_id: str, zero_fill_metrics: Sequence[str]) -> bool:
+    """Whether a window of ``series_id`` that never arrived means "no events" rather than "no data".
+
+    An event-count series (requests per hour) only gets a window when something happened, so its
+    gaps are zeros; filling them like a telemetry outage (yesterday's value, interpolation) would
+    invent demand.
+    """
+    metric = split_series_key(series_id)[1]
+    return any(fnmatchcase(metric, pattern) for pattern in zero_fill_metrics)
 
 
 class ForecastService:
@@ -103,6 +117,8 @@ class ForecastService:
         skipped: dict[str, str] = {}
         for series_id in self.store.series_ids():
             y = self.store.history(series_id, last=cfg.max_history)
+            if missing_means_zero(series_id, cfg.zero_fill_metrics):
+                y = y.fillna(0.0)
             if y.count() < cfg.min_history:
                 skipped[series_id] = f"{y.count()} windows of history, {cfg.min_history} needed"
                 continue

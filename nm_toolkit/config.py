@@ -84,6 +84,11 @@ class ForecastSettings(BaseModel):
         default="sum", description="which window aggregate is the series value: sum for counts, mean for gauges"
     )
     level: float = Field(default=0.9, gt=0, lt=1)
+    zero_fill_metrics: list[str] = Field(
+        default_factory=lambda: ["demand.*"],
+        description="metrics (glob patterns) counted from events, such as intent demand: a window that never "
+        "arrived had no events, so it is 0, not an outage to repair",
+    )
 
 
 class ForecastServiceSettings(BaseModel):

@@ -80,6 +80,26 @@ def test_service_restarts_from_the_store_without_losing_windows(tmp_path: Path) 
     second.close()
 
 
+def test_missing_windows_of_event_counts_are_zeros_and_of_telemetry_are_repaired(tmp_path: Path) -> None:
+    """Demand only gets a window when someone asked; a traffic gauge without a window had an outage."""
+    settings = load_settings(state_dir=tmp_path, forecast={"horizon": 24, "min_history": 24}, forecast_service={"model": "seasonal_mean"})
+    bus = EmbeddedBus(default_partitions=1)
+    bus.create_topics([settings.topics.series])
+    producer = bus.producer()
+    for metric in ("demand.video.requests", "traffic"):
+        for h in range(0, 72, 2):  # every odd hour is missing
+            point = SeriesPoint(source="cell-1", metric=metric, window_start=START + timedelta(hours=h), window_seconds=3600, count=3, sum=3.0, min=1.0, max=1.0)
+            producer.send(settings.topics.series, point.model_dump_json().encode(), point.series_id.encode())
+    producer.flush()
+    service = ForecastService(bus, settings)
+    service.step(timeout_s=0.2)
+    forecasts, _ = service.forecast_round(now=START + timedelta(hours=72))
+    by_series = {f.series_id: f for f in forecasts}
+    assert by_series["cell-1|demand.video.requests"].mean[:4] == pytest.approx([0.0, 3.0, 0.0, 3.0])
+    assert by_series["cell-1|traffic"].mean[:4] == pytest.approx([3.0, 3.0, 3.0, 3.0])
+    service.close()
+
+
 @pytest.mark.kafka
 def test_service_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
     from nm_toolkit.bus.kafka import KafkaBus
