@@ -49,9 +49,8 @@ def model_mb(lm: AdapterLM) -> float:
 def build_model(directory: Path, config: InitConfig) -> float:
     started = time.perf_counter()
     model, tokenizer, losses, facts = initialise_model(config)
-    arch, preset, steps = config.arch, config.preset, config.steps
     save_initialised(directory, model, tokenizer, losses, facts)
-    print(f"  {arch}/{preset}: {facts['parameters']:,} parameters, {steps} steps, final loss {facts['final_loss']}, {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"  {config.arch}/{config.preset}: {facts['parameters']:,} parameters, {config.steps} steps, final loss {facts['final_loss']}, {time.perf_counter() - started:.0f} s", flush=True)
     return time.perf_counter() - started
 
 

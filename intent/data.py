@@ -92,13 +92,22 @@ def load_intents(path: Path) -> list[LabelledIntent]:
     return [parse_intent(item, f"{path} intent {i}") for i, item in enumerate(items)]
 
 
+def token_range(tokens: Sequence[Token], span: Span) -> tuple[int, int] | None:
+    """The tokens a labelled span covers, those whose start lies in it, as ``(first, end)`` (end
+    exclusive); None when it covers none. Every tagger maps spans to tokens through this one rule."""
+    inside = [k for k, t in enumerate(tokens) if span.start <= t.start < span.end]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
 def bio_tags(tokens: Sequence[Token], spans: Sequence[Span]) -> list[str]:
-    """B-/I- tags of ``tokens`` for ``spans``; a token belongs to the span that covers its start."""
+    """B-/I- tags of ``tokens`` for ``spans`` (tokens as :func:`token_range` assigns them)."""
     tags = [OUTSIDE] * len(tokens)
     for span in spans:
-        inside = [i for i, t in enumerate(tokens) if span.start <= t.start < span.end]
-        for n, i in enumerate(inside):
-            tags[i] = ("B-" if n == 0 else "I-") + span.type
+        covered = token_range(tokens, span)
+        if covered:
+            first, end = covered
+            for i in range(first, end):
+                tags[i] = ("B-" if i == first else "I-") + span.type
     return tags
 
 

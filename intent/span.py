@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
-from intent.data import LabelledIntent, Span, Token, tokenize
+from intent.data import LabelledIntent, Span, Token, token_range, tokenize
 from intent.lexicon import word_classes
 from intent.saved import read_config, write_config
 from intent.tagger import (
@@ -166,12 +166,6 @@ def log_partition(span_scores: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
         ways = [alpha[j - 1]] + [alpha[j - length] + span_scores[:, j - 1, length - 1] for length in range(1, min(max_len, j) + 1)]
         alpha.append(torch.logsumexp(torch.stack(ways, 1), 1))
     return torch.stack(alpha, 1)[torch.arange(batch), lengths]
-
-
-def token_range(tokens: Sequence[Token], span: Span) -> tuple[int, int] | None:
-    """The tokens a labelled span covers (those whose start lies in it), as in :func:`intent.data.bio_tags`."""
-    inside = [k for k, t in enumerate(tokens) if span.start <= t.start < span.end]
-    return (inside[0], inside[-1] + 1) if inside else None
 
 
 class SpanIntentTagger:
