@@ -1,42 +1,43 @@
-"""The telemetry collector: a consumer-group member that turns the telemetry topic into series.
+"""The telemetry collector: a stream service that turns the telemetry topic into series.
 
-Per poll it decodes and validates every message, aggregates good records into tumbling windows,
+Per batch it decodes and validates every message, aggregates good records into tumbling windows,
 publishes closed windows to the series topic, dead-letters what it cannot use (original bytes,
-reason in headers) and routes late records to the late topic. Every ``checkpoint_interval`` it
-flushes the producer, checkpoints window state with the next offsets, and only then commits the
-offsets: at-least-once delivery, made exactly-once for the aggregates by skipping redelivered
-offsets below the checkpoint. Works on any :class:`~nm_toolkit.bus.Bus`.
+reason in headers) and routes late records to the late topic. The runtime
+(:mod:`nm_toolkit.bus.runtime`) commits every ``checkpoint_interval_seconds``, after flushing what
+was produced and after :meth:`TelemetryCollector.checkpoint` saved the window state with the next
+offsets: at-least-once delivery, made exactly-once for the aggregates by resuming from the
+checkpoint and skipping redelivered offsets below it.
+
+State moves with its partition: when a partition is assigned, its checkpoint is restored and
+reading resumes at the checkpoint's offset; without a checkpoint the partition is read from the
+beginning, rebuilding its windows. Members of one group should therefore share ``state_dir`` (one
+host, or a shared filesystem); members on hosts with separate state directories stay correct but
+replay a partition's retained history whenever it moves to a host that never held it.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
-import orjson
 
-from collectors.checkpoints import CheckpointStore
-from collectors.decode import Decoded, RecordError, TelemetryDecoder
+from collectors.decode import Decoded, TelemetryDecoder
 from collectors.gnmi import CounterRates
 from collectors.windowing import TumblingWindows
 from nm_toolkit.bus import Bus, Message, TopicPartition
-from nm_toolkit.config import Settings
+from nm_toolkit.bus.checkpoints import CheckpointStore
+from nm_toolkit.bus.deadletter import ORIGIN, REASON, message_origin
+from nm_toolkit.bus.runtime import Emitter, StreamService, Topic
+from nm_toolkit.config import CollectorSettings, Settings
 from nm_toolkit.schemas import SeriesPoint, TelemetryRecord
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTER_REASON = "nmt.error.reason"
-DEAD_LETTER_ERRORS = "nmt.error.records"
-DEAD_LETTER_ORIGIN = "nmt.error.origin"
-DEAD_LETTER_COUNT = "nmt.error.count"
-MAX_ERRORS_IN_HEADER = 100  # a batch of bad records keeps its header small; the count is exact
 
 
 @dataclass
@@ -105,180 +106,171 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def dead_letter_headers(message: Message, errors: list[RecordError]) -> list[tuple[str, bytes]]:
-    """Headers that say why a message was dead-lettered and where it came from."""
-    return [
-        (DEAD_LETTER_REASON, errors[0].reason.encode()),
-        (DEAD_LETTER_ERRORS, orjson.dumps([{"index": e.index, "reason": e.reason} for e in errors[:MAX_ERRORS_IN_HEADER]])),
-        (DEAD_LETTER_COUNT, str(len(errors)).encode()),
-        (DEAD_LETTER_ORIGIN, message_origin(message)),
-    ]
+class TelemetryCollector(StreamService):
+    """Window ``input_topic`` into series in group ``config.group_id``.
 
+    ``series_topic`` gets closed windows, ``late_topic`` records behind a closed window and
+    ``dead_letter_topic`` what cannot be used. The intent service runs a second collector over
+    its demand topic with its own group and windows.
+    """
 
-class TelemetryCollector:
-    """Consume ``settings.topics.telemetry`` in group ``settings.collector.group_id``."""
+    name = "collector"
 
-    def __init__(self, bus: Bus, settings: Settings, checkpoints: CheckpointStore | None = None) -> None:
-        self.bus = bus
-        self.settings = settings
-        self._cfg = settings.collector
-        self._topics = settings.topics
+    def __init__(
+        self,
+        config: CollectorSettings,
+        *,
+        input_topic: str,
+        series_topic: str,
+        late_topic: str,
+        dead_letter_topic: str,
+        checkpoints: CheckpointStore,
+        name: str = "collector",
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.group_id = config.group_id
+        self.dead_letter_topic = dead_letter_topic
+        self.inputs = [Topic(input_topic)]
+        self.series_topic = series_topic
+        self.late_topic = late_topic
+        self.outputs = [series_topic, late_topic]
+        self.max_poll_records = config.max_poll_records
+        self.commit_interval_s = config.checkpoint_interval_seconds
         self.decoder = TelemetryDecoder(
-            max_message_bytes=self._cfg.max_message_bytes,
-            min_timestamp=datetime.fromisoformat(self._cfg.min_timestamp),
-            max_future_seconds=self._cfg.max_future_seconds,
+            max_message_bytes=config.max_message_bytes,
+            min_timestamp=datetime.fromisoformat(config.min_timestamp),
+            max_future_seconds=config.max_future_seconds,
         )
-        self.checkpoints = checkpoints or CheckpointStore(
-            settings.state_dir / f"collector-{bus.cluster_id()}.sqlite" if bus.durable else None
-        )
-        self.stats = CollectorStats()
+        self.checkpoints = checkpoints
+        self.counters = CollectorStats()
         self._partitions: dict[TopicPartition, PartitionState] = {}
-        self._lock = threading.RLock()
-        self._last_checkpoint = time.monotonic()
-        bus.create_topics(
-            [self._topics.telemetry, self._topics.series, self._topics.dead_letter, self._topics.late]
-        )
-        self.producer = bus.producer()
-        self.consumer = bus.consumer(
-            [self._topics.telemetry],
-            self._cfg.group_id,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            max_poll_records=self._cfg.max_poll_records,
-        )
 
     # -- partition lifecycle ---------------------------------------------------------------
-    def _on_assign(self, partitions: set[TopicPartition]) -> None:
-        with self._lock:
-            for topic, partition in partitions:
-                windows = TumblingWindows(self._cfg.window_seconds, self._cfg.allowed_lateness_seconds)
-                rates = CounterRates()
-                next_offset = 0
-                saved = self.checkpoints.load(self._cfg.group_id, topic, partition)
-                if saved is not None:
-                    next_offset, state = saved
-                    windows.restore(state["windows"])
-                    rates.restore(state["rates"])
-                self._partitions[(topic, partition)] = PartitionState(windows, rates, next_offset)
+    def assigned(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Restore each partition's checkpoint and resume at its offset; without one, read the
+        partition from the beginning (its windows are rebuilt from the log)."""
+        resume: dict[TopicPartition, int | None] = {}
+        for topic, partition in partitions:
+            windows = TumblingWindows(self.config.window_seconds, self.config.allowed_lateness_seconds)
+            rates = CounterRates()
+            saved = self.checkpoints.load(self.group_id, topic, partition)
+            next_offset = 0
+            if saved is not None:
+                next_offset, state = saved
+                windows.restore(state["windows"])
+                rates.restore(state["rates"])
+            self._partitions[(topic, partition)] = PartitionState(windows, rates, next_offset)
+            resume[(topic, partition)] = next_offset if saved is not None else None
+        return resume
 
-    def _on_revoke(self, partitions: set[TopicPartition]) -> None:
-        with self._lock:
-            self._checkpoint(partitions)
-            for tp in partitions:
-                self._partitions.pop(tp, None)
+    def revoked(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._partitions.pop(tp, None)
 
     # -- the work ---------------------------------------------------------------------------
-    def step(self, timeout_s: float = 0.5) -> int:
-        """Poll once, apply what arrived, checkpoint when due; return the messages polled."""
-        messages = self.consumer.poll(self._cfg.max_poll_records, timeout_s)
-        with self._lock, cyclic_gc_paused():
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        with cyclic_gc_paused():
             for message in messages:
-                self._apply(message)
-            self._close_windows()
-            if time.monotonic() - self._last_checkpoint >= self._cfg.checkpoint_interval_seconds:
-                self._checkpoint(set(self._partitions))
-        return len(messages)
+                self._apply(message, out)
 
-    def _apply(self, message: Message) -> None:
+    def _apply(self, message: Message, out: Emitter) -> None:
         state = self._partitions.get(message.topic_partition)
         if state is None:  # revoked while this batch was in flight: the new owner gets it
             return
         if message.offset < state.next_offset:
-            self.stats.redelivered_skipped += 1
+            self.counters.redelivered_skipped += 1
             return
-        self.stats.messages += 1
+        self.counters.messages += 1
         decoded = self.decoder.decode(message.value)
         if decoded.errors:
-            self.stats.dead_letter_messages += 1
-            self.stats.dead_letter_records += len(decoded.errors)
-            self.producer.send(
-                self._topics.dead_letter, message.value, message.key, dead_letter_headers(message, decoded.errors)
-            )
+            self.counters.dead_letter_messages += 1
+            self.counters.dead_letter_records += len(decoded.errors)
+            out.dead_letter(message, decoded.errors)
         taken, late = state.ingest(decoded)
         for record in late:
-            self._send_late(message, record)
-        self.stats.records += taken
+            self._send_late(message, record, out)
+        self.counters.records += taken
         state.next_offset = message.offset + 1
         state.last_record_at = time.monotonic()
         state.dirty = True
 
-    def _send_late(self, message: Message, record: TelemetryRecord) -> None:
-        self.stats.late_records += 1
-        self.producer.send(
-            self._topics.late,
-            record.model_dump_json().encode(),
-            record.series_id.encode(),
-            [(DEAD_LETTER_REASON, b"late: its window had already closed"), (DEAD_LETTER_ORIGIN, message_origin(message))],
-        )
+    def _send_late(self, message: Message, record: TelemetryRecord, out: Emitter) -> None:
+        self.counters.late_records += 1
+        out.send(
+            self.late_topic, record, record.series_id,
+            [(REASON, b"late: its window had already closed"), (ORIGIN, message_origin(message).encode())],
+        )  # fmt: skip
 
-    def _close_windows(self) -> None:
-        idle = self._cfg.idle_close_seconds
+    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+        """Close windows the watermark passed, and every window of a partition that saw no
+        record for ``idle_close_seconds`` while the bus was reachable (an outage is not
+        idleness). An idle close depends on the clock, not on the log, so it is checkpointed at
+        once: a replay after a crash must not close the same windows differently."""
+        idle = self.config.idle_close_seconds
         now = time.monotonic()
+        idle_closed = False
         for state in self._partitions.values():
-            if idle is not None and now - state.last_record_at >= idle:
-                self._publish(state.windows.close_all())
+            if not healthy:
+                state.last_record_at = now
+            if idle is not None and now - state.last_record_at >= idle and state.windows.open_windows:
+                self._publish(state.windows.close_all(), out)
+                state.dirty = idle_closed = True
             else:
-                self._publish(state.windows.close_ready())
+                self._publish(state.windows.close_ready(), out)
+        return idle_closed
 
-    def close_all_windows(self) -> int:
+    def close_all_windows(self, out: Emitter) -> int:
         """Close every open window now (the end of a finite input); return how many closed."""
-        with self._lock:
-            before = self.stats.windows_emitted
-            for state in self._partitions.values():
-                self._publish(state.windows.close_all())
-                state.dirty = True
-            return self.stats.windows_emitted - before
+        before = self.counters.windows_emitted
+        for state in self._partitions.values():
+            self._publish(state.windows.close_all(), out)
+            state.dirty = True
+        return self.counters.windows_emitted - before
 
-    def _publish(self, points: list[SeriesPoint]) -> None:
+    def _publish(self, points: list[SeriesPoint], out: Emitter) -> None:
         for point in points:
-            self.producer.send(self._topics.series, point.model_dump_json().encode(), point.series_id.encode())
-        self.stats.windows_emitted += len(points)
+            out.send(self.series_topic, point, point.series_id)
+        self.counters.windows_emitted += len(points)
 
-    def _checkpoint(self, partitions: set[TopicPartition]) -> None:
-        """Flush outputs, persist state, then commit: in that order, so nothing is lost."""
-        dirty = {tp: self._partitions[tp] for tp in partitions if tp in self._partitions and self._partitions[tp].dirty}
-        self._last_checkpoint = time.monotonic()
+    def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Persist the windows and counter readings of every partition changed since the last
+        checkpoint, with the next offset each state includes."""
+        dirty = {tp: s for tp, s in self._partitions.items() if s.dirty}
         if not dirty:
             return
-        self.producer.flush()
         self.checkpoints.save(
-            self._cfg.group_id,
+            self.group_id,
             [
                 (t, p, s.next_offset, {"windows": s.windows.snapshot(), "rates": s.rates.snapshot()})
                 for (t, p), s in dirty.items()
             ],
         )
-        self.consumer.commit({tp: s.next_offset for tp, s in dirty.items()})
         for state in dirty.values():
             state.dirty = False
-        self.stats.checkpoints += 1
+        self.counters.checkpoints += 1
 
-    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> CollectorStats:
-        """Work until ``stop`` is set, or until nothing arrived for ``idle_exit_s`` while this member
-        held partitions (joining a group can take a session timeout after a crash), then checkpoint."""
-        last_work = time.monotonic()
-        try:
-            while not stop.is_set():
-                if self.step() or not self._partitions:
-                    last_work = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
-                    break
-        finally:
-            self.close()
-        return self.stats
+    def stats(self) -> dict[str, float]:
+        return asdict(self.counters) | {"open_windows": sum(s.windows.open_windows for s in self._partitions.values())}
 
     def close(self) -> None:
-        """Checkpoint everything and leave the group (graceful shutdown)."""
-        with self._lock:
-            self._checkpoint(set(self._partitions))
-        self.consumer.close()
-        self.producer.flush()
-        self.producer.close()
         self.checkpoints.close()
 
-    def stats_dict(self) -> dict[str, int]:
-        return asdict(self.stats)
+
+def checkpoint_store(settings: Settings, bus: Bus, name: str) -> CheckpointStore:
+    """The checkpoint file of service ``name`` for this bus's cluster (in memory for a bus whose
+    messages do not outlive the process, where offsets saved against it would mean nothing)."""
+    return CheckpointStore(settings.state_dir / f"{name}-{bus.cluster_id()}.sqlite" if bus.durable else None)
 
 
-def message_origin(message: Message) -> bytes:
-    return f"{message.topic}/{message.partition}/{message.offset}".encode()
+def telemetry_collector(settings: Settings, bus: Bus) -> TelemetryCollector:
+    """The telemetry collector the settings describe."""
+    topics = settings.topics
+    return TelemetryCollector(
+        settings.collector,
+        input_topic=topics.telemetry,
+        series_topic=topics.series,
+        late_topic=topics.late,
+        dead_letter_topic=topics.dead_letter,
+        checkpoints=checkpoint_store(settings, bus, "collector"),
+    )

@@ -1,10 +1,11 @@
 """The forecasting service: series windows in, forecasts out, on a schedule, over any bus.
 
-It consumes :class:`~nm_toolkit.schemas.SeriesPoint` records from ``topics.series``, writes each
-window's value (``forecast.value``: sum by default) to the forecast store, and only then commits
-the offsets, so a crash replays windows rather than losing them (replays overwrite the same
-window). Records it cannot use go to ``forecast_service.dead_letter_topic`` whole, with the
-reason and origin in headers. Every ``interval_seconds`` it forecasts every series with enough
+A stream service on :mod:`nm_toolkit.bus.runtime`: it consumes
+:class:`~nm_toolkit.schemas.SeriesPoint` records from ``topics.series`` and writes each window's
+value (``forecast.value``: sum by default) to the forecast store; the runtime commits the offsets
+after that, so a crash replays windows rather than losing them (replays overwrite the same
+window). Points it cannot use (not a SeriesPoint, non-finite values, an implausible window start)
+go to ``forecast_service.dead_letter_topic`` whole, with the reason and origin in headers. Every ``interval_seconds`` it forecasts every series with enough
 history in one :meth:`~forecasting.base.Forecaster.forecast_many` call per sampling step (global
 models learn across all of them; missing windows of event counts such as intent demand are zeros,
 ``forecast.zero_fill_metrics``), publishes :class:`~nm_toolkit.schemas.Forecast` records to
@@ -14,22 +15,20 @@ models learn across all of them; missing windows of event counts such as intent 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
 import pandas as pd
-from pydantic import ValidationError
 
-from collectors.decode import validation_reason
-from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, message_origin
 from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
-from nm_toolkit.bus import Bus, Message, next_offsets
-from nm_toolkit.config import Settings
+from nm_toolkit.bus import Bus, Message, TopicPartition
+from nm_toolkit.bus.runtime import Emitter, Rejected, StreamService, Topic
+from nm_toolkit.config import ForecastServiceSettings, ForecastSettings, Settings
+from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import Forecast, SeriesPoint, split_series_key
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ class ForecastServiceStats:
 
     messages: int = 0
     points: int = 0
-    dead_letters: int = 0
     rounds: int = 0
     forecasts: int = 0
     skipped_series: int = 0
@@ -63,56 +61,68 @@ def missing_means_zero(series_id: str, zero_fill_metrics: Sequence[str]) -> bool
     return any(fnmatchcase(metric, pattern) for pattern in zero_fill_metrics)
 
 
-class ForecastService:
-    """Consume ``topics.series`` in group ``forecast_service.group_id``; publish ``topics.forecasts``."""
+class ForecastService(StreamService):
+    """Consume ``series_topic`` in group ``config.group_id``; publish ``forecasts_topic``."""
 
-    def __init__(self, bus: Bus, settings: Settings, store: ForecastStore | None = None) -> None:
-        self.settings = settings
-        self._cfg = settings.forecast_service
-        self._topics = settings.topics
-        self.store = store or ForecastStore(self._cfg.store_path or default_store_path(settings.state_dir))
-        self.stats = ForecastServiceStats()
-        bus.create_topics([self._topics.series, self._topics.forecasts, self._cfg.dead_letter_topic])
-        make_model(self._cfg.model, pd.Timedelta(hours=1))  # an unknown model name fails here, not hours later
-        self.consumer = bus.consumer([self._topics.series], self._cfg.group_id, max_poll_records=self._cfg.max_poll_records)
-        self.producer = bus.producer()
+    name = "forecaster"
+
+    def __init__(
+        self,
+        config: ForecastServiceSettings,
+        forecast: ForecastSettings,
+        *,
+        series_topic: str,
+        forecasts_topic: str,
+        store: ForecastStore,
+        bounds: EventTimeBounds = EventTimeBounds(),
+    ) -> None:
+        self.config = config
+        self.forecast = forecast
+        self.group_id = config.group_id
+        self.dead_letter_topic = config.dead_letter_topic
+        self.series = Topic(series_topic, SeriesPoint)
+        self.inputs = [self.series]
+        self.forecasts_topic = forecasts_topic
+        self.outputs = [forecasts_topic]
+        self.max_poll_records = config.max_poll_records
+        self.store = store
+        self.bounds = bounds
+        self.counters = ForecastServiceStats()
         self._last_round = float("-inf")
+        make_model(config.model, pd.Timedelta(hours=1))  # an unknown model name fails here, not hours later
 
-    def step(self, timeout_s: float = 0.5) -> int:
-        """Poll once, store the windows, flush dead letters, commit; return the messages polled."""
-        messages = self.consumer.poll(self._cfg.max_poll_records, timeout_s)
-        if not messages:
-            return 0
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        """Store the windows; dead-letter what is not a usable one."""
         points = []
         for message in messages:
-            point = self._decode(message)
-            if point is not None:
-                points.append((point.series_id, point.window_start, point.window_seconds, point_value(point, self.settings.forecast.value)))
+            try:
+                point = self._point(message)
+            except Rejected as exc:
+                out.dead_letter(message, exc.errors)
+                self.counters.dead_letters += 1
+                continue
+            points.append((point.series_id, point.window_start, point.window_seconds, point_value(point, self.forecast.value)))
         self.store.put_points(points)
-        self.producer.flush()
-        self.consumer.commit(next_offsets(messages))
-        self.stats.messages += len(messages)
-        self.stats.points += len(points)
-        return len(messages)
+        self.counters.messages += len(messages)
+        self.counters.points += len(points)
 
-    def _decode(self, message: Message) -> SeriesPoint | None:
-        try:
-            point = SeriesPoint.model_validate_json(message.value)
-            if point.window_seconds <= 0 or point.count <= 0:
-                raise ValueError("window_seconds and count must be positive")
-            return point
-        except (ValidationError, ValueError) as exc:
-            reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
-            origin = message_origin(message)
-            headers = [(DEAD_LETTER_REASON, f"not a SeriesPoint: {reason}".encode()), (DEAD_LETTER_ORIGIN, origin)]
-            self.producer.send(self._cfg.dead_letter_topic, message.value, message.key, headers)
-            self.stats.dead_letters += 1
-            return None
+    def _point(self, message: Message) -> SeriesPoint:
+        point = self.series.decode(message)
+        if (reason := self.bounds.reason(point.window_start)) is not None:
+            raise Rejected(f"window_start: {reason}")
+        return point
 
-    def forecast_round(self, now: datetime | None = None) -> tuple[list[Forecast], dict[str, str]]:
+    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+        """A forecast round every ``interval_seconds``, and one before an idle exit."""
+        if final or time.monotonic() - self._last_round >= self.config.interval_seconds:
+            self._last_round = time.monotonic()
+            self.forecast_round(out)
+        return False
+
+    def forecast_round(self, out: Emitter, now: datetime | None = None) -> tuple[list[Forecast], dict[str, str]]:
         """Forecast every series with enough history; publish, store, prune. Return what was made."""
         issued = now or datetime.now(UTC)
-        cfg = self.settings.forecast
+        cfg = self.forecast
         by_step: dict[int, list[pd.Series]] = {}
         skipped: dict[str, str] = {}
         for series_id in self.store.series_ids():
@@ -127,7 +137,7 @@ class ForecastService:
         forecasts = []
         for step, columns in by_step.items():
             frame = pd.concat(columns, axis=1).sort_index()
-            model = make_model(self._cfg.model, pd.Timedelta(seconds=step))
+            model = make_model(self.config.model, pd.Timedelta(seconds=step))
             for series_id, fc in model.forecast_many(frame, cfg.horizon, cfg.level).items():
                 forecasts.append(
                     Forecast(
@@ -137,39 +147,34 @@ class ForecastService:
                     )
                 )
         for forecast in forecasts:
-            self.producer.send(self._topics.forecasts, forecast.model_dump_json().encode(), forecast.series_id.encode())
-        self.producer.flush()
+            out.send(self.forecasts_topic, forecast, forecast.series_id)
         self.store.put_forecasts(forecasts)
-        self.store.prune(issued, timedelta(days=self._cfg.retention_days), cfg.max_history)
-        self.stats.rounds += 1
-        self.stats.forecasts += len(forecasts)
-        self.stats.skipped_series += len(skipped)
+        self.store.prune(issued, timedelta(days=self.config.retention_days), cfg.max_history)
+        self.counters.rounds += 1
+        self.counters.forecasts += len(forecasts)
+        self.counters.skipped_series += len(skipped)
         return forecasts, skipped
 
-    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> ForecastServiceStats:
-        """Consume and forecast every ``interval_seconds`` until ``stop`` (or idle for ``idle_exit_s``)."""
-        last_work = time.monotonic()
-        try:
-            while not stop.is_set():
-                if self.step():
-                    last_work = time.monotonic()
-                if time.monotonic() - self._last_round >= self._cfg.interval_seconds:
-                    self._last_round = time.monotonic()
-                    self.forecast_round()
-                if idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
-                    self.forecast_round()
-                    break
-        finally:
-            self.close()
-        return self.stats
+    def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Windows are in the store as soon as they are handled; nothing more to save."""
 
-    def stats_dict(self) -> dict[str, int]:
-        return asdict(self.stats)
+    def stats(self) -> dict[str, float]:
+        return asdict(self.counters)
 
     def close(self) -> None:
-        """Leave the group and release the store; offsets were committed after each batch."""
-        self.consumer.close()
-        self.producer.flush()
-        self.producer.close()
         self.store.close()
 
+
+def forecast_service(settings: Settings, bus: Bus) -> ForecastService:
+    """The forecasting service the settings describe, with its store (in memory on a bus whose
+    messages do not outlive the process)."""
+    cfg = settings.forecast_service
+    path = cfg.store_path or default_store_path(settings.state_dir)
+    return ForecastService(
+        cfg,
+        settings.forecast,
+        series_topic=settings.topics.series,
+        forecasts_topic=settings.topics.forecasts,
+        store=ForecastStore(path if bus.durable else None),
+        bounds=EventTimeBounds.from_settings(settings.collector.min_timestamp, settings.collector.max_future_seconds),
+    )

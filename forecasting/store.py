@@ -124,8 +124,11 @@ class ForecastStore:
         rows.reverse()
         index = pd.to_datetime([r[0] for r in rows], unit="s", utc=True)
         raw = pd.Series([r[1] for r in rows], index=index, name=series_id, dtype=float)
-        grid = pd.date_range(index[0], index[-1], freq=pd.Timedelta(seconds=rows[-1][2]))
-        return raw.reindex(grid)
+        step = pd.Timedelta(seconds=rows[-1][2])
+        first = index[0] if last is None else max(index[0], index[-1] - (last - 1) * step)
+        # The grid is "the newest ``last`` steps", never the span between the oldest and newest
+        # rows: one window dated years apart from the rest must not allocate the years between.
+        return raw.reindex(pd.date_range(first, index[-1], freq=step))
 
     # -- retention --------------------------------------------------------------------------
     def prune(self, now: datetime, retention: timedelta, max_points: int | None = None) -> dict[str, int]:

@@ -39,6 +39,20 @@ class BusSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "nm-toolkit"
     default_partitions: PositiveInt = 4
+    max_message_bytes: PositiveInt = Field(
+        default=1_048_576, description="the broker's message.max.bytes: dead letters are cut to fit under it"
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=6_000, description="how long a silent member keeps its partitions (the broker's minimum is 6 s)"
+    )
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint of long-running services (``--metrics-port`` overrides the port)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535, description="None: no endpoint; 0: any free port")
 
 
 class TopicSettings(BaseModel):
@@ -52,7 +66,10 @@ class TopicSettings(BaseModel):
     decisions: str = "nmt.decisions"
     prompts: str = "nmt.prompts"
     completions: str = "nmt.completions"
-    intents: str = "nmt.intents"
+    intents: str = Field(default="nmt.intents", description="network intents in force (NetworkIntent), keyed by id")
+    intent_results: str = Field(
+        default="nmt.intents.results", description="the intent service's answer to every prompt and operator text"
+    )
     operator_intents: str = "nmt.intents.operator"
 
 
@@ -133,6 +150,12 @@ class ControllerSettings(BaseModel):
     """The SDN controller side: which adapter applies decisions, and how targets map to flows."""
 
     adapter: Literal["openflow", "onos", "faucet", "kafka"] = "openflow"
+    group_id: str = "nmt-controller"
+    dead_letter_topic: str = "nmt.decisions.dlq"
+    interval_seconds: PositiveFloat = Field(default=60.0, description="seconds between decision rounds")
+    forecast_max_age_seconds: PositiveFloat = Field(
+        default=3600.0, description="forecasts issued longer ago than this are not decided on"
+    )
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=6653, ge=0, le=65535)
     targets: dict[str, dict[str, str | int]] = Field(
@@ -163,6 +186,7 @@ class LlmSettings(BaseModel):
     adapters_dir: Path | None = None
     context_store: Path | None = None
     group_id: str = "nmt-prompt-service"
+    dead_letter_topic: str = "nmt.prompts.dlq"
     max_batch: PositiveInt = 16
     batch_window_ms: PositiveInt = 20
     max_prompt_chars: PositiveInt = 1000
@@ -208,6 +232,7 @@ class Settings(BaseSettings):
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     intent: IntentServiceSettings = Field(default_factory=IntentServiceSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

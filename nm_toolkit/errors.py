@@ -1,5 +1,22 @@
 """The base class of errors a user can cause and fix; the CLI prints them as one line."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class UserError(Exception):
     """Raised with a message that says what went wrong and how to fix it."""
+
+
+def validation_reason(exc: ValidationError, limit: int = 3) -> str:
+    """A pydantic validation error as one line: where each of the first ``limit`` problems is and
+    what is wrong, for dead-letter headers and clarification requests alike."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

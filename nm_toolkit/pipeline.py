@@ -1,8 +1,9 @@
-"""The closed loop: telemetry -> collector -> series -> forecasts -> policies -> decisions.
+"""The closed loop in one process: telemetry -> collector -> series -> forecasts -> decisions.
 
-Every hop goes over the bus, through the same topics a distributed deployment uses, so each stage
-can equally run as its own service against Kafka. :class:`ClosedLoop` drives them step by step in
-one process, which is what ``nmt demo`` and ``nmt run`` do.
+The same three stream services that ``nmt collect run``, ``nmt forecast serve`` and ``nmt
+controller run`` run as separate processes, each on its own :class:`~nm_toolkit.bus.runtime.StreamRunner`,
+stepped in turn on one bus. Every hop goes over the bus's topics; nothing is handed over in
+memory. ``nmt demo`` uses it on the embedded bus.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from datetime import datetime
 
 import orjson
 
-from collectors.service import TelemetryCollector
-from forecasting.service import ForecastService
-from forecasting.store import ForecastStore, default_store_path
+from collectors.service import TelemetryCollector, telemetry_collector
+from forecasting.service import ForecastService, forecast_service
 from nm_toolkit.bus import Bus
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
-from nm_toolkit.controller.service import DecisionController, RoundReport
-from nm_toolkit.controller.topic import DecisionTopicAdapter
+from nm_toolkit.controller.runner import DecisionService, decision_service
+from nm_toolkit.controller.service import RoundReport
 from nm_toolkit.schemas import Decision, DecisionAdapter, Forecast
-from policies import Policy, load_policies
+from policies import Policy
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class LoopReport:
     """What one pass of the loop did, for people (a table) and scripts (JSON)."""
 
-    collector: dict[str, int]
+    collector: dict[str, float]
     series: int = 0
     forecasts: list[Forecast] = field(default_factory=list)
     skipped_series: dict[str, str] = field(default_factory=dict)
@@ -44,10 +45,9 @@ class LoopReport:
 
 
 class ClosedLoop:
-    """Runs collector, forecasting and policies over ``bus`` with ``settings``.
+    """The collector, forecasting and decision services over ``bus``, stepped in one process.
 
-    Decisions go through :class:`~nm_toolkit.controller.service.DecisionController`: guardrails
-    first, then every adapter in ``adapters`` (an SDN controller, say) and the decisions topic.
+    ``adapters`` carry decisions out besides the decisions topic (an SDN controller, say).
     """
 
     def __init__(
@@ -61,57 +61,67 @@ class ClosedLoop:
     ) -> None:
         self.bus = bus
         self.settings = settings
-        if policies is None:
-            policies = load_policies(settings.policy.enabled, settings.controller.policy_params)
-        self.collector = TelemetryCollector(bus, settings)
-        store_path = settings.forecast_service.store_path or default_store_path(settings.state_dir)
-        self.forecasting = ForecastService(bus, settings, ForecastStore(store_path if bus.durable else None))
-        topics = settings.topics
-        bus.create_topics([topics.decisions])
-        self._producer = bus.producer()
-        self.controller = DecisionController(
-            settings,
-            policies,
-            [*(adapters or []), DecisionTopicAdapter(self._producer, topics.decisions)],
-            {**settings.policy.capacities, **(capacities or {})},
+        self.collector = StreamRunner(bus, telemetry_collector(settings, bus))
+        self.forecasting = StreamRunner(bus, forecast_service(settings, bus))
+        self.deciding = StreamRunner(
+            bus, decision_service(settings, policies=policies, adapters=adapters or [], capacities=capacities)
         )
 
-    def collect(self, idle_s: float = 1.0, close_windows: bool = False) -> int:
-        """Consume telemetry until none arrives for ``idle_s``; optionally close open windows."""
-        applied = 0
-        while n := self.collector.step(timeout_s=idle_s):
-            applied += n
+    @property
+    def collector_service(self) -> TelemetryCollector:
+        return self.collector.service  # type: ignore[return-value]
+
+    @property
+    def forecast_service(self) -> ForecastService:
+        return self.forecasting.service  # type: ignore[return-value]
+
+    @property
+    def decision_service(self) -> DecisionService:
+        return self.deciding.service  # type: ignore[return-value]
+
+    def collect(self, idle_s: float = 0.2, close_windows: bool = False) -> int:
+        """Run the collector until the telemetry topic is drained; optionally close open windows
+        (the end of a finite input)."""
+        applied = run_until_idle([self.collector], idle_s)
         if close_windows:
-            self.collector.close_all_windows()
+            self.collector_service.close_all_windows(self.collector.emitter)
+            self.collector.commit()
         return applied
 
     def forecast(self, now: datetime | None = None) -> tuple[list[Forecast], dict[str, str]]:
-        """Store the closed windows waiting on the series topic, then forecast every series with
-        enough history and publish the forecasts (the forecasting service's round)."""
-        while self.forecasting.step(timeout_s=0.05):
-            pass
-        return self.forecasting.forecast_round(now)
+        """Run the forecasting service until the series topic is drained, then one forecast round."""
+        run_until_idle([self.forecasting], 0.05)
+        made = self.forecast_service.forecast_round(self.forecasting.emitter, now)
+        self.forecasting.commit()
+        return made
 
-    def run_once(self, idle_s: float = 1.0, close_windows: bool = False) -> LoopReport:
+    def decide(self, now: datetime | None = None) -> RoundReport:
+        """Run the decision stage until it has read the forecasts and intents and made a round
+        (its own, once caught up, or one now if its interval has not passed since the last)."""
+        service = self.decision_service
+        rounds = service.counters.rounds
+        run_until_idle([self.deciding], 0.05)
+        if service.counters.rounds == rounds:
+            service.decide_round(now)
+            self.deciding.commit()
+        return service.reports[-1]
+
+    def run_once(self, idle_s: float = 0.2, close_windows: bool = False) -> LoopReport:
         """Collect what is waiting, forecast, decide: one turn of the loop."""
         self.collect(idle_s, close_windows)
         forecasts, skipped = self.forecast()
-        round_report = self.controller.decide(forecasts)
-        self.controller.expire()
+        report = self.decide()
         return LoopReport(
             collector=self.collector.stats_dict(),
-            series=len(self.forecasting.store.series_ids()),
+            series=len(self.forecast_service.store.series_ids()),
             forecasts=forecasts,
             skipped_series=skipped,
-            round=round_report,
+            round=report,
         )
 
     def close(self) -> None:
-        self.collector.close()
-        self.forecasting.close()
-        for adapter in self.controller.adapters:
-            adapter.close()
-        self._producer.close()
+        for runner in (self.collector, self.forecasting, self.deciding):
+            runner.close()
 
 
 def decisions_json(decisions: list[Decision]) -> list[dict[str, object]]:

@@ -1,11 +1,19 @@
 """Edge-compute autoscaling from forecast prompt demand: enough edge-LLM workers at each site
-for the forecast peak, plus headroom."""
+for the forecast peak, plus headroom.
+
+Demand comes from the running system: the intent service windows every prompt into
+``LOCATION|demand.<class>.requests`` series (requests per window), which the forecasting service
+forecasts; a rate series such as ``SITE|prompts_per_s`` (an edge service reporting its own load)
+is read as it is.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
-from nm_toolkit.schemas import Decision, ScaleCompute, split_series_key
+from nm_toolkit.schemas import Decision, Forecast, ScaleCompute, split_series_key
 from policies.base import Policy, PolicyContext
 
 
@@ -14,41 +22,61 @@ def replicas_for(peak_demand: float, per_replica: float, headroom: float, low: i
     return max(low, min(high, math.ceil(max(0.0, peak_demand) * (1 + headroom) / per_replica)))
 
 
+def peak_rate(forecast: Forecast, per_window: bool) -> float:
+    """The upper bound of ``forecast`` as a rate per second (``per_window``: it counts events per
+    step, so divide by the step)."""
+    peak = max(forecast.upper or forecast.mean)
+    return peak / forecast.step_seconds if per_window else peak
+
+
 class EdgeAutoscalePolicy(Policy):
-    """For every ``SITE|<metric>`` forecast (prompts per second at an edge site), ask for the
-    replica count that covers the upper bound of the forecast."""
+    """Per site, the forecast prompt rate (the sum over its demand series) sets the replica count
+    that covers the upper bound of the forecast."""
 
     name = "edge_autoscale"
 
     def __init__(
         self,
-        metric: str = "prompts_per_s",
+        rate_metrics: Sequence[str] = ("prompts_per_s",),
+        count_metrics: Sequence[str] = ("demand.*.requests",),
         prompts_per_replica: float = 5.0,
         headroom: float = 0.2,
         min_replicas: int = 1,
         max_replicas: int = 16,
     ) -> None:
-        self.metric = metric
+        self.rate_metrics = [rate_metrics] if isinstance(rate_metrics, str) else list(rate_metrics)
+        self.count_metrics = [count_metrics] if isinstance(count_metrics, str) else list(count_metrics)
         self.prompts_per_replica = prompts_per_replica
         self.headroom = headroom
         self.min_replicas = min_replicas
         self.max_replicas = max_replicas
 
-    def decide(self, context: PolicyContext) -> list[Decision]:
-        decisions: list[Decision] = []
+    def site_rates(self, context: PolicyContext) -> dict[str, tuple[float, list[str]]]:
+        """Per site, the forecast peak prompt rate and the series it adds up."""
+        rates: dict[str, tuple[float, list[str]]] = {}
         for series_id, forecast in sorted(context.forecasts.items()):
             site, metric = split_series_key(series_id)
-            if metric != self.metric:
+            if any(fnmatchcase(metric, p) for p in self.rate_metrics):
+                rate = peak_rate(forecast, per_window=False)
+            elif any(fnmatchcase(metric, p) for p in self.count_metrics):
+                rate = peak_rate(forecast, per_window=True)
+            else:
                 continue
-            peak = max(forecast.upper or forecast.mean)
-            replicas = replicas_for(peak, self.prompts_per_replica, self.headroom, self.min_replicas, self.max_replicas)
+            total, series = rates.get(site, (0.0, []))
+            rates[site] = (total + rate, [*series, series_id])
+        return rates
+
+    def decide(self, context: PolicyContext) -> list[Decision]:
+        decisions: list[Decision] = []
+        for site, (rate, series) in sorted(self.site_rates(context).items()):
+            replicas = replicas_for(rate, self.prompts_per_replica, self.headroom, self.min_replicas, self.max_replicas)
             decisions.append(
                 ScaleCompute(
                     **self.stamp(context, site, str(replicas)),
                     target=site,
                     replicas=replicas,
                     reason=(
-                        f"{forecast.model} forecast of {series_id} peaks at {peak:,.2f}/s; "
+                        f"forecast prompts at {site} peak at {rate:,.3f}/s ({', '.join(series)}); "
                         f"{self.prompts_per_replica:g}/s per replica with {self.headroom:.0%} headroom"
                     ),
                 )

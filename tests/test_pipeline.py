@@ -10,11 +10,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from collectors.checkpoints import CheckpointStore
 from collectors.publish import publish_records
 from collectors.service import TelemetryCollector
 from collectors.synthetic import SyntheticTelemetry
 from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.bus.checkpoints import CheckpointStore
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.cli import app
 from nm_toolkit.config import ConfigError, load_settings
 from nm_toolkit.pipeline import ClosedLoop
@@ -28,19 +29,29 @@ def test_crash_between_checkpoint_and_commit_skips_redelivered_messages(tmp_path
     publish_records(bus.producer(), settings.topics.telemetry, telemetry.records(), batch_size=8)
     store_path = tmp_path / "ckpt.sqlite"
 
-    crashed = TelemetryCollector(bus, settings, CheckpointStore(store_path))
+    def collector() -> TelemetryCollector:
+        topics = settings.topics
+        return TelemetryCollector(
+            settings.collector, input_topic=topics.telemetry, series_topic=topics.series, late_topic=topics.late,
+            dead_letter_topic=topics.dead_letter, checkpoints=CheckpointStore(store_path),
+        )  # fmt: skip
+
+    crashed = StreamRunner(bus, collector())
     crashed.consumer.commit = lambda offsets: None  # type: ignore[method-assign]  # dies before committing
     for _ in range(4):
         crashed.step(0.05)
-    crashed._checkpoint(set(crashed._partitions))
+    crashed.commit()  # the checkpoint is written, the commit is lost
     crashed.consumer.close()  # leaves the group: everything is redelivered from offset 0
+    crashed_stats = crashed.service.stats()
 
-    resumed = TelemetryCollector(bus, settings, CheckpointStore(store_path))
-    while resumed.step(0.05):
-        pass
-    resumed.close_all_windows()
-    assert resumed.stats.redelivered_skipped == crashed.stats.messages > 0
-    assert crashed.stats.records + resumed.stats.records == int(telemetry.frame().notna().sum().sum())
+    resumed = StreamRunner(bus, collector())
+    run_until_idle([resumed])
+    resumed.service.close_all_windows(resumed.emitter)
+    resumed_stats = resumed.service.stats()
+    # resuming at the checkpoint, nothing below it is even read again
+    assert resumed_stats["redelivered_skipped"] == 0 and crashed_stats["messages"] > 0
+    assert resumed_stats["messages"] + crashed_stats["messages"] == len(bus.messages(settings.topics.telemetry))
+    assert crashed_stats["records"] + resumed_stats["records"] == int(telemetry.frame().notna().sum().sum())
 
     latest: dict[tuple[str, int], SeriesPoint] = {}
     for m in bus.messages(settings.topics.series):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nm_toolkit.bus.base import Bus, Consumer, Message, Producer, TopicPartition, next_offsets
+from nm_toolkit.bus.base import Bus, Consumer, DeliveryFailed, Message, Producer, TopicPartition, next_offsets
 from nm_toolkit.bus.embedded import EmbeddedBus
 from nm_toolkit.config import Settings
 
@@ -16,9 +16,13 @@ def bus_from_settings(settings: Settings) -> Bus:
             settings.bus.bootstrap_servers,
             client_id=settings.bus.client_id,
             default_partitions=settings.bus.default_partitions,
-            max_message_bytes=settings.collector.max_message_bytes,
+            max_message_bytes=settings.bus.max_message_bytes,
+            session_timeout_ms=settings.bus.session_timeout_ms,
+            heartbeat_interval_ms=settings.bus.heartbeat_interval_ms,
         )
-    return EmbeddedBus(settings.bus.default_partitions)
+    bus = EmbeddedBus(settings.bus.default_partitions)
+    bus.max_message_bytes = settings.bus.max_message_bytes
+    return bus
 
 
-__all__ = ["Bus", "Consumer", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings", "next_offsets"]
+__all__ = ["Bus", "Consumer", "DeliveryFailed", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings", "next_offsets"]

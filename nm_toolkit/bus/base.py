@@ -48,8 +48,14 @@ def next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
     return offsets
 
 
+class DeliveryFailed(RuntimeError):
+    """A message could not be written to the bus. Nothing read before it may be committed, so a
+    service that sees this stops (exit code 1) and a restart redelivers from the last commit."""
+
+
 class Producer(ABC):
-    """Sends messages; ``flush`` returns once everything sent so far is durably written."""
+    """Sends messages; ``flush`` returns once everything sent so far is durably written, and
+    raises :class:`DeliveryFailed` if anything sent since the last flush was not."""
 
     @abstractmethod
     def send(
@@ -75,8 +81,21 @@ class Consumer(ABC):
     @abstractmethod
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
+    def seek_to_beginning(self, partition: TopicPartition) -> None:
+        """Read ``partition`` again from its first retained message."""
+        self.seek(partition, 0)
+
     @abstractmethod
     def assignment(self) -> set[TopicPartition]: ...
+
+    @abstractmethod
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The offset after the last message of ``partition`` as last seen (None: not known yet)."""
+
+    def healthy(self) -> bool:
+        """Whether the consumer is in touch with its group coordinator: time without messages
+        only means "no data" while this holds (a broker outage is not idleness)."""
+        return True
 
     @abstractmethod
     def close(self) -> None: ...
@@ -87,6 +106,8 @@ class Bus(ABC):
 
     durable: bool = True
     """Whether messages outlive this process (so state checkpointed against offsets stays valid)."""
+    max_message_bytes: int = 1_048_576
+    """The largest message the bus accepts (Kafka: the broker's ``message.max.bytes``)."""
 
     @abstractmethod
     def cluster_id(self) -> str:
@@ -109,7 +130,10 @@ class Bus(ABC):
         on_revoke: PartitionsCallback | None = None,
         max_poll_records: int = 1000,
     ) -> Consumer:
-        """Join ``group_id`` reading ``topics`` from the committed offsets (or the beginning)."""
+        """Join ``group_id`` reading ``topics`` from the committed offsets (or the beginning).
+
+        ``on_assign`` and ``on_revoke`` may run on the client's own IO thread (kafka-python 3):
+        they must not block on the bus (no commit, no flush); seeking is fine."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources; producers and consumers are closed by their owners."""

@@ -63,10 +63,6 @@ class EmbeddedBus(Bus):
                 self._rebalance(group)
         return log
 
-    def end_offsets(self, topic: str) -> dict[int, int]:
-        with self._cond:
-            return {p: len(log) for p, log in enumerate(self._ensure(topic))}
-
     def messages(self, topic: str) -> list[Message]:
         """Every message of a topic, partition by partition (for inspection and tests)."""
         with self._cond:
@@ -210,6 +206,10 @@ class _EmbeddedConsumer(Consumer):
     def assignment(self) -> set[TopicPartition]:
         with self._bus._cond:
             return set(self._positions)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        with self._bus._cond:
+            return len(self._bus._logs[partition[0]][partition[1]])
 
     def close(self) -> None:
         self._closed = True

@@ -18,7 +18,15 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from nm_toolkit.bus.base import Bus, Consumer, Message, PartitionsCallback, Producer, TopicPartition
+from nm_toolkit.bus.base import (
+    Bus,
+    Consumer,
+    DeliveryFailed,
+    Message,
+    PartitionsCallback,
+    Producer,
+    TopicPartition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +45,15 @@ class KafkaBus(Bus):
         client_id: str = "nm-toolkit",
         default_partitions: int = 4,
         max_message_bytes: int = 1_048_576,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.default_partitions = default_partitions
         self.max_message_bytes = max_message_bytes
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self._cluster_id: str | None = None
 
     def _servers(self) -> list[str]:
@@ -113,22 +125,43 @@ class KafkaBus(Bus):
             max_poll_records=max_poll_records,
             max_partition_fetch_bytes=max(4 * 1024 * 1024, self.max_message_bytes * 2),
             fetch_max_bytes=64 * 1024 * 1024,
+            # A member that died is noticed after the session timeout: it bounds how long its
+            # partitions stand still before a restart or another member takes them over.
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
 
 
 class KafkaBusProducer(Producer):
+    """kafka-python's producer reports a failed send only on the send's future; this one keeps the
+    first failure and raises it from :meth:`flush`, so a service never commits past a loss."""
+
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
+        self._failures: list[str] = []
+
+    def _failed(self, topic: str, exc: BaseException) -> None:
+        self._failures.append(f"{topic}: {type(exc).__name__}: {exc}")
 
     def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
-        self._producer.send(topic, value=value, key=key, headers=list(headers) or None)
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=list(headers) or None)
+        except KafkaError as exc:
+            raise DeliveryFailed(f"cannot send to {topic}: {type(exc).__name__}: {exc}") from exc
+        future.add_errback(lambda exc: self._failed(topic, exc))
 
     def flush(self, timeout_s: float | None = None) -> None:
-        self._producer.flush(timeout=timeout_s)
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise DeliveryFailed(f"flush failed: {type(exc).__name__}: {exc}") from exc
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryFailed(f"{len(failures)} message(s) not written, first: {failures[0]}")
 
     def close(self) -> None:
         self._producer.close()
@@ -160,7 +193,7 @@ class KafkaBusConsumer(Consumer):
                 r.partition,
                 r.offset,
                 r.key,
-                r.value,
+                b"" if r.value is None else r.value,  # a null value (tombstone) is an empty message
                 r.timestamp,
                 tuple((k, v) for k, v in r.headers) if r.headers else (),
             )
@@ -177,8 +210,23 @@ class KafkaBusConsumer(Consumer):
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(*partition), offset)
 
+    def seek_to_beginning(self, partition: TopicPartition) -> None:
+        self._consumer.seek_to_beginning(KafkaTopicPartition(*partition))
+
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self._consumer.highwater(KafkaTopicPartition(*partition))
+
+    def healthy(self) -> bool:
+        # kafka-python has no public probe; read (without side effects) whether the group
+        # coordinator is known and connected. If its internals ever change, assume healthy.
+        try:
+            node = self._consumer._coordinator.coordinator_id  # noqa: SLF001
+            return node is not None and bool(self._consumer._client.connected(node))  # noqa: SLF001
+        except AttributeError:
+            return True
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

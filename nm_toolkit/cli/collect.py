@@ -9,11 +9,11 @@ import typer
 from rich.progress import Progress
 
 from collectors.publish import replay_frame
-from collectors.service import TelemetryCollector
 from collectors.synthetic import SyntheticTelemetry
 from collectors.tabular import TelemetryFileError, load_wide_frame
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
+from nm_toolkit.bus.runtime import StreamRunner
+from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit
 
 app = typer.Typer(help="Telemetry collection: the collector service and telemetry producers.", no_args_is_help=True)
@@ -23,13 +23,17 @@ app = typer.Typer(help="Telemetry collection: the collector service and telemetr
 def run(
     config: Path | None = ConfigOption,
     idle_exit: float | None = typer.Option(None, help="exit after this many seconds without messages"),
+    metrics_port: int | None = MetricsPortOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Consume the telemetry topic until SIGINT/SIGTERM, windowing records into series."""
+    from collectors.service import telemetry_collector
+
     settings = shared_bus_settings(config, "nmt collect run")
     stop = stop_on_signals()
-    stats = TelemetryCollector(bus_from_settings(settings), settings).run(stop, idle_exit_s=idle_exit)
-    emit(as_json, stats.__dict__, "collector", [{"counter": k, "value": v} for k, v in stats.__dict__.items()])
+    bus = bus_from_settings(settings)
+    stats = run_service(StreamRunner(bus, telemetry_collector(settings, bus)), settings, stop, idle_exit_s=idle_exit, metrics_port=metrics_port)
+    emit(as_json, stats, "collector", [{"counter": k, "value": v} for k, v in stats.items()])
 
 
 @app.command("publish")

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from nm_toolkit.bus.deadletter import one_line
+from nm_toolkit.bus.runtime import FATAL_ERRORS, StreamRunner
+from nm_toolkit.cli.output import err_console
 from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.errors import UserError
 
@@ -40,3 +43,37 @@ def stop_on_signals() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+MetricsPortOption = typer.Option(
+    None, "--metrics-port", help="serve Prometheus metrics on this port (0: any free port; default: metrics.port)"
+)
+
+
+def run_service(
+    runner: StreamRunner,
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    idle_exit_s: float | None = None,
+    max_messages: int | None = None,
+    metrics_port: int | None = None,
+) -> dict[str, float]:
+    """Run a stream service until stopped; return its counters. A fault the service cannot
+    survive (the bus refused a write, the disk is full) ends the command with one line and exit
+    code 1; nothing after the last commit is lost, so a restart resumes from there."""
+    port = metrics_port if metrics_port is not None else settings.metrics.port
+    if port is not None:
+        from nm_toolkit.bus.metrics import serve_metrics
+
+        bound = serve_metrics(runner, port, settings.metrics.host)
+        err_console.print(f"{runner.service.name}: metrics on http://{settings.metrics.host}:{bound}/metrics")
+    try:
+        runner.run(stop, idle_exit_s=idle_exit_s, max_messages=max_messages)
+    except FATAL_ERRORS as exc:
+        err_console.print(
+            f"[bold red]error:[/] {runner.service.name} stopped: {type(exc).__name__}: {one_line(str(exc))} "
+            "(nothing after the last commit is lost: fix the cause and restart it)"
+        )
+        raise typer.Exit(1) from exc
+    return runner.stats_dict()

@@ -18,10 +18,10 @@ from forecasting.data import load_series_frame
 from forecasting.history import DAY
 from forecasting.plot import forecast_index, plot_forecast
 from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model
-from forecasting.service import ForecastService
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.cli.common import ConfigOption, settings_from, shared_bus_settings, stop_on_signals
+from nm_toolkit.bus.runtime import StreamRunner
+from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, settings_from, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit, err_console
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
@@ -221,10 +221,14 @@ def list_(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> Non
 def serve(
     config: Path | None = ConfigOption,
     idle_exit: float | None = typer.Option(None, help="forecast once more and exit after this many seconds without series windows"),
+    metrics_port: int | None = MetricsPortOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Run the forecasting service: series windows in, forecasts out every forecast_service.interval_seconds."""
+    from forecasting.service import forecast_service
+
     settings = shared_bus_settings(config, "nmt forecast serve")
     stop = stop_on_signals()
-    stats = ForecastService(bus_from_settings(settings), settings).run(stop, idle_exit_s=idle_exit)
-    emit(as_json, stats.__dict__, "forecast service", [{"counter": k, "value": v} for k, v in stats.__dict__.items()])
+    bus = bus_from_settings(settings)
+    stats = run_service(StreamRunner(bus, forecast_service(settings, bus)), settings, stop, idle_exit_s=idle_exit, metrics_port=metrics_port)
+    emit(as_json, stats, "forecast service", [{"counter": k, "value": v} for k, v in stats.items()])

@@ -1,26 +1,39 @@
-"""``nmt controller run`` as a library: the closed loop's collector and forecasting, the intents
-topic, then policies -> guardrails -> the configured adapter and the decisions topic, every
-``interval`` seconds until stopped."""
+"""The decision stage, ``nmt controller run``: forecasts and intents in, decisions carried out.
+
+A stream service on :mod:`nm_toolkit.bus.runtime`. It reads two table topics, whose latest value
+per key is the state, from the beginning on every assignment:
+
+* ``topics.forecasts`` (:class:`~nm_toolkit.schemas.Forecast`, keyed by series id), published by
+  the forecasting service;
+* ``topics.intents`` (:class:`~policies.intents.NetworkIntent`, keyed by intent id), published by
+  the intent service for accepted operator intents.
+
+Every ``controller.interval_seconds``, once it has caught up with both, it runs a round: the
+enabled policies on the forecasts issued within ``controller.forecast_max_age_seconds`` and the
+intents in force, then the guardrails, then the configured adapter (OpenFlow, ONOS, Faucet) and
+the decisions topic. It embeds no collector and no forecaster: stages meet only on topics. Run one
+member per group: a round must see every series.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
-
-from nm_toolkit.bus import Bus, Consumer, Producer, next_offsets
+from nm_toolkit.bus import Message
+from nm_toolkit.bus.runtime import Emitter, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
 from nm_toolkit.controller.service import DecisionController, RoundReport
-from nm_toolkit.pipeline import ClosedLoop
+from nm_toolkit.controller.topic import DecisionTopicAdapter
+from nm_toolkit.schemas import Forecast
+from policies import Policy, load_policies
 from policies.intents import NetworkIntent
 
 log = logging.getLogger(__name__)
-INTENT_ERROR_HEADER = "nmt.error.reason"
 
 
 def switch_adapter(settings: Settings) -> ControllerAdapter | None:
@@ -41,75 +54,121 @@ def switch_adapter(settings: Settings) -> ControllerAdapter | None:
     return None
 
 
-class IntentInbox:
-    """The intents in force, by id (a re-sent intent replaces the earlier one). Records that are
-    not valid intents go to ``<intents>.dlq`` with the reason, never silently dropped."""
+@dataclass
+class DecisionStats:
+    """What the stage read and did."""
 
-    def __init__(self, bus: Bus, settings: Settings, producer: Producer) -> None:
-        self.topic = settings.topics.intents
-        self.dead_letter_topic = f"{self.topic}.dlq"
-        bus.create_topics([self.topic, self.dead_letter_topic])
-        self._consumer: Consumer = bus.consumer([self.topic], "nmt-controller-intents")
-        self._producer = producer
-        self.intents: dict[str, NetworkIntent] = {}
-        self.dead_lettered = 0
-
-    def poll(self, timeout_s: float = 0.05) -> list[NetworkIntent]:
-        while messages := self._consumer.poll(1000, timeout_s):
-            for message in messages:
-                try:
-                    intent = NetworkIntent.model_validate_json(message.value)
-                except ValidationError as exc:
-                    reason = exc.errors()[0]["msg"]
-                    self._producer.send(self.dead_letter_topic, message.value, message.key, [(INTENT_ERROR_HEADER, reason.encode())])
-                    self.dead_lettered += 1
-                    continue
-                self.intents[intent.id] = intent
-            self._producer.flush()
-            self._consumer.commit(next_offsets(messages))
-        return list(self.intents.values())
-
-    def close(self) -> None:
-        self._consumer.close()
+    forecasts_read: int = 0
+    intents_read: int = 0
+    rounds: int = 0
+    decisions_accepted: int = 0
+    decisions_rejected: int = 0
+    decisions_applied: int = 0
+    decisions_failed: int = 0
 
 
 @dataclass
-class ControllerRun:
-    """Everything ``nmt controller run`` holds; :meth:`round` is one pass of the loop."""
+class DecisionService(StreamService):
+    """Policies -> guardrails -> adapters over the forecasts and intents tables."""
 
     settings: Settings
-    bus: Bus
-    loop: ClosedLoop
-    inbox: IntentInbox
-    rounds: list[dict[str, int]] = field(default_factory=list)
+    policies: Sequence[Policy]
+    adapters: Sequence[ControllerAdapter] = ()
+    capacities: dict[str, float] = field(default_factory=dict)
+    on_round: Callable[[RoundReport], None] | None = None
+    counters: DecisionStats = field(default_factory=DecisionStats)
+    forecasts: dict[str, Forecast] = field(default_factory=dict)
+    intents: dict[str, NetworkIntent] = field(default_factory=dict)
+    reports: list[RoundReport] = field(default_factory=list)
 
-    @classmethod
-    def start(cls, settings: Settings, bus: Bus) -> ControllerRun:
-        switch = switch_adapter(settings)
-        loop = ClosedLoop(bus, settings, adapters=[switch] if switch is not None else [])
-        return cls(settings, bus, loop, IntentInbox(bus, settings, bus.producer()))
+    name = "controller"
 
-    @property
-    def controller(self) -> DecisionController:
-        return self.loop.controller
+    def __post_init__(self) -> None:
+        cfg, topics = self.settings.controller, self.settings.topics
+        self.group_id = cfg.group_id
+        self.dead_letter_topic = cfg.dead_letter_topic
+        self.forecast_topic = Topic(topics.forecasts, Forecast, table=True)
+        self.intent_topic = Topic(topics.intents, NetworkIntent, table=True)
+        self.inputs = [self.forecast_topic, self.intent_topic]
+        self.outputs = [topics.decisions]
+        self.controller: DecisionController | None = None
+        self._caught_up = False
+        self._last_round = float("-inf")
 
-    def round(self, collect_idle_s: float = 0.5) -> RoundReport:
-        self.loop.collect(idle_s=collect_idle_s)
-        forecasts, _skipped = self.loop.forecast()
-        report = self.controller.decide(forecasts, self.inbox.poll())
+    def started(self, out: Emitter) -> None:
+        """Decisions go to every adapter and, through ``out``, to the decisions topic."""
+        topic_adapter = DecisionTopicAdapter(out, self.settings.topics.decisions)
+        self.controller = DecisionController(
+            self.settings, self.policies, [*self.adapters, topic_adapter], {**self.settings.policy.capacities, **self.capacities}
+        )
+
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        self._caught_up = False
+        for message in messages:
+            try:
+                if message.topic == self.forecast_topic.name:
+                    forecast = self.forecast_topic.decode(message)
+                    self.forecasts[forecast.series_id] = forecast
+                    self.counters.forecasts_read += 1
+                else:
+                    intent = self.intent_topic.decode(message)
+                    self.intents[intent.id] = intent
+                    self.counters.intents_read += 1
+            except Rejected as exc:
+                out.dead_letter(message, exc.errors)
+
+    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+        """A round every ``interval_seconds``, each once the tables are read up to their end (a
+        poll that brought nothing)."""
+        caught_up, self._caught_up = self._caught_up, True
+        if not caught_up or final or time.monotonic() - self._last_round < self.settings.controller.interval_seconds:
+            return False
+        self._last_round = time.monotonic()
+        self.decide_round()
+        return True
+
+    def fresh_forecasts(self, now: datetime | None = None) -> list[Forecast]:
+        """The forecasts issued within ``forecast_max_age_seconds`` of ``now``."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.controller.forecast_max_age_seconds)
+        return [f for f in self.forecasts.values() if f.issued_at >= cutoff]
+
+    def decide_round(self, now: datetime | None = None) -> RoundReport:
+        """Policies -> guardrails -> adapters on what the tables hold now."""
+        if self.controller is None:
+            raise RuntimeError("the decision stage runs on a StreamRunner, which starts it")
+        report = self.controller.decide(self.fresh_forecasts(now), list(self.intents.values()), now=now)
         self.controller.expire()
-        self.rounds.append(report.summary() | {"forecasts": len(forecasts), "intents_dead_lettered": self.inbox.dead_lettered})
+        self.counters.rounds += 1
+        self.counters.decisions_accepted += len(report.guardrails.accepted)
+        self.counters.decisions_rejected += len(report.guardrails.rejected)
+        outcomes = [o for adapter_outcomes in report.outcomes.values() for o in adapter_outcomes]
+        self.counters.decisions_applied += sum(o.status == "applied" for o in outcomes)
+        self.counters.decisions_failed += sum(o.status == "failed" for o in outcomes)
+        self.reports.append(report)
+        del self.reports[:-100]
+        if self.on_round is not None:
+            self.on_round(report)
         return report
 
-    def run(self, stop: threading.Event, interval_s: float, max_rounds: int | None = None,
-            on_round: Callable[[dict[str, int]], None] | None = None) -> None:
-        while not stop.is_set() and (max_rounds is None or len(self.rounds) < max_rounds):
-            started = time.monotonic()
-            self.round(collect_idle_s=min(1.0, interval_s))
-            if on_round is not None:
-                on_round(self.rounds[-1])
-            stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+    def stats(self) -> dict[str, float]:
+        return vars(self.counters) | {"forecasts_held": len(self.forecasts), "intents_held": len(self.intents)}
 
     def close(self) -> None:
-        self.inbox.close()
-        self.loop.close()
+        for adapter in self.adapters:
+            adapter.close()
+
+
+def decision_service(
+    settings: Settings,
+    *,
+    policies: Sequence[Policy] | None = None,
+    adapters: Sequence[ControllerAdapter] | None = None,
+    capacities: dict[str, float] | None = None,
+) -> DecisionService:
+    """The decision stage the settings describe: enabled policies, the configured adapter."""
+    if policies is None:
+        policies = load_policies(settings.policy.enabled, settings.controller.policy_params)
+    if adapters is None:
+        switch = switch_adapter(settings)
+        adapters = [switch] if switch is not None else []
+    return DecisionService(settings, policies, adapters, dict(capacities or {}))

@@ -1,4 +1,4 @@
-"""Durable per-partition collector state: window aggregates, counter readings, next offset.
+"""Durable per-partition state of a stream service (a collector's windows, say) and its next offset.
 
 Written (in one SQLite transaction) *before* offsets are committed to the bus, so the checkpoint
 is always at or ahead of the committed offset. After a crash the collector restores the

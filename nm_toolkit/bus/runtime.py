@@ -1,0 +1,412 @@
+"""The stream-service runtime: every service is a handler; this owns the loop around it.
+
+In the shape of a faust agent or a bytewax dataflow, on our own :class:`~nm_toolkit.bus.Bus`. A
+service (:class:`StreamService`) declares the topics it reads, with their schemas, and says what a
+batch of messages means; :class:`StreamRunner` owns everything else, once for all services:
+
+* poll -> handle -> flush -> checkpoint -> commit, in that order: offsets are committed only after
+  every output of the messages before them is durably written and the service's state saved;
+* dead letters: a message the service rejects (:class:`Rejected`), or one whose handling raises,
+  goes to the service's dead-letter topic with the original bytes and the reason, and the service
+  carries on: a poison message never stops it or makes it crash-loop;
+* faults it cannot survive stop it: a write the bus refused (:class:`~nm_toolkit.bus.base.DeliveryFailed`),
+  a full disk, a broken store raise out of :meth:`StreamRunner.run`, with nothing committed past them;
+* rebalances: partitions revoked from this member are dropped without blocking (kafka-python 3
+  runs rebalance callbacks on its IO thread, where a blocking commit raises); a stateful service
+  restores a partition's checkpoint when it is assigned and reading resumes at the checkpoint's
+  offset, so state moves with its partition;
+* table topics (the latest value per key is the state, e.g. intents in force) are read from the
+  beginning on every assignment;
+* idle exit that does not count waiting to join a group, signals (a ``stop`` event), and per-service
+  statistics that :mod:`nm_toolkit.bus.metrics` exports to Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from nm_toolkit.bus.base import Bus, DeliveryFailed, Message, TopicPartition
+from nm_toolkit.bus.deadletter import RecordError, dead_letter, one_line
+from nm_toolkit.errors import validation_reason
+
+log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+FATAL_ERRORS: tuple[type[BaseException], ...] = (DeliveryFailed, OSError, MemoryError, sqlite3.Error)
+"""Errors that say the service, not the message, is broken: they stop it instead of dead-lettering."""
+
+
+class Rejected(Exception):
+    """A message the service cannot use: it goes to the dead-letter topic with these reasons."""
+
+    def __init__(self, reason: str | Sequence[RecordError]) -> None:
+        self.errors = [RecordError(reason)] if isinstance(reason, str) else list(reason)
+        super().__init__(self.errors[0].reason if self.errors else "rejected")
+
+
+@dataclass(frozen=True)
+class Topic(Generic[ModelT]):
+    """A topic and the schema of its values.
+
+    ``table``: the topic is a changelog whose latest value per key is the state (the intents in
+    force, the latest forecast per series); a service reads it whole on every assignment instead
+    of from committed offsets.
+    """
+
+    name: str
+    model: type[ModelT] | None = None
+    table: bool = False
+
+    def decode(self, message: Message) -> ModelT:
+        """The message's value as this topic's model, or :class:`Rejected` with the reason."""
+        if self.model is None:
+            raise TypeError(f"topic {self.name} declares no schema")
+        if not message.value.strip():
+            raise Rejected("empty message")
+        try:
+            return self.model.model_validate_json(message.value)
+        except ValidationError as exc:
+            raise Rejected(f"not a {self.model.__name__}: {validation_reason(exc)}") from exc
+        except (ValueError, RecursionError) as exc:  # nesting or numbers beyond the JSON parser's limits
+            raise Rejected(f"not a {self.model.__name__}: {one_line(str(exc), 200)}") from exc
+
+
+def object_json(raw: bytes) -> dict[str, object]:
+    """The JSON object in ``raw``, or :class:`Rejected` saying why it is not one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Rejected(f"expected a JSON object, got a JSON {type(data).__name__}")
+    return data
+
+
+class Emitter:
+    """What a service sends through: outputs and dead letters on the runner's producer, counted."""
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self._runner = runner
+        self.sent: Counter[str] = Counter()
+        self.dead_lettered = 0
+
+    def send(
+        self,
+        topic: str | Topic[ModelT],
+        value: bytes | BaseModel,
+        key: bytes | str | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        name = topic if isinstance(topic, str) else topic.name
+        data = value.model_dump_json().encode() if isinstance(value, BaseModel) else value
+        self._runner.producer.send(name, data, key.encode() if isinstance(key, str) else key, headers)
+        self.sent[name] += 1
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until everything sent is written (the runner also flushes before each commit)."""
+        self._runner.producer.flush(timeout_s)
+
+    def dead_letter(self, message: Message, errors: str | Sequence[RecordError]) -> None:
+        """Send ``message`` whole to the service's dead-letter topic with the reason(s)."""
+        service = self._runner.service
+        listed = [RecordError(errors)] if isinstance(errors, str) else list(errors)
+        record = dead_letter(message, listed, service.name, self._runner.bus.max_message_bytes)
+        self._runner.producer.send(service.dead_letter_topic, record.value, record.key, record.headers)
+        self.dead_lettered += 1
+
+
+class StreamService(ABC):
+    """A handler on the runtime: what its messages mean, nothing about how they are read.
+
+    Subclasses set ``name``, ``group_id``, ``dead_letter_topic``, ``inputs`` and ``outputs`` and
+    implement :meth:`handle`. A stateful service also overrides :meth:`assigned`, :meth:`revoked`
+    and :meth:`checkpoint`.
+    """
+
+    name: str = "service"
+    group_id: str
+    dead_letter_topic: str
+    inputs: Sequence[Topic[BaseModel]]
+    outputs: Sequence[str] = ()
+    max_poll_records: int = 1000
+    commit_interval_s: float = 0.0
+    """Commit at most this often (a checkpoint of window state is not free); 0: after every batch."""
+
+    def started(self, out: Emitter) -> None:
+        """The runner is ready: ``out`` sends through it (for outputs not tied to a message)."""
+
+    @abstractmethod
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        """Apply ``messages`` (in partition order): send outputs through ``out``, dead-letter what
+        cannot be used (or raise :class:`Rejected` for a single message). Outputs are flushed and
+        offsets committed by the runner."""
+
+    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+        """Periodic work after each poll (close idle windows, a forecast round). ``healthy``: the
+        bus is reachable, so time without messages means no data. ``final``: the service is about
+        to exit. Return True to have the runner checkpoint and commit now."""
+        return False
+
+    def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int | None]:
+        """Restore state for newly assigned partitions; return where to resume reading each one
+        (an offset; None for the beginning). Omitted partitions resume at the committed offset.
+        Runs on the bus client's thread: no bus I/O."""
+        return {}
+
+    def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Drop state of partitions another member now owns (their last checkpoint stays valid)."""
+
+    def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Persist state consistent with ``offsets`` (next offsets to read), after outputs were
+        flushed and before those offsets are committed."""
+
+    def stats(self) -> dict[str, float]:
+        """The service's own counters, exported with the runner's."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the service holds (stores, adapters); the runner closes the bus clients."""
+
+
+@dataclass
+class RuntimeStats:
+    """Counters every service gets from the runtime."""
+
+    messages: int = 0
+    batches: int = 0
+    commits: int = 0
+    commits_lost_to_rebalance: int = 0
+    handler_errors: int = 0
+    rebalances: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+    """Durations of recent batches (the metrics endpoint turns them into a histogram)."""
+
+
+class StreamRunner:
+    """Runs one :class:`StreamService` as a consumer-group member on ``bus``."""
+
+    def __init__(self, bus: Bus, service: StreamService) -> None:
+        self.bus = bus
+        self.service = service
+        self.stats = RuntimeStats()
+        self._lock = threading.RLock()
+        self._next: dict[TopicPartition, int] = {}
+        self._pending: dict[TopicPartition, int] = {}
+        self._owned: set[TopicPartition] = set()
+        self._events: list[tuple[str, set[TopicPartition]]] = []
+        self._events_lock = threading.Lock()
+        self._last_commit = time.monotonic()
+        self._tables = {t.name for t in service.inputs if t.table}
+        bus.create_topics([*(t.name for t in service.inputs), *service.outputs, service.dead_letter_topic])
+        self.producer = bus.producer()
+        self.emitter = Emitter(self)
+        self.consumer = bus.consumer(
+            [t.name for t in service.inputs],
+            service.group_id,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            max_poll_records=service.max_poll_records,
+        )
+        self._closed = False
+        service.started(self.emitter)
+
+    # -- rebalances ------------------------------------------------------------------------------
+    # The bus may call these on its own IO thread (kafka-python 3), where blocking on the bus
+    # raises and waiting for the service's lock could deadlock with a commit in progress. So they
+    # only record the event; the service sees it on the polling thread, in order, before it
+    # handles or checkpoints anything.
+    def _on_assign(self, partitions: set[TopicPartition]) -> None:
+        with self._events_lock:
+            self._events.append(("assign", set(partitions)))
+
+    def _on_revoke(self, partitions: set[TopicPartition]) -> None:
+        with self._events_lock:
+            self._events.append(("revoke", set(partitions)))
+
+    def _apply_rebalance(self, messages: list[Message]) -> list[Message]:
+        """Apply recorded assignment changes; return the messages still to handle."""
+        with self._events_lock:
+            events, self._events = self._events, []
+        if not events:
+            return messages
+        owned = set(self._owned)
+        for kind, partitions in events:
+            owned = owned | partitions if kind == "assign" else owned - partitions
+        gone, new = self._owned - owned, owned - self._owned
+        kept = {tp for _, partitions in events for tp in partitions} & self._owned & owned
+        self._owned = owned
+        self.stats.rebalances += 1
+        if gone:
+            self.service.revoked(gone)
+            for tp in gone:
+                self._pending.pop(tp, None)
+                self._next.pop(tp, None)
+        resume: dict[TopicPartition, int | None] = {tp: self._next[tp] for tp in kept if tp in self._next}
+        if new:
+            resume.update(self.service.assigned(new))
+            resume.update({tp: None for tp in new if tp[0] in self._tables})
+        for tp, offset in resume.items():
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        return [m for m in messages if m.topic_partition in owned and m.topic_partition not in resume]
+
+    # -- the loop --------------------------------------------------------------------------------
+    def step(self, timeout_s: float = 0.5, limit: int | None = None) -> int:
+        """Poll once (at most ``limit`` messages), handle, tick, commit when due; return how many
+        messages were handled."""
+        batch_size = min(self.service.max_poll_records, limit or self.service.max_poll_records)
+        with self._lock:
+            self._apply_rebalance([])  # seek before fetching where the bus reported an assignment already
+        polled = self.consumer.poll(batch_size, timeout_s)
+        with self._lock:
+            messages = self._apply_rebalance(polled)
+            if messages:
+                started = time.perf_counter()
+                self._handle(messages)
+                for message in messages:
+                    self._pending[message.topic_partition] = message.offset + 1
+                    self._next[message.topic_partition] = message.offset + 1
+                self.stats.messages += len(messages)
+                self.stats.batches += 1
+                self.stats.batch_seconds.append(time.perf_counter() - started)
+                del self.stats.batch_seconds[:-1000]
+            due = self.service.tick(self.emitter, self.consumer.healthy())
+            if due or (self._pending and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
+                self.commit()
+        return len(messages)
+
+    def _handle(self, messages: list[Message]) -> None:
+        try:
+            self.service.handle(messages, self.emitter)
+            return
+        except FATAL_ERRORS:
+            raise
+        except Rejected as exc:
+            if len(messages) == 1:
+                self.emitter.dead_letter(messages[0], exc.errors)
+                return
+        except Exception:  # noqa: BLE001 - find the message that broke it, below
+            log.exception("%s failed on a batch of %d; retrying one by one", self.service.name, len(messages))
+        for message in messages:  # services skip messages they already applied (offset checks)
+            try:
+                self.service.handle([message], self.emitter)
+            except FATAL_ERRORS:
+                raise
+            except Rejected as exc:
+                self.emitter.dead_letter(message, exc.errors)
+            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the service
+                self.stats.handler_errors += 1
+                log.exception("%s could not handle %s/%d/%d", self.service.name, *message.topic_partition, message.offset)
+                self.emitter.dead_letter(message, f"{self.service.name} failed on it: {type(exc).__name__}: {exc}")
+
+    def commit(self) -> None:
+        """Flush outputs, checkpoint the service's state, then commit: in that order, so nothing
+        is lost. A commit the group refuses because of a rebalance is not an error: the new owner
+        resumes from the checkpoint."""
+        with self._lock:
+            self.producer.flush()
+            self._apply_rebalance([])
+            pending = {tp: o for tp, o in self._pending.items() if tp in self._owned}
+            self.service.checkpoint(pending)
+            self._last_commit = time.monotonic()
+            if not pending:
+                return
+            try:
+                self.consumer.commit(pending)
+                self.stats.commits += 1
+            except Exception as exc:
+                if not _is_rebalance(exc):
+                    raise
+                self.stats.commits_lost_to_rebalance += 1
+                log.info("%s: commit refused during a rebalance (%s); the next owner resumes from the checkpoint", self.service.name, exc)
+            self._pending.clear()
+
+    def run(
+        self, stop: threading.Event, idle_exit_s: float | None = None, max_messages: int | None = None
+    ) -> None:
+        """Work until ``stop`` is set, ``max_messages`` were handled, or nothing arrived for
+        ``idle_exit_s`` while this member held partitions (joining a group, which can take a
+        session timeout after a crash, is not idleness); then commit and leave the group."""
+        last_work = time.monotonic()
+        final = False
+        try:
+            while not stop.is_set() and (max_messages is None or self.stats.messages < max_messages):
+                left = None if max_messages is None else max_messages - self.stats.messages
+                if self.step(limit=left) or not self._owned:
+                    last_work = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
+                    final = True
+                    break
+            if final:
+                with self._lock:
+                    self.service.tick(self.emitter, self.consumer.healthy(), final=True)
+        finally:
+            self.close()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each assigned partition, as last seen."""
+        with self._lock:
+            positions = dict(self._next)
+            owned = set(self._owned)
+        lags = {}
+        for tp in owned:
+            end = self.consumer.highwater(tp)
+            if end is not None and tp in positions:
+                lags[tp] = max(0, end - positions[tp])
+        return lags
+
+    def stats_dict(self) -> dict[str, float]:
+        """The runtime's counters and the service's, in one flat mapping."""
+        runtime = {k: v for k, v in vars(self.stats).items() if not isinstance(v, list)}
+        return runtime | {"dead_letters": self.emitter.dead_lettered} | self.service.stats()
+
+    def close(self) -> None:
+        """Commit what was handled, release the service, leave the group. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.commit()
+        finally:
+            try:
+                self.service.close()
+            finally:
+                self.consumer.close()
+                self.producer.close()
+
+
+def _is_rebalance(exc: Exception) -> bool:
+    """Whether a commit failed because the group moved on (the partitions have another owner)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names
+        & {"CommitFailedError", "RebalanceInProgressError", "IllegalGenerationError", "UnknownMemberIdError", "FencedInstanceIdError"}
+    )
+
+
+def run_until_idle(runners: Sequence[StreamRunner], idle_s: float = 0.05, max_rounds: int = 10_000) -> int:
+    """Step ``runners`` in turn until none handles anything (in one process, on the embedded bus:
+    the demo and tests run the real services this way, not a copy of their loop)."""
+    total = 0
+    for _ in range(max_rounds):
+        handled = sum(runner.step(timeout_s=idle_s) for runner in runners)
+        total += handled
+        if not handled:
+            break
+    for runner in runners:
+        runner.commit()
+    return total
