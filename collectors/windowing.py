@@ -10,6 +10,11 @@ the caller can count it and route it somewhere visible instead of dropping it si
 
 The whole state round-trips through :meth:`snapshot` / :meth:`restore`, which is what makes the
 collector's checkpoints, and so exactly-once aggregation under redelivery, possible.
+
+Aggregates are always finite: values are refused unless within ``MAX_ABS_VALUE``, and no window can
+hold enough of those for its sum to overflow. A window published with an inf or NaN aggregate
+would reach the series topic as ``null`` and poison every consumer, so a value outside the bound
+is a caller's bug and raises rather than being aggregated.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nm_toolkit.schemas import Location, SeriesPoint
+from nm_toolkit.schemas import MAX_ABS_VALUE, Location, SeriesPoint
 
 SeriesKey = tuple[str, str]  # (source, metric)
 
@@ -50,6 +55,13 @@ class WindowAggregate:
         self.sum += total
         self.min = min(self.min, low)
         self.max = max(self.max, high)
+
+
+def _unbounded(value: float) -> ValueError:
+    return ValueError(
+        f"value {value!r} is outside [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: window sums could overflow; "
+        "validate telemetry (TelemetryRecord, parse_columns) before windowing it"
+    )
 
 
 class TumblingWindows:
@@ -84,7 +96,12 @@ class TumblingWindows:
         unit: str = "",
         location: Location | None = None,
     ) -> bool:
-        """Aggregate one record; return False (and change nothing) if its window already closed."""
+        """Aggregate one record; return False (and change nothing) if its window already closed.
+
+        Raises ValueError (and changes nothing) for a value that is NaN or beyond ``MAX_ABS_VALUE``.
+        """
+        if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+            raise _unbounded(value)
         # The hot path of the collector: the watermark test is inlined on purpose.
         width = self.window_seconds
         start = int(ts // width) * width
@@ -113,11 +130,15 @@ class TumblingWindows:
     ) -> np.ndarray:
         """Aggregate many records at once, with the same result as :meth:`add` on each in turn.
 
-        Returns the boolean mask of late records (not aggregated).
+        Returns the boolean mask of late records (not aggregated). Raises ValueError (and changes
+        nothing) if any value is NaN or beyond ``MAX_ABS_VALUE``.
         """
         late = np.zeros(len(ts), dtype=bool)
         if len(ts) == 0:
             return late
+        unbounded = ~(np.abs(value) <= MAX_ABS_VALUE)  # NaN fails the comparison too
+        if unbounded.any():
+            raise _unbounded(float(value[unbounded][0]))
         width = self.window_seconds
         starts = (np.floor_divide(ts, width) * width).astype(np.int64)
         series_ids: dict[SeriesKey, int] = {}
@@ -168,6 +189,9 @@ class TumblingWindows:
         for key in sorted(keys, key=lambda k: (k[2], k[0], k[1])):
             source, metric, start = key
             agg = self._open.pop(key)
+            # bounded inputs make this impossible (see the module docstring); were it not, the window
+            # would be published as null
+            assert math.isfinite(agg.sum) and math.isfinite(agg.min) and math.isfinite(agg.max), key
             end = start + self.window_seconds
             if end > self._closed_until.get((source, metric), -1):
                 self._closed_until[(source, metric)] = end

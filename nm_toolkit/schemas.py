@@ -19,18 +19,70 @@ from pydantic import (
     TypeAdapter,
 )
 
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+MAX_IDENTIFIER_LENGTH = 256
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
+
+MAX_ABS_VALUE = 1e30
+"""The largest magnitude a telemetry value may have.
+
+Far beyond any physical network quantity (all of the Internet's traffic is about 1e15 B/s), and
+small enough that a window sum can never overflow to inf: it would take 1e278 records of 1e30
+in one window to pass the largest float (1.8e308), where an unbounded value of 1e308 overflows
+with the second record and the window is published as ``null``.
+"""
+
+
+def is_identifier(value: object) -> bool:
+    """Whether ``value`` is an identifier as is: a non-empty string of at most 256 characters
+    without outer whitespace (the form :data:`Identifier` normalises to), for the fast paths that
+    check names without building models."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_IDENTIFIER_LENGTH and value == value.strip()
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error reason quotes what was wrong, but it is
+    one line in a message header, not a copy of a megabyte of bad input."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested deeper than repr recurses; an int of > 4300 digits
+        text = f"<{type(value).__name__} too large to quote>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_utc(value: datetime) -> datetime:
-    """Naive timestamps are taken as UTC; aware ones are converted to UTC."""
+    """Naive timestamps are taken as UTC; aware ones are converted to UTC.
+
+    Year 1 east of Greenwich and year 9999 west of it have no UTC equivalent (datetime would raise
+    OverflowError, which no caller expects): they are reported as invalid values instead.
+    """
     offset = value.utcoffset()
     if offset is None:
         return value.replace(tzinfo=UTC)
-    return value if not offset else value.astimezone(UTC)
+    if not offset:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the representable range (years 1-9999) in UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _bounded(value: float) -> float:
+    if -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        return value
+    raise ValueError(f"magnitude exceeds {MAX_ABS_VALUE:g}")
+
+
+TelemetryValue = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(_bounded)]
+"""A measurement: a JSON number (ints are fine), never a string or a boolean, finite and at most
+:data:`MAX_ABS_VALUE` in magnitude. Strict because ``"12.5"`` or ``true`` as a value is a producer
+bug that lax parsing would hide."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Location(BaseModel):
@@ -56,7 +108,7 @@ class TelemetryRecord(BaseModel):
     ts: UtcDatetime
     source: Identifier
     metric: Identifier
-    value: Annotated[float, Field(allow_inf_nan=False)]
+    value: TelemetryValue
     unit: Annotated[str, StringConstraints(max_length=32)] = ""
     location: Location | None = None
 
@@ -87,18 +139,23 @@ def split_series_key(key: str) -> tuple[str, str]:
 
 
 class SeriesPoint(BaseModel):
-    """One closed tumbling window of one series: what the collectors emit downstream."""
+    """One closed tumbling window of one series: what the collectors emit downstream.
+
+    Read back from the series topic, so validated like any input: finite aggregates, at least one
+    record, a positive window. Whether ``window_start`` is plausible depends on the time of reading
+    and is the consumer's check (:class:`nm_toolkit.eventtime.EventTimeBounds`).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     source: str
     metric: str
     window_start: UtcDatetime
-    window_seconds: int
-    count: int
-    sum: float
-    min: float
-    max: float
+    window_seconds: int = Field(gt=0)
+    count: int = Field(gt=0)
+    sum: FiniteFloat
+    min: FiniteFloat
+    max: FiniteFloat
     unit: str = ""
     location: Location | None = None
 
@@ -207,18 +264,6 @@ Decision = Annotated[
     Field(discriminator="kind"),
 ]
 DecisionAdapter: TypeAdapter[Decision] = TypeAdapter(Decision)
-
-
-class DeadLetter(BaseModel):
-    """A message that could not be used, kept whole with the reason, so nothing is lost."""
-
-    source_topic: str
-    partition: int
-    offset: int
-    reason: str
-    original_b64: str
-    index: int | None = Field(default=None, description="position of the bad record inside a batch")
-    failed_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class PromptMessage(BaseModel):

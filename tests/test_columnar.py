@@ -2,6 +2,7 @@ import numpy as np
 import orjson
 import pytest
 
+from collectors.columnar import parse_columns
 from collectors.decode import TelemetryDecoder
 from collectors.gnmi import CounterRates
 from collectors.publish import publish_records
@@ -9,6 +10,7 @@ from collectors.service import PartitionState
 from collectors.synthetic import SyntheticTelemetry
 from collectors.windowing import TumblingWindows
 from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.eventtime import EventTimeBounds
 
 
 def windows_of(payloads: list[bytes], lateness: float = 0) -> tuple[list, int, int]:
@@ -70,3 +72,52 @@ def test_bad_rows_of_a_columnar_batch_are_reported_by_index() -> None:
 def test_malformed_columnar_batches_are_rejected_whole(message: dict, reason: str) -> None:
     out = TelemetryDecoder().decode(orjson.dumps(message))
     assert out.columns is None and reason in out.errors[0].reason
+
+
+def columnar(**columns: list) -> bytes:
+    base = {"ts": [1.7e9], "source": ["a"], "metric": ["m"], "value": [1.0]}
+    return orjson.dumps({"columns": {**base, **columns}})
+
+
+@pytest.mark.parametrize(
+    ("columns", "reason"),
+    [
+        ({"value": ["12.5"]}, "value: '12.5' is not a finite number"),
+        ({"value": [True]}, "value: True is not a finite number"),
+        ({"value": [False]}, "value: False is not a finite number"),
+        ({"value": [1e300]}, "value: 1e+300 exceeds the magnitude bound 1e+30"),
+        ({"value": [-1e31]}, "exceeds the magnitude bound"),
+        ({"ts": ["yesterday"]}, "ts: 'yesterday' is not a finite number"),
+        ({"ts": [True]}, "ts: 1970-01-01T00:00:01+00:00 is outside the plausible range"),
+        ({"ts": [9_000_000_000.0]}, "2255-03-14T16:00:00+00:00 is outside the plausible range"),
+        ({"ts": [1e300]}, "1e+300 (Unix seconds) is outside the plausible range"),
+        ({"source": ["\U0010ffff" * 100_000]}, "is not an identifier"),
+    ],
+)
+def test_columnar_values_are_as_strict_as_row_values(columns: dict, reason: str) -> None:
+    out = TelemetryDecoder().decode(columnar(**columns))
+    assert out.columns is not None and len(out.columns) == 0
+    (error,) = out.errors
+    assert error.index == 0 and reason in error.reason and len(error.reason) < 200
+
+
+def test_strict_columns_keep_ints_and_report_only_the_bad_rows() -> None:
+    out = TelemetryDecoder().decode(columnar(ts=[1.7e9] * 4, source=["a"] * 4, metric=["m"] * 4, value=[3, 2.5, "4", 1e40]))
+    assert out.columns is not None and out.columns.value.tolist() == [3.0, 2.5]
+    assert [e.index for e in out.errors] == [2, 3]
+    # ints past the float range (which orjson never makes, but a Python caller might) are errors too
+    batch, errors = parse_columns(
+        {"columns": {"ts": [1.7e9] * 2, "source": ["a"] * 2, "metric": ["m"] * 2, "value": [10**400, 1]}},
+        EventTimeBounds(),
+    )
+    assert batch.value.tolist() == [1.0] and "not a finite number" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("shared", "reason"),
+    [({"location": {"lat": 123}}, "location.lat: Input should be less than or equal to 90"), ({"unit": 5}, "unit: Input should be a valid string")],
+)
+def test_a_bad_unit_or_location_rejects_the_batch_with_a_one_line_reason(shared: dict, reason: str) -> None:
+    message = {"columns": {"ts": [1.7e9], "source": ["a"], "metric": ["m"], "value": [1.0]}, **shared}
+    out = TelemetryDecoder().decode(orjson.dumps(message))
+    assert out.columns is None and [e.reason for e in out.errors] == [reason]

@@ -1,8 +1,23 @@
+from datetime import UTC, datetime
+from typing import Any
+
 import orjson
 import pytest
 
 from collectors.decode import TelemetryDecoder
-from collectors.gnmi import CounterRates, counter_delta, notification_samples
+from collectors.gnmi import CounterRates, CounterSample, counter_delta, notification_samples
+from nm_toolkit.eventtime import EventTimeBounds
+
+T0 = 1_700_000_000  # readings are offsets from here, a plausible time
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
+BOUNDS = EventTimeBounds()
+
+
+def samples(obj: dict[str, Any]) -> list[CounterSample]:
+    """The samples of a notification that must have no bad updates."""
+    found, errors = notification_samples(obj, BOUNDS, NOW)
+    assert errors == {}
+    return found
 
 
 def notification(ts_s: float, octets: int, *, string_path: bool = False, target: str = "r1") -> dict:
@@ -21,7 +36,7 @@ def notification(ts_s: float, octets: int, *, string_path: bool = False, target:
         }
     return {
         "update": {
-            "timestamp": str(int(ts_s * 1e9)),
+            "timestamp": str(int((T0 + ts_s) * 10**9)),
             "prefix": {"target": target},
             "update": [
                 {"path": path, "val": {"uintVal": str(octets)}},
@@ -40,28 +55,119 @@ def test_counter_delta_tells_growth_wrap_and_reset_apart() -> None:
 
 @pytest.mark.parametrize("string_path", [False, True])
 def test_notifications_become_interface_counter_samples(string_path: bool) -> None:
-    (sample,) = notification_samples(notification(10, 1000, string_path=string_path))
-    assert (sample.target, sample.interface, sample.counter, sample.ts, sample.value) == ("r1", "eth0", "in-octets", 10, 1000)
+    (sample,) = samples(notification(10, 1000, string_path=string_path))
+    assert (sample.target, sample.interface, sample.counter, sample.ts, sample.value) == ("r1", "eth0", "in-octets", T0 + 10, 1000)
 
 
 def test_rates_from_successive_samples_including_a_wrap_and_a_reset() -> None:
     rates = CounterRates()
     readings = [(0, 2**64 - 1000), (10, 1000), (20, 51000), (30, 500)]
-    out = [rates.update(s) for t, v in readings for s in notification_samples(notification(t, v))]
+    out = [rates.update(s) for t, v in readings for s in samples(notification(t, v))]
     assert out[0] is None  # first reading: no rate yet
     assert [r.value for r in out[1:]] == [200.0, 5000.0, 50.0]
     assert out[1].source == "r1/eth0" and out[1].metric == "in_octets_per_s" and out[1].unit == "B/s"
     assert (rates.wraps, rates.resets) == (1, 1)
     restored = CounterRates()
     restored.restore(rates.snapshot())
-    (nxt,) = notification_samples(notification(40, 1500))
+    (nxt,) = samples(notification(40, 1500))
     assert restored.update(nxt).value == 100.0
 
 
 def test_decoder_routes_notifications_to_counters_and_rejects_broken_ones() -> None:
     decoder = TelemetryDecoder()
-    out = decoder.decode(orjson.dumps(notification(1_700_000_000, 5)))
+    out = decoder.decode(orjson.dumps(notification(0, 5)))
     assert len(out.counters) == 1 and out.records == [] and out.errors == []
-    broken = notification(1_700_000_000, 5)
+    broken = notification(0, 5)
     del broken["update"]["prefix"]
     assert "names no device" in decoder.decode(orjson.dumps(broken)).errors[0].reason
+
+
+COUNTER = "interfaces/interface[name=eth0]/state/counters/in-octets"
+
+
+def update(val: Any, path: Any = COUNTER) -> dict[str, Any]:
+    return {"path": path, "val": val}
+
+
+def with_updates(*updates: Any, **fields: Any) -> dict[str, Any]:
+    inner = {"timestamp": str(T0 * 10**9), "prefix": {"target": "r1"}, "update": list(updates), **fields}
+    return {"update": inner}
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("interfaces", "is not an object with 'path' and 'val'"),
+        (update(None), "gNMI value None is not an integer counter"),
+        (update({"jsonVal": {"a": 1}}), "is not an integer counter"),
+        (update({"uintVal": 1.5}), "is not an integer counter"),
+        (update({"uintVal": True}), "is not an integer counter"),
+        (update({"uintVal": "9" * 5000}), "is not an integer counter"),
+        (update({"intVal": "-1"}), "outside [0, 2**64)"),
+        (update({"uintVal": str(2**64)}), "outside [0, 2**64)"),
+        (update({"stringVal": "up"}), "is not an integer counter"),
+        (update(1, {"elem": [{"name": "interfaces"}, {"key": {"name": "eth0"}}]}), "has no name"),
+        (update(1, {"elem": "interfaces"}), "'elem' must be a list"),
+        (update(1, {"elem": [1]}), "is not an object"),
+        (update(1, {"elem": [{"name": "interface", "key": "eth0"}]}), "expected a map of strings"),
+        (update(1, 5), "unsupported gNMI path 5"),
+        (update(1, "interfaces/interface/state/counters/in-octets"), "has no [name=...] key"),
+        (update(1, COUNTER.replace("eth0", "e" * 300)), "not an identifier"),
+    ],
+)
+def test_a_malformed_update_is_an_error_of_its_index_and_the_others_stay(bad: Any, reason: str) -> None:
+    found, errors = notification_samples(with_updates(update({"uintVal": "7"}), bad), BOUNDS, NOW)
+    assert [(s.interface, s.value) for s in found] == [("eth0", 7)]
+    assert list(errors) == [1] and reason in errors[1] and len(errors[1]) < 200
+
+
+@pytest.mark.parametrize(
+    ("notification_fields", "reason"),
+    [
+        ({"update": {"path": COUNTER}}, "'update' must be a list"),
+        ({"update": "x"}, "'update' must be a list"),
+        ({"prefix": [1]}, "prefix [1] is not a path"),
+        ({"prefix": 5}, "prefix 5 is not a path"),
+        ({"prefix": {"target": {"a": 1}}}, "is not an identifier"),
+        ({"prefix": {"elem": []}}, "names no device"),
+        ({"timestamp": {"seconds": 1}}, "integer 'timestamp'"),
+        ({"timestamp": True}, "integer 'timestamp'"),
+        ({"timestamp": 1.7e18}, "integer 'timestamp'"),
+        ({"timestamp": 1e300}, "integer 'timestamp'"),
+        ({"timestamp": "9" * 5000}, "integer 'timestamp'"),
+        ({"timestamp": str(2**63)}, "outside int64"),
+        ({"timestamp": -1}, "outside int64"),
+        ({"timestamp": str(8_993_721_600 * 10**9)}, "2255-01-01T00:00:00+00:00 is outside the plausible range"),
+        ({"timestamp": 10**9}, "1970-01-01T00:00:01+00:00 is outside the plausible range"),
+    ],
+)
+def test_a_malformed_notification_is_one_error_never_an_exception(notification_fields: dict, reason: str) -> None:
+    message = with_updates(update({"uintVal": "7"}))
+    message["update"].update(notification_fields)
+    with pytest.raises(ValueError) as info:
+        notification_samples(message, BOUNDS, NOW)
+    assert reason in str(info.value)
+    out = TelemetryDecoder().decode(orjson.dumps(message), now=NOW)
+    assert out.counters == [] and [(e.index, reason in e.reason) for e in out.errors] == [(None, True)]
+
+
+def test_the_decoder_reports_bad_updates_by_index_and_keeps_the_good_ones() -> None:
+    message = with_updates(update({"uintVal": "7"}), "junk", update(None))
+    out = TelemetryDecoder().decode(orjson.dumps(message), now=NOW)
+    assert [s.value for s in out.counters] == [7]
+    assert [e.index for e in out.errors] == [1, 2]
+
+
+def test_counter_samples_name_the_series_their_rates_become() -> None:
+    sample = CounterSample("r1", "eth0", "out-octets", T0, 1)
+    assert (sample.source, sample.metric) == ("r1/eth0", "out_octets_per_s")
+
+
+def test_the_fastest_possible_rate_is_still_a_valid_record() -> None:
+    """A full 64-bit delta over the smallest step a float timestamp resolves stays under the value
+    bound, so building the rate record cannot fail."""
+    rates = CounterRates()
+    first = CounterSample("r1", "eth0", "in-octets", float(T0), 0)
+    assert rates.update(first) is None
+    record = rates.update(CounterSample("r1", "eth0", "in-octets", float(T0) + 2.4e-7, 2**64 - 1))
+    assert record is not None and record.value > 1e25

@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
 from collectors.windowing import TumblingWindows
+from nm_toolkit.schemas import MAX_ABS_VALUE
 
 
 def test_windows_aggregate_and_close_on_the_series_watermark() -> None:
@@ -63,3 +65,24 @@ def test_window_start_is_aligned_to_the_epoch() -> None:
     w = TumblingWindows(3600)
     assert w.window_start(7199.999) == 3600
     assert math.isinf(w.watermark("x", "y"))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e308, -MAX_ABS_VALUE * 2])
+def test_values_that_could_make_a_window_non_finite_are_refused_and_change_nothing(value: float) -> None:
+    w = TumblingWindows(60)
+    with pytest.raises(ValueError, match="window sums could overflow"):
+        w.add("a", "m", 10, value)
+    with pytest.raises(ValueError, match="window sums could overflow"):
+        w.add_columns(["a", "a"], ["m", "m"], np.array([10.0, 20.0]), np.array([1.0, value]))
+    assert w.open_windows == 0 and math.isinf(w.watermark("a", "m"))
+
+
+def test_windows_of_the_largest_values_stay_finite() -> None:
+    w = TumblingWindows(60)
+    for _ in range(1000):
+        assert w.add("a", "m", 10, MAX_ABS_VALUE)
+    late = w.add_columns(["b"] * 1000, ["m"] * 1000, np.full(1000, 10.0), np.full(1000, -MAX_ABS_VALUE))
+    assert not late.any()
+    for point in w.close_all():
+        assert all(map(math.isfinite, (point.sum, point.min, point.max)))
+        assert abs(point.sum) == pytest.approx(1000 * MAX_ABS_VALUE)
