@@ -18,6 +18,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from collectors.columnar import ColumnarBatch, is_columnar, parse_columns
 from collectors.gnmi import CounterSample, is_notification, notification_samples
+from nm_toolkit.bus.deadletter import RecordError
+from nm_toolkit.errors import validation_reason
 from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import TelemetryRecord, brief
 
@@ -26,39 +28,12 @@ _RECORD = TypeAdapter(TelemetryRecord)
 _JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
 
 
-@dataclass(frozen=True, slots=True)
-class RecordError:
-    """Why a message, or the record at ``index`` inside it, was rejected.
-
-    ``index`` counts records of a batch, JSON lines, rows of a columnar batch, or updates of a gNMI
-    notification; None means the message as a whole.
-    """
-
-    reason: str
-    index: int | None = None
-
-
 @dataclass(slots=True)
 class Decoded:
     records: list[TelemetryRecord] = field(default_factory=list)
     counters: list[CounterSample] = field(default_factory=list)
     columns: ColumnarBatch | None = None
     errors: list[RecordError] = field(default_factory=list)
-
-
-def _loc_part(part: str | int) -> str:
-    """A step of an error location; dict keys come from the input, so keep them short and on one line."""
-    text = str(part)
-    return text if len(text) <= 64 and text.isprintable() else brief(text, 64)
-
-
-def validation_reason(exc: ValidationError) -> str:
-    """A pydantic validation error as one line: where each of the first three problems is and what."""
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(map(_loc_part, err["loc"])) or "record"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 def error_reason(exc: ValueError) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from collectors.service import TelemetryCollector
+from collectors.service import TelemetryCollector, checkpoint_store
 from intent.schema import UserServiceIntent
 from nm_toolkit.bus import Bus
 from nm_toolkit.config import Settings
@@ -43,11 +43,10 @@ def demand_records(intent: UserServiceIntent, location: str, at: datetime) -> li
     ]
 
 
-def demand_collector_settings(settings: Settings) -> Settings:
-    """The collector's settings for the demand topic: the intent section's group, windows and
-    dead-letter topic instead of the telemetry collector's."""
+def demand_collector(settings: Settings, bus: Bus) -> TelemetryCollector:
+    """A collector that windows ``intent.demand_topic`` into demand series on ``topics.series``,
+    with the intent section's group, windows and dead-letter topic."""
     cfg = settings.intent
-    topics = settings.topics.model_copy(update={"telemetry": cfg.demand_topic, "dead_letter": cfg.dead_letter_topic})
     collector = settings.collector.model_copy(
         update={
             "group_id": f"{cfg.group_id}-demand",
@@ -56,9 +55,12 @@ def demand_collector_settings(settings: Settings) -> Settings:
             "idle_close_seconds": cfg.idle_close_seconds,
         }
     )
-    return settings.model_copy(update={"topics": topics, "collector": collector})
-
-
-def demand_collector(bus: Bus, settings: Settings) -> TelemetryCollector:
-    """A collector that windows ``intent.demand_topic`` into demand series on ``topics.series``."""
-    return TelemetryCollector(bus, demand_collector_settings(settings))
+    return TelemetryCollector(
+        collector,
+        input_topic=cfg.demand_topic,
+        series_topic=settings.topics.series,
+        late_topic=settings.topics.late,
+        dead_letter_topic=cfg.dead_letter_topic,
+        checkpoints=checkpoint_store(settings, bus, "intent-demand"),
+        name="intent-demand",
+    )

@@ -3,56 +3,61 @@
 It reads ``topics.prompts`` and ``topics.operator_intents`` in group ``intent.group_id``:
 
 - a prompt (``{"request_id", "text", "location", "ts"?, ...}``) becomes a user service intent, or
-  a clarification request, on ``topics.intents`` keyed by request id, and its demand (one request,
-  its Mbit/s) goes to ``intent.demand_topic`` keyed by location, where a collector windows it into
-  per-location, per-service demand series (see :mod:`intent.demand`);
+  a clarification request, on ``topics.intent_results`` keyed by request id, and its demand (one
+  request, its Mbit/s) goes to ``intent.demand_topic`` keyed by location, where a second collector
+  windows it into per-location, per-service demand series (see :mod:`intent.demand`);
 - an operator text (``{"request_id", "text", "tenant"?}`` or plain UTF-8 text) is parsed by the
-  trained extractor, compiled to Nile, checked against every intent accepted before, and published
-  as accepted, conflicting (with the intents it conflicts with) or needing clarification.
+  trained extractor, compiled to Nile, checked against every intent accepted before, and answered
+  on ``topics.intent_results`` as accepted, conflicting (with the intents it conflicts with) or
+  needing clarification. An accepted intent with a switch-level meaning (allow, block, a bandwidth
+  cap) also goes to ``topics.intents`` as a :class:`~policies.intents.NetworkIntent`, keyed by its
+  id: the table of intents in force that the decision stage (``nmt controller run``) reads.
+
+Both are stream services on :mod:`nm_toolkit.bus.runtime`, run side by side by
+:func:`intent_runners`.
 
 A prompt can only ever express demand: nothing read from the prompts topic reaches the operator
 path. Messages that are not UTF-8, not a JSON object where one is required, empty, overlong or
 missing fields go whole to ``intent.dead_letter_topic`` with the reason in headers, and the
-service carries on. Offsets are committed only after every output of a batch is flushed and newly
-accepted intents are stored, so a crash replays messages rather than losing them; a replayed
+service carries on. The runtime commits offsets only after every output of a batch is flushed and
+newly accepted intents are stored, so a crash replays messages rather than losing them; a replayed
 operator intent is recognised by its request id and re-published unchanged, not flagged as
 conflicting with itself. Delivery is at least once: the intents of a batch replayed after a crash
-appear twice on ``topics.intents`` (same key, same content), and their demand counts twice in its
+appear twice on ``topics.intent_results`` (same key, same content), and their demand counts twice in its
 window. (The demand collector itself counts each demand record once, through its checkpoints.)
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from collectors.checkpoints import CheckpointStore
-from collectors.decode import RecordError
-from collectors.service import dead_letter_headers, message_origin
+from collectors.service import TelemetryCollector, checkpoint_store
 from intent.demand import demand_collector, demand_records
 from intent.evaluation import SpanExtractor
 from intent.methods import load, parse_operator_intents
-from intent.nile import compile_nile, conflict_reason
+from intent.nile import compile_nile, conflict_reason, to_network_intent
 from intent.schema import (
     IntentResult,
     NeedsClarification,
     OperatorIntent,
     UserServiceIntent,
 )
-from intent.structure import validation_reason
 from intent.user import infer_user_intent
-from nm_toolkit.bus import Bus, Message, next_offsets
-from nm_toolkit.config import Settings
-from nm_toolkit.errors import UserError
+from nm_toolkit.bus import Bus, Message, TopicPartition
+from nm_toolkit.bus.checkpoints import CheckpointStore
+from nm_toolkit.bus.deadletter import message_origin
+from nm_toolkit.bus.runtime import Emitter, Rejected, StreamRunner, StreamService, Topic, object_json
+from nm_toolkit.config import IntentServiceSettings, Settings
+from nm_toolkit.errors import UserError, validation_reason
+from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import (
     Identifier,
     PromptMessage,
@@ -62,6 +67,7 @@ from nm_toolkit.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
 
 class PromptFields(PromptMessage):
     """A prompt message as this service reads it: fields it does not know are the prompt
@@ -89,7 +95,7 @@ class IntentConflict(BaseModel):
 
 
 class IntentRecord(BaseModel):
-    """What the service publishes on ``topics.intents`` for each prompt and operator text."""
+    """What the service answers on ``topics.intent_results`` for each prompt and operator text."""
 
     request_id: str
     source: Literal["user", "operator"]
@@ -114,13 +120,10 @@ class IntentServiceStats:
     replayed: int = 0
     dead_letters: int = 0
     demand_records: int = 0
+    network_intents: int = 0
 
 
 ACCEPTED_PARTITION = 0  # the checkpoint row of the accepted intents: one set per consumer group
-
-
-class Rejected(Exception):
-    """A message the service dead-letters; the message says why."""
 
 
 def default_extractor_dir(settings: Settings) -> Path:
@@ -138,160 +141,159 @@ def load_extractor(settings: Settings) -> SpanExtractor:
     return load(directory)
 
 
-def json_object(raw: bytes, plain_text_allowed: bool) -> dict[str, Any] | None:
-    """The JSON object in ``raw``; None for plain text where that is allowed. Raises Rejected."""
+def operator_json(raw: bytes) -> dict[str, object] | None:
+    """The JSON object of an operator message, or None for plain text. Raises Rejected."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if plain_text_allowed and not text.lstrip().startswith(("{", "[")):
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if not text.lstrip().startswith(("{", "[")):
             return None
-        raise Rejected(f"invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise Rejected(f"expected a JSON object, got a JSON {type(data).__name__}")
-    return data
+    return object_json(raw)
 
 
-class IntentService:
-    """Consume prompts and operator intents in group ``intent.group_id``; publish intents and demand."""
+class IntentService(StreamService):
+    """Consume prompts and operator intents in group ``config.group_id``; answer every one on
+    ``results_topic``, publish accepted network intents on ``intents_topic`` and demand records on
+    ``config.demand_topic``."""
+
+    name = "intent"
 
     def __init__(
         self,
-        bus: Bus,
-        settings: Settings,
-        extractor: SpanExtractor | None = None,
-        checkpoints: CheckpointStore | None = None,
+        config: IntentServiceSettings,
+        *,
+        prompts_topic: str,
+        operator_topic: str,
+        results_topic: str,
+        intents_topic: str,
+        extractor: SpanExtractor,
+        checkpoints: CheckpointStore,
+        bounds: EventTimeBounds = EventTimeBounds(),
     ) -> None:
-        """``checkpoints`` keeps the accepted intents; default: a SQLite file per cluster under
-        ``state_dir`` (in memory for a bus that is not durable)."""
-        self.settings = settings
-        self._cfg = settings.intent
-        self._topics = settings.topics
-        self.extractor = extractor if extractor is not None else load_extractor(settings)
-        self.stats = IntentServiceStats()
-        bus.create_topics(
-            [self._topics.prompts, self._topics.operator_intents, self._topics.intents, self._cfg.dead_letter_topic, self._cfg.demand_topic]
-        )
-        self.checkpoints = checkpoints or CheckpointStore(
-            settings.state_dir / f"intents-{bus.cluster_id()}.sqlite" if bus.durable else None
-        )
-        saved = self.checkpoints.load(self._cfg.group_id, self._topics.intents, ACCEPTED_PARTITION)
+        """``checkpoints`` keeps the accepted intents (one row per consumer group)."""
+        self.config = config
+        self.group_id = config.group_id
+        self.dead_letter_topic = config.dead_letter_topic
+        self.prompts = Topic(prompts_topic, PromptFields)
+        self.operator_topic = operator_topic
+        self.inputs = [self.prompts, Topic(operator_topic)]
+        self.results_topic = results_topic
+        self.intents_topic = intents_topic
+        self.outputs = [results_topic, intents_topic, config.demand_topic]
+        self.max_poll_records = config.max_poll_records
+        self.extractor = extractor
+        self.checkpoints = checkpoints
+        self.bounds = bounds
+        self.counters = IntentServiceStats()
+        saved = checkpoints.load(self.group_id, intents_topic, ACCEPTED_PARTITION)
         accepted = [] if saved is None else saved[1]["accepted"]
         self.accepted = {r.request_id: r for r in map(IntentRecord.model_validate, accepted)}
-        self.demand = demand_collector(bus, settings)
-        self.producer = bus.producer()
-        self.consumer = bus.consumer(
-            [self._topics.prompts, self._topics.operator_intents], self._cfg.group_id, max_poll_records=self._cfg.max_poll_records
-        )
+        self._unsaved = False
 
     # -- the work ---------------------------------------------------------------------------
-    def step(self, timeout_s: float = 0.5, limit: int | None = None) -> int:
-        """Poll (at most ``limit`` messages), publish what they mean, flush, store, commit; then
-        window the demand. Return how many messages of either stage were handled."""
-        messages = self.consumer.poll(min(self._cfg.max_poll_records, limit or self._cfg.max_poll_records), timeout_s)
-        if messages:
-            newly_accepted = self.handle(messages)
-            self.producer.flush()
-            if newly_accepted:
-                self._save_accepted()
-            self.consumer.commit(next_offsets(messages))
-            self.stats.messages += len(messages)
-        return len(messages) + self.demand.step(timeout_s=0.0 if messages else min(timeout_s, 0.1))
-
-    def handle(self, messages: Sequence[Message]) -> list[IntentRecord]:
-        """Publish the outputs of ``messages`` (not flushed); return the newly accepted intents."""
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        """Answer every message (not flushed: the runtime flushes, then checkpoints, then commits)."""
         operator: list[tuple[Message, OperatorMessage]] = []
         demand: list[TelemetryRecord] = []
+        self.counters.messages += len(messages)
         for message in messages:
             try:
-                if message.topic == self._topics.prompts:
-                    demand += self._prompt(message)
+                if message.topic == self.prompts.name:
+                    demand += self._prompt(message, out)
                 else:
                     operator.append((message, self._operator_message(message)))
             except Rejected as exc:
-                self._dead_letter(message, str(exc))
-        self._send_demand(demand)
+                self._dead_letter(message, exc, out)
+        self._send_demand(demand, out)
         if not operator:
-            return []
+            return
         try:
             results = parse_operator_intents(self.extractor, [m.text for _, m in operator])
         except Exception as exc:  # keep serving: the batch's texts go to the DLQ with the reason
             log.exception("operator-intent extraction failed for a batch of %d", len(operator))
             for message, _ in operator:
-                self._dead_letter(message, f"extraction failed: {exc}")
-            return []
-        newly_accepted = []
+                self._dead_letter(message, Rejected(f"extraction failed: {exc}"), out)
+            return
         for (message, request), result in zip(operator, results, strict=True):
             try:
                 record = self._operator_record(message, request, result)
             except Rejected as exc:
-                self._dead_letter(message, str(exc))
+                self._dead_letter(message, exc, out)
                 continue
-            self._publish(record)
+            out.send(self.results_topic, record, record.request_id)
             if record.status == "accepted" and record.request_id not in self.accepted:
                 self.accepted[record.request_id] = record
-                newly_accepted.append(record)
-        return newly_accepted
+                self._unsaved = True
+                self._publish_network_intent(record, out)
 
-    def _save_accepted(self) -> None:
-        """Store every accepted intent, oldest first (operator intents are few: the whole set is one row)."""
+    def _publish_network_intent(self, record: IntentRecord, out: Emitter) -> None:
+        """An accepted intent the switches can carry out goes to the intents table."""
+        if not isinstance(record.intent, OperatorIntent):
+            return
+        network = to_network_intent(record.intent, record.request_id, record.tenant or self.config.default_tenant)
+        if network is not None:
+            out.send(self.intents_topic, network, network.id)
+            self.counters.network_intents += 1
+
+    def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store every accepted intent, oldest first, once newly accepted ones are flushed
+        (operator intents are few: the whole set is one row)."""
+        if not self._unsaved:
+            return
         state = {"accepted": [r.model_dump(mode="json") for r in self.accepted.values()]}
-        self.checkpoints.save(self._cfg.group_id, [(self._topics.intents, ACCEPTED_PARTITION, len(self.accepted), state)])
+        self.checkpoints.save(self.group_id, [(self.intents_topic, ACCEPTED_PARTITION, len(self.accepted), state)])
+        self._unsaved = False
 
     def _checked_text(self, text: str) -> str:
         text = text.strip()
         if not text:
             raise Rejected("empty text: send the words of the request in 'text'")
-        if len(text) > self._cfg.max_text_chars:
+        if len(text) > self.config.max_text_chars:
             raise Rejected(
-                f"text of {len(text)} characters exceeds the {self._cfg.max_text_chars}-character limit (intent.max_text_chars)"
+                f"text of {len(text)} characters exceeds the {self.config.max_text_chars}-character limit (intent.max_text_chars)"
             )
         return text
 
-    def _prompt(self, message: Message) -> list[TelemetryRecord]:
-        """Publish the prompt's intent; return its demand records (none without an intent)."""
-        data = json_object(message.value, plain_text_allowed=False)
-        try:
-            prompt = PromptFields.model_validate(data)
-        except ValidationError as exc:
-            raise Rejected(f"invalid prompt message: {validation_reason(exc)}") from exc
+    def _prompt(self, message: Message, out: Emitter) -> list[TelemetryRecord]:
+        """Answer the prompt with its intent; return its demand records (none without an intent)."""
+        prompt = self.prompts.decode(message)
         text = self._checked_text(prompt.text)
         cell = prompt.cell
         if cell is None:
             raise Rejected("location has no cell: send 'location' as a cell id or {'cell': ...}")
         at = prompt.ts or _broker_time(message)
+        if (reason := self.bounds.reason(at)) is not None:
+            raise Rejected(reason)
         result = infer_user_intent(prompt.request_id, text, cell)
         records = demand_records(result, cell, at) if isinstance(result, UserServiceIntent) else []
-        if errors := self.demand.decoder.decode(TelemetryBatch(records=records).model_dump_json().encode()).errors:
-            raise Rejected(f"its demand cannot be windowed: {errors[0].reason}")  # the prompt's own bytes go to the DLQ
         status = "inferred" if records else "needs_clarification"
-        self._publish(
-            IntentRecord(request_id=prompt.request_id, source="user", status=status, intent=result, event_time=at, origin=_origin(message))
-        )
-        self.stats.user_intents += bool(records)
+        record = IntentRecord(request_id=prompt.request_id, source="user", status=status, intent=result, event_time=at, origin=message_origin(message))
+        out.send(self.results_topic, record, record.request_id)
+        self.counters.user_intents += bool(records)
         return records
 
-    def _send_demand(self, records: list[TelemetryRecord]) -> None:
+    def _send_demand(self, records: list[TelemetryRecord], out: Emitter) -> None:
         """One message per location, its records in event-time order: a batch read from several
         prompt partitions then reaches the windows in order, not partition after partition."""
         by_location: dict[str, list[TelemetryRecord]] = {}
         for record in sorted(records, key=lambda r: r.ts):
             by_location.setdefault(record.source, []).append(record)
         for location, batch in by_location.items():
-            self.producer.send(self._cfg.demand_topic, TelemetryBatch(records=batch).model_dump_json().encode(), location.encode())
-        self.stats.demand_records += len(records)
+            out.send(self.config.demand_topic, TelemetryBatch(records=batch), location)
+        self.counters.demand_records += len(records)
 
     def _operator_message(self, message: Message) -> OperatorMessage:
-        data = json_object(message.value, plain_text_allowed=True)
+        data = operator_json(message.value)
         if data is None:  # plain text: its position is its request id, stable under redelivery
-            data = {"request_id": _origin(message), "text": message.value.decode("utf-8")}
+            data = {"request_id": message_origin(message), "text": message.value.decode("utf-8")}
         try:
             request = OperatorMessage.model_validate(data)
         except ValidationError as exc:
-            raise Rejected(f"invalid operator intent message: {validation_reason(exc)}") from exc
+            raise Rejected(f"invalid operator intent message: {validation_reason(exc, limit=1)}") from exc
         return request.model_copy(update={"text": self._checked_text(request.text)})
 
     def _operator_record(
@@ -303,12 +305,12 @@ class IntentService:
                 raise Rejected(
                     f"request_id {request.request_id!r} already names an accepted intent with other words: send a new request_id"
                 )
-            self.stats.replayed += 1
+            self.counters.replayed += 1
             return previous
         common = {"request_id": request.request_id, "source": "operator", "tenant": request.tenant,
-                  "event_time": _broker_time(message), "origin": _origin(message)}  # fmt: skip
+                  "event_time": _broker_time(message), "origin": message_origin(message)}  # fmt: skip
         if isinstance(result, NeedsClarification):
-            self.stats.clarifications += 1
+            self.counters.clarifications += 1
             return IntentRecord(status="needs_clarification", intent=result.model_copy(update={"request_id": request.request_id}), **common)
         conflicts = [
             IntentConflict(request_id=rid, nile=prior.nile or "", reason=reason)
@@ -316,59 +318,75 @@ class IntentService:
             if isinstance(prior.intent, OperatorIntent) and (reason := conflict_reason(prior.intent, result))
         ]
         if conflicts:
-            self.stats.conflicting += 1
+            self.counters.conflicting += 1
         else:
-            self.stats.accepted += 1
+            self.counters.accepted += 1
         status = "conflicting" if conflicts else "accepted"
         return IntentRecord(status=status, intent=result, nile=compile_nile(result), conflicts=conflicts, **common)
 
-    def _publish(self, record: IntentRecord) -> None:
-        self.producer.send(self._topics.intents, record.model_dump_json().encode(), record.request_id.encode())
+    def _dead_letter(self, message: Message, exc: Rejected, out: Emitter) -> None:
+        self.counters.dead_letters += 1
+        out.dead_letter(message, exc.errors)
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        self.stats.dead_letters += 1
-        self.producer.send(self._cfg.dead_letter_topic, message.value, message.key, dead_letter_headers(message, [RecordError(reason)]))
+    def stats(self) -> dict[str, float]:
+        return asdict(self.counters)
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def run(
-        self, stop: threading.Event, idle_exit_s: float | None = None, max_records: int | None = None
-    ) -> IntentServiceStats:
-        """Work until ``stop`` is set, ``max_records`` messages were handled, or nothing arrived for
-        ``idle_exit_s`` seconds while this member held partitions; then checkpoint and leave."""
-        last_work = time.monotonic()
-        try:
-            while not stop.is_set() and (max_records is None or self.stats.messages < max_records):
-                handled = self.step(limit=None if max_records is None else max_records - self.stats.messages)
-                joining = not (self.consumer.assignment() and self.demand.consumer.assignment())
-                if handled or joining:  # waiting to join a group is not idleness
-                    last_work = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
-                    break
-        finally:
-            self.close()
-        return self.stats
+    def close(self) -> None:
+        self.checkpoints.close()
 
-    def stats_dict(self) -> dict[str, int]:
+
+def _broker_time(message: Message) -> datetime:
+    """When the broker (or producer) stamped the message; now, for a stamp no date can hold."""
+    try:
+        return datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return datetime.now(UTC)
+
+
+@dataclass
+class IntentRunners:
+    """The intent service and its demand collector, each on its runner, run side by side."""
+
+    intents: StreamRunner
+    demand: StreamRunner
+
+    @property
+    def service(self) -> IntentService:
+        return self.intents.service  # type: ignore[return-value]
+
+    @property
+    def collector(self) -> TelemetryCollector:
+        return self.demand.service  # type: ignore[return-value]
+
+    @property
+    def runners(self) -> list[StreamRunner]:
+        return [self.intents, self.demand]
+
+    def stats_dict(self) -> dict[str, float]:
         """The service's counters and those of its demand collector (``demand_*``)."""
-        demand = self.demand.stats_dict()
-        return asdict(self.stats) | {
+        demand = self.collector.stats()
+        return self.intents.stats_dict() | {
             "demand_windows": demand["windows_emitted"],
             "demand_late": demand["late_records"],
             "demand_dead_letters": demand["dead_letter_records"],
         }
 
-    def close(self) -> None:
-        """Leave the group (offsets were committed after each batch) and checkpoint the demand windows."""
-        self.consumer.close()
-        self.producer.flush()
-        self.producer.close()
-        self.demand.close()
-        self.checkpoints.close()
 
-
-def _origin(message: Message) -> str:
-    return message_origin(message).decode()
-
-
-def _broker_time(message: Message) -> datetime:
-    return datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
+def intent_runners(
+    settings: Settings, bus: Bus, extractor: SpanExtractor | None = None, checkpoints: CheckpointStore | None = None
+) -> IntentRunners:
+    """The intent service the settings describe (extractor from ``intent.extractor_dir`` and the
+    accepted intents' store under ``state_dir`` unless given) and its demand collector, on ``bus``."""
+    topics = settings.topics
+    bounds = EventTimeBounds.from_settings(settings.collector.min_timestamp, settings.collector.max_future_seconds)
+    service = IntentService(
+        settings.intent,
+        prompts_topic=topics.prompts,
+        operator_topic=topics.operator_intents,
+        results_topic=topics.intent_results,
+        intents_topic=topics.intents,
+        extractor=extractor if extractor is not None else load_extractor(settings),
+        checkpoints=checkpoints or checkpoint_store(settings, bus, "intents"),
+        bounds=bounds,
+    )
+    return IntentRunners(StreamRunner(bus, service), StreamRunner(bus, demand_collector(settings, bus)))

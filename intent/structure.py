@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from intent.data import Span
 from intent.lexicon import WORD_CLASSES
 from intent.schema import Action, NeedsClarification, OperatorIntent, QosRequirement
+from nm_toolkit.errors import validation_reason
 
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _RATE = {"k": "kbps", "m": "mbps", "g": "gbps"}
@@ -124,11 +125,4 @@ def structure(text: str, spans: Sequence[Span]) -> OperatorIntent | NeedsClarifi
     try:
         return OperatorIntent(text=text, action=action, qos=qos, start=start, end=end, **fields)
     except ValidationError as exc:
-        return NeedsClarification(text=text, reason=validation_reason(exc))
-
-
-def validation_reason(exc: ValidationError) -> str:
-    """The first validation error as one line: where it is and what is wrong."""
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "intent"
-    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+        return NeedsClarification(text=text, reason=validation_reason(exc, limit=1))

@@ -12,7 +12,8 @@ import re
 from pydantic import ValidationError
 
 from intent.schema import NeedsClarification, ServiceClass, UserServiceIntent
-from intent.structure import normalise_hour, validation_reason
+from intent.structure import normalise_hour
+from nm_toolkit.errors import validation_reason
 
 # Typical needs per class (Mbit/s, one-way ms), after ITU-T G.1010 / 3GPP TS 22.261 orders of magnitude.
 SERVICE_NEEDS: dict[str, tuple[float, float]] = {
@@ -61,4 +62,4 @@ def infer_user_intent(request_id: str, text: str, location: str | None) -> UserS
         return UserServiceIntent(request_id=request_id, text=text[:2000], service_class=kind, bandwidth_mbps=bandwidth,
                                  latency_ms=latency, location=location, start=start, end=end)
     except ValidationError as exc:
-        return NeedsClarification(text=text[:2000], reason=validation_reason(exc), source="user", request_id=request_id)
+        return NeedsClarification(text=text[:2000], reason=validation_reason(exc, limit=1), source="user", request_id=request_id)

@@ -203,6 +203,9 @@ class IntentServiceSettings(BaseModel):
         default=None, description="operator-intent extractor from `nmt intent train`; default: state_dir/intent-extractor"
     )
     dead_letter_topic: str = "nmt.intents.dlq"
+    default_tenant: str = Field(
+        default="operator", description="tenant of operator intents that name none (see controller.guardrails.tenants)"
+    )
     demand_topic: str = Field(
         default="nmt.intents.demand", description="per-request demand records, keyed by location, that are windowed into series"
     )

@@ -14,9 +14,16 @@ class UserError(Exception):
 
 def validation_reason(exc: ValidationError, limit: int = 3) -> str:
     """A pydantic validation error as one line: where each of the first ``limit`` problems is and
-    what is wrong, for dead-letter headers and clarification requests alike."""
+    what is wrong, for dead-letter headers and clarification requests alike. Locations can hold
+    keys from hostile input, so each step is kept short and printable."""
+    from nm_toolkit.schemas import brief
+
+    def step(part: str | int) -> str:
+        text = str(part)
+        return text if len(text) <= 64 and text.isprintable() else brief(text, 64)
+
     parts = []
     for err in exc.errors()[:limit]:
-        where = ".".join(str(p) for p in err["loc"]) or "record"
+        where = ".".join(map(step, err["loc"])) or "record"
         parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

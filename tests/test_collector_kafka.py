@@ -17,8 +17,10 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from collectors.service import DEAD_LETTER_ERRORS, DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, TelemetryCollector
+from collectors.service import telemetry_collector
+from nm_toolkit.bus.deadletter import ORIGIN, RECORDS, REASON
 from nm_toolkit.bus.kafka import KafkaBus
+from nm_toolkit.bus.runtime import StreamRunner
 from tests.kafka_helpers import expected_windows, kafka_settings, read_all, windows_frame
 
 pytestmark = pytest.mark.kafka
@@ -70,9 +72,10 @@ def assert_exact(got: pd.DataFrame, records: pd.DataFrame) -> None:
     assert np.allclose(got["max"].to_numpy(), want["max"].to_numpy())
 
 
-def run_until(collector: TelemetryCollector, records: int, timeout_s: float = 60.0) -> None:
+def run_until(collector: StreamRunner, records: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while collector.stats.records + collector.stats.late_records < records and time.monotonic() < deadline:
+    stats = collector.service.counters
+    while stats.records + stats.late_records < records and time.monotonic() < deadline:
         collector.step(0.2)
 
 
@@ -88,12 +91,12 @@ def test_fifty_thousand_records_aggregate_exactly(kafka_bootstrap: str, tmp_path
         producer.send(settings.topics.telemetry, value, key)
     producer.flush()
 
-    collector = TelemetryCollector(bus, settings)
+    collector = StreamRunner(bus, telemetry_collector(settings, bus))
     run_until(collector, len(records))
-    assert collector.stats.late_records == 0
-    assert collector.stats.records == 50_000
+    assert collector.service.counters.late_records == 0
+    assert collector.service.counters.records == 50_000
     assert len(collector.consumer.assignment()) == 4
-    collector.close_all_windows()
+    collector.service.close_all_windows(collector.emitter)
     collector.close()
 
     want = expected_windows(records, WINDOW)
@@ -209,23 +212,24 @@ def test_malformed_messages_go_to_the_dead_letter_topic_while_good_records_flow(
         producer.send(settings.topics.telemetry, value, b"link-000")
     producer.flush()
 
-    collector = TelemetryCollector(bus, settings)
+    collector = StreamRunner(bus, telemetry_collector(settings, bus))
+    stats = collector.service.counters
     deadline = time.monotonic() + 60
-    while collector.stats.messages < len(good) + len(MALFORMED) + 1 and time.monotonic() < deadline:
+    while stats.messages < len(good) + len(MALFORMED) + 1 and time.monotonic() < deadline:
         collector.step(0.2)
-    collector.close_all_windows()
+    collector.service.close_all_windows(collector.emitter)
     collector.close()
-    assert collector.stats.records == len(records)
-    assert collector.stats.dead_letter_messages == len(MALFORMED) + 1
+    assert stats.records == len(records)
+    assert stats.dead_letter_messages == len(MALFORMED) + 1
 
     dead = read_all(bus, settings.topics.dead_letter, len(MALFORMED) + 1)
     assert sorted(m.value for m in dead) == sorted([*MALFORMED, oversized])
-    reasons = {m.value: m.header(DEAD_LETTER_REASON).decode() for m in dead}
+    reasons = {m.value: m.header(REASON).decode() for m in dead}
     assert "invalid JSON" in reasons[b"{not json"]
     assert "exceeds the 1000000-byte limit" in reasons[oversized]
-    assert "finite" in reasons[MALFORMED[3]] and "plausible range" in reasons[MALFORMED[5]]
-    assert all(m.header(DEAD_LETTER_ORIGIN).startswith(settings.topics.telemetry.encode()) for m in dead)
-    assert all(orjson.loads(m.header(DEAD_LETTER_ERRORS)) for m in dead)
+    assert "number" in reasons[MALFORMED[3]] and "plausible range" in reasons[MALFORMED[5]]
+    assert all(m.header(ORIGIN).startswith(settings.topics.telemetry.encode()) for m in dead)
+    assert all(orjson.loads(m.header(RECORDS)) for m in dead)
 
     got = windows_frame(read_all(bus, settings.topics.series, len(expected_windows(records, WINDOW))))
     assert_exact(got, records)

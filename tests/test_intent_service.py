@@ -11,14 +11,16 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from collectors.checkpoints import CheckpointStore
-from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON
-from forecasting.service import ForecastService
+from forecasting.service import forecast_service
 from intent.data import load_intents
-from intent.service import IntentRecord, IntentService
+from intent.service import IntentRecord, IntentRunners, intent_runners
 from intent.tagger import SklearnIntentTagger
 from nm_toolkit.bus import Bus, EmbeddedBus
+from nm_toolkit.bus.checkpoints import CheckpointStore
+from nm_toolkit.bus.deadletter import ORIGIN, REASON
 from nm_toolkit.bus.kafka import KafkaBus
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
+from policies.intents import NetworkIntent
 from nm_toolkit.cli import app
 from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.errors import UserError
@@ -50,14 +52,17 @@ def send(bus: Bus, topic: str, values: list[bytes], key: bytes | None = None) ->
     producer.flush()
 
 
-def drain(service: IntentService, steps: int = 50) -> None:
-    for _ in range(steps):
-        if not service.step(timeout_s=0.05):
-            return
+def drain(service: IntentRunners) -> None:
+    run_until_idle(service.runners, 0.05)
+
+
+def close(service: IntentRunners) -> None:
+    for runner in service.runners:
+        runner.close()
 
 
 def intent_records(bus: EmbeddedBus, settings: Settings) -> list[IntentRecord]:
-    return [IntentRecord.model_validate_json(m.value) for m in bus.messages(settings.topics.intents)]
+    return [IntentRecord.model_validate_json(m.value) for m in bus.messages(settings.topics.intent_results)]
 
 
 def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_path: Path, extractor_dir: Path) -> None:
@@ -65,7 +70,7 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
         tmp_path, extractor_dir, forecast={"horizon": 6, "min_history": 24}, forecast_service={"model": "seasonal_mean"}
     )
     bus = EmbeddedBus(default_partitions=3)  # unkeyed prompts: round robin over the partitions
-    service = IntentService(bus, settings)
+    service = intent_runners(settings, bus)
     hours = 30
     video = {h: 1 + h % 4 for h in range(hours)}
     messages = []
@@ -76,7 +81,8 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
         send(bus, settings.topics.prompts, hour)
         drain(service)
         messages += hour
-    assert service.demand.close_all_windows() > 0  # the newest hour is open until the input ends
+    assert service.collector.close_all_windows(service.demand.emitter) > 0  # the newest hour is open until the input ends
+    service.demand.commit()
     assert service.stats_dict()["demand_late"] == 0
 
     records = intent_records(bus, settings)
@@ -97,14 +103,12 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
     assert [requests[START + timedelta(hours=h)].sum for h in range(hours)] == [float(video[h]) for h in range(hours)]
     assert by_series["cell-a|demand.video.mbps"][START].sum == pytest.approx(8.0 * video[0])  # class default need
     assert by_series["cell-b|demand.gaming.mbps"][START].sum == pytest.approx(20.0)  # the rate the user named
-    service.close()
+    close(service)
 
-    forecaster = ForecastService(bus, settings)
-    for _ in range(20):
-        if not forecaster.step(timeout_s=0.05):
-            break
-    assert forecaster.stats.points == len(points) and forecaster.stats.dead_letters == 0
-    forecasts, skipped = forecaster.forecast_round(now=START + timedelta(hours=hours))
+    forecaster = StreamRunner(bus, forecast_service(settings, bus))
+    run_until_idle([forecaster], 0.05)
+    assert forecaster.service.counters.points == len(points) and forecaster.emitter.dead_lettered == 0
+    forecasts, skipped = forecaster.service.forecast_round(forecaster.emitter, now=START + timedelta(hours=hours))
     assert skipped == {}
     assert {f.series_id for f in forecasts} == set(by_series)
     assert all(f.start == START + timedelta(hours=hours) and f.horizon == 6 for f in forecasts)
@@ -115,12 +119,13 @@ def test_prompts_become_intents_and_demand_series_the_forecaster_forecasts(tmp_p
 def test_a_backlog_loses_no_demand_silently_and_none_when_keyed_by_cell(tmp_path: Path, extractor_dir: Path, key: bytes | None) -> None:
     settings = service_settings(tmp_path, extractor_dir, max_poll_records=10)
     bus = EmbeddedBus(default_partitions=3)
-    service = IntentService(bus, settings)
+    service = intent_runners(settings, bus)
     # small polls read partition after partition: unkeyed, later partitions bring hours whose windows closed
     backlog = [prompt(f"r{i}", "stream a video", "cell-a", START + timedelta(minutes=20 * i)) for i in range(90)]
     send(bus, settings.topics.prompts, backlog, key)
     drain(service)
-    service.demand.close_all_windows()
+    service.collector.close_all_windows(service.demand.emitter)
+    service.demand.commit()
     windowed = sum(
         p.sum for p in map(SeriesPoint.model_validate_json, (m.value for m in bus.messages(settings.topics.series)))
         if p.metric == "demand.video.requests"
@@ -129,13 +134,13 @@ def test_a_backlog_loses_no_demand_silently_and_none_when_keyed_by_cell(tmp_path
     assert windowed + len(late) == 90  # every request is in a window or on the late topic
     assert len(bus.messages(settings.topics.late)) == service.stats_dict()["demand_late"]
     assert (len(late) > 0) == (key is None)
-    service.close()
+    close(service)
 
 
 def test_operator_texts_compile_to_nile_and_conflicts_are_flagged_across_restarts(tmp_path: Path, extractor_dir: Path) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    service = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
+    service = intent_runners(settings, bus, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     topic = settings.topics.operator_intents
     send(bus, topic, [
         orjson.dumps({"request_id": "op-1", "text": "Set quota to 10 GB per week at dorms", "tenant": "campus"}),
@@ -156,21 +161,21 @@ def test_operator_texts_compile_to_nile_and_conflicts_are_flagged_across_restart
     assert "10 gb/wk vs 20 gb/wk" in other_quota.conflicts[0].reason
     assert [c.request_id for c in unblock.conflicts] == [block.request_id]
     assert vague.intent.kind == "needs_clarification" and vague.intent.reason  # type: ignore[union-attr]
-    service.close()
+    close(service)
 
     # a new member of the group remembers what was accepted before
-    restarted = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
+    restarted = intent_runners(settings, bus, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     send(bus, topic, [orjson.dumps({"request_id": "op-7", "text": "Set quota to 30 GB per week at dorms"})])
     drain(restarted)
     latest = intent_records(bus, settings)[-1]
     assert latest.status == "conflicting" and [c.request_id for c in latest.conflicts] == ["op-1"]
-    restarted.close()
+    close(restarted)
 
 
 def test_bad_messages_are_dead_lettered_whole_and_the_service_carries_on(tmp_path: Path, extractor_dir: Path) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=2)
-    service = IntentService(bus, settings)
+    service = intent_runners(settings, bus)
     bad_prompts = {
         b"\xff\xfe not utf-8": "not UTF-8",
         b"[1, 2]": "expected a JSON object",
@@ -179,7 +184,7 @@ def test_bad_messages_are_dead_lettered_whole_and_the_service_carries_on(tmp_pat
         prompt("p-long", "watch video " * 40): "exceeds the 200-character limit",
         orjson.dumps({"request_id": "p-noloc", "text": "watch a movie"}): "location",
         prompt("p-site", "watch a movie", {"site": "north"}): "location has no cell",
-        prompt("p-1990", "watch a movie", "cell-a", datetime(1990, 1, 1, tzinfo=UTC)): "cannot be windowed: ts: 1990-01-01",
+        prompt("p-1990", "watch a movie", "cell-a", datetime(1990, 1, 1, tzinfo=UTC)): "ts: 1990-01-01",
     }
     bad_operator = {
         b"\xff block": "not UTF-8",
@@ -196,14 +201,14 @@ def test_bad_messages_are_dead_lettered_whole_and_the_service_carries_on(tmp_pat
     expected = bad_prompts | bad_operator
     assert sorted(m.value for m in dead) == sorted(expected)  # original bytes, each once
     for message in dead:
-        reason = message.header(DEAD_LETTER_REASON)
+        reason = message.header(REASON)
         assert reason is not None and expected[message.value] in reason.decode(), reason
-        assert message.header(DEAD_LETTER_ORIGIN)
+        assert message.header(ORIGIN)
     assert [r.request_id for r in intent_records(bus, settings) if r.source == "user"] == ["p-ok"]
     assert [r.status for r in intent_records(bus, settings) if r.source == "operator"] == ["accepted"]
-    assert service.stats.dead_letters == len(expected) and service.stats.messages == len(expected) + 2
+    assert service.service.counters.dead_letters == len(expected) and service.service.counters.messages == len(expected) + 2
     assert sum(bus._committed[settings.intent.group_id].values()) == len(expected) + 2  # all of it committed
-    service.close()
+    close(service)
 
 
 def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itself(
@@ -211,21 +216,21 @@ def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itse
 ) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    crashed = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
+    crashed = intent_runners(settings, bus, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     send(bus, settings.topics.operator_intents, [orjson.dumps({"request_id": "op-1", "text": "block facebook"})])
     send(bus, settings.topics.prompts, [prompt("p-1", "a video call with grandma")])
 
     def die(offsets: object) -> None:
         raise SystemExit("killed after the outputs were flushed, before the offsets were committed")
 
-    monkeypatch.setattr(crashed.consumer, "commit", die)
+    monkeypatch.setattr(crashed.intents.consumer, "commit", die)
     with pytest.raises(SystemExit):
-        crashed.step(timeout_s=0.1)
-    crashed.consumer.close()  # what the broker does when the member's session ends
+        crashed.intents.step(timeout_s=0.1)
+    crashed.intents.consumer.close()  # what the broker does when the member's session ends
     crashed.demand.consumer.close()
-    assert bus.messages(settings.topics.intents) and not bus._committed.get(settings.intent.group_id)
+    assert bus.messages(settings.topics.intent_results) and not bus._committed.get(settings.intent.group_id)
 
-    survivor = IntentService(bus, settings, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
+    survivor = intent_runners(settings, bus, checkpoints=CheckpointStore(tmp_path / "intents.sqlite"))
     drain(survivor)
     records = intent_records(bus, settings)
     by_id: dict[str, list[IntentRecord]] = {}
@@ -235,11 +240,11 @@ def test_redelivery_after_a_crash_loses_nothing_and_flags_no_intent_against_itse
     assert len({r.model_dump_json() for r in by_id["p-1"]}) == 1  # a replayed prompt means the same again
     first, again = by_id["op-1"]
     assert again == first and again.status == "accepted" and not again.conflicts  # re-published as it was
-    assert survivor.stats.replayed == 1 and survivor.stats.conflicting == 0
+    assert survivor.service.counters.replayed == 1 and survivor.service.counters.conflicting == 0
     send(bus, settings.topics.operator_intents, [orjson.dumps({"request_id": "op-1", "text": "allow facebook"})])
     drain(survivor)
-    assert survivor.stats.dead_letters == 1  # a reused request id with other words is refused, not merged
-    survivor.close()
+    assert survivor.service.counters.dead_letters == 1  # a reused request id with other words is refused, not merged
+    close(survivor)
 
 
 class BrokenExtractor:
@@ -255,16 +260,16 @@ class BrokenExtractor:
 def test_a_failing_extractor_dead_letters_the_batch_and_the_service_carries_on(tmp_path: Path, extractor_dir: Path) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    service = IntentService(bus, settings, extractor=BrokenExtractor())  # type: ignore[arg-type]
+    service = intent_runners(settings, bus, extractor=BrokenExtractor())  # type: ignore[arg-type]
     send(bus, settings.topics.operator_intents, [b"block facebook"])
     send(bus, settings.topics.prompts, [prompt("p-1", "watch a video")])
     drain(service)
     dead = bus.messages(settings.intent.dead_letter_topic)
     assert [m.value for m in dead] == [b"block facebook"]
-    assert dead[0].header(DEAD_LETTER_REASON) == b"extraction failed: CUDA out of memory"
+    assert dead[0].header(REASON) == b"extraction failed: CUDA out of memory"
     assert [r.request_id for r in intent_records(bus, settings)] == ["p-1"]
     assert sum(bus._committed[settings.intent.group_id].values()) == 2
-    service.close()
+    close(service)
 
 
 ADVERSARIAL = [
@@ -278,7 +283,7 @@ ADVERSARIAL = [
 def test_adversarial_prompts_yield_no_operator_or_privileged_intent(tmp_path: Path, extractor_dir: Path) -> None:
     settings = service_settings(tmp_path, extractor_dir)
     bus = EmbeddedBus(default_partitions=1)
-    service = IntentService(bus, settings)
+    service = intent_runners(settings, bus)
     values = [prompt(f"adv-{i}", text, "cell-a") for i, text in enumerate(ADVERSARIAL)]
     values.append(prompt("adv-fields", "stream a video in cell-99", "cell-a", kind="operator", action="block", tenant="B"))
     send(bus, settings.topics.prompts, values)
@@ -290,14 +295,16 @@ def test_adversarial_prompts_yield_no_operator_or_privileged_intent(tmp_path: Pa
         assert record.nile is None and record.tenant is None and not record.conflicts
         if record.intent.kind == "user_service":
             assert record.intent.location == "cell-a"  # the requester's own cell, never one the text names
-    assert service.stats.accepted == service.stats.conflicting == 0 and service.accepted == {}
-    service.close()
+    counters = service.service.counters
+    assert counters.accepted == counters.conflicting == 0 and service.service.accepted == {}
+    assert bus.messages(settings.topics.intents) == []  # nothing reaches the network-intent table
+    close(service)
 
 
 def test_start_up_without_an_extractor_says_how_to_get_one(tmp_path: Path) -> None:
     settings = load_settings(state_dir=tmp_path)
     with pytest.raises(UserError, match=r"nmt intent train .* -o .*intent-extractor"):
-        IntentService(EmbeddedBus(), settings)
+        intent_runners(settings, EmbeddedBus())
     result = CliRunner().invoke(app, ["intent", "serve", "--idle-exit", "1"])
     assert result.exit_code != 0 and "NMT_BUS__KIND=kafka" in str(result.exception)
 
@@ -307,7 +314,7 @@ def test_cli_serve_on_the_kafka_broker(kafka_bootstrap: str, tmp_path: Path, ext
     env = {
         "NMT_BUS__KIND": "kafka", "NMT_BUS__BOOTSTRAP_SERVERS": kafka_bootstrap,
         "NMT_TOPICS__PROMPTS": f"{tag}.prompts", "NMT_TOPICS__OPERATOR_INTENTS": f"{tag}.operator",
-        "NMT_TOPICS__INTENTS": f"{tag}.intents", "NMT_TOPICS__SERIES": f"{tag}.series",
+        "NMT_TOPICS__INTENTS": f"{tag}.intents", "NMT_TOPICS__INTENT_RESULTS": f"{tag}.results", "NMT_TOPICS__SERIES": f"{tag}.series",
         "NMT_INTENT__GROUP_ID": f"intent-{tag}", "NMT_INTENT__DEMAND_TOPIC": f"{tag}.demand",
         "NMT_INTENT__DEAD_LETTER_TOPIC": f"{tag}.dlq", "NMT_INTENT__EXTRACTOR_DIR": str(extractor_dir),
         "NMT_INTENT__ALLOWED_LATENESS_SECONDS": "0",
@@ -327,7 +334,7 @@ def test_cli_serve_on_the_kafka_broker(kafka_bootstrap: str, tmp_path: Path, ext
     assert counts["messages"] == 5 and counts["user_intents"] == 3 and counts["accepted"] == 1 and counts["dead_letters"] == 1
     assert counts["demand_records"] == 6 and counts["demand_windows"] == 4  # hours 0 and 1 closed by later requests
 
-    intents = [IntentRecord.model_validate_json(m.value) for m in read_all(bus, settings.topics.intents, 4)]
+    intents = [IntentRecord.model_validate_json(m.value) for m in read_all(bus, settings.topics.intent_results, 4)]
     assert sorted(r.request_id for r in intents if r.source == "user") == ["k0", "k1", "k2"]
     assert [r.nile for r in intents if r.source == "operator"] == ["define intent blockFacebook: block service('facebook')"]
     points = [SeriesPoint.model_validate_json(m.value) for m in read_all(bus, settings.topics.series, 4)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -73,12 +73,13 @@ class RunnerCollector(Collector):
             yield gauge
 
 
-def serve_metrics(runner: StreamRunner, port: int, host: str = "127.0.0.1") -> int:
-    """Expose ``runner``'s metrics on ``http://host:port/metrics`` from a daemon thread; return the
-    port bound (``port`` 0 picks a free one)."""
+def serve_metrics(runners: Sequence[StreamRunner], port: int, host: str = "127.0.0.1") -> int:
+    """Expose the metrics of ``runners`` (one process's services) on ``http://host:port/metrics``
+    from a daemon thread; return the port bound (``port`` 0 picks a free one)."""
     registry = CollectorRegistry()
-    registry.register(RunnerCollector(runner))
+    for runner in runners:
+        registry.register(RunnerCollector(runner))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     bound = int(server.server_port)
-    log.info("%s metrics on http://%s:%d/metrics", runner.service.name, host, bound)
+    log.info("metrics of %s on http://%s:%d/metrics", ", ".join(r.service.name for r in runners), host, bound)
     return bound

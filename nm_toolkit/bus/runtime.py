@@ -78,6 +78,15 @@ class Topic(Generic[ModelT]):
         try:
             return self.model.model_validate_json(message.value)
         except ValidationError as exc:
+            try:
+                message.value.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise Rejected(f"not UTF-8 ({bad.reason} at byte {bad.start})") from exc
+            first = exc.errors()[0]
+            if first["type"] == "json_invalid":
+                raise Rejected(f"invalid JSON: {first['ctx'].get('error', first['msg']) if first.get('ctx') else first['msg']}") from exc
+            if first["type"] == "model_type" and not first["loc"]:
+                raise Rejected(f"expected a JSON object, got {type(first['input']).__name__}") from exc
             raise Rejected(f"not a {self.model.__name__}: {validation_reason(exc)}") from exc
         except (ValueError, RecursionError) as exc:  # nesting or numbers beyond the JSON parser's limits
             raise Rejected(f"not a {self.model.__name__}: {one_line(str(exc), 200)}") from exc
@@ -339,23 +348,18 @@ class StreamRunner:
         self, stop: threading.Event, idle_exit_s: float | None = None, max_messages: int | None = None
     ) -> None:
         """Work until ``stop`` is set, ``max_messages`` were handled, or nothing arrived for
-        ``idle_exit_s`` while this member held partitions (joining a group, which can take a
-        session timeout after a crash, is not idleness); then commit and leave the group."""
-        last_work = time.monotonic()
-        final = False
-        try:
-            while not stop.is_set() and (max_messages is None or self.stats.messages < max_messages):
-                left = None if max_messages is None else max_messages - self.stats.messages
-                if self.step(limit=left) or not self._owned:
-                    last_work = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
-                    final = True
-                    break
-            if final:
-                with self._lock:
-                    self.service.tick(self.emitter, self.consumer.healthy(), final=True)
-        finally:
-            self.close()
+        ``idle_exit_s`` (see :func:`run_together`); then commit and leave the group."""
+        run_together([self], stop, idle_exit_s, max_messages)
+
+    @property
+    def joined(self) -> bool:
+        """Whether this member holds partitions (a member still joining its group does not)."""
+        return bool(self._owned)
+
+    def finish(self) -> None:
+        """The service's last tick before an idle exit (a last forecast round, say)."""
+        with self._lock:
+            self.service.tick(self.emitter, self.consumer.healthy(), final=True)
 
     def lag(self) -> dict[TopicPartition, int]:
         """Messages behind the end of each assigned partition, as last seen."""
@@ -396,6 +400,44 @@ def _is_rebalance(exc: Exception) -> bool:
         names
         & {"CommitFailedError", "RebalanceInProgressError", "IllegalGenerationError", "UnknownMemberIdError", "FencedInstanceIdError"}
     )
+
+
+def run_together(
+    runners: Sequence[StreamRunner],
+    stop: threading.Event,
+    idle_exit_s: float | None = None,
+    max_messages: int | None = None,
+) -> None:
+    """Step ``runners`` in turn (services that work as a pair in one process, such as the intent
+    service and its demand collector) until ``stop`` is set, the first has handled
+    ``max_messages``, or none handled anything for ``idle_exit_s`` while all held partitions
+    (joining a group, which can take a session timeout after a crash, is not idleness). Then
+    each gets a final tick, commits and leaves its group."""
+    first = runners[0]
+    last_work = time.monotonic()
+    idle = False
+    try:
+        while not stop.is_set() and (max_messages is None or first.stats.messages < max_messages):
+            left = None if max_messages is None else max_messages - first.stats.messages
+            handled = first.step(limit=left, timeout_s=0.5 / len(runners))
+            handled += sum(runner.step(timeout_s=0.5 / len(runners)) for runner in runners[1:])
+            if handled or not all(runner.joined for runner in runners):
+                last_work = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
+                idle = True
+                break
+        if idle:
+            for runner in runners:
+                runner.finish()
+    finally:
+        errors = []
+        for runner in runners:
+            try:
+                runner.close()
+            except Exception as exc:  # noqa: BLE001 - close the others, then raise the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def run_until_idle(runners: Sequence[StreamRunner], idle_s: float = 0.05, max_rounds: int = 10_000) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
 
 from nm_toolkit.bus.deadletter import one_line
-from nm_toolkit.bus.runtime import FATAL_ERRORS, StreamRunner
+from nm_toolkit.bus.runtime import FATAL_ERRORS, StreamRunner, run_together
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.errors import UserError
@@ -51,7 +52,7 @@ MetricsPortOption = typer.Option(
 
 
 def run_service(
-    runner: StreamRunner,
+    runners: StreamRunner | Sequence[StreamRunner],
     settings: Settings,
     stop: threading.Event,
     *,
@@ -59,21 +60,24 @@ def run_service(
     max_messages: int | None = None,
     metrics_port: int | None = None,
 ) -> dict[str, float]:
-    """Run a stream service until stopped; return its counters. A fault the service cannot
-    survive (the bus refused a write, the disk is full) ends the command with one line and exit
-    code 1; nothing after the last commit is lost, so a restart resumes from there."""
+    """Run stream services (several run side by side in one process) until stopped; return the
+    first one's counters. A fault a service cannot survive (the bus refused a write, the disk is
+    full) ends the command with one line and exit code 1; nothing after the last commit is lost,
+    so a restart resumes from there."""
+    group = [runners] if isinstance(runners, StreamRunner) else list(runners)
+    names = ", ".join(r.service.name for r in group)
     port = metrics_port if metrics_port is not None else settings.metrics.port
     if port is not None:
         from nm_toolkit.bus.metrics import serve_metrics
 
-        bound = serve_metrics(runner, port, settings.metrics.host)
-        err_console.print(f"{runner.service.name}: metrics on http://{settings.metrics.host}:{bound}/metrics")
+        bound = serve_metrics(group, port, settings.metrics.host)
+        err_console.print(f"{names}: metrics on http://{settings.metrics.host}:{bound}/metrics")
     try:
-        runner.run(stop, idle_exit_s=idle_exit_s, max_messages=max_messages)
+        run_together(group, stop, idle_exit_s=idle_exit_s, max_messages=max_messages)
     except FATAL_ERRORS as exc:
         err_console.print(
-            f"[bold red]error:[/] {runner.service.name} stopped: {type(exc).__name__}: {one_line(str(exc))} "
+            f"[bold red]error:[/] {names} stopped: {type(exc).__name__}: {one_line(str(exc))} "
             "(nothing after the last commit is lost: fix the cause and restart it)"
         )
         raise typer.Exit(1) from exc
-    return runner.stats_dict()
+    return group[0].stats_dict()

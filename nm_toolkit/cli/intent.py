@@ -8,7 +8,7 @@ import typer
 from rich.progress import Progress
 
 from intent.methods import BEST_METHOD, METHODS
-from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
+from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.errors import UserError
 
@@ -116,24 +116,24 @@ def evaluate(
 def serve(
     max_records: int | None = typer.Option(None, min=1, help="stop after handling this many prompt and operator messages"),
     idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without messages"),
+    metrics_port: int | None = MetricsPortOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Serve the prompts and operator-intents topics until Ctrl-C: intents and demand series out."""
-    from intent.service import IntentService
+    """Serve the prompts and operator-intents topics until Ctrl-C: answers, network intents and
+    demand series out."""
+    from intent.service import intent_runners
     from nm_toolkit.bus import bus_from_settings
 
     settings = shared_bus_settings(config, "nmt intent serve")
     bus = bus_from_settings(settings)
-    try:
-        service = IntentService(bus, settings)  # a missing extractor fails here, with the fix
-        if not as_json:
-            topics = settings.topics
-            console.print(
-                f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
-            )
-        service.run(stop_on_signals(), idle_exit_s=idle_exit, max_records=max_records)
-    finally:
-        bus.close()
-    counts = service.stats_dict()
+    runners = intent_runners(settings, bus)  # a missing extractor fails here, with the fix
+    if not as_json:
+        topics = settings.topics
+        console.print(
+            f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intent_results}, "
+            f"network intents -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
+        )
+    run_service(runners.runners, settings, stop_on_signals(), idle_exit_s=idle_exit, max_messages=max_records, metrics_port=metrics_port)
+    counts = runners.stats_dict()
     emit(as_json, counts, "intent service", [{"counter": k, "value": v} for k, v in counts.items()])
