@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.llm.completion_data import build_completion_dataset
 from nm_toolkit.llm.context import synthetic_city
 from nm_toolkit.llm.corpus import CorpusConfig
@@ -74,9 +75,10 @@ def serve_batched(completer: EdgeCompleter, requests: list[bytes], max_batch: in
     for value in requests:
         producer.send("prompts", value)
     service = PromptService(
-        bus, completer, "prompts", "completions", "bench", ServiceLimits(max_batch=max_batch, batch_window_s=0.005, request_timeout_s=600)
+        completer, prompts_topic="prompts", completions_topic="completions", group_id="bench", dead_letter_topic="prompts.dlq",
+        limits=ServiceLimits(max_batch=max_batch, request_timeout_s=600),
     )
-    service.run(max_requests=len(requests), idle_exit_s=5)
+    run_until_idle([StreamRunner(bus, service)])
     elapsed = time.perf_counter() - started
     records = [json.loads(m.value) for m in bus.messages("completions")]
     assert all(r["status"] == "ok" for r in records), [r.get("reason") for r in records if r["status"] != "ok"]

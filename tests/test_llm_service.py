@@ -1,8 +1,9 @@
-"""The prompt service on the embedded bus and the real Kafka broker, and the CLI around it."""
+"""The prompt service on the stream runtime (embedded bus and the real Kafka broker), and the CLI around it."""
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,13 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from nm_toolkit.bus import EmbeddedBus
-from nm_toolkit.bus.base import Bus
+from nm_toolkit.bus.base import Bus, Message
+from nm_toolkit.bus.deadletter import ORIGIN, REASON, SERVICE
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.cli import app
-from nm_toolkit.config import load_settings
+from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.llm.context import synthetic_city
 from nm_toolkit.llm.corpus import CorpusConfig
-from nm_toolkit.llm.deployment import prompt_service
+from nm_toolkit.llm.deployment import edge_completer
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
+from nm_toolkit.llm.service import PromptService, prompt_service
 
 TINY = InitConfig(
     arch="gpt2", preset="tiny", steps=5, batch_size=4, seed=3,
@@ -55,17 +59,34 @@ def prompt(request_id: str, text: str, cell: str, **extra: object) -> bytes:
     return json.dumps({"request_id": request_id, "text": text, "location": cell, **extra}).encode()
 
 
-def read_all(bus: Bus, topic: str, group: str, expected: int, timeout_s: float = 60.0) -> list[dict]:
+def read_all(bus: Bus, topic: str, group: str, expected: int, timeout_s: float = 60.0) -> list[Message]:
     consumer = bus.consumer([topic], group)
-    out: list[dict] = []
+    out: list[Message] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expected and time.monotonic() < deadline:
-        out += [json.loads(m.value) for m in consumer.poll(100, 0.5)]
+        out += consumer.poll(100, 0.5)
     consumer.close()
     return out
 
 
-def test_bad_prompts_become_error_records_and_the_service_keeps_serving(settings_env: Path) -> None:
+def replies(bus: Bus, topic: str, group: str, expected: int, timeout_s: float = 60.0) -> list[dict]:
+    return [json.loads(m.value) for m in read_all(bus, topic, group, expected, timeout_s)]
+
+
+def service_for(settings: Settings) -> PromptService:
+    return prompt_service(settings, edge_completer(settings))
+
+
+def serve(bus: Bus, settings: Settings) -> tuple[StreamRunner, dict[str, float]]:
+    """Run the prompt service on the embedded bus until it has nothing left to read."""
+    runner = StreamRunner(bus, service_for(settings))
+    run_until_idle([runner])
+    stats = runner.stats_dict()
+    runner.close()
+    return runner, stats
+
+
+def test_bad_prompts_become_error_records_and_dead_letters_and_the_service_keeps_serving(settings_env: Path) -> None:
     settings = load_settings()
     bus = EmbeddedBus()
     cell = a_cell(settings_env)
@@ -83,11 +104,13 @@ def test_bad_prompts_become_error_records_and_the_service_keeps_serving(settings
     }
     for value in messages.values():
         producer.send(settings.topics.prompts, value)
-    service = prompt_service(settings, bus)
-    stats = service.run(max_requests=len(messages), idle_exit_s=5)
-    assert (stats.requests, stats.completions, stats.errors) == (9, 2, 7)
+    _, stats = serve(bus, settings)
+    assert (stats["messages"], stats["requests"], stats["completions"], stats["errors"]) == (9, 9, 2, 7)
+    assert stats["dead_letters"] == 7 and stats["handler_errors"] == 0
 
-    records = read_all(bus, settings.topics.completions, "reader", len(messages))
+    completions = read_all(bus, settings.topics.completions, "reader", len(messages))
+    records = [json.loads(m.value) for m in completions]
+    assert len(records) == len(messages)
     by_id = {r.get("request_id"): r for r in records}
     assert by_id["ok-1"]["status"] == by_id["ok-2"]["status"] == "ok"
     assert 0 < by_id["ok-1"]["new_tokens"] <= 6 and by_id["ok-1"]["adapter"] == "__base__"
@@ -98,11 +121,60 @@ def test_bad_prompts_become_error_records_and_the_service_keeps_serving(settings
     assert "adapter 'nope' is not loaded" in reasons["adapter"]
     assert "location" in reasons["field"]
     anonymous = [r for r in records if r.get("request_id") is None]
-    assert sorted(r["reason"].split(":")[0] for r in anonymous) == ["undecodable prompt", "undecodable prompt"]
-    assert all(r["status"] == "error" and r["original_b64"] for r in anonymous)
+    assert len(anonymous) == 2 and all(r["status"] == "error" and r["reason"] for r in anonymous)  # the runtime's decoding reasons
+    assert all("original_b64" not in r for r in records)
+    # replies are keyed by request id, and sent in the order the prompts were read
+    assert all(m.key == r["request_id"].encode() for m, r in zip(completions, records, strict=True) if r.get("request_id"))
+    for lane in {(m.partition, r["source_partition"]) for m, r in zip(completions, records, strict=True)}:
+        offsets = [r["source_offset"] for m, r in zip(completions, records, strict=True) if (m.partition, r["source_partition"]) == lane]
+        assert offsets == sorted(offsets)
+
+    # every unanswerable message is also on the dead-letter topic, whole, with the reason in headers
+    dead = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", 7)
+    assert sorted(m.value for m in dead) == sorted(v for k, v in messages.items() if not k.startswith("ok-"))
+    for letter in dead:
+        reply = next(r for r in records if f"{settings.topics.prompts}/{r['source_partition']}/{r['source_offset']}".encode() == letter.header(ORIGIN))
+        assert reply["status"] == "error" and letter.header(REASON).decode() == reply["reason"]
+        assert letter.header(SERVICE) == b"llm"
+
     # everything answered was committed: the group has nothing left to read
     again = bus.consumer([settings.topics.prompts], settings.llm.group_id)
     assert again.poll(100, 0.2) == []
+
+
+def test_hostile_messages_get_an_error_reply_and_a_dead_letter_between_answered_prompts(settings_env: Path) -> None:
+    settings = load_settings()
+    bus = EmbeddedBus(default_partitions=1)
+    cell = a_cell(settings_env)
+    hostile = {
+        "null": b"",
+        "utf8": b'{"request_id": "bad-utf8", "text": "caf\xe9", "location": "cell"}',
+        "deep": b"[" * 100_000,
+        "ts": prompt("far-ts", "coffee near me", cell, ts="9999-12-31T23:59:59-05:00"),
+    }
+    producer = bus.producer()
+    sent: list[tuple[str, bytes]] = []
+    for i, (name, value) in enumerate(hostile.items()):
+        sent.append((f"good-{i}", prompt(f"good-{i}", "coffee near me", cell)))
+        sent.append((name, value))
+    sent.append(("good-last", prompt("good-last", "any pharmacy around here?", cell)))
+    for name, value in sent:
+        producer.send(settings.topics.prompts, value, key=name.encode())
+    _, stats = serve(bus, settings)
+    assert (stats["requests"], stats["completions"], stats["errors"], stats["dead_letters"]) == (9, 5, 4, 4)
+
+    completions = read_all(bus, settings.topics.completions, "reader", len(sent))
+    assert [m.key for m in completions] == [(b"far-ts" if n == "ts" else n.encode()) for n, _ in sent]  # one reply each, in order
+    records = [json.loads(m.value) for m in completions]
+    for (name, _), record in zip(sent, records, strict=True):
+        assert record["status"] == ("error" if name in hostile else "ok"), (name, record)
+        if name in hostile:
+            assert record["reason"] and record["source_offset"] == sent.index((name, hostile[name])), record
+    assert records[sent.index(("ts", hostile["ts"]))]["request_id"] == "far-ts"  # valid JSON: the requester is told
+
+    dead = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", len(hostile))
+    assert [m.value for m in dead] == list(hostile.values())
+    assert [m.header(REASON).decode() for m in dead] == [r["reason"] for r in records if r["status"] == "error"]
 
 
 @pytest.mark.kafka
@@ -113,17 +185,18 @@ def test_a_prompt_round_trips_through_kafka(settings_env: Path, kafka_bootstrap:
     monkeypatch.setenv("NMT_BUS__BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("NMT_TOPICS__PROMPTS", "llm-test.prompts")
     monkeypatch.setenv("NMT_TOPICS__COMPLETIONS", "llm-test.completions")
+    monkeypatch.setenv("NMT_LLM__DEAD_LETTER_TOPIC", "llm-test.prompts.dlq")
     settings = load_settings()
     bus = bus_from_settings(settings)
-    bus.create_topics([settings.topics.prompts, settings.topics.completions])
-    service = prompt_service(settings, bus)
-    worker = threading.Thread(target=service.run, kwargs={"max_requests": 2, "idle_exit_s": 60})
+    runner = StreamRunner(bus, service_for(settings))
+    worker = threading.Thread(target=runner.run, args=(threading.Event(),), kwargs={"max_messages": 2, "idle_exit_s": 60})
     worker.start()
     producer = bus.producer()
     producer.send(settings.topics.prompts, prompt("kafka-1", "find a cafe nearby", a_cell(settings_env)), key=b"kafka-1")
-    producer.send(settings.topics.prompts, b"", key=b"kafka-2")
+    producer.send(settings.topics.prompts, None, key=b"kafka-2")  # type: ignore[arg-type]  # a null value (tombstone)
     producer.flush()
-    records = read_all(bus, settings.topics.completions, "llm-test-reader", 2)
+    records = replies(bus, settings.topics.completions, "llm-test-reader", 2)
+    dead = read_all(bus, settings.llm.dead_letter_topic, "llm-test-dlq-reader", 1)
     worker.join(timeout=60)
     producer.close()
     bus.close()
@@ -131,6 +204,9 @@ def test_a_prompt_round_trips_through_kafka(settings_env: Path, kafka_bootstrap:
     assert {r.get("request_id") for r in records} == {"kafka-1", None}
     ok = next(r for r in records if r.get("request_id") == "kafka-1")
     assert ok["status"] == "ok" and isinstance(ok["completion"], str)
+    error = next(r for r in records if r.get("request_id") is None)
+    assert error["status"] == "error" and error["reason"]
+    assert [(m.key, m.value, m.header(REASON).decode()) for m in dead] == [(b"kafka-2", b"", error["reason"])]
 
 
 def test_cli_dataset_finetune_and_complete(settings_env: Path, tmp_path: Path) -> None:
@@ -153,6 +229,18 @@ def test_cli_dataset_finetune_and_complete(settings_env: Path, tmp_path: Path) -
     assert missing.exit_code != 0 and "nmt model init" in str(missing.exception)
 
 
+def test_cli_serve_runs_the_service_with_metrics(settings_env: Path) -> None:
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = CliRunner().invoke(app, ["llm", "serve", "--idle-exit", "0.5", "--metrics-port", "0", "--json"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output[result.output.index("{"):])
+    assert stats["requests"] == stats["messages"] == 0 and stats["dead_letters"] == 0
+
+
 def test_requests_that_waited_past_the_timeout_are_answered_with_an_error(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NMT_LLM__REQUEST_TIMEOUT_S", "0.05")
     settings = load_settings()
@@ -160,7 +248,40 @@ def test_requests_that_waited_past_the_timeout_are_answered_with_an_error(settin
     producer = bus.producer()
     producer.send(settings.topics.prompts, prompt("late", "coffee near me", a_cell(settings_env)))
     time.sleep(0.2)
-    stats = prompt_service(settings, bus).run(max_requests=1, idle_exit_s=5)
-    assert (stats.completions, stats.errors) == (0, 1)
-    [record] = read_all(bus, settings.topics.completions, "reader", 1)
+    _, stats = serve(bus, settings)
+    assert (stats["completions"], stats["errors"], stats["dead_letters"]) == (0, 1, 1)
+    [record] = replies(bus, settings.topics.completions, "reader", 1)
     assert record["request_id"] == "late" and record["reason"].startswith("timed out")
+    [letter] = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", 1)
+    assert letter.header(REASON).decode().startswith("timed out")
+
+
+def test_a_failed_generation_answers_its_batch_with_errors_and_serving_goes_on(settings_env: Path) -> None:
+    settings = load_settings()
+    bus = EmbeddedBus(default_partitions=1)
+    cell = a_cell(settings_env)
+    service = service_for(settings)
+    real = service.completer.complete
+    calls = []
+
+    def flaky(prepared: list, seed: int | None = None) -> list:
+        calls.append(len(prepared))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory on the edge")
+        return real(prepared, seed)
+
+    service.completer.complete = flaky  # type: ignore[method-assign]
+    producer = bus.producer()
+    for i in range(3):
+        producer.send(settings.topics.prompts, prompt(f"r{i}", "coffee near me", cell))
+    runner = StreamRunner(bus, service)
+    assert runner.step(timeout_s=1.0) == 3  # one batch: generation fails for all three
+    producer.send(settings.topics.prompts, prompt("r3", "coffee near me", cell))
+    run_until_idle([runner])
+    stats = runner.stats_dict()
+    runner.close()
+    assert calls == [3, 1]
+    assert (stats["completions"], stats["errors"], stats["generation_failures"], stats["dead_letters"]) == (1, 3, 1, 3)
+    records = replies(bus, settings.topics.completions, "reader", 4)
+    assert [(r["request_id"], r["status"]) for r in records] == [("r0", "error"), ("r1", "error"), ("r2", "error"), ("r3", "ok")]
+    assert all("generation failed: RuntimeError: out of memory" in r["reason"] for r in records[:3])

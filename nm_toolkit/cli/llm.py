@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from nm_toolkit.cli.common import stop_on_signals
+from nm_toolkit.cli.common import MetricsPortOption, run_service, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 from nm_toolkit.config import load_settings
 
@@ -91,20 +91,28 @@ def evaluate(
 def serve(
     max_requests: int | None = typer.Option(None, min=1, help="stop after answering this many messages"),
     idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without prompts"),
+    metrics_port: int | None = MetricsPortOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Serve the prompts topic until Ctrl-C: micro-batched completions to the completions topic."""
     from nm_toolkit.bus import bus_from_settings
-    from nm_toolkit.llm.deployment import prompt_service
+    from nm_toolkit.bus.runtime import StreamRunner
+    from nm_toolkit.llm.deployment import edge_completer
+    from nm_toolkit.llm.service import prompt_service
 
     settings = load_settings()
-    bus = bus_from_settings(settings)
-    service = prompt_service(settings, bus)
+    service = prompt_service(settings, edge_completer(settings))
     stop = stop_on_signals()
+    bus = bus_from_settings(settings)
     if not as_json:
-        console.print(f"serving {settings.topics.prompts} -> {settings.topics.completions} on the {settings.bus.kind} bus (Ctrl-C stops)")
+        console.print(
+            f"serving {settings.topics.prompts} -> {settings.topics.completions} (dead letters: {settings.llm.dead_letter_topic}) "
+            f"on the {settings.bus.kind} bus (Ctrl-C stops)"
+        )
     try:
-        stats = service.run(stop, max_requests, idle_exit)
+        stats = run_service(
+            StreamRunner(bus, service), settings, stop, idle_exit_s=idle_exit, max_messages=max_requests, metrics_port=metrics_port
+        )
     finally:
         bus.close()
-    emit(as_json, asdict(stats), "prompt service", [asdict(stats)])
+    emit(as_json, stats, "prompt service", [{"counter": k, "value": v} for k, v in stats.items()])

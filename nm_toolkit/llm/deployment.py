@@ -1,17 +1,16 @@
-"""Wiring from settings: where the models, adapters and context live, and the services built on them."""
+"""Wiring from settings: where the models, adapters and context live, and the edge and cloud models
+built on them (the prompt service is :func:`nm_toolkit.llm.service.prompt_service`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from nm_toolkit.bus.base import Bus
 from nm_toolkit.config import Settings
 from nm_toolkit.llm.context import ContextStore
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter
-from nm_toolkit.llm.service import PromptService, ServiceLimits
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,3 @@ def edge_completer(settings: Settings) -> EdgeCompleter:
 
 def cloud_responder(settings: Settings) -> CloudResponder:
     return CloudResponder(AdapterLM.load(LlmPaths.from_settings(settings).cloud_model), generation_limits(settings))
-
-
-def prompt_service(settings: Settings, bus: Bus, completer: EdgeCompleter | None = None) -> PromptService:
-    cfg = settings.llm
-    limits = ServiceLimits(cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_prompt_chars, cfg.request_timeout_s)
-    return PromptService(
-        bus, completer or edge_completer(settings), settings.topics.prompts, settings.topics.completions, cfg.group_id, limits
-    )
