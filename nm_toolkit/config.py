@@ -188,7 +188,6 @@ class LlmSettings(BaseModel):
     group_id: str = "nmt-prompt-service"
     dead_letter_topic: str = "nmt.prompts.dlq"
     max_batch: PositiveInt = 16
-    batch_window_ms: PositiveInt = 20
     max_prompt_chars: PositiveInt = 1000
     max_input_tokens: PositiveInt = 256
     max_new_tokens: PositiveInt = 64

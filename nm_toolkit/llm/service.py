@@ -9,11 +9,8 @@ its timeout, or in a batch whose generation failed) also goes whole to ``llm.dea
 (original bytes, reason in ``nmt.error.*`` headers), so it can be inspected or replayed.
 
 Offsets are committed by the runtime only after those records are flushed, so a crash replays
-requests rather than losing them (a replayed request may be answered twice).
-
-The old service waited up to ``llm.batch_window_ms`` after the first prompt for more to arrive; the
-runtime's poll returns whatever has arrived, so a burst still fills a batch, but the extra wait is
-gone and ``batch_window_ms`` is no longer used.
+requests rather than losing them (a replayed request may be answered twice). A poll returns
+whatever has arrived, up to the batch size, so a burst fills a batch without waiting for one.
 """
 
 from __future__ import annotations
