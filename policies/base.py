@@ -17,7 +17,8 @@ class PolicyContext:
 
     ``forecasts`` are keyed by series id (``source|metric``); ``capacities`` by target (cell,
     link); ``adapter_popularity`` maps an edge site to adapter -> recent request count;
-    ``applied`` is the decisions currently in force, by idempotency key.
+    ``applied`` is the decisions currently in force, by idempotency key; ``targets`` maps a target
+    (cell, site, a group such as "students") to the match of its traffic (``controller.targets``).
     """
 
     now: datetime
@@ -27,6 +28,7 @@ class PolicyContext:
     applied: dict[str, Decision] = field(default_factory=dict)
     intents: list[NetworkIntent] = field(default_factory=list)
     adapter_popularity: dict[str, dict[str, float]] = field(default_factory=dict)
+    targets: dict[str, dict[str, str | int]] = field(default_factory=dict)
 
     def capacity_of(self, target: str) -> float:
         return self.capacities.get(target, self.settings.capacities.get(target, self.settings.default_capacity))

@@ -34,7 +34,9 @@ class IntentQosAclPolicy(Policy):
             "ttl_seconds": intent.ttl_seconds,
             "reason": f"intent {intent.id} of tenant {intent.tenant}: {intent.text or intent.action}",
         }
-        match = intent.traffic.as_match()
+        # The intent's traffic, at its target: "block all traffic to the printers" matches the
+        # printers' addresses, never every packet (the guardrails refuse a deny that narrows nothing).
+        match = {**context.targets.get(intent.target, {}), **intent.traffic.as_match()}
         if intent.action in ("allow", "block"):
             return Acl(**common, action="allow" if intent.action == "allow" else "deny", match=match)
         if intent.action == "prioritize":

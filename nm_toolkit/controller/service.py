@@ -96,6 +96,7 @@ class DecisionController:
             applied=self.in_force,
             intents=list(intents),
             adapter_popularity={site: dict(counts) for site, counts in (adapter_popularity or {}).items()},
+            targets=self.settings.controller.targets,
         )
         runs = evaluate_policies(self.policies, context, self.settings.controller.policy_time_budget_seconds)
         report = self.apply([d for run in runs if run.status == "ok" for d in run.decisions])
