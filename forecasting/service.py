@@ -89,17 +89,18 @@ class ForecastService(StreamService):
         self.bounds = bounds
         self.counters = ForecastServiceStats()
         self._last_round = float("-inf")
+        self._caught_up = False
         make_model(config.model, pd.Timedelta(hours=1))  # an unknown model name fails here, not hours later
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         """Store the windows; dead-letter what is not a usable one."""
+        self._caught_up = False
         points = []
         for message in messages:
             try:
                 point = self._point(message)
             except Rejected as exc:
                 out.dead_letter(message, exc.errors)
-                self.counters.dead_letters += 1
                 continue
             points.append((point.series_id, point.window_start, point.window_seconds, point_value(point, self.forecast.value)))
         self.store.put_points(points)
@@ -113,8 +114,13 @@ class ForecastService(StreamService):
         return point
 
     def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
-        """A forecast round every ``interval_seconds``, and one before an idle exit."""
-        if final or time.monotonic() - self._last_round >= self.config.interval_seconds:
+        """A forecast round every ``interval_seconds`` once the series topic is read up to its end
+        (a poll that brought nothing; at the latest after twice the interval), and one before an
+        idle exit."""
+        caught_up, self._caught_up = self._caught_up, True
+        elapsed = time.monotonic() - self._last_round
+        interval = self.config.interval_seconds
+        if final or (elapsed >= interval and (caught_up or elapsed >= 2 * interval)):
             self._last_round = time.monotonic()
             self.forecast_round(out)
         return False

@@ -9,10 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collectors.service import DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON
-from forecasting.service import ForecastService
+from forecasting.service import ForecastService, forecast_service
 from forecasting.store import ForecastStore
 from nm_toolkit.bus import Bus, EmbeddedBus
+from nm_toolkit.bus.deadletter import ORIGIN, REASON
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.schemas import Forecast, SeriesPoint
 
@@ -33,10 +34,14 @@ def publish_points(bus: Bus, settings: Settings, sources: int = 3, hours: int = 
     producer.flush()
 
 
-def drain(service: ForecastService) -> None:
-    for _ in range(200):
-        if not service.step(timeout_s=0.2) and service.stats.messages >= 3 * 72 + 2:
-            return
+def runner(bus: Bus, settings: Settings, store_path: Path) -> StreamRunner:
+    """The forecasting service with its store in a file (the embedded bus would keep it in memory)."""
+    cfg = settings.forecast_service
+    service = ForecastService(
+        cfg, settings.forecast, series_topic=settings.topics.series, forecasts_topic=settings.topics.forecasts,
+        store=ForecastStore(store_path),
+    )  # fmt: skip
+    return StreamRunner(bus, service)
 
 
 def test_service_on_embedded_bus_forecasts_dead_letters_and_commits(tmp_path: Path) -> None:
@@ -44,15 +49,17 @@ def test_service_on_embedded_bus_forecasts_dead_letters_and_commits(tmp_path: Pa
     bus = EmbeddedBus(default_partitions=2)
     bus.create_topics([settings.topics.series])
     publish_points(bus, settings)
-    service = ForecastService(bus, settings)
-    drain(service)
-    assert service.stats.points == 3 * 72 and service.stats.dead_letters == 2
+    service = runner(bus, settings, tmp_path / "forecasts.sqlite")
+    run_until_idle([service])
+    assert service.service.counters.points == 3 * 72 and service.emitter.dead_lettered == 2
     dead = bus.messages(settings.forecast_service.dead_letter_topic)
     assert {m.value for m in dead} == {b'{"source": "cell-9", "metric": "traffic"}', b"\xff not json"}
-    assert all(m.header(DEAD_LETTER_REASON).startswith(b"not a SeriesPoint") and m.header(DEAD_LETTER_ORIGIN) for m in dead)
+    reasons = {m.value: m.header(REASON) for m in dead}
+    assert reasons[b'{"source": "cell-9", "metric": "traffic"}'].startswith(b"not a SeriesPoint")
+    assert reasons[b"\xff not json"].startswith(b"not UTF-8") and all(m.header(ORIGIN) for m in dead)
     assert sum(bus._committed[settings.forecast_service.group_id].values()) == 3 * 72 + 2  # everything applied is committed
 
-    forecasts, skipped = service.forecast_round(now=START + timedelta(hours=72))
+    forecasts, skipped = service.service.forecast_round(service.emitter, now=START + timedelta(hours=72))
     assert skipped == {} and len(forecasts) == 3
     published = [Forecast.model_validate_json(m.value) for m in bus.messages(settings.topics.forecasts)]
     by_series = {f.series_id: f for f in published}
@@ -70,12 +77,12 @@ def test_service_restarts_from_the_store_without_losing_windows(tmp_path: Path) 
     bus = EmbeddedBus(default_partitions=1)
     bus.create_topics([settings.topics.series])
     publish_points(bus, settings, sources=1, hours=30)
-    first = ForecastService(bus, settings)
-    first.step(timeout_s=0.2)
+    first = runner(bus, settings, tmp_path / "forecasts.sqlite")
+    run_until_idle([first])
     first.close()
-    second = ForecastService(bus, settings)  # same group: nothing is redelivered, history comes from the store
+    second = runner(bus, settings, tmp_path / "forecasts.sqlite")  # same group: nothing is redelivered, history comes from the store
     assert second.step(timeout_s=0.2) == 0
-    forecasts, _ = second.forecast_round()
+    forecasts, _ = second.service.forecast_round(second.emitter)
     assert len(forecasts) == 1 and forecasts[0].start == START + timedelta(hours=30)
     second.close()
 
@@ -91,9 +98,9 @@ def test_missing_windows_of_event_counts_are_zeros_and_of_telemetry_are_repaired
             point = SeriesPoint(source="cell-1", metric=metric, window_start=START + timedelta(hours=h), window_seconds=3600, count=3, sum=3.0, min=1.0, max=1.0)
             producer.send(settings.topics.series, point.model_dump_json().encode(), point.series_id.encode())
     producer.flush()
-    service = ForecastService(bus, settings)
-    service.step(timeout_s=0.2)
-    forecasts, _ = service.forecast_round(now=START + timedelta(hours=72))
+    service = StreamRunner(bus, forecast_service(settings, bus))
+    run_until_idle([service])
+    forecasts, _ = service.service.forecast_round(service.emitter, now=START + timedelta(hours=72))
     by_series = {f.series_id: f for f in forecasts}
     assert by_series["cell-1|demand.video.requests"].mean[:4] == pytest.approx([0.0, 3.0, 0.0, 3.0])
     assert by_series["cell-1|traffic"].mean[:4] == pytest.approx([3.0, 3.0, 3.0, 3.0])
@@ -114,13 +121,13 @@ def test_service_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
     bus = KafkaBus(kafka_bootstrap, default_partitions=2)
     bus.create_topics([settings.topics.series])
     publish_points(bus, settings, sources=2, hours=48)
-    service = ForecastService(bus, settings)
+    service = StreamRunner(bus, forecast_service(settings, bus))
     for _ in range(100):
         service.step(timeout_s=0.5)
         if service.stats.messages >= 2 * 48 + 2:
             break
-    assert service.stats.points == 96 and service.stats.dead_letters == 2
-    forecasts, _ = service.forecast_round()
+    assert service.service.counters.points == 96 and service.emitter.dead_lettered == 2
+    forecasts, _ = service.service.forecast_round(service.emitter)
     service.close()
     assert {f.series_id for f in forecasts} == {"cell-0|traffic", "cell-1|traffic"}
     reader = bus.consumer([settings.topics.forecasts], f"reader-{suffix}")

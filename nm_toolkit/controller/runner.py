@@ -119,9 +119,11 @@ class DecisionService(StreamService):
 
     def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
         """A round every ``interval_seconds``, each once the tables are read up to their end (a
-        poll that brought nothing)."""
+        poll that brought nothing; at the latest after twice the interval)."""
         caught_up, self._caught_up = self._caught_up, True
-        if not caught_up or final or time.monotonic() - self._last_round < self.settings.controller.interval_seconds:
+        elapsed = time.monotonic() - self._last_round
+        interval = self.settings.controller.interval_seconds
+        if final or elapsed < interval or not (caught_up or elapsed >= 2 * interval):
             return False
         self._last_round = time.monotonic()
         self.decide_round()
