@@ -33,7 +33,7 @@ from collectors.windowing import TumblingWindows
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.deadletter import ORIGIN, REASON, message_origin
-from nm_toolkit.bus.runtime import Emitter, StreamService, Topic
+from nm_toolkit.bus.runtime import Emitter, Progress, StreamService, Topic
 from nm_toolkit.config import CollectorSettings, Settings
 from nm_toolkit.schemas import SeriesPoint, TelemetryRecord
 
@@ -202,7 +202,7 @@ class TelemetryCollector(StreamService):
             [(REASON, b"late: its window had already closed"), (ORIGIN, message_origin(message).encode())],
         )  # fmt: skip
 
-    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """Close windows the watermark passed, and every window of a partition that saw no
         record for ``idle_close_seconds`` while the bus was reachable (an outage is not
         idleness). An idle close depends on the clock, not on the log, so it is checkpointed at
@@ -211,7 +211,7 @@ class TelemetryCollector(StreamService):
         now = time.monotonic()
         idle_closed = False
         for state in self._partitions.values():
-            if not healthy:
+            if not progress.healthy:
                 state.last_record_at = now
             if idle is not None and now - state.last_record_at >= idle and state.windows.open_windows:
                 self._publish(state.windows.close_all(), out)

@@ -26,7 +26,7 @@ import pandas as pd
 from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
 from nm_toolkit.bus import Bus, Message, TopicPartition
-from nm_toolkit.bus.runtime import Emitter, Rejected, StreamService, Topic
+from nm_toolkit.bus.runtime import Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import ForecastServiceSettings, ForecastSettings, Settings
 from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import Forecast, SeriesPoint, split_series_key
@@ -88,13 +88,11 @@ class ForecastService(StreamService):
         self.store = store
         self.bounds = bounds
         self.counters = ForecastServiceStats()
-        self._last_round = float("-inf")
-        self._caught_up = False
+        self._last_round = time.monotonic() - self.config.interval_seconds  # due at once, once caught up
         make_model(config.model, pd.Timedelta(hours=1))  # an unknown model name fails here, not hours later
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         """Store the windows; dead-letter what is not a usable one."""
-        self._caught_up = False
         points = []
         for message in messages:
             try:
@@ -113,14 +111,13 @@ class ForecastService(StreamService):
             raise Rejected(f"window_start: {reason}")
         return point
 
-    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """A forecast round every ``interval_seconds`` once the series topic is read up to its end
         (a poll that brought nothing; at the latest after twice the interval), and one before an
         idle exit."""
-        caught_up, self._caught_up = self._caught_up, True
         elapsed = time.monotonic() - self._last_round
         interval = self.config.interval_seconds
-        if final or (elapsed >= interval and (caught_up or elapsed >= 2 * interval)):
+        if final or (elapsed >= interval and (progress.caught_up or elapsed >= 2 * interval)):
             self._last_round = time.monotonic()
             self.forecast_round(out)
         return False

@@ -92,6 +92,11 @@ class Consumer(ABC):
     def highwater(self, partition: TopicPartition) -> int | None:
         """The offset after the last message of ``partition`` as last seen (None: not known yet)."""
 
+    @abstractmethod
+    def position(self, partition: TopicPartition) -> int | None:
+        """The offset the next fetch of ``partition`` starts at (None: not known yet), without
+        waiting for the bus."""
+
     def healthy(self) -> bool:
         """Whether the consumer is in touch with its group coordinator: time without messages
         only means "no data" while this holds (a broker outage is not idleness)."""

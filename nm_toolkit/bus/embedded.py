@@ -207,6 +207,10 @@ class _EmbeddedConsumer(Consumer):
         with self._bus._cond:
             return set(self._positions)
 
+    def position(self, partition: TopicPartition) -> int | None:
+        with self._bus._cond:
+            return self._positions.get(partition)
+
     def highwater(self, partition: TopicPartition) -> int | None:
         with self._bus._cond:
             return len(self._bus._logs[partition[0]][partition[1]])

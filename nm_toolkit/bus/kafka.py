@@ -219,6 +219,14 @@ class KafkaBusConsumer(Consumer):
     def highwater(self, partition: TopicPartition) -> int | None:
         return self._consumer.highwater(KafkaTopicPartition(*partition))
 
+    def position(self, partition: TopicPartition) -> int | None:
+        # consumer.position() may block on the coordinator; the subscription state never does.
+        try:
+            state = self._consumer._subscription.position(KafkaTopicPartition(*partition))  # noqa: SLF001
+        except (AttributeError, KeyError):
+            return None
+        return None if state is None else int(state.offset)
+
     def healthy(self) -> bool:
         # kafka-python has no public probe; read (without side effects) whether the group
         # coordinator is known and connected. If its internals ever change, assume healthy.

@@ -103,6 +103,19 @@ def object_json(raw: bytes) -> dict[str, object]:
     return data
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a runner stands, for a service's periodic work.
+
+    ``healthy``: the bus is reachable, so time without messages means no data (an outage is not
+    idleness). ``caught_up``: the last poll brought nothing and every owned partition is read up
+    to its end as last seen (a round over a table decides on all of it, not on what arrived first).
+    """
+
+    healthy: bool = True
+    caught_up: bool = True
+
+
 class Emitter:
     """What a service sends through: outputs and dead letters on the runner's producer, counted."""
 
@@ -133,6 +146,7 @@ class Emitter:
         listed = [RecordError(errors)] if isinstance(errors, str) else list(errors)
         record = dead_letter(message, listed, service.name, self._runner.bus.max_message_bytes)
         self._runner.producer.send(service.dead_letter_topic, record.value, record.key, record.headers)
+        self.sent[service.dead_letter_topic] += 1
         self.dead_lettered += 1
 
 
@@ -162,10 +176,9 @@ class StreamService(ABC):
         cannot be used (or raise :class:`Rejected` for a single message). Outputs are flushed and
         offsets committed by the runner."""
 
-    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
-        """Periodic work after each poll (close idle windows, a forecast round). ``healthy``: the
-        bus is reachable, so time without messages means no data. ``final``: the service is about
-        to exit. Return True to have the runner checkpoint and commit now."""
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
+        """Periodic work after each poll (close idle windows, a forecast round). ``final``: the
+        service is about to exit. Return True to have the runner checkpoint and commit now."""
         return False
 
     def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int | None]:
@@ -214,6 +227,9 @@ class StreamRunner:
         self._next: dict[TopicPartition, int] = {}
         self._pending: dict[TopicPartition, int] = {}
         self._owned: set[TopicPartition] = set()
+        self._start: dict[TopicPartition, int] = {}
+        """Where reading began on each owned partition: what "read up to its end" is counted from
+        until a message of it is handled (a fetch position can run ahead into buffered messages)."""
         self._events: list[tuple[str, set[TopicPartition]]] = []
         self._events_lock = threading.Lock()
         self._last_commit = time.monotonic()
@@ -262,6 +278,7 @@ class StreamRunner:
             for tp in gone:
                 self._pending.pop(tp, None)
                 self._next.pop(tp, None)
+                self._start.pop(tp, None)
         resume: dict[TopicPartition, int | None] = {tp: self._next[tp] for tp in kept if tp in self._next}
         if new:
             resume.update(self.service.assigned(new))
@@ -271,6 +288,7 @@ class StreamRunner:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, offset)
+            self._start[tp] = offset or 0
         return [m for m in messages if m.topic_partition in owned and m.topic_partition not in resume]
 
     # -- the loop --------------------------------------------------------------------------------
@@ -293,7 +311,7 @@ class StreamRunner:
                 self.stats.batches += 1
                 self.stats.batch_seconds.append(time.perf_counter() - started)
                 del self.stats.batch_seconds[:-1000]
-            due = self.service.tick(self.emitter, self.consumer.healthy())
+            due = self.service.tick(self.emitter, self.progress(polled_nothing=not polled))
             if due or (self._pending and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
                 self.commit()
         return len(messages)
@@ -359,24 +377,34 @@ class StreamRunner:
     def finish(self) -> None:
         """The service's last tick before an idle exit (a last forecast round, say)."""
         with self._lock:
-            self.service.tick(self.emitter, self.consumer.healthy(), final=True)
+            self.service.tick(self.emitter, self.progress(polled_nothing=True), final=True)
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Messages behind the end of each assigned partition, as last seen."""
+        """Messages behind the end of each assigned partition, as last seen (partitions whose end
+        or position is not known yet are left out)."""
         with self._lock:
-            positions = dict(self._next)
             owned = set(self._owned)
+            for tp in owned - set(self._start):  # resumed at the committed offset: learn where that is
+                if (position := self.consumer.position(tp)) is not None:
+                    self._start[tp] = position
+            at = self._start | self._next
         lags = {}
         for tp in owned:
             end = self.consumer.highwater(tp)
-            if end is not None and tp in positions:
-                lags[tp] = max(0, end - positions[tp])
+            if end is not None and tp in at:
+                lags[tp] = max(0, end - at[tp])
         return lags
+
+    def progress(self, polled_nothing: bool) -> Progress:
+        """Where this runner stands now (see :class:`Progress`)."""
+        lags = self.lag()
+        caught_up = polled_nothing and bool(self._owned) and len(lags) == len(self._owned) and not any(lags.values())
+        return Progress(healthy=self.consumer.healthy(), caught_up=caught_up)
 
     def stats_dict(self) -> dict[str, float]:
         """The runtime's counters and the service's, in one flat mapping."""
         runtime = {k: v for k, v in vars(self.stats).items() if not isinstance(v, list)}
-        return runtime | {"dead_letters": self.emitter.dead_lettered} | self.service.stats()
+        return self.service.stats() | runtime | {"dead_letters": self.emitter.dead_lettered}
 
     def close(self) -> None:
         """Commit what was handled, release the service, leave the group. Idempotent."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from nm_toolkit.bus import Message
-from nm_toolkit.bus.runtime import Emitter, Rejected, StreamService, Topic
+from nm_toolkit.bus.runtime import Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter
 from nm_toolkit.controller.service import DecisionController, RoundReport
@@ -92,8 +92,7 @@ class DecisionService(StreamService):
         self.inputs = [self.forecast_topic, self.intent_topic]
         self.outputs = [topics.decisions]
         self.controller: DecisionController | None = None
-        self._caught_up = False
-        self._last_round = float("-inf")
+        self._last_round = time.monotonic() - cfg.interval_seconds  # due at once, once caught up
 
     def started(self, out: Emitter) -> None:
         """Decisions go to every adapter and, through ``out``, to the decisions topic."""
@@ -103,7 +102,6 @@ class DecisionService(StreamService):
         )
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
-        self._caught_up = False
         for message in messages:
             try:
                 if message.topic == self.forecast_topic.name:
@@ -117,13 +115,12 @@ class DecisionService(StreamService):
             except Rejected as exc:
                 out.dead_letter(message, exc.errors)
 
-    def tick(self, out: Emitter, healthy: bool, final: bool = False) -> bool:
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """A round every ``interval_seconds``, each once the tables are read up to their end (a
         poll that brought nothing; at the latest after twice the interval)."""
-        caught_up, self._caught_up = self._caught_up, True
         elapsed = time.monotonic() - self._last_round
         interval = self.settings.controller.interval_seconds
-        if final or elapsed < interval or not (caught_up or elapsed >= 2 * interval):
+        if final or elapsed < interval or not (progress.caught_up or elapsed >= 2 * interval):
             return False
         self._last_round = time.monotonic()
         self.decide_round()
