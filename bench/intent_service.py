@@ -3,7 +3,7 @@ to a baseline measured in the same run.
 
     python bench/intent_service.py [--nile ../shared/data/nile_intents_alpha.json] [--prompts 20000] [--operator 400]
 
-* prompts: ``IntentService`` on the embedded bus (poll, validate, infer, publish the intent and its
+* prompts: the intent service (``intent_runners``) on the embedded bus (poll, validate, infer, publish the intent and its
   demand, window the demand, close windows, commit), versus the baseline of only decoding the same
   prompt bytes and calling ``infer_user_intent`` on them (the inference itself, no bus).
 * operator texts: the service (extractor, Nile, conflict check against everything accepted
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from intent.data import load_intents  # noqa: E402
 from intent.evaluation import SpanExtractor  # noqa: E402
 from intent.methods import parse_operator_intents  # noqa: E402
-from intent.service import IntentService  # noqa: E402
+from intent.service import intent_runners  # noqa: E402
 from intent.tagger import SklearnIntentTagger  # noqa: E402
 from intent.user import infer_user_intent  # noqa: E402
 from nm_toolkit.bus import EmbeddedBus  # noqa: E402
@@ -68,20 +68,22 @@ def through_service(
     its counters go to ``counts``."""
     settings = load_settings(state_dir=state_dir, intent={"max_poll_records": 500})
     bus = EmbeddedBus(default_partitions=4)
-    service = IntentService(bus, settings, extractor=extractor)
+    service = intent_runners(settings, bus, extractor=extractor)
     producer = bus.producer()
     for key, value in messages:
         producer.send(getattr(settings.topics, topic), value, key)
     start = time.perf_counter()
-    while service.stats.messages < len(messages):
-        service.step(timeout_s=0.0)
-    while service.step(timeout_s=0.0):  # the last demand records
+    while service.intents.stats.messages < len(messages):
+        service.intents.step(timeout_s=0.0)
+        service.demand.step(timeout_s=0.0)
+    while service.demand.step(timeout_s=0.0):  # the last demand records
         pass
-    service.demand.close_all_windows()
+    service.collector.close_all_windows(service.demand.emitter)
     elapsed = time.perf_counter() - start
-    assert service.stats.dead_letters == 0
-    service.close()
+    assert service.service.counters.dead_letters == 0
     counts.update(service.stats_dict())
+    for runner in service.runners:
+        runner.close()
     return elapsed
 
 
