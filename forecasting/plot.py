@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from nm_toolkit.schemas import Forecast  # noqa: E402
+if TYPE_CHECKING:
+    from nm_toolkit.schemas import Forecast
 
 
 def forecast_index(forecast: Forecast) -> pd.DatetimeIndex:
@@ -20,6 +18,11 @@ def forecast_index(forecast: Forecast) -> pd.DatetimeIndex:
 def plot_forecast(forecast: Forecast, history: pd.Series, path: Path, context_steps: int | None = None) -> Path:
     """Write a PNG: ``context_steps`` of history before the forecast (default: 3 horizons),
     the forecast mean, the interval band, and the actual values where they are already known."""
+    import matplotlib  # here, not at the top: `nmt forecast show` needs forecast_index, not matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     index = forecast_index(forecast)
     context = context_steps or 3 * forecast.horizon
     before = history[history.index < index[0]].iloc[-context:]

@@ -1,29 +1,69 @@
-"""Models by name, sized to the data's sampling step: what the CLI, bench and service select from."""
+"""Models by name, sized to the data's sampling step: what the CLI, bench and service select from.
+
+Each model's module is imported when the model is built, not with the registry: the CLI reads
+``MODEL_NAMES`` for its options at every start, which must not cost scipy, scikit-learn and
+statsmodels (or torch, for the LLM).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from forecasting.base import Forecaster, steps_per
-from forecasting.combine import Combination
-from forecasting.gbm import GlobalGBM
-from forecasting.history import DAY, WEEK
-from forecasting.naive import SeasonalMean, SeasonalNaive
-from forecasting.select import AutoSelect
-from forecasting.statistical import ETS, SARIMA
 from nm_toolkit.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from forecasting.base import Forecaster
 
 DEFAULT_MODEL = "ensemble"
 
 
+def _seasonal_naive(season: int) -> Forecaster:
+    from forecasting.naive import SeasonalNaive
+
+    return SeasonalNaive(season)
+
+
+def _seasonal_mean(day: int) -> Forecaster:
+    from forecasting.naive import SeasonalMean
+
+    return SeasonalMean(day, seasons=7)
+
+
+def _gbm() -> Forecaster:
+    from forecasting.gbm import GlobalGBM
+
+    return GlobalGBM()
+
+
+def _ets(day: int) -> Forecaster:
+    from forecasting.statistical import ETS
+
+    return ETS(day)
+
+
+def _sarima(day: int) -> Forecaster:
+    from forecasting.statistical import SARIMA
+
+    return SARIMA(season_length=day)
+
+
+def _auto(candidates: list[Forecaster]) -> Forecaster:
+    from forecasting.select import AutoSelect
+
+    return AutoSelect(candidates)
+
+
 def _ensemble(day: int, week: int) -> Forecaster:
-    return Combination([GlobalGBM(), SeasonalMean(day, seasons=7)])
+    from forecasting.combine import Combination
+
+    return Combination([_gbm(), _seasonal_mean(day)])
 
 
 def _auto_candidates(day: int, week: int) -> list[Forecaster]:
-    return [SeasonalNaive(week), SeasonalMean(day, seasons=7), GlobalGBM(), _ensemble(day, week)]
+    return [_seasonal_naive(week), _seasonal_mean(day), _gbm(), _ensemble(day, week)]
 
 
 def _llm(day: int, week: int) -> Forecaster:
@@ -36,17 +76,17 @@ def _llm(day: int, week: int) -> Forecaster:
 
 
 BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
-    "snaive_daily": lambda day, week: SeasonalNaive(day),
-    "snaive_weekly": lambda day, week: SeasonalNaive(week),
-    "seasonal_mean": lambda day, week: SeasonalMean(day, seasons=7),
-    "ets": lambda day, week: ETS(day),
-    "sarima": lambda day, week: SARIMA(season_length=day),
-    "gbm": lambda day, week: GlobalGBM(),
+    "snaive_daily": lambda day, week: _seasonal_naive(day),
+    "snaive_weekly": lambda day, week: _seasonal_naive(week),
+    "seasonal_mean": lambda day, week: _seasonal_mean(day),
+    "ets": lambda day, week: _ets(day),
+    "sarima": lambda day, week: _sarima(day),
+    "gbm": lambda day, week: _gbm(),
     "ensemble": _ensemble,
     "llm": _llm,
-    "auto": lambda day, week: AutoSelect(_auto_candidates(day, week)),
+    "auto": lambda day, week: _auto(_auto_candidates(day, week)),
     # the LLM joins automatic selection as one more candidate: a series gets it only where it wins validation
-    "auto_llm": lambda day, week: AutoSelect([*_auto_candidates(day, week), _llm(day, week)]),
+    "auto_llm": lambda day, week: _auto([*_auto_candidates(day, week), _llm(day, week)]),
 }
 MODEL_NAMES = tuple(BUILDERS)
 
@@ -57,6 +97,9 @@ class UnknownModelError(UserError):
 
 def make_model(name: str, step: pd.Timedelta) -> Forecaster:
     """The model called ``name`` with its seasons measured in steps of ``step``."""
+    from forecasting.base import steps_per
+    from forecasting.history import DAY, WEEK
+
     if name not in BUILDERS:
         raise UnknownModelError(f"unknown model {name!r}: choose from {', '.join(MODEL_NAMES)}")
     return BUILDERS[name](steps_per(DAY, step), steps_per(WEEK, step))

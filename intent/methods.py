@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from intent.evaluation import SpanExtractor
-from intent.llm_output import parse_llm_output
-from intent.schema import NeedsClarification, OperatorIntent
-from intent.structure import structure
 from nm_toolkit.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: the CLI reads METHODS for its options at every start
+    from intent.evaluation import SpanExtractor
+    from intent.schema import NeedsClarification, OperatorIntent
 
 Method = Literal["vote", "semicrf", "spanlr", "sklearn", "llm"]
 METHODS: tuple[str, ...] = ("vote", "semicrf", "spanlr", "sklearn", "llm")
@@ -66,6 +66,9 @@ def load(directory: Path) -> SpanExtractor:
 def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> list[OperatorIntent | NeedsClarification]:
     """Operator intents of ``texts``; LLM output is grounded and validated, failures clarified."""
     from intent.llm_extractor import LlmIntentExtractor
+    from intent.llm_output import parse_llm_output
+    from intent.schema import NeedsClarification
+    from intent.structure import structure
 
     results: list[OperatorIntent | NeedsClarification] = []
     if isinstance(extractor, LlmIntentExtractor):

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import orjson
 import typer
-from rich.progress import Progress
 
-from collectors.publish import replay_frame
-from collectors.synthetic import SyntheticTelemetry
-from collectors.tabular import TelemetryFileError, load_wide_frame
-from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.bus.runtime import StreamRunner
 from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit
 
@@ -28,6 +22,8 @@ def run(
 ) -> None:
     """Consume the telemetry topic until SIGINT/SIGTERM, windowing records into series."""
     from collectors.service import telemetry_collector
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.bus.runtime import StreamRunner
 
     settings = shared_bus_settings(config, "nmt collect run")
     stop = stop_on_signals()
@@ -47,6 +43,12 @@ def publish(
     as_json: bool = JsonOption,
 ) -> None:
     """Publish a telemetry file to the telemetry topic (JSON lines as-is, CSV replayed in time)."""
+    from collectors.publish import replay_frame
+    from rich.progress import Progress
+
+    from collectors.tabular import TelemetryFileError, load_wide_frame
+    from nm_toolkit.bus import bus_from_settings
+
     settings = shared_bus_settings(config, "nmt collect publish")
     bus = bus_from_settings(settings)
     bus.create_topics([settings.topics.telemetry])
@@ -92,6 +94,8 @@ def synth(
     as_json: bool = JsonOption,
 ) -> None:
     """Write a seeded synthetic telemetry table (daily/weekly seasonality, trend, bursts, gaps)."""
+    from collectors.synthetic import SyntheticTelemetry
+
     generator = SyntheticTelemetry(n_sources=sources, periods=int(days * 86400 / step), step_seconds=step, seed=seed)
     frame = generator.frame()
     frame.to_csv(output, index_label="timestamp")

@@ -6,19 +6,25 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from nm_toolkit.bus.deadletter import one_line
-from nm_toolkit.bus.runtime import FATAL_ERRORS, StreamRunner, run_together
 from nm_toolkit.cli.output import err_console
-from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.errors import UserError
+
+# Every command module imports this one: what it needs from the bus and the settings is imported
+# inside the helpers, so that building the command tree (each `nmt` start) stays cheap.
+if TYPE_CHECKING:
+    from nm_toolkit.bus.runtime import StreamRunner
+    from nm_toolkit.config import Settings
 
 ConfigOption = typer.Option(None, "--config", "-c", help="TOML settings file (default: ./nmt.toml if present)")
 
 
 def settings_from(config: Path | None) -> Settings:
+    from nm_toolkit.config import load_settings
+
     return load_settings(config)
 
 
@@ -33,6 +39,8 @@ def require_shared_bus(settings: Settings, command: str) -> None:
 
 
 def shared_bus_settings(config: Path | None, command: str) -> Settings:
+    from nm_toolkit.config import load_settings
+
     settings = load_settings(config)
     require_shared_bus(settings, command)
     return settings
@@ -64,6 +72,9 @@ def run_service(
     first one's counters. A fault a service cannot survive (the bus refused a write, the disk is
     full) ends the command with one line and exit code 1; nothing after the last commit is lost,
     so a restart resumes from there."""
+    from nm_toolkit.bus.deadletter import one_line
+    from nm_toolkit.bus.runtime import FATAL_ERRORS, StreamRunner, run_together
+
     group = [runners] if isinstance(runners, StreamRunner) else list(runners)
     names = ", ".join(r.service.name for r in group)
     port = metrics_port if metrics_port is not None else settings.metrics.port

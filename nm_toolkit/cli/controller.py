@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.bus.runtime import StreamRunner
 from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, require_shared_bus, run_service, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json
-from nm_toolkit.config import load_settings
-from nm_toolkit.controller.service import RoundReport
+
+if TYPE_CHECKING:
+    from nm_toolkit.controller.service import RoundReport
 
 app = typer.Typer(help="The SDN controller side of the loop.", no_args_is_help=True)
 
@@ -29,6 +29,9 @@ def run(
     """Read the forecasts and intents topics, run the enabled policies, pass the guardrails and
     apply through the configured adapter (an os-ken OpenFlow 1.3 controller listening on
     controller.listen_host:listen_port by default) and the decisions topic."""
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.bus.runtime import StreamRunner
+    from nm_toolkit.config import load_settings
     from nm_toolkit.controller.runner import decision_service
 
     overrides: dict[str, dict[str, object]] = {}

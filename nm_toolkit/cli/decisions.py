@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from pydantic import ValidationError
 
-from nm_toolkit.bus import bus_from_settings
 from nm_toolkit.cli.common import ConfigOption, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
-from nm_toolkit.schemas import Decision, DecisionAdapter
+
+if TYPE_CHECKING:
+    from nm_toolkit.schemas import Decision
 
 app = typer.Typer(help="The decisions topic.", no_args_is_help=True)
 
@@ -34,6 +35,11 @@ def tail(
     as_json: bool = JsonOption,
 ) -> None:
     """Show the latest decisions (read with a throw-away consumer group: nobody's offsets move)."""
+    from pydantic import ValidationError
+
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.schemas import DecisionAdapter
+
     settings = shared_bus_settings(config, "nmt decisions tail")
     bus = bus_from_settings(settings)
     consumer = bus.consumer([settings.topics.decisions], f"nmt-decisions-tail-{uuid.uuid4().hex[:8]}")

@@ -6,15 +6,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import typer
-from rich.progress import Progress
 
-from collectors.publish import replay_frame
-from collectors.synthetic import SyntheticTelemetry
-from collectors.tabular import load_wide_frame
-from nm_toolkit.bus import bus_from_settings
 from nm_toolkit.cli.common import ConfigOption, settings_from
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
-from nm_toolkit.pipeline import ClosedLoop, decisions_json
 
 # What real producers get wrong; the demo sends these too, to show they are dead-lettered.
 MALFORMED_EXAMPLES = [
@@ -37,6 +31,14 @@ def demo(
     as_json: bool = JsonOption,
 ) -> None:
     """Stream telemetry through collectors -> forecasting -> policies and show what was decided."""
+    from rich.progress import Progress
+
+    from collectors.publish import replay_frame
+    from collectors.synthetic import SyntheticTelemetry
+    from collectors.tabular import load_wide_frame
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.pipeline import ClosedLoop, decisions_json
+
     settings = settings_from(config)
     frame = load_wide_frame(input) if input else SyntheticTelemetry(n_sources=cells, periods=days * 24, seed=seed).frame()
     bus = bus_from_settings(settings)

@@ -6,26 +6,24 @@ import math
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
-from rich.progress import Progress
 
-from forecasting.backtest import backtest as run_backtest
-from forecasting.backtest import fixed_origin, rolling_origins
-from forecasting.base import Forecaster, steps_per
-from forecasting.data import load_series_frame
-from forecasting.history import DAY
-from forecasting.plot import forecast_index, plot_forecast
-from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model
-from forecasting.store import ForecastStore, default_store_path
-from nm_toolkit.bus import bus_from_settings
-from nm_toolkit.bus.runtime import StreamRunner
+from forecasting.registry import DEFAULT_MODEL, MODEL_NAMES, make_model  # cheap: models are imported when built
 from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, settings_from, shared_bus_settings, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, emit, err_console
-from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
-from nm_toolkit.schemas import Forecast
+
+# pandas, the models, the store and the bus are imported by the commands that use them, so that
+# `nmt --help` and the other commands do not pay for them at start.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from forecasting.base import Forecaster
+    from forecasting.store import ForecastStore
+    from nm_toolkit.config import Settings
+    from nm_toolkit.schemas import Forecast
 
 app = typer.Typer(help="Forecasting: backtests, forecasts, and the forecast store.", no_args_is_help=True)
 
@@ -38,6 +36,8 @@ AtOption = typer.Option(None, "--at", help="a time (ISO 8601, UTC if no zone): t
 def _parse_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
+    import pandas as pd
+
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
@@ -57,6 +57,8 @@ def _models(names: list[str], step: pd.Timedelta) -> dict[str, Forecaster]:
 
 
 def _store(settings: Settings) -> ForecastStore:
+    from forecasting.store import ForecastStore, default_store_path
+
     return ForecastStore(settings.forecast_service.store_path or default_store_path(settings.state_dir))
 
 
@@ -78,6 +80,14 @@ def backtest(
     as_json: bool = JsonOption,
 ) -> None:
     """Score models by backtest: MAE, RMSE, MASE (daily seasonal scale), sMAPE, interval coverage."""
+    from rich.progress import Progress
+
+    from forecasting.backtest import backtest as run_backtest
+    from forecasting.backtest import fixed_origin, rolling_origins
+    from forecasting.base import steps_per
+    from forecasting.data import load_series_frame
+    from forecasting.history import DAY
+
     _positive(train_days, "--train-days")
     _positive(horizon, "--horizon")
     _positive(step, "--step")
@@ -123,6 +133,9 @@ def predict(
     as_json: bool = JsonOption,
 ) -> None:
     """Forecast every series of a file and keep the forecasts (and the file's history) in the store."""
+    from forecasting.data import load_series_frame
+    from nm_toolkit.schemas import Forecast
+
     settings = settings_from(config)
     _positive(horizon, "--horizon")
     frame, sampling = load_series_frame(input, _split_names(series))
@@ -175,6 +188,10 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """Show the newest stored forecast of a series, step by step, with actuals where known."""
+    import pandas as pd
+
+    from forecasting.plot import forecast_index
+
     _positive(horizon, "--horizon")
     with _store(settings_from(config)) as store:
         forecast = _latest(store, series, _parse_time(at, "--at"))
@@ -199,6 +216,8 @@ def plot(
     as_json: bool = JsonOption,
 ) -> None:
     """Plot history, forecast, interval band and actuals (where known) of a series to a PNG."""
+    from forecasting.plot import plot_forecast
+
     if output.suffix.lower() != ".png":
         raise UserError(f"{output} is not a .png path: pass e.g. -o {output.with_suffix('.png').name}")
     with _store(settings_from(config)) as store:
@@ -226,6 +245,8 @@ def serve(
 ) -> None:
     """Run the forecasting service: series windows in, forecasts out every forecast_service.interval_seconds."""
     from forecasting.service import forecast_service
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.bus.runtime import StreamRunner
 
     settings = shared_bus_settings(config, "nmt forecast serve")
     stop = stop_on_signals()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import Progress
 
 from intent.methods import BEST_METHOD, METHODS
 from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
@@ -74,6 +73,8 @@ def evaluate(
     as_json: bool = JsonOption,
 ) -> None:
     """Entity-level precision/recall/F1 per type and micro-averaged, plus whole-intent exact match."""
+    from rich.progress import Progress
+
     from intent.data import load_intents
     from intent.evaluation import cross_validate, train_test
     from intent.methods import factory

@@ -10,7 +10,6 @@ import typer
 
 from nm_toolkit.cli.common import MetricsPortOption, run_service, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
-from nm_toolkit.config import load_settings
 
 app = typer.Typer(help="Edge prompt completion, cloud answers and the prompt-stream service.", no_args_is_help=True)
 
@@ -53,6 +52,7 @@ def complete(
     """Complete one prompt at the edge (and optionally answer it in the cloud)."""
     from nm_toolkit.llm.completion_data import cloud_only_payload
     from nm_toolkit.llm.deployment import cloud_responder, edge_completer
+    from nm_toolkit.config import load_settings
     from nm_toolkit.llm.netgpt import EdgeRequest
 
     settings = load_settings()
@@ -80,6 +80,7 @@ def evaluate(
     """Completion quality (exact match, ROUGE-L) and edge-to-cloud bytes on held-out pairs."""
     from nm_toolkit.llm.completion_data import read_examples
     from nm_toolkit.llm.deployment import edge_completer
+    from nm_toolkit.config import load_settings
     from nm_toolkit.llm.netgpt import evaluate_completion
 
     examples = read_examples(data)[:limit]
@@ -97,6 +98,7 @@ def serve(
     """Serve the prompts topic until Ctrl-C: micro-batched completions to the completions topic."""
     from nm_toolkit.bus import bus_from_settings
     from nm_toolkit.bus.runtime import StreamRunner
+    from nm_toolkit.config import load_settings
     from nm_toolkit.llm.deployment import edge_completer
     from nm_toolkit.llm.service import prompt_service
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nm_toolkit.cli.output import JsonOption, console, emit
-from nm_toolkit.config import load_settings
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.training import StepCallback, resolve_device
+
+if TYPE_CHECKING:  # nm_toolkit.llm.* imports torch and transformers: only the commands that train load it
+    from nm_toolkit.llm.training import StepCallback
 
 app = typer.Typer(help="Edge and cloud language models: init, LoRA fine-tuning, adapters.", no_args_is_help=True)
 
@@ -20,6 +21,8 @@ app = typer.Typer(help="Edge and cloud language models: init, LoRA fine-tuning, 
 @contextmanager
 def training_progress(total: int, description: str, quiet: bool) -> Iterator[StepCallback]:
     """A rich progress bar fed by the training loop's per-step callback (silent for --json)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
         TimeRemainingColumn(), console=console, disable=quiet,
@@ -47,6 +50,7 @@ def init(
     from nm_toolkit.llm.corpus import CorpusConfig
     from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
     from nm_toolkit.llm.presets import ARCHS, PRESETS
+    from nm_toolkit.llm.training import resolve_device
 
     if arch not in ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose one of {', '.join(ARCHS)}")
@@ -86,10 +90,12 @@ def finetune(
     as_json: bool = JsonOption,
 ) -> None:
     """Fine-tune a LoRA adapter on a base checkpoint and save it to the adapter registry."""
+    from nm_toolkit.config import load_settings
     from nm_toolkit.llm.completion_data import read_pairs
     from nm_toolkit.llm.deployment import LlmPaths
     from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig, heldout_loss
     from nm_toolkit.llm.offline import load_causal_lm
+    from nm_toolkit.llm.training import resolve_device
 
     store = AdapterRegistry(registry or LlmPaths.from_settings(load_settings()).adapters_dir)
     store.path(adapter)  # validates the name before any work
@@ -124,6 +130,7 @@ def adapters(
     as_json: bool = JsonOption,
 ) -> None:
     """List the adapters in the registry with their task and location groups."""
+    from nm_toolkit.config import load_settings
     from nm_toolkit.llm.deployment import LlmPaths
     from nm_toolkit.llm.lora import AdapterRegistry
 

@@ -3,44 +3,65 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nm_toolkit.cli.common import ConfigOption, settings_from
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
 from nm_toolkit.errors import UserError
-from nm_toolkit.schemas import DecisionAdapter, Forecast, UtcDatetime
-from policies import PolicyContext, load_policies
-from policies.guardrails import Guardrails
-from policies.intents import NetworkIntent
-from policies.registry import available_policies, evaluate_policy
+
+# pydantic, the schemas, the settings and the policies are imported by the commands, not by every
+# `nmt` start (which builds this module): ContextFile is built on first use.
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 app = typer.Typer(help="Policies: list the installed ones, try one on a context file.", no_args_is_help=True)
 
 
-class ContextFile(BaseModel):
-    """The JSON a ``nmt policy test --context`` file holds; every field is optional."""
+@cache
+def context_file_model() -> type[BaseModel]:
+    """``ContextFile``: the JSON a ``nmt policy test --context`` file holds; every field is optional."""
+    from pydantic import BaseModel, ConfigDict, Field
 
-    model_config = ConfigDict(extra="forbid")
+    from nm_toolkit.schemas import Forecast, UtcDatetime
+    from policies.intents import NetworkIntent
 
-    now: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
-    forecasts: list[Forecast] = Field(default_factory=list)
-    capacities: dict[str, float] = Field(default_factory=dict)
-    intents: list[NetworkIntent] = Field(default_factory=list)
-    adapter_popularity: dict[str, dict[str, float]] = Field(default_factory=dict)
+    class ContextFile(BaseModel):
+        """The JSON a ``nmt policy test --context`` file holds; every field is optional."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        now: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+        forecasts: list[Forecast] = Field(default_factory=list)
+        capacities: dict[str, float] = Field(default_factory=dict)
+        intents: list[NetworkIntent] = Field(default_factory=list)
+        adapter_popularity: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    ContextFile.__module__, ContextFile.__qualname__ = __name__, "ContextFile"
+    return ContextFile
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ContextFile":
+        return context_file_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ContextFileError(UserError):
     """The context file is missing or not a valid context."""
 
 
-def read_context_file(path: Path) -> ContextFile:
+def read_context_file(path: Path) -> Any:
+    """The context file as a ``ContextFile``."""
+    from pydantic import ValidationError
+
     if not path.is_file():
         raise ContextFileError(f"context file {path} does not exist: pass a JSON file (see `nmt policy test --help`)")
     try:
-        return ContextFile.model_validate_json(path.read_bytes())
+        return context_file_model().model_validate_json(path.read_bytes())
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -50,6 +71,8 @@ def read_context_file(path: Path) -> ContextFile:
 @app.command("list")
 def list_policies(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every policy installed through the ``nm_toolkit.policies`` entry point, and which run."""
+    from policies.registry import available_policies
+
     settings = settings_from(config)
     enabled = settings.policy.enabled
     rows = [
@@ -70,6 +93,11 @@ def test_policy(
 ) -> None:
     """Run one policy on a context file and check its decisions against the guardrails.
     Nothing is applied: this is a dry run by construction."""
+    from nm_toolkit.schemas import DecisionAdapter
+    from policies import PolicyContext, load_policies
+    from policies.guardrails import Guardrails
+    from policies.registry import evaluate_policy
+
     settings = settings_from(config)
     data = read_context_file(context)
     loaded = load_policies([policy], settings.controller.policy_params)
