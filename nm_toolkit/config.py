@@ -43,9 +43,14 @@ class BusSettings(BaseModel):
         default=1_048_576, description="the broker's message.max.bytes: dead letters are cut to fit under it"
     )
     session_timeout_ms: int = Field(
-        default=10_000, ge=6_000, description="how long a silent member keeps its partitions (the broker's minimum is 6 s)"
+        default=6_000, ge=6_000, description="how long a silent member keeps its partitions (the broker's minimum is 6 s)"
     )
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    heartbeat_interval_ms: int = Field(default=2_000, ge=100, description="a third of the session timeout, as Kafka advises")
+    group_instance_id: str | None = Field(
+        default=None,
+        description="static group membership (KIP-345): a member restarted with the same id takes its partitions "
+        "back at once instead of after the session timeout; give each process its own id",
+    )
 
 
 class MetricsSettings(BaseModel):

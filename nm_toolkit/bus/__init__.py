@@ -19,6 +19,7 @@ def bus_from_settings(settings: Settings) -> Bus:
             max_message_bytes=settings.bus.max_message_bytes,
             session_timeout_ms=settings.bus.session_timeout_ms,
             heartbeat_interval_ms=settings.bus.heartbeat_interval_ms,
+            group_instance_id=settings.bus.group_instance_id,
         )
     bus = EmbeddedBus(settings.bus.default_partitions)
     bus.max_message_bytes = settings.bus.max_message_bytes

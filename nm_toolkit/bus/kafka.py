@@ -45,8 +45,9 @@ class KafkaBus(Bus):
         client_id: str = "nm-toolkit",
         default_partitions: int = 4,
         max_message_bytes: int = 1_048_576,
-        session_timeout_ms: int = 10_000,
-        heartbeat_interval_ms: int = 3_000,
+        session_timeout_ms: int = 6_000,
+        heartbeat_interval_ms: int = 2_000,
+        group_instance_id: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
@@ -54,6 +55,7 @@ class KafkaBus(Bus):
         self.max_message_bytes = max_message_bytes
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.group_instance_id = group_instance_id
         self._cluster_id: str | None = None
 
     def _servers(self) -> list[str]:
@@ -129,6 +131,7 @@ class KafkaBus(Bus):
             # partitions stand still before a restart or another member takes them over.
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            group_instance_id=self.group_instance_id,
         )
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
