@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nm_toolkit.bus.base import Bus, Consumer, DeliveryFailed, Message, Producer, TopicPartition, next_offsets
+from nm_toolkit.bus.base import Bus, Consumer, DeliveryFailed, Message, Producer, TopicPartition
 from nm_toolkit.bus.embedded import EmbeddedBus
 from nm_toolkit.config import Settings
 
@@ -26,4 +26,4 @@ def bus_from_settings(settings: Settings) -> Bus:
     return bus
 
 
-__all__ = ["Bus", "Consumer", "DeliveryFailed", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings", "next_offsets"]
+__all__ = ["Bus", "Consumer", "DeliveryFailed", "EmbeddedBus", "Message", "Producer", "TopicPartition", "bus_from_settings"]

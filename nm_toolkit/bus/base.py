@@ -39,15 +39,6 @@ class Message:
         return None
 
 
-def next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
-    """The offsets to commit once ``messages`` are fully processed: one past the highest
-    message of each partition (Kafka's "next offset to read" convention)."""
-    offsets: dict[TopicPartition, int] = {}
-    for message in messages:
-        offsets[message.topic_partition] = max(offsets.get(message.topic_partition, 0), message.offset + 1)
-    return offsets
-
-
 class DeliveryFailed(RuntimeError):
     """A message could not be written to the bus. Nothing read before it may be committed, so a
     service that sees this stops (exit code 1) and a restart redelivers from the last commit."""
