@@ -257,12 +257,6 @@ class TelemetryCollector(StreamService):
         self.checkpoints.close()
 
 
-def checkpoint_store(settings: Settings, bus: Bus, name: str) -> CheckpointStore:
-    """The checkpoint file of service ``name`` for this bus's cluster (in memory for a bus whose
-    messages do not outlive the process, where offsets saved against it would mean nothing)."""
-    return CheckpointStore(settings.state_dir / f"{name}-{bus.cluster_id()}.sqlite" if bus.durable else None)
-
-
 def telemetry_collector(settings: Settings, bus: Bus) -> TelemetryCollector:
     """The telemetry collector the settings describe."""
     topics = settings.topics
@@ -272,5 +266,5 @@ def telemetry_collector(settings: Settings, bus: Bus) -> TelemetryCollector:
         series_topic=topics.series,
         late_topic=topics.late,
         dead_letter_topic=topics.dead_letter,
-        checkpoints=checkpoint_store(settings, bus, "collector"),
+        checkpoints=CheckpointStore.for_service(settings.state_dir, bus, "collector"),
     )

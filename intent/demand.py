@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from collectors.service import TelemetryCollector, checkpoint_store
+from collectors.service import TelemetryCollector
+from nm_toolkit.bus.checkpoints import CheckpointStore
 from intent.schema import UserServiceIntent
 from nm_toolkit.bus import Bus
 from nm_toolkit.config import Settings
@@ -61,6 +62,6 @@ def demand_collector(settings: Settings, bus: Bus) -> TelemetryCollector:
         series_topic=settings.topics.series,
         late_topic=settings.topics.late,
         dead_letter_topic=cfg.dead_letter_topic,
-        checkpoints=checkpoint_store(settings, bus, "intent-demand"),
+        checkpoints=CheckpointStore.for_service(settings.state_dir, bus, "intent-demand"),
         name="intent-demand",
     )

@@ -39,7 +39,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from collectors.service import TelemetryCollector, checkpoint_store
+from collectors.service import TelemetryCollector
 from intent.demand import demand_collector, demand_records
 from intent.evaluation import SpanExtractor
 from intent.methods import load, parse_operator_intents
@@ -386,7 +386,7 @@ def intent_runners(
         results_topic=topics.intent_results,
         intents_topic=topics.intents,
         extractor=extractor if extractor is not None else load_extractor(settings),
-        checkpoints=checkpoints or checkpoint_store(settings, bus, "intents"),
+        checkpoints=checkpoints or CheckpointStore.for_service(settings.state_dir, bus, "intents"),
         bounds=bounds,
     )
     return IntentRunners(StreamRunner(bus, service), StreamRunner(bus, demand_collector(settings, bus)))

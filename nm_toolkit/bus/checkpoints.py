@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from nm_toolkit.bus.base import Bus
+
 
 class CheckpointStore:
     """Checkpoints keyed by (consumer group, topic, partition) in one SQLite file."""
@@ -30,6 +32,13 @@ class CheckpointStore:
             "CREATE TABLE IF NOT EXISTS checkpoint (grp TEXT, topic TEXT, part INTEGER, next_offset INTEGER,"
             " state BLOB, PRIMARY KEY (grp, topic, part))"
         )
+
+    @classmethod
+    def for_service(cls, state_dir: Path, bus: Bus, name: str) -> CheckpointStore:
+        """The checkpoint file of service ``name`` for ``bus``'s cluster, under ``state_dir`` (in
+        memory for a bus whose messages do not outlive the process, where offsets saved against
+        it would mean nothing)."""
+        return cls(state_dir / f"{name}-{bus.cluster_id()}.sqlite" if bus.durable else None)
 
     def load(self, group: str, topic: str, partition: int) -> tuple[int, dict[str, Any]] | None:
         row = self._db.execute(
