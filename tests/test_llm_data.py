@@ -17,8 +17,9 @@ from nm_toolkit.llm.completion_data import (
     read_pairs,
     write_jsonl,
 )
-from nm_toolkit.llm.context import ContextStore, synthetic_city
+from nm_toolkit.llm.context import ContextStore, LocationContext, synthetic_city
 from nm_toolkit.llm.metrics import exact_match, lcs_length, rouge_l
+from nm_toolkit.llm.privacy import DEFAULT_POLICY, check_egress
 
 
 def test_rouge_l_matches_hand_computed_values() -> None:
@@ -64,6 +65,18 @@ def test_split_holds_out_locations_and_phrasings(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "t.jsonl", test)
     assert read_examples(tmp_path / "t.jsonl") == test
     assert read_pairs(tmp_path / "t.jsonl")[0] == (example.input, example.target)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5, 11])
+def test_every_target_may_leave_the_edge(seed: int) -> None:
+    """The completed prompt carries the request, district, time of day and the place's name,
+    distance and rating; never the cell id, coordinates, user id, role or preference."""
+    store = synthetic_city(seed=seed)
+    train, test = build_completion_dataset(store, 300, 100, seed=seed)
+    for example in train + test:
+        context = LocationContext(store.cells[example.cell], example.time_of_day, store.profiles[example.user])
+        assert check_egress({"request_id": "r1", "text": example.target}, context, DEFAULT_POLICY) == [], example.target
+        assert example.time_of_day in example.target and example.cell not in example.target
 
 
 def test_bad_training_files_are_user_errors(tmp_path: Path) -> None:

@@ -58,14 +58,23 @@ def edge_input(text: str, context: LocationContext) -> str:
     )
 
 
-def comprehensive_prompt(category: str, context: LocationContext) -> str:
-    """The reference completion: what the cloud needs to answer well, and nothing else."""
-    poi = nearest_by_category(context.cell.pois)[category]
+def render_prompt(category: str, poi: PointOfInterest, context: LocationContext) -> str:
+    """The completed prompt for ``poi`` as the answer to a request for ``category``.
+
+    It carries what the cloud needs to answer and nothing :data:`nm_toolkit.llm.privacy.DEFAULT_POLICY`
+    denies: the request (the category first, so that the choice is made on the first words), the
+    district and the time of day, the place's name, distance and rating. Never the cell id, the
+    coordinates, the user id, or the user's role and preference: those stay at the edge.
+    """
     return (
-        f"As a {context.profile.role} who {context.profile.preference}, I am in {context.cell.district} "
-        f"(cell {context.cell.cell}) this {context.time_of_day}. Recommend a {category} near me. "
-        f"The nearest {category} is {poi.name}, {poi.distance_m} m away."
+        f"Recommend a {category} near me in {context.cell.district} this {context.time_of_day}. "
+        f"The nearest {category} is {poi.name}, {poi.distance_m} m away, rated {poi.rating:.1f}."
     )
+
+
+def comprehensive_prompt(category: str, context: LocationContext) -> str:
+    """The reference completion: :func:`render_prompt` for the nearest place of ``category``."""
+    return render_prompt(category, nearest_by_category(context.cell.pois)[category], context)
 
 
 def cloud_only_payload(text: str, context: LocationContext) -> bytes:

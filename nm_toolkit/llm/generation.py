@@ -116,3 +116,53 @@ class AdapterLM:
             text = self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
             results.append(Generation(text, length, name, finished))
         return results
+
+    @torch.no_grad()
+    def continuation_logprobs(
+        self, prompts: Sequence[str], continuations: Sequence[str], adapters: Sequence[str] | None = None, max_length: int | None = None
+    ) -> list[list[float]]:
+        """Per-token log-probabilities of ``continuations[i]`` given ``prompts[i]``, in one forward pass.
+
+        Prompt and continuation are tokenized apart and joined, as fine-tuning encodes its pairs
+        (:func:`nm_toolkit.llm.training.encode_pair`), and right-padded; a row longer than
+        ``max_length`` (default: the model's context) loses tokens from the left of its prompt.
+        ``adapters[i]`` is row i's adapter (default: the base model). Row i's list has one entry per
+        token of ``continuations[i]`` as :meth:`continuation_tokens` splits it.
+        """
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
+        if not prompts:
+            return []
+        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
+        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
+            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        limit = max_length or getattr(self.model.config, "n_positions", None) or getattr(self.model.config, "max_position_embeddings", 1024)
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False).input_ids
+        cont_ids = self.continuation_tokens(continuations)
+        rows = []
+        for p, c in zip(prompt_ids, cont_ids, strict=True):
+            if not c:
+                raise ValueError("an empty continuation has no log-probability to score")
+            ids = (p + c)[-limit:]
+            if len(ids) == len(c):
+                raise ValueError(f"a continuation of {len(c)} tokens leaves no room for its prompt within {limit} tokens")
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+        extra = {"adapter_names": names} if isinstance(self.model, PeftModel) else {}
+        logits = self.model(input_ids=input_ids, attention_mask=mask, **extra).logits
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        out = []
+        for i, (ids, c) in enumerate(zip(rows, cont_ids, strict=True)):
+            # token t of the row is predicted at position t - 1; the continuation is the row's tail
+            out.append(logprobs[i, len(ids) - len(c) - 1 : len(ids) - 1].tolist())
+        return out
+
+    def continuation_tokens(self, continuations: Sequence[str]) -> list[list[int]]:
+        """Token ids of each continuation, tokenized on its own (as a fine-tuning target is)."""
+        return self.tokenizer(list(continuations), add_special_tokens=False).input_ids

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from nm_toolkit.llm.completion_data import CompletionExample, cloud_only_payload, edge_input
 from nm_toolkit.llm.context import ContextStore, LocationContext
 from nm_toolkit.llm.generation import AdapterLM, Generation, GenerationLimits
+from nm_toolkit.llm.grounding import GroundedChoice, GroundedChooser, GroundedGeneration
 from nm_toolkit.llm.metrics import exact_match, rouge_l
 
 COMPLETION_TASK = "prompt_completion"
@@ -36,24 +37,67 @@ class PreparedRequest:
     model_input: str
     adapter: str
     context: LocationContext
+    task: str = COMPLETION_TASK
+    text: str = ""  # the user's words
 
 
 class EdgeCompleter:
-    """The edge service: resolves context locally and completes prompts with the chosen adapter."""
+    """The edge service: resolves context locally and completes prompts with the chosen adapter.
 
-    def __init__(self, lm: AdapterLM, store: ContextStore, limits: GenerationLimits = GenerationLimits()) -> None:
+    With ``grounded`` (the default) a prompt-completion request served by a prompt-completion
+    adapter is completed by ranked choice among grounded candidates (:mod:`nm_toolkit.llm.grounding`):
+    the place, its distance and rating come from the context store, the model picks the category.
+    Other requests (other tasks, or the un-tuned base model, which never learnt the completed
+    prompt's form) are generated freely, as every request is with ``grounded=False``.
+    """
+
+    def __init__(
+        self, lm: AdapterLM, store: ContextStore, limits: GenerationLimits = GenerationLimits(), *,
+        grounded: bool = True, chooser: GroundedChooser | None = None,
+    ) -> None:  # fmt: skip
         self.lm = lm
         self.store = store
         self.limits = limits
+        self.grounded = grounded
+        self.chooser = chooser or GroundedChooser(lm)
 
     def prepare(self, request: EdgeRequest) -> PreparedRequest:
         """Model input and adapter of one request; raises :class:`UserError` for an unknown cell or adapter."""
         context = self.store.context(request.cell, request.user, request.when or datetime.now(UTC))
         adapter = self.lm.select(request.task, context.cell.district, request.adapter)
-        return PreparedRequest(edge_input(request.text, context), adapter, context)
+        return PreparedRequest(edge_input(request.text, context), adapter, context, request.task, request.text)
+
+    def grounds(self, prepared: PreparedRequest) -> bool:
+        """Whether ``prepared`` is completed by grounded ranked choice rather than generated."""
+        card = self.lm.cards.get(prepared.adapter)
+        return self.grounded and prepared.task == COMPLETION_TASK and card is not None and card.task == COMPLETION_TASK
 
     def complete(self, prepared: Sequence[PreparedRequest], seed: int | None = None) -> list[Generation]:
+        """One completion per request, in order: grounded rows as :class:`GroundedGeneration`
+        (``seed`` does not apply to them), the others generated in one batch."""
+        grounded = [i for i, p in enumerate(prepared) if self.grounds(p)]
+        free = [i for i in range(len(prepared)) if i not in set(grounded)]
+        out: list[Generation | None] = [None] * len(prepared)
+        if free:
+            for i, generation in zip(free, self.generate([prepared[i] for i in free], seed), strict=True):
+                out[i] = generation
+        if grounded:
+            rows = [prepared[i] for i in grounded]
+            choices = self.choose(rows)
+            counts = self.lm.token_counts([c.chosen.text for c in choices])
+            for i, p, choice, tokens in zip(grounded, rows, choices, counts, strict=True):
+                out[i] = GroundedGeneration(choice.chosen.text, tokens, p.adapter, True, choice)
+        return [g for g in out if g is not None]
+
+    def generate(self, prepared: Sequence[PreparedRequest], seed: int | None = None) -> list[Generation]:
+        """Free generation (the ungrounded path), whatever ``grounded`` says."""
         return self.lm.generate([p.model_input for p in prepared], [p.adapter for p in prepared], self.limits, seed)
+
+    def choose(self, prepared: Sequence[PreparedRequest]) -> list[GroundedChoice]:
+        """The grounded ranked choice of every request, whatever ``grounded`` says."""
+        return self.chooser.choose(
+            [p.model_input for p in prepared], [p.context for p in prepared], [p.adapter for p in prepared], [p.text for p in prepared]
+        )
 
 
 def cloud_prompt(completed: str) -> str:
