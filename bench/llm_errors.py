@@ -2,8 +2,9 @@
 
 Reads a work directory that ``bench/llm.py --workdir DIR`` filled (``edge/`` and ``adapters/``),
 completes the first ``--test`` held-out pairs of the same split, and counts, field by field
-(profile, district, cell, time of day, category, place name, distance), how many completions got
-that field wrong; completions that do not follow the template at all are counted apart.
+(category, district, time of day, place name, distance, rating), how many completions got that
+field wrong; completions that do not follow the template at all are counted apart. Free generation
+unless ``--grounded`` (ranked choice among grounded candidates, ``nm_toolkit.llm.grounding``).
 
     PYTHONPATH=. python bench/llm_errors.py --workdir /tmp/benchwork2 --test 50
 """
@@ -25,9 +26,8 @@ from nm_toolkit.llm.netgpt import EdgeCompleter, evaluate_completion
 
 # comprehensive_prompt's wording, one named group per value the completion must copy or infer
 TEMPLATE = re.compile(
-    r"As a (?P<role>.+?) who (?P<preference>.+?), I am in (?P<district>.+?) \(cell (?P<cell>[^)]+)\) "
-    r"this (?P<time_of_day>\w+)\. Recommend a (?P<category>.+?) near me\. "
-    r"The nearest (?P<category_again>.+?) is (?P<place>.+?), (?P<distance>\d+) m away\.$"
+    r"Recommend a (?P<category>.+?) near me in (?P<district>.+?) this (?P<time_of_day>\w+)\. "
+    r"The nearest (?P<category_again>.+?) is (?P<place>.+?), (?P<distance>\d+) m away, rated (?P<rating>[\d.]+)\.$"
 )
 
 
@@ -51,13 +51,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1500, help="the --train bench/llm.py ran with (fixes the split)")
     parser.add_argument("--test", type=int, default=100, help="first N held-out pairs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grounded", action="store_true", help="ranked choice among grounded candidates instead of free generation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = synthetic_city(seed=args.seed + 1)
     _, test = build_completion_dataset(store, args.train, 100, seed=args.seed + 1)
     test = test[: args.test]
     lm = AdapterLM.load(args.workdir / "edge", AdapterRegistry(args.workdir / "adapters"), [args.adapter])
-    completer = EdgeCompleter(lm, store, GenerationLimits(max_new_tokens=72, timeout_s=600))
+    completer = EdgeCompleter(lm, store, GenerationLimits(max_new_tokens=72, timeout_s=600), grounded=args.grounded)
     report, outputs = evaluate_completion(completer, test, args.adapter)
     print(f"held-out pairs {report.examples}, ROUGE-L {report.rouge_l:.3f}, exact match {report.exact_match:.3f}, "
           f"cut by a limit {sum(not o.finished for o in outputs)}")
