@@ -176,9 +176,9 @@ class Forecast(BaseModel):
     issued_at: UtcDatetime
     step_seconds: int
     start: UtcDatetime
-    mean: list[float]
-    lower: list[float]
-    upper: list[float]
+    mean: list[FiniteFloat] = Field(min_length=1)
+    lower: list[FiniteFloat]
+    upper: list[FiniteFloat]
     level: float = 0.9
     note: str = ""
 

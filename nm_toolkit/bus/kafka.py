@@ -9,13 +9,21 @@ from __future__ import annotations
 from nm_toolkit.errors import UserError
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NoBrokersAvailable,
+    NodeNotReadyError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from nm_toolkit.bus.base import (
@@ -162,9 +170,8 @@ class KafkaBusProducer(Producer):
             self._producer.flush(timeout=timeout_s)
         except KafkaError as exc:
             raise DeliveryFailed(f"flush failed: {type(exc).__name__}: {exc}") from exc
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise DeliveryFailed(f"{len(failures)} message(s) not written, first: {failures[0]}")
+        if self._failures:  # sticky: a later flush must not make it look as if they were written
+            raise DeliveryFailed(f"{len(self._failures)} message(s) not written, first: {self._failures[0]}")
 
     def close(self) -> None:
         self._producer.close()
@@ -184,12 +191,31 @@ class _Listener(ConsumerRebalanceListener):
             self._on_assign({(tp.topic, tp.partition) for tp in assigned})
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a kafka-python error says "not now" (the broker restarts, a leader moves) rather than
+    "never": a service waits and retries these instead of stopping."""
+    return isinstance(exc, KafkaError) and (bool(getattr(exc, "retriable", False)) or isinstance(exc, TRANSIENT_ERRORS))
+
+
+TRANSIENT_ERRORS = (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable, NodeNotReadyError)
+
+
 class KafkaBusConsumer(Consumer):
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """Messages that arrived; none while the cluster cannot be reached (kafka-python 3 raises
+        connection errors out of poll during a broker restart: the member keeps its place and
+        waits, as the Java client does)."""
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("Kafka unreachable while polling (%s: %s); retrying", type(exc).__name__, exc)
+            time.sleep(min(timeout_s, 1.0))
+            return []
         return [
             Message(
                 r.topic,

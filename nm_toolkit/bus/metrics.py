@@ -28,6 +28,7 @@ _COUNTERS = {
     "batches": "Batches handled",
     "commits": "Offset commits",
     "commits_lost_to_rebalance": "Commits the group refused during a rebalance",
+    "commit_retries": "Commits that failed for now (broker unreachable) and were retried",
     "handler_errors": "Messages whose handling raised (dead-lettered)",
     "rebalances": "Assignment changes seen",
 }

@@ -210,6 +210,7 @@ class RuntimeStats:
     batches: int = 0
     commits: int = 0
     commits_lost_to_rebalance: int = 0
+    commit_retries: int = 0
     handler_errors: int = 0
     rebalances: int = 0
     batch_seconds: list[float] = field(default_factory=list)
@@ -357,7 +358,12 @@ class StreamRunner:
                 self.stats.commits += 1
             except Exception as exc:
                 if not _is_rebalance(exc):
-                    raise
+                    if not _is_transient(exc):
+                        raise
+                    # the checkpoint holds these offsets; commit them next time
+                    self.stats.commit_retries += 1
+                    log.warning("%s: commit failed for now (%s: %s); retrying at the next commit", self.service.name, type(exc).__name__, exc)
+                    return
                 self.stats.commits_lost_to_rebalance += 1
                 log.info("%s: commit refused during a rebalance (%s); the next owner resumes from the checkpoint", self.service.name, exc)
             self._pending.clear()
@@ -406,19 +412,28 @@ class StreamRunner:
         runtime = {k: v for k, v in vars(self.stats).items() if not isinstance(v, list)}
         return self.service.stats() | runtime | {"dead_letters": self.emitter.dead_lettered}
 
-    def close(self) -> None:
-        """Commit what was handled, release the service, leave the group. Idempotent."""
+    def close(self, commit: bool = True) -> None:
+        """Commit what was handled (unless ``commit`` is False: after a fault, nothing handled
+        since the last commit may be trusted to be written), release the service, leave the
+        group. Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.commit()
+            if commit:
+                self.commit()
         finally:
             try:
                 self.service.close()
             finally:
                 self.consumer.close()
                 self.producer.close()
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Whether a commit failed only for now (the broker restarts): kafka-python's retriable errors."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(getattr(exc, "retriable", False)) or bool(names & {"KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable"})
 
 
 def _is_rebalance(exc: Exception) -> bool:
@@ -444,6 +459,7 @@ def run_together(
     first = runners[0]
     last_work = time.monotonic()
     idle = False
+    failed = False
     try:
         while not stop.is_set() and (max_messages is None or first.stats.messages < max_messages):
             left = None if max_messages is None else max_messages - first.stats.messages
@@ -457,11 +473,14 @@ def run_together(
         if idle:
             for runner in runners:
                 runner.finish()
+    except BaseException:
+        failed = True
+        raise
     finally:
         errors = []
         for runner in runners:
             try:
-                runner.close()
+                runner.close(commit=not failed)
             except Exception as exc:  # noqa: BLE001 - close the others, then raise the first
                 errors.append(exc)
         if errors:
