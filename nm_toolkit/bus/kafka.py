@@ -16,14 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    NoBrokersAvailable,
-    NodeNotReadyError,
-    TopicAlreadyExistsError,
-)
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from nm_toolkit.bus.base import (
@@ -192,12 +185,10 @@ class _Listener(ConsumerRebalanceListener):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a kafka-python error says "not now" (the broker restarts, a leader moves) rather than
-    "never": a service waits and retries these instead of stopping."""
-    return isinstance(exc, KafkaError) and (bool(getattr(exc, "retriable", False)) or isinstance(exc, TRANSIENT_ERRORS))
-
-
-TRANSIENT_ERRORS = (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable, NodeNotReadyError)
+    """Whether a kafka-python error says "not now" (the broker restarts, a leader moves: connection
+    refused and timeouts are among these) rather than "never": a service waits and retries these
+    instead of stopping."""
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
 class KafkaBusConsumer(Consumer):

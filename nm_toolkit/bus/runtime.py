@@ -431,9 +431,9 @@ class StreamRunner:
 
 
 def _is_transient(exc: Exception) -> bool:
-    """Whether a commit failed only for now (the broker restarts): kafka-python's retriable errors."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(getattr(exc, "retriable", False)) or bool(names & {"KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable"})
+    """Whether a commit failed only for now (the broker restarts): kafka-python marks such errors
+    ``retriable`` (connection refused and timeouts among them)."""
+    return bool(getattr(exc, "retriable", False))
 
 
 def _is_rebalance(exc: Exception) -> bool:
