@@ -119,6 +119,20 @@ def test_continuation_logprobs_match_an_unpadded_forward_pass(edge) -> None:
         assert row == pytest.approx(want.tolist(), abs=1e-4) and len(row) == len(c_ids)
 
 
+def test_shared_prefix_scoring_matches_one_pass_per_row(edge) -> None:
+    lm = AdapterLM.load(edge[0], edge[1])
+    prompts = ["cell MI-1 | Brera\nrequest: coffee near me\nprompt:", "request: a gym\nprompt:"]
+    conts = [[" Recommend a cafe near me.", " Recommend a metro station x y"], [" Recommend a gym", " R", " Recommend a pharmacy near me."]]
+    for names in (None, ["pc", BASE]):
+        shared = lm.shared_prefix_logprobs(prompts, conts, names)
+        flat_names = None if names is None else [n for n, cs in zip(names, conts, strict=True) for _ in cs]
+        one = lm.continuation_logprobs([p for p, cs in zip(prompts, conts, strict=True) for _ in cs], [c for cs in conts for c in cs], flat_names)
+        got = [row for rows in shared for row in rows]
+        assert [len(r) for r in got] == [len(r) for r in one]
+        for a, b in zip(got, one, strict=True):
+            assert a == pytest.approx(b, abs=1e-4)
+
+
 def test_grounded_completion_names_the_nearest_place_of_its_chosen_category(city, edge) -> None:
     lm = AdapterLM.load(edge[0], edge[1])
     completer = EdgeCompleter(lm, city, GenerationLimits(max_new_tokens=4))

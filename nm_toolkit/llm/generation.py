@@ -7,6 +7,7 @@ left-padded so that every row's next token sits in the last column and the KV ca
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,3 +167,66 @@ class AdapterLM:
     def continuation_tokens(self, continuations: Sequence[str]) -> list[list[int]]:
         """Token ids of each continuation, tokenized on its own (as a fine-tuning target is)."""
         return self.tokenizer(list(continuations), add_special_tokens=False).input_ids
+
+    @torch.no_grad()
+    def shared_prefix_logprobs(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], adapters: Sequence[str] | None = None
+    ) -> list[list[list[float]]]:
+        """:meth:`continuation_logprobs` for several continuations of each prompt, each prompt run once.
+
+        Two batched passes instead of one: the prompts (left-padded) fill a KV cache, which is then
+        repeated for every continuation of its prompt, and the continuations (right-padded) are
+        scored on it. ``out[i][j]`` is the per-token log-probabilities of ``continuations[i][j]``.
+        Rows must fit the model's context (no truncation here).
+        """
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts for {len(continuations)} lists of continuations")
+        if not prompts:
+            return []
+        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
+        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
+            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False).input_ids
+        width = max(len(p) for p in prompt_ids)
+        ids1 = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask1 = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompt_ids):
+            if not p:
+                raise ValueError("an empty prompt has no state to continue from")
+            ids1[i, width - len(p) :] = torch.tensor(p)
+            mask1[i, width - len(p) :] = 1
+        pos1 = (mask1.cumsum(-1) - 1).clamp(min=0)
+        extra = {"adapter_names": names} if isinstance(self.model, PeftModel) else {}
+        first = self.model(input_ids=ids1, attention_mask=mask1, position_ids=pos1, use_cache=True, **extra)
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"  # transformers >= 5.2x
+        owner = [i for i, conts in enumerate(continuations) for _ in conts]
+        flat = [c for conts in continuations for c in conts]
+        if not flat:
+            return [[] for _ in prompts]
+        cont_ids = self.continuation_tokens(flat)
+        if any(not c for c in cont_ids):
+            raise ValueError("an empty continuation has no log-probability to score")
+        cont_width = max(len(c) for c in cont_ids)
+        ids2 = torch.full((len(flat), cont_width), pad, dtype=torch.long)
+        mask2 = torch.zeros((len(flat), cont_width), dtype=torch.long)
+        for j, c in enumerate(cont_ids):
+            ids2[j, : len(c)] = torch.tensor(c)
+            mask2[j, : len(c)] = 1
+        index = torch.tensor(owner)
+        cache = first.cache if cache_kw == "cache" else first.past_key_values
+        cache.batch_select_indices(index)
+        lengths = mask1.sum(-1)[index]
+        pos2 = lengths[:, None] + torch.arange(cont_width)[None, :]
+        extra2 = {"adapter_names": [names[i] for i in owner]} if isinstance(self.model, PeftModel) else {}
+        second = self.model(
+            input_ids=ids2, attention_mask=torch.cat([mask1[index], mask2], dim=1), position_ids=pos2, use_cache=True, **{cache_kw: cache}, **extra2
+        )
+        # token 0 of a continuation is predicted by the prompt's last position, token t by position t - 1
+        logits = torch.cat([first.logits[index, -1:], second.logits[:, :-1]], dim=1).float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids2[..., None])[..., 0]
+        out: list[list[list[float]]] = [[] for _ in prompts]
+        for j, (i, c) in enumerate(zip(owner, cont_ids, strict=True)):
+            out[i].append(logprobs[j, : len(c)].tolist())
+        return out

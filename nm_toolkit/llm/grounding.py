@@ -6,7 +6,8 @@ from memory). Here the geometry is computed instead: :func:`candidates` takes th
 every category in the request's cell from the context store and renders one completed prompt per
 category with :func:`nm_toolkit.llm.completion_data.render_prompt`; :class:`GroundedChooser` scores
 every candidate under the (LoRA-tuned) edge model given the edge input, all candidates of a batch
-of requests in one forward pass, and returns the best with its confidence. A grounded completion
+of requests in one batched pass (each edge input run once, its KV cache shared by its candidates),
+and returns the best with its confidence. A grounded completion
 can therefore only name the nearest place of the category it chose; what is left to the model is
 the choice of category, and the confidence tells a router when to doubt it.
 
@@ -128,33 +129,27 @@ class GroundedChooser:
         """One choice per request: ``model_inputs[i]`` is its edge input, ``contexts[i]`` its context,
         ``adapters[i]`` the adapter that scores it (default: the base model), ``requests[i]`` the
         user's words (needed only for ``lexical_weight``). All candidates of all requests are
-        scored in one forward pass."""
+        scored in one batched pass over a KV cache of the edge inputs
+        (:meth:`~nm_toolkit.llm.generation.AdapterLM.shared_prefix_logprobs`)."""
         if len(model_inputs) != len(contexts):
             raise ValueError(f"{len(model_inputs)} inputs for {len(contexts)} contexts")
         names = list(adapters) if adapters is not None else None
         per_request = [candidates(c) for c in contexts]
         if any(not found for found in per_request):
             raise ValueError("a cell without places has nothing to choose from")
-        prompts, conts, rows_adapters = [], [], []
-        for i, found in enumerate(per_request):
-            for candidate in found:
-                prompts.append(model_inputs[i])
-                conts.append(" " + candidate.text)  # fine-tuning targets start with a space
-                if names is not None:
-                    rows_adapters.append(names[i])
-        logprobs = self.lm.continuation_logprobs(prompts, conts, rows_adapters if names is not None else None)
-        span_tokens = self._span_tokens(conts, [c for found in per_request for c in found]) if self.score == "category" else None
+        # fine-tuning targets start with a space; the category score needs only the words up to the
+        # category (the byte-level tokenizer splits before a space, so they tokenize as in the whole text)
+        cut = self.score == "category"
+        conts = [[" " + (c.text[: c.span_chars] if cut else c.text) for c in found] for found in per_request]
+        logprobs = [lp for rows in self.lm.shared_prefix_logprobs(model_inputs, conts, names) for lp in rows]
         choices, row = [], 0
         for i, found in enumerate(per_request):
             scores = []
             for candidate in found:
                 lp = logprobs[row]
-                if self.score == "category":
-                    assert span_tokens is not None
-                    score = sum(lp[: span_tokens[row]])
-                elif self.score == "mean":
+                if self.score == "mean":
                     score = sum(lp) / len(lp)
-                else:
+                else:  # "sum", or "category" over the cut continuation
                     score = sum(lp)
                 if self.lexical_weight and requests is not None and mentions(requests[i], candidate.category):
                     score += self.lexical_weight
@@ -164,15 +159,6 @@ class GroundedChooser:
             best = max(range(len(scores)), key=scores.__getitem__)
             choices.append(GroundedChoice(tuple(found), tuple(scores), tuple(probabilities), best))
         return choices
-
-    def _span_tokens(self, continuations: Sequence[str], flat: Sequence[Candidate]) -> list[int]:
-        """How many leading tokens of each continuation cover its category-bearing span."""
-        encoded = self.lm.tokenizer(list(continuations), add_special_tokens=False, return_offsets_mapping=True)
-        counts = []
-        for offsets, candidate in zip(encoded["offset_mapping"], flat, strict=True):
-            end = 1 + candidate.span_chars  # the continuation starts with a space
-            counts.append(max(1, sum(1 for start, _ in offsets if start < end)))
-        return counts
 
 
 def mentions(request: str, category: str) -> bool:
