@@ -10,7 +10,9 @@ rows the mean confidence and the accuracy of the requests whose confidence is un
 
 The held-out pairs are drawn from the held-out districts with the held-out phrasings; the first
 ``--test`` are the report split (the same pairs bench/llm.py scores), the next ``--dev`` the split
-the grounded scoring variants are chosen on. The variant chosen on dev is marked ``*``.
+the grounded scoring variants are chosen on. The variant chosen on dev is marked ``*``. ``city7`` (``--other-city``) is another
+city's held-out pairs: cells, district layout and place names none of fine-tuning saw. Last, a few
+requests that ask for no place category, with the confidence a router would see.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/grounding.py --intents /work/shared/data/nile_intents_alpha.json --workdir /tmp/grounding
 """
@@ -115,6 +117,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--other-city", type=int, default=7, help="also score the held-out pairs of a city built with this seed, "
+                        "none of whose cells or places fine-tuning saw (-1: skip)")
     parser.add_argument("--show-errors", type=int, default=12, help="print up to N mis-chosen categories per split")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,21 +162,31 @@ def main() -> int:
     }
     rows: list[Row] = []
     mistakes: dict[tuple[str, str], list[str]] = {}
-    free = EdgeCompleter(lm, store, limits, grounded=False)
-    for split, examples in (("dev", dev), ("test", test)):
+    splits = [("dev", dev, store), ("test", test, store)]
+    if args.other_city >= 0:
+        other = synthetic_city(seed=args.other_city)
+        splits.append((f"city{args.other_city}", build_completion_dataset(other, 0, args.test, seed=args.other_city)[1], other))
+    for split, examples, city in splits:
         if not examples:
             continue
+        free = EdgeCompleter(lm, city, limits, grounded=False)
         outputs, ms = run(free, examples, args.batch)
-        rows.append(score(examples, outputs, store, ms, split, "free generation"))
+        rows.append(score(examples, outputs, city, ms, split, "free generation"))
         print(f"  {split} free generation done ({ms:.0f} ms/request)", flush=True)
         for name, chooser in variants.items():
-            outputs, ms = run(EdgeCompleter(lm, store, limits, chooser=chooser), examples, args.batch)
-            rows.append(score(examples, outputs, store, ms, split, name))
+            outputs, ms = run(EdgeCompleter(lm, city, limits, chooser=chooser), examples, args.batch)
+            rows.append(score(examples, outputs, city, ms, split, name))
             mistakes[(split, name)] = [
                 f"{e.text!r}: wanted {e.category}, chose {o.choice.chosen.category} (confidence {o.choice.confidence:.2f})"
                 for e, o in zip(examples, outputs, strict=True)
                 if isinstance(o, GroundedGeneration) and o.choice.chosen.category != e.category
             ]
+
+    print("\nrequests for no place category (what a router must catch), grounded, category span, cell of the first test pair:")
+    probe = EdgeCompleter(lm, splits[0][2], limits)
+    for text in ("what's the weather like", "book me a taxi to the airport", "hello", "how late is it open?", "coffee near me"):
+        choice = probe.choose([probe.prepare(EdgeRequest(text, test[0].cell, test[0].user, _at("evening"), adapter=ADAPTER))])[0]
+        print(f"  {text!r}: {choice.chosen.category}, confidence {choice.confidence:.2f}, margin {choice.margin:.2f}")
 
     chosen = max((r for r in rows if r.split == "dev" and r.method.startswith("grounded")), key=lambda r: (r.category, r.rouge_l), default=None)
     print(f"\n## free generation vs grounded ranked choice, held-out districts and phrasings ({args.threads} thread(s), batches of {args.batch})")

@@ -7,19 +7,22 @@ every category in the request's cell from the context store and renders one comp
 category with :func:`nm_toolkit.llm.completion_data.render_prompt`; :class:`GroundedChooser` scores
 every candidate under the (LoRA-tuned) edge model given the edge input, all candidates of a batch
 of requests in one batched pass (each edge input run once, its KV cache shared by its candidates),
-and returns the best with its confidence. A grounded completion
-can therefore only name the nearest place of the category it chose; what is left to the model is
-the choice of category, and the confidence tells a router when to doubt it.
+and returns the best with its confidence. A grounded completion can therefore only name the
+nearest place of the category it chose; what is left to the model is the choice of category, and
+the confidence tells a router when to doubt it (a request for no place at all still gets the most
+likely category: that, too, is the router's to catch).
 
 Scores (``score=``):
 
 * ``"category"`` (default): the summed log-probability of the category-bearing span, the words
   from the start of the completion up to the end of the category's first mention ("Recommend a
   pharmacy"). Every candidate shares the words before the category, so the softmax over these
-  scores is the model's probability of each category renormalised over the candidates.
+  scores is the model's probability of each category renormalised over the candidates. Only
+  those words are run through the model, so it is also the cheapest.
 * ``"mean"``: the mean token log-probability of the whole completion. It also rewards the model
-  for predicting the place's name, distance and rating, which it does badly: noise for the choice,
-  and the softmax over per-token means is nearly flat.
+  for predicting the place's name, distance and rating, which it does badly (the rating is not even
+  in the edge input): noise for the choice, and the softmax over per-token means is nearly flat, so
+  its confidence says little.
 * ``"sum"``: the summed log-probability of the whole completion.
 
 ``lexical_weight`` adds that many nats to a candidate whose category words (see

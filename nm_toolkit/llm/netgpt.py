@@ -76,7 +76,7 @@ class EdgeCompleter:
         """One completion per request, in order: grounded rows as :class:`GroundedGeneration`
         (``seed`` does not apply to them), the others generated in one batch."""
         grounded = [i for i, p in enumerate(prepared) if self.grounds(p)]
-        free = [i for i in range(len(prepared)) if i not in set(grounded)]
+        free = sorted(set(range(len(prepared))) - set(grounded))
         out: list[Generation | None] = [None] * len(prepared)
         if free:
             for i, generation in zip(free, self.generate([prepared[i] for i in free], seed), strict=True):
