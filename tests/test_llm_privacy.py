@@ -222,13 +222,8 @@ def test_policy_and_cache(context: LocationContext) -> None:
 
 
 def test_no_false_positives_and_no_misses_over_many_synthetic_contexts() -> None:
-    """Seeded and bounded: clean completions from the data set's targets pass in every context, and
-    a denied form injected into them is always caught and redacted.
-
-    The targets themselves are not clean: ``comprehensive_prompt`` writes the user's role and
-    preference and ``(cell <id>)`` into every one, so the policy flags every target for exactly
-    those three kinds. The check finds this rather than allowing it; the clean completion is the
-    target without its first sentence."""
+    """Seeded and bounded: the data set's targets (the completed prompts the edge sends) pass in
+    every context, and a denied form injected into them is always caught and redacted."""
     rng = random.Random(12)
     checked = 0
     for seed in range(5):
@@ -236,9 +231,7 @@ def test_no_false_positives_and_no_misses_over_many_synthetic_contexts() -> None
         train, test = build_completion_dataset(store, 30, 10, seed)
         for example in train + test:
             context = LocationContext(store.cells[example.cell], example.time_of_day, store.profiles[example.user])
-            flagged = kinds(check_egress(record(example.target), context))
-            assert flagged == {"cell id", "profile role", "profile preference"}
-            _, _, clean = example.target.partition(f"this {example.time_of_day}. ")
+            clean = example.target
             assert clean.startswith("Recommend a ")
             assert check_egress(record(clean), context) == [], clean
             assert check_egress(record(f"{example.text} -> {clean}"), context) == []
