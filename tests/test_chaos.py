@@ -565,9 +565,10 @@ def test_a_transient_kafka_error_does_not_stop_the_service(
         producer.send(topics["telemetry"], value, key)
     producer.flush()
     need = 1 if operation == "commit" else 0  # a commit needs something handled and not yet committed
-    # About one new consumer in eight, in a process that already had one, gets no partitions for a minute
-    # or more (kafka-python 3.0.12's range assignor logs "No partition metadata for topic" and the member
-    # does not rejoin when the metadata arrives): a member that has not joined in 20 s is replaced.
+    # Now and then (1 in 6-8 here) a new member never gets partitions: kafka-python 3.0.12 can drop the
+    # SyncGroup answer of a rejoin (its first assignment, made before the topic's metadata arrived, was
+    # empty) when a short poll stopped waiting for it, and the member then sits outside the group for
+    # good. That is not what this test is about: a member that has not joined in 20 s is replaced.
     for _attempt in range(3):
         runner = StreamRunner(bus, telemetry_collector(settings, bus))
         deadline = time.monotonic() + 20
