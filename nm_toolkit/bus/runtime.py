@@ -453,8 +453,9 @@ def run_together(
 ) -> None:
     """Step ``runners`` in turn (services that work as a pair in one process, such as the intent
     service and its demand collector) until ``stop`` is set, the first has handled
-    ``max_messages``, or none handled anything for ``idle_exit_s`` while all held partitions
-    (joining a group, which can take a session timeout after a crash, is not idleness). Then
+    ``max_messages``, or none handled anything for ``idle_exit_s`` while all held partitions and
+    reached the bus (joining a group, which can take a session timeout after a crash, and a broker
+    outage are not idleness). Then
     each gets a final tick, commits and leaves its group."""
     first = runners[0]
     last_work = time.monotonic()
@@ -465,7 +466,8 @@ def run_together(
             left = None if max_messages is None else max_messages - first.stats.messages
             handled = first.step(limit=left, timeout_s=0.5 / len(runners))
             handled += sum(runner.step(timeout_s=0.5 / len(runners)) for runner in runners[1:])
-            if handled or not all(runner.joined for runner in runners):
+            waiting = not all(runner.joined and runner.consumer.healthy() for runner in runners)
+            if handled or waiting:  # joining a group or a broker outage is not idleness
                 last_work = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - last_work >= idle_exit_s:
                 idle = True
