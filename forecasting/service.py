@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -25,7 +25,7 @@ import pandas as pd
 
 from forecasting.registry import make_model
 from forecasting.store import ForecastStore, default_store_path
-from nm_toolkit.bus import Bus, Message, TopicPartition
+from nm_toolkit.bus import Bus, Message
 from nm_toolkit.bus.runtime import Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import ForecastServiceSettings, ForecastSettings, Settings
 from nm_toolkit.eventtime import EventTimeBounds
@@ -157,9 +157,6 @@ class ForecastService(StreamService):
         self.counters.forecasts += len(forecasts)
         self.counters.skipped_series += len(skipped)
         return forecasts, skipped
-
-    def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Windows are in the store as soon as they are handled; nothing more to save."""
 
     def stats(self) -> dict[str, float]:
         return asdict(self.counters)

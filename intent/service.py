@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from collectors.service import TelemetryCollector
@@ -139,20 +138,6 @@ def load_extractor(settings: Settings) -> SpanExtractor:
             f"`nmt intent train --input NILE_INTENTS.json -o {directory}` or set NMT_INTENT__EXTRACTOR_DIR"
         )
     return load(directory)
-
-
-def operator_json(raw: bytes) -> dict[str, object] | None:
-    """The JSON object of an operator message, or None for plain text. Raises Rejected."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        if not text.lstrip().startswith(("{", "[")):
-            return None
-    return object_json(raw)
 
 
 class IntentService(StreamService):
@@ -287,7 +272,7 @@ class IntentService(StreamService):
         self.counters.demand_records += len(records)
 
     def _operator_message(self, message: Message) -> OperatorMessage:
-        data = operator_json(message.value)
+        data = object_json(message.value, plain_text=True)
         if data is None:  # plain text: its position is its request id, stable under redelivery
             data = {"request_id": message_origin(message), "text": message.value.decode("utf-8")}
         try:

@@ -84,7 +84,7 @@ class Topic(Generic[ModelT]):
                 raise Rejected(f"not UTF-8 ({bad.reason} at byte {bad.start})") from exc
             first = exc.errors()[0]
             if first["type"] == "json_invalid":
-                raise Rejected(f"invalid JSON: {first['ctx'].get('error', first['msg']) if first.get('ctx') else first['msg']}") from exc
+                raise Rejected(f"invalid JSON: {(first.get('ctx') or {}).get('error', first['msg'])}") from exc
             if first["type"] == "model_type" and not first["loc"]:
                 raise Rejected(f"expected a JSON object, got {type(first['input']).__name__}") from exc
             raise Rejected(f"not a {self.model.__name__}: {validation_reason(exc)}") from exc
@@ -92,11 +92,18 @@ class Topic(Generic[ModelT]):
             raise Rejected(f"not a {self.model.__name__}: {one_line(str(exc), 200)}") from exc
 
 
-def object_json(raw: bytes) -> dict[str, object]:
-    """The JSON object in ``raw``, or :class:`Rejected` saying why it is not one."""
+def object_json(raw: bytes, plain_text: bool = False) -> dict[str, object] | None:
+    """The JSON object in ``raw``, parsed once, or :class:`Rejected` saying why it is not one.
+    With ``plain_text``, UTF-8 that is not JSON and does not look like it is plain text: None."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if plain_text and not text.lstrip().startswith(("{", "[")):
+            return None
         raise Rejected(f"invalid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise Rejected(f"expected a JSON object, got a JSON {type(data).__name__}")
