@@ -31,6 +31,8 @@ from nm_toolkit.bus.base import (
 
 log = logging.getLogger(__name__)
 
+METADATA_MAX_AGE_MS = 5_000
+
 
 class BusUnavailable(UserError):
     """The Kafka cluster could not be reached; the message names the address to check."""
@@ -133,6 +135,11 @@ class KafkaBus(Bus):
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             group_instance_id=self.group_instance_id,
+            # kafka-python joins the group without waiting for the subscribed topics' metadata; a
+            # leader that assigns before it arrives assigns nothing and only rejoins on the next
+            # metadata refresh (CI saw a collector sit idle for a minute on a topic that existed).
+            # Refreshing every few seconds bounds that stall, and finds new partitions quickly.
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
