@@ -19,6 +19,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry
 from nm_toolkit.llm.offline import load_causal_lm
+from nm_toolkit.llm.quantize import quantize_dynamic_int8
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -53,11 +54,14 @@ class AdapterLM:
         self.cards = {card.name: card for card in cards}
 
     @classmethod
-    def load(cls, base_dir: Path, registry: AdapterRegistry | None = None, adapters: Sequence[str] | None = None) -> AdapterLM:
-        """The base checkpoint with ``adapters`` (default: every adapter in ``registry``) loaded."""
+    def load(
+        cls, base_dir: Path, registry: AdapterRegistry | None = None, adapters: Sequence[str] | None = None, quantize: bool = False
+    ) -> AdapterLM:
+        """The base checkpoint with ``adapters`` (default: every adapter in ``registry``) loaded;
+        ``quantize``: int8 base weights under float adapters (:mod:`nm_toolkit.llm.quantize`)."""
         model, tokenizer = load_causal_lm(base_dir)
         if registry is None:
-            return cls(model, tokenizer)
+            return cls(quantize_dynamic_int8(model) if quantize else model, tokenizer)
         cards = [registry.card(name) for name in adapters] if adapters is not None else registry.cards()
         for card in cards:
             path = registry.path(card.name)
@@ -66,7 +70,7 @@ class AdapterLM:
             else:
                 model.load_adapter(path, adapter_name=card.name, is_trainable=False)
         model.eval()
-        return cls(model, tokenizer, cards)
+        return cls(quantize_dynamic_int8(model) if quantize else model, tokenizer, cards)
 
     def select(self, task: str | None, location_group: str | None, adapter: str | None = None) -> str:
         """The adapter for a request: the one it names, else the task's adapter for its location group,
