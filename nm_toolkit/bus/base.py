@@ -56,6 +56,22 @@ class Producer(ABC):
     @abstractmethod
     def flush(self, timeout_s: float | None = None) -> None: ...
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether messages sent since the last :meth:`commit_offsets` wait for it to be visible."""
+        return False
+
+    def commit_offsets(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``consumer``'s ``offsets`` as the input behind what this producer sent (already
+        flushed). A transactional producer makes the two visible together, atomically: the
+        consume-transform-produce cycle is then exactly-once. This one commits the offsets alone."""
+        consumer.commit(offsets)
+
+    def abort(self) -> bool:
+        """Discard what was sent since the last commit, if this producer can (a transactional one);
+        returns whether it did. The caller then reads again from the committed offsets."""
+        return False
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -71,6 +87,10 @@ class Consumer(ABC):
 
     @abstractmethod
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    @abstractmethod
+    def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset of ``partition`` (None: nothing committed yet)."""
 
     def seek_to_beginning(self, partition: TopicPartition) -> None:
         """Read ``partition`` again from its first retained message."""
@@ -114,7 +134,9 @@ class Bus(ABC):
         """Create the topics that do not exist yet; existing ones are left as they are."""
 
     @abstractmethod
-    def producer(self) -> Producer: ...
+    def producer(self, transactional_group: str | None = None) -> Producer:
+        """A producer; with ``transactional_group``, a transactional one whose sends become visible
+        only with the commit of that group's offsets (:meth:`Producer.commit_offsets`)."""
 
     @abstractmethod
     def consumer(

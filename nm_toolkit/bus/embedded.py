@@ -80,8 +80,8 @@ class EmbeddedBus(Bus):
             )
             self._cond.notify_all()
 
-    def producer(self) -> Producer:
-        return _EmbeddedProducer(self)
+    def producer(self, transactional_group: str | None = None) -> Producer:
+        return _EmbeddedProducer(self, transactional=transactional_group is not None)
 
     # -- consuming ------------------------------------------------------------------------
     def consumer(
@@ -126,16 +126,38 @@ class EmbeddedBus(Bus):
 
 
 class _EmbeddedProducer(Producer):
-    def __init__(self, bus: EmbeddedBus) -> None:
+    """Appends at once; a transactional one holds its sends until the offsets commit with them."""
+
+    def __init__(self, bus: EmbeddedBus, transactional: bool = False) -> None:
         self._bus = bus
+        self._transactional = transactional
+        self._held: list[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]] = []
 
     def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
-        self._bus._append(topic, value, key, headers)
+        if self._transactional:
+            self._held.append((topic, value, key, headers))
+        else:
+            self._bus._append(topic, value, key, headers)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Appends are synchronous, so there is never anything in flight."""
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self._held)
+
+    def commit_offsets(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
+        with self._bus._cond:  # re-entrant: appends and the commit happen as one step
+            for topic, value, key, headers in self._held:
+                self._bus._append(topic, value, key, headers)
+            self._held.clear()
+            consumer.commit(offsets)
+
+    def abort(self) -> bool:
+        self._held.clear()
+        return self._transactional
 
     def close(self) -> None:
         """Nothing to release."""
@@ -196,6 +218,10 @@ class _EmbeddedConsumer(Consumer):
             for tp, offset in offsets.items():
                 if tp in self._positions:
                     committed[tp] = offset
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        with self._bus._cond:
+            return self._bus._committed.get(self.group_id, {}).get(partition)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         with self._bus._cond:

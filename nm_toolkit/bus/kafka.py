@@ -10,6 +10,7 @@ from nm_toolkit.errors import UserError
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -32,6 +33,7 @@ from nm_toolkit.bus.base import (
 log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 5_000
+TRANSACTION_TIMEOUT_MS = 10_000
 
 
 class BusUnavailable(UserError):
@@ -99,18 +101,33 @@ class KafkaBus(Bus):
         finally:
             admin.close()
 
-    def producer(self) -> Producer:
-        return KafkaBusProducer(
-            KafkaProducer(
-                bootstrap_servers=self._servers(),
-                client_id=self.client_id,
-                linger_ms=5,
-                batch_size=256 * 1024,
-                # The broker's message.max.bytes is the real limit; the client must not refuse to
-                # dead-letter an oversized message the broker did accept.
-                max_request_size=max(16 * 1024 * 1024, self.max_message_bytes + 64 * 1024),
-            )
+    def producer(self, transactional_group: str | None = None) -> Producer:
+        settings: dict[str, object] = dict(
+            bootstrap_servers=self._servers(),
+            client_id=self.client_id,
+            linger_ms=5,
+            batch_size=256 * 1024,
+            # The broker's message.max.bytes is the real limit; the client must not refuse to
+            # dead-letter an oversized message the broker did accept.
+            max_request_size=max(16 * 1024 * 1024, self.max_message_bytes + 64 * 1024),
         )
+        if transactional_group is None:
+            return KafkaBusProducer(KafkaProducer(**settings))
+        # A static member keeps its transactional id across restarts, so a restart aborts the
+        # transaction its crashed predecessor left open at once. Other members get a fresh id:
+        # zombies are still fenced through the group's generation (KIP-447), and a crashed
+        # member's open transaction is aborted by the broker after the transaction timeout,
+        # which bounds how long read-committed readers of its outputs wait.
+        suffix = self.group_instance_id or uuid.uuid4().hex[:12]
+        producer = KafkaProducer(
+            **settings, transactional_id=f"{transactional_group}.{suffix}", transaction_timeout_ms=TRANSACTION_TIMEOUT_MS
+        )
+        try:
+            producer.init_transactions()
+        except KafkaError as exc:
+            producer.close()
+            raise DeliveryFailed(f"cannot start transactions: {type(exc).__name__}: {exc}") from exc
+        return KafkaBusTransactionalProducer(producer)
 
     def consumer(
         self,
@@ -135,6 +152,9 @@ class KafkaBus(Bus):
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             group_instance_id=self.group_instance_id,
+            # Transactional outputs (exactly-once services) are read only once committed; other
+            # topics are unaffected (their end is their last message).
+            isolation_level="read_committed",
             # kafka-python joins the group without waiting for the subscribed topics' metadata; a
             # leader that assigns before it arrives assigns nothing and only rejoins on the next
             # metadata refresh (CI saw a collector sit idle for a minute on a topic that existed).
@@ -175,6 +195,53 @@ class KafkaBusProducer(Producer):
 
     def close(self) -> None:
         self._producer.close()
+
+
+class KafkaBusTransactionalProducer(KafkaBusProducer):
+    """Sends inside a Kafka transaction that :meth:`commit_offsets` commits together with the
+    consumer group's offsets (KIP-447 fencing through the group metadata)."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        super().__init__(producer)
+        self._open = False
+
+    def _begin(self) -> None:
+        if not self._open:
+            self._producer.begin_transaction()
+            self._open = True
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        try:
+            self._begin()
+        except KafkaError as exc:
+            raise DeliveryFailed(f"cannot begin a transaction: {type(exc).__name__}: {exc}") from exc
+        super().send(topic, value, key, headers)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open
+
+    def commit_offsets(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
+        if not isinstance(consumer, KafkaBusConsumer):
+            raise TypeError("a Kafka transaction commits the offsets of a Kafka consumer")
+        self._begin()
+        if offsets:
+            self._producer.send_offsets_to_transaction(
+                {KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                consumer._consumer.group_metadata(),  # noqa: SLF001 - same adapter
+            )
+        self._producer.commit_transaction()
+        self._open = False
+        self._failures.clear()
+
+    def abort(self) -> bool:
+        if self._open:
+            self._producer.abort_transaction()
+            self._open = False
+        self._failures.clear()
+        return True
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -233,6 +300,10 @@ class KafkaBusConsumer(Consumer):
             self._consumer.commit(
                 {KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
             )
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        found = self._consumer.committed(KafkaTopicPartition(*partition))
+        return None if found is None else int(found)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(*partition), offset)

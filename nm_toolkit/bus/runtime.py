@@ -17,6 +17,10 @@ batch of messages means; :class:`StreamRunner` owns everything else, once for al
   offset, so state moves with its partition;
 * table topics (the latest value per key is the state, e.g. intents in force) are read from the
   beginning on every assignment;
+* exactly-once services (``exactly_once``): outputs, dead letters and the input offsets commit in
+  one bus transaction, so a crash or a rebalance neither loses nor repeats an output; a commit
+  that fails is aborted and reading resumes at the committed offsets (such services keep no
+  checkpointed state: their state would run ahead of an aborted transaction);
 * idle exit that does not count waiting to join a group, signals (a ``stop`` event), and per-service
   statistics that :mod:`nm_toolkit.bus.metrics` exports to Prometheus.
 """
@@ -173,6 +177,8 @@ class StreamService(ABC):
     max_poll_records: int = 1000
     commit_interval_s: float = 0.0
     """Commit at most this often (a checkpoint of window state is not free); 0: after every batch."""
+    exactly_once: bool = False
+    """Commit outputs and input offsets in one bus transaction (see the module docstring)."""
 
     def started(self, out: Emitter) -> None:
         """The runner is ready: ``out`` sends through it (for outputs not tied to a message)."""
@@ -217,6 +223,7 @@ class RuntimeStats:
     batches: int = 0
     commits: int = 0
     commits_lost_to_rebalance: int = 0
+    transactions_aborted: int = 0
     commit_retries: int = 0
     handler_errors: int = 0
     rebalances: int = 0
@@ -243,7 +250,7 @@ class StreamRunner:
         self._last_commit = time.monotonic()
         self._tables = {t.name for t in service.inputs if t.table}
         bus.create_topics([*(t.name for t in service.inputs), *service.outputs, service.dead_letter_topic])
-        self.producer = bus.producer()
+        self.producer = bus.producer(service.group_id if service.exactly_once else None)
         self.emitter = Emitter(self)
         self.consumer = bus.consumer(
             [t.name for t in service.inputs],
@@ -320,7 +327,8 @@ class StreamRunner:
                 self.stats.batch_seconds.append(time.perf_counter() - started)
                 del self.stats.batch_seconds[:-1000]
             due = self.service.tick(self.emitter, self.progress(polled_nothing=not polled))
-            if due or (self._pending and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
+            work = self._pending or self.producer.in_transaction
+            if due or (work and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
                 self.commit()
         return len(messages)
 
@@ -358,12 +366,15 @@ class StreamRunner:
             pending = {tp: o for tp, o in self._pending.items() if tp in self._owned}
             self.service.checkpoint(pending)
             self._last_commit = time.monotonic()
-            if not pending:
+            if not pending and not self.producer.in_transaction:
                 return
             try:
-                self.consumer.commit(pending)
+                self.producer.commit_offsets(self.consumer, pending)
                 self.stats.commits += 1
             except Exception as exc:
+                if self.service.exactly_once and not isinstance(exc, FATAL_ERRORS):
+                    self._abort(exc)
+                    return
                 if not _is_rebalance(exc):
                     if not _is_transient(exc):
                         raise
@@ -374,6 +385,33 @@ class StreamRunner:
                 self.stats.commits_lost_to_rebalance += 1
                 log.info("%s: commit refused during a rebalance (%s); the next owner resumes from the checkpoint", self.service.name, exc)
             self._pending.clear()
+
+    def _abort(self, exc: Exception) -> None:
+        """A transaction that did not commit: discard its outputs and read its input again from
+        the committed offsets (a producer that cannot even abort is broken: that stops the service)."""
+        log.warning("%s: transaction not committed (%s: %s); aborting and reading again", self.service.name, type(exc).__name__, exc)
+        try:
+            self.producer.abort()
+        except Exception as abort_exc:
+            raise DeliveryFailed(f"transaction neither committed nor aborted: {type(abort_exc).__name__}: {abort_exc}") from exc
+        self.stats.transactions_aborted += 1
+        for tp in self._owned:
+            offset = self.consumer.committed(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+            self._next.pop(tp, None)
+            self._start[tp] = offset or 0
+        self._pending.clear()
+
+    def _abort_quietly(self) -> None:
+        """Abort after a fault, best effort: the fault is what the caller reports, and the broker
+        aborts a transaction left open once it times out."""
+        try:
+            self.producer.abort()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: could not abort the open transaction (%s: %s)", self.service.name, type(exc).__name__, exc)
 
     def run(
         self, stop: threading.Event, idle_exit_s: float | None = None, max_messages: int | None = None
@@ -429,6 +467,8 @@ class StreamRunner:
         try:
             if commit:
                 self.commit()
+            elif self.service.exactly_once:
+                self._abort_quietly()
         finally:
             try:
                 self.service.close()
