@@ -70,7 +70,9 @@ class TopicSettings(BaseModel):
     forecasts: str = "nmt.forecasts"
     decisions: str = "nmt.decisions"
     prompts: str = "nmt.prompts"
-    completions: str = "nmt.completions"
+    cloud_requests: str = Field(default="nmt.cloud.requests", description="completed prompts the edge escalated, and link probes")
+    cloud_status: str = Field(default="nmt.cloud.status", description="the cloud's probe echoes: queue and service time")
+    answers: str = Field(default="nmt.answers", description="one answer per prompt, keyed by request id, whichever path served it")
     intents: str = Field(default="nmt.intents", description="network intents in force (NetworkIntent), keyed by id")
     intent_results: str = Field(
         default="nmt.intents.results", description="the intent service's answer to every prompt and operator text"
@@ -189,9 +191,17 @@ class LlmSettings(BaseModel):
     edge_model: Path | None = None
     cloud_model: Path | None = None
     adapters_dir: Path | None = None
+    cloud_adapters_dir: Path | None = Field(default=None, description="the cloud model's tenant adapters")
     context_store: Path | None = None
-    group_id: str = "nmt-prompt-service"
+    group_id: str = Field(default="nmt-edge", description="the edge service's consumer group")
     dead_letter_topic: str = "nmt.prompts.dlq"
+    edge_site: str = Field(default="edge-0", description="this edge site's name (probe echoes come back to it)")
+    confidence_threshold: float = Field(
+        default=0.9, ge=0, le=1, description="the router keeps a request at the edge when the edge model is at least this sure"
+    )
+    probe_interval_s: float = Field(default=2.0, ge=0, description="how often the edge probes the link to the cloud (0: never)")
+    cloud_group_id: str = "nmt-cloud"
+    cloud_dead_letter_topic: str = "nmt.cloud.requests.dlq"
     max_batch: PositiveInt = 16
     max_prompt_chars: PositiveInt = 1000
     max_input_tokens: PositiveInt = 256

@@ -277,6 +277,8 @@ class PromptMessage(BaseModel):
     user: Identifier | None = None
     task: Identifier | None = None
     adapter: Identifier | None = None
+    tenant: Identifier | None = Field(default=None, description="whose cloud adapter answers it (default: the cloud's general one)")
+    deadline_s: float | None = Field(default=None, gt=0, le=86_400, description="seconds the user waits for an answer, from arrival")
     ts: UtcDatetime | None = None
 
     @property

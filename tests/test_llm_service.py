@@ -22,7 +22,7 @@ from nm_toolkit.llm.context import synthetic_city
 from nm_toolkit.llm.corpus import CorpusConfig
 from nm_toolkit.llm.deployment import edge_completer
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
-from nm_toolkit.llm.service import PromptService, prompt_service
+from nm_toolkit.llm.service import EdgeService, edge_service
 
 TINY = InitConfig(
     arch="gpt2", preset="tiny", steps=5, batch_size=4, seed=3,
@@ -73,8 +73,21 @@ def replies(bus: Bus, topic: str, group: str, expected: int, timeout_s: float = 
     return [json.loads(m.value) for m in read_all(bus, topic, group, expected, timeout_s)]
 
 
-def service_for(settings: Settings) -> PromptService:
-    return prompt_service(settings, edge_completer(settings))
+def service_for(settings: Settings) -> EdgeService:
+    return edge_service(settings, edge_completer(settings))
+
+
+def outcomes(bus: EmbeddedBus, settings: Settings, expected: int) -> list[dict]:
+    """The edge's one record per prompt: an answer (``served_by: edge``, or an error) or the
+    request it escalated to the cloud (``served_by: cloud-request``); probes left out."""
+    answers = [json.loads(m.value) for m in bus.messages(settings.topics.answers)]
+    escalated = [
+        {**json.loads(m.value), "served_by": "cloud-request", "status": "ok"}
+        for m in bus.messages(settings.topics.cloud_requests)
+        if json.loads(m.value)["kind"] == "request"
+    ]
+    assert len(answers) + len(escalated) == expected, (answers, escalated)
+    return answers + escalated
 
 
 def serve(bus: Bus, settings: Settings) -> tuple[StreamRunner, dict[str, float]]:
@@ -105,15 +118,14 @@ def test_bad_prompts_become_error_records_and_dead_letters_and_the_service_keeps
     for value in messages.values():
         producer.send(settings.topics.prompts, value)
     _, stats = serve(bus, settings)
-    assert (stats["messages"], stats["requests"], stats["completions"], stats["errors"]) == (9, 9, 2, 7)
+    assert (stats["messages"], stats["requests"], stats["answered_at_edge"] + stats["escalated"], stats["errors"]) == (9, 9, 2, 7)
     assert stats["dead_letters"] == 7 and stats["handler_errors"] == 0
 
-    completions = read_all(bus, settings.topics.completions, "reader", len(messages))
-    records = [json.loads(m.value) for m in completions]
-    assert len(records) == len(messages)
+    records = outcomes(bus, settings, len(messages))
     by_id = {r.get("request_id"): r for r in records}
-    assert by_id["ok-1"]["status"] == by_id["ok-2"]["status"] == "ok"
-    assert 0 < by_id["ok-1"]["new_tokens"] <= 6 and by_id["ok-1"]["adapter"] == "__base__"
+    # the base model has no completion adapter: it generates freely, vouches for nothing, and escalates
+    assert by_id["ok-1"]["served_by"] == by_id["ok-2"]["served_by"] == "cloud-request"
+    assert "cell" not in by_id["ok-1"] and "user" not in by_id["ok-1"] and by_id["ok-1"]["edge"] == settings.llm.edge_site
     reasons = {rid: by_id[rid]["reason"] for rid in ("empty", "long", "cell", "adapter", "field")}
     assert "empty prompt" in reasons["empty"]
     assert "prompt too long: 500 characters" in reasons["long"]
@@ -122,20 +134,13 @@ def test_bad_prompts_become_error_records_and_dead_letters_and_the_service_keeps
     assert "location" in reasons["field"]
     anonymous = [r for r in records if r.get("request_id") is None]
     assert len(anonymous) == 2 and all(r["status"] == "error" and r["reason"] for r in anonymous)  # the runtime's decoding reasons
-    assert all("original_b64" not in r for r in records)
-    # replies are keyed by request id, and sent in the order the prompts were read
-    assert all(m.key == r["request_id"].encode() for m, r in zip(completions, records, strict=True) if r.get("request_id"))
-    for lane in {(m.partition, r["source_partition"]) for m, r in zip(completions, records, strict=True)}:
-        offsets = [r["source_offset"] for m, r in zip(completions, records, strict=True) if (m.partition, r["source_partition"]) == lane]
-        assert offsets == sorted(offsets)
 
     # every unanswerable message is also on the dead-letter topic, whole, with the reason in headers
     dead = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", 7)
     assert sorted(m.value for m in dead) == sorted(v for k, v in messages.items() if not k.startswith("ok-"))
-    for letter in dead:
-        reply = next(r for r in records if f"{settings.topics.prompts}/{r['source_partition']}/{r['source_offset']}".encode() == letter.header(ORIGIN))
-        assert reply["status"] == "error" and letter.header(REASON).decode() == reply["reason"]
-        assert letter.header(SERVICE) == b"llm"
+    assert sorted(m.header(REASON).decode() for m in dead) == sorted(r["reason"] for r in records if r["status"] == "error")
+    assert {m.header(SERVICE) for m in dead} == {b"edge"}
+    assert all(m.header(ORIGIN).startswith(settings.topics.prompts.encode()) for m in dead)
 
     # everything answered was committed: the group has nothing left to read
     again = bus.consumer([settings.topics.prompts], settings.llm.group_id)
@@ -161,20 +166,18 @@ def test_hostile_messages_get_an_error_reply_and_a_dead_letter_between_answered_
     for name, value in sent:
         producer.send(settings.topics.prompts, value, key=name.encode())
     _, stats = serve(bus, settings)
-    assert (stats["requests"], stats["completions"], stats["errors"], stats["dead_letters"]) == (9, 5, 4, 4)
+    assert (stats["requests"], stats["answered_at_edge"] + stats["escalated"], stats["errors"], stats["dead_letters"]) == (9, 5, 4, 4)
 
-    completions = read_all(bus, settings.topics.completions, "reader", len(sent))
-    assert [m.key for m in completions] == [(b"far-ts" if n == "ts" else n.encode()) for n, _ in sent]  # one reply each, in order
-    records = [json.loads(m.value) for m in completions]
-    for (name, _), record in zip(sent, records, strict=True):
-        assert record["status"] == ("error" if name in hostile else "ok"), (name, record)
-        if name in hostile:
-            assert record["reason"] and record["source_offset"] == sent.index((name, hostile[name])), record
-    assert records[sent.index(("ts", hostile["ts"]))]["request_id"] == "far-ts"  # valid JSON: the requester is told
+    records = outcomes(bus, settings, len(sent))
+    by_id = {r.get("request_id"): r for r in records}
+    assert all(by_id[name]["status"] == "ok" for name, _ in sent if name not in hostile)
+    errors = [r for r in records if r["status"] == "error"]
+    assert len(errors) == len(hostile) and all(r["reason"] for r in errors)
+    assert by_id["far-ts"]["status"] == "error"  # valid JSON: the requester is told
 
     dead = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", len(hostile))
     assert [m.value for m in dead] == list(hostile.values())
-    assert [m.header(REASON).decode() for m in dead] == [r["reason"] for r in records if r["status"] == "error"]
+    assert sorted(m.header(REASON).decode() for m in dead) == sorted(r["reason"] for r in errors)
 
 
 @pytest.mark.kafka
@@ -184,7 +187,10 @@ def test_a_prompt_round_trips_through_kafka(settings_env: Path, kafka_bootstrap:
     monkeypatch.setenv("NMT_BUS__KIND", "kafka")
     monkeypatch.setenv("NMT_BUS__BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("NMT_TOPICS__PROMPTS", "llm-test.prompts")
-    monkeypatch.setenv("NMT_TOPICS__COMPLETIONS", "llm-test.completions")
+    monkeypatch.setenv("NMT_TOPICS__ANSWERS", "llm-test.answers")
+    monkeypatch.setenv("NMT_TOPICS__CLOUD_REQUESTS", "llm-test.cloud")
+    monkeypatch.setenv("NMT_LLM__CONFIDENCE_THRESHOLD", "0")
+    monkeypatch.setenv("NMT_LLM__GROUP_ID", "llm-test-edge")
     monkeypatch.setenv("NMT_LLM__DEAD_LETTER_TOPIC", "llm-test.prompts.dlq")
     settings = load_settings()
     bus = bus_from_settings(settings)
@@ -195,16 +201,15 @@ def test_a_prompt_round_trips_through_kafka(settings_env: Path, kafka_bootstrap:
     producer.send(settings.topics.prompts, prompt("kafka-1", "find a cafe nearby", a_cell(settings_env)), key=b"kafka-1")
     producer.send(settings.topics.prompts, None, key=b"kafka-2")  # type: ignore[arg-type]  # a null value (tombstone)
     producer.flush()
-    records = replies(bus, settings.topics.completions, "llm-test-reader", 2)
+    records = replies(bus, settings.topics.answers, "llm-test-reader", 1)
+    escalated = [r for r in replies(bus, settings.topics.cloud_requests, "llm-test-cloud-reader", 3, timeout_s=5) if r["kind"] == "request"]
     dead = read_all(bus, settings.llm.dead_letter_topic, "llm-test-dlq-reader", 1)
     worker.join(timeout=60)
     producer.close()
     bus.close()
     assert not worker.is_alive()
-    assert {r.get("request_id") for r in records} == {"kafka-1", None}
-    ok = next(r for r in records if r.get("request_id") == "kafka-1")
-    assert ok["status"] == "ok" and isinstance(ok["completion"], str)
-    error = next(r for r in records if r.get("request_id") is None)
+    assert [r["request_id"] for r in escalated] == ["kafka-1"] and escalated[0]["text"]
+    [error] = records
     assert error["status"] == "error" and error["reason"]
     assert [(m.key, m.value, m.header(REASON).decode()) for m in dead] == [(b"kafka-2", b"", error["reason"])]
 
@@ -249,8 +254,8 @@ def test_requests_that_waited_past_the_timeout_are_answered_with_an_error(settin
     producer.send(settings.topics.prompts, prompt("late", "coffee near me", a_cell(settings_env)))
     time.sleep(0.2)
     _, stats = serve(bus, settings)
-    assert (stats["completions"], stats["errors"], stats["dead_letters"]) == (0, 1, 1)
-    [record] = replies(bus, settings.topics.completions, "reader", 1)
+    assert (stats["escalated"], stats["errors"], stats["dead_letters"]) == (0, 1, 1)
+    [record] = outcomes(bus, settings, 1)
     assert record["request_id"] == "late" and record["reason"].startswith("timed out")
     [letter] = read_all(bus, settings.llm.dead_letter_topic, "dlq-reader", 1)
     assert letter.header(REASON).decode().startswith("timed out")
@@ -281,7 +286,7 @@ def test_a_failed_generation_answers_its_batch_with_errors_and_serving_goes_on(s
     stats = runner.stats_dict()
     runner.close()
     assert calls == [3, 1]
-    assert (stats["completions"], stats["errors"], stats["generation_failures"], stats["dead_letters"]) == (1, 3, 1, 3)
-    records = replies(bus, settings.topics.completions, "reader", 4)
-    assert [(r["request_id"], r["status"]) for r in records] == [("r0", "error"), ("r1", "error"), ("r2", "error"), ("r3", "ok")]
-    assert all("generation failed: RuntimeError: out of memory" in r["reason"] for r in records[:3])
+    assert (stats["escalated"], stats["errors"], stats["generation_failures"], stats["dead_letters"]) == (1, 3, 1, 3)
+    records = outcomes(bus, settings, 4)
+    assert sorted((r["request_id"], r["status"]) for r in records) == [("r0", "error"), ("r1", "error"), ("r2", "error"), ("r3", "ok")]
+    assert all("generation failed: RuntimeError: out of memory" in r["reason"] for r in records if r["status"] == "error")

@@ -1,17 +1,22 @@
-"""``nmt llm``: NetGPT prompt completion at the edge, answers from the cloud, and the prompt service."""
+"""``nmt llm``: NetGPT prompt completion at the edge, answers from the cloud, and the edge and cloud services."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nm_toolkit.cli.common import MetricsPortOption, run_service, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 
-app = typer.Typer(help="Edge prompt completion, cloud answers and the prompt-stream service.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from nm_toolkit.bus.runtime import StreamService
+    from nm_toolkit.config import Settings
+
+app = typer.Typer(help="Edge prompt completion, cloud answers, and the edge and cloud stream services.", no_args_is_help=True)
 
 
 @app.command()
@@ -90,26 +95,50 @@ def evaluate(
 
 @app.command()
 def serve(
-    max_requests: int | None = typer.Option(None, min=1, help="stop after answering this many messages"),
+    max_requests: int | None = typer.Option(None, min=1, help="stop after handling this many messages"),
     idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without prompts"),
     metrics_port: int | None = MetricsPortOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Serve the prompts topic until Ctrl-C: micro-batched completions to the completions topic."""
-    from nm_toolkit.bus import bus_from_settings
-    from nm_toolkit.bus.runtime import StreamRunner
+    """Serve the prompts topic at the edge until Ctrl-C: each prompt answered here or escalated to the cloud."""
     from nm_toolkit.config import load_settings
     from nm_toolkit.llm.deployment import edge_completer
-    from nm_toolkit.llm.service import prompt_service
+    from nm_toolkit.llm.service import edge_service
 
     settings = load_settings()
-    service = prompt_service(settings, edge_completer(settings))
+    service = edge_service(settings, edge_completer(settings))
+    topics = settings.topics
+    _serve(service, settings, f"{topics.prompts} -> {topics.answers} | {topics.cloud_requests}", max_requests, idle_exit, metrics_port, as_json)
+
+
+@app.command()
+def cloud(
+    max_requests: int | None = typer.Option(None, min=1, help="stop after handling this many messages"),
+    idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without requests"),
+    metrics_port: int | None = MetricsPortOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Serve the cloud-requests topic until Ctrl-C: answers from the cloud model with each tenant's adapter."""
+    from nm_toolkit.config import load_settings
+    from nm_toolkit.llm.cloud_service import cloud_service
+    from nm_toolkit.llm.deployment import cloud_responder
+
+    settings = load_settings()
+    service = cloud_service(settings, cloud_responder(settings))
+    topics = settings.topics
+    _serve(service, settings, f"{topics.cloud_requests} -> {topics.answers} | {topics.cloud_status}", max_requests, idle_exit, metrics_port, as_json)
+
+
+def _serve(service: StreamService, settings: Settings, route: str, max_requests: int | None, idle_exit: float | None,
+           metrics_port: int | None, as_json: bool) -> None:  # fmt: skip
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.bus.runtime import StreamRunner
+
     stop = stop_on_signals()
     bus = bus_from_settings(settings)
     if not as_json:
         console.print(
-            f"serving {settings.topics.prompts} -> {settings.topics.completions} (dead letters: {settings.llm.dead_letter_topic}) "
-            f"on the {settings.bus.kind} bus (Ctrl-C stops)"
+            f"{service.name}: serving {route} (dead letters: {service.dead_letter_topic}) on the {settings.bus.kind} bus (Ctrl-C stops)"
         )
     try:
         stats = run_service(
@@ -117,4 +146,4 @@ def serve(
         )
     finally:
         bus.close()
-    emit(as_json, stats, "prompt service", [{"counter": k, "value": v} for k, v in stats.items()])
+    emit(as_json, stats, f"{service.name} service", [{"counter": k, "value": v} for k, v in stats.items()])

@@ -1,5 +1,6 @@
 """Wiring from settings: where the models, adapters and context live, and the edge and cloud models
-built on them (the prompt service is :func:`nm_toolkit.llm.service.prompt_service`)."""
+built on them (the services are :func:`nm_toolkit.llm.service.edge_service` and
+:func:`nm_toolkit.llm.cloud_service.cloud_service`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class LlmPaths:
     edge_model: Path
     cloud_model: Path
     adapters_dir: Path
+    cloud_adapters_dir: Path
     context_store: Path
 
     @classmethod
@@ -28,6 +30,7 @@ class LlmPaths:
             cfg.edge_model or root / "edge",
             cfg.cloud_model or root / "cloud",
             cfg.adapters_dir or root / "adapters",
+            cfg.cloud_adapters_dir or root / "cloud-adapters",
             cfg.context_store or root / "context.json",
         )
 
@@ -45,4 +48,6 @@ def edge_completer(settings: Settings) -> EdgeCompleter:
 
 
 def cloud_responder(settings: Settings) -> CloudResponder:
-    return CloudResponder(AdapterLM.load(LlmPaths.from_settings(settings).cloud_model), generation_limits(settings))
+    """The cloud model with every tenant adapter registered under ``llm.cloud_adapters_dir`` loaded."""
+    paths = LlmPaths.from_settings(settings)
+    return CloudResponder(AdapterLM.load(paths.cloud_model, AdapterRegistry(paths.cloud_adapters_dir)), generation_limits(settings))

@@ -30,8 +30,11 @@ from nm_toolkit.llm.context import Cell, LocationContext, UserProfile
 
 #: Fields of a cloud-bound request record that may leave the edge by default.
 DEFAULT_ALLOWED_FIELDS: frozenset[str] = frozenset(
-    {"request_id", "text", "service_class", "deadline_ms", "tenant"}
-)
+    {"request_id", "text", "service_class", "deadline_ms", "tenant",
+     # the transport's own fields (nm_toolkit.llm.messages.CloudRequest): the message kind, the edge
+     # site that sent it (the cloud sees where a connection comes from anyway), timing, probe bytes
+     "kind", "edge", "edge_sent_ms", "arrived_ms", "padding"}
+)  # fmt: skip
 
 #: Kinds of denied term, by the regex group that finds them, with the words a reason uses.
 KINDS: dict[str, str] = {

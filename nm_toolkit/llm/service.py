@@ -1,57 +1,59 @@
-"""The prompt service: prompts topic in, completions topic out, micro-batched generation between.
+"""The edge service: prompts in; each answered at the edge or escalated to the cloud, exactly once.
 
-A :class:`~nm_toolkit.bus.runtime.StreamService`: the runtime polls up to ``llm.max_batch``
-prompts per step, and :meth:`PromptService.handle` completes the valid ones in one generation
-batch. Every message gets exactly one record on the completions topic, in the order read, keyed by
-its request id (the requester waits for it): a completion, or ``status: "error"`` with the reason.
-A message that cannot be answered (undecodable, invalid, empty, too long, from an unknown cell, past
-its timeout, or in a batch whose generation failed) also goes whole to ``llm.dead_letter_topic``
-(original bytes, reason in ``nmt.error.*`` headers), so it can be inspected or replayed.
+A :class:`~nm_toolkit.bus.runtime.StreamService` (exactly-once: its answers, its cloud requests,
+its dead letters and its input offsets commit in one bus transaction). Per step the runtime polls up
+to ``llm.max_batch`` prompts; :meth:`EdgeService.handle` resolves each one's location context
+locally, completes the valid ones in one batch (grounded ranked choice, :mod:`nm_toolkit.llm.grounding`),
+and routes every request (:func:`nm_toolkit.llm.router.route`):
 
-Offsets are committed by the runtime only after those records are flushed, so a crash replays
-requests rather than losing them (a replayed request may be answered twice). A poll returns
-whatever has arrived, up to the batch size, so a burst fills a batch without waiting for one.
+* answered at the edge: an :class:`~nm_toolkit.llm.messages.AnswerRecord` on the answers topic,
+  ``served_by: "edge"`` (the grounded facts rendered by :func:`nm_toolkit.llm.city_qa.edge_answer`,
+  or the adapter's output for edge tasks such as intent extraction);
+* escalated: a :class:`~nm_toolkit.llm.messages.CloudRequest` with the completed prompt on the
+  cloud-requests topic, after the privacy guardrail (:func:`nm_toolkit.llm.privacy.check_egress`)
+  passed it; the cloud service writes its answer. A request the guardrail refuses is answered at
+  the edge instead, with the reason (never quoting the denied values).
+
+A message that cannot be served (undecodable, invalid, empty, too long, unknown cell, past its
+timeout, or in a batch whose generation failed) gets an error answer keyed by its request id and
+goes whole to ``llm.dead_letter_topic``. Probe echoes from the cloud (the cloud-status topic)
+update the link measurements the router uses; the service sends a probe every
+``llm.probe_interval_s``, alternating small and large ones for the bandwidth estimate.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import orjson
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.deadletter import one_line
-from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Rejected, StreamService, Topic
+from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
+from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
+from nm_toolkit.llm.grounding import GroundedGeneration
+from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
+from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
+from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
 from nm_toolkit.schemas import Identifier, PromptMessage
+
+if TYPE_CHECKING:
+    from nm_toolkit.llm.generation import Generation
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(Identifier)
-
-
-class CompletionRecord(BaseModel):
-    """The reply to one prompt message: a completion, or an error with its reason (the message
-    itself is on the dead-letter topic)."""
-
-    request_id: str | None
-    status: Literal["ok", "error"]
-    completion: str | None = None
-    adapter: str | None = None
-    prompt_tokens: int | None = None
-    new_tokens: int | None = None
-    finished: bool | None = None
-    latency_ms: float = Field(description="from the prompt's broker timestamp to this record")
-    reason: str | None = None
-    source_partition: int
-    source_offset: int
+SMALL_PROBE_BYTES = 0
+LARGE_PROBE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,22 @@ class ServiceLimits:
 
 
 @dataclass
-class PromptServiceStats:
-    """Every message handled is answered: ``requests == completions + errors``."""
+class EdgeServiceStats:
+    """Every prompt handled is answered once: ``requests == answered_at_edge + escalated + errors``."""
 
     requests: int = 0
-    completions: int = 0
+    answered_at_edge: int = 0
+    escalated: int = 0
     errors: int = 0
+    egress_refused: int = 0
+    bytes_edge_to_cloud: int = 0
     generation_batches: int = 0
     generation_failures: int = 0
+    probes_sent: int = 0
+    probe_echoes: int = 0
+    link_rtt_ms: float = 0.0
+    link_bandwidth_mbps: float = 0.0
+    cloud_queue: int = 0
 
 
 class _Unanswerable(Rejected):
@@ -84,101 +94,194 @@ class _Unanswerable(Rejected):
 
 @dataclass
 class _Valid:
-    index: int
+    message: Message
     request: PromptMessage
     prepared: PreparedRequest
-    tokens: int
 
 
-class PromptService(StreamService):
-    """Completes prompts at the edge in micro-batches; one completion record per prompt message."""
+class EdgeService(StreamService):
+    """Completes prompts at the edge in micro-batches and routes each to the edge or the cloud."""
 
-    name = "llm"
+    name = "edge"
+    exactly_once = True
 
     def __init__(
         self,
         completer: EdgeCompleter,
         *,
         prompts_topic: str,
-        completions_topic: str,
+        answers_topic: str,
+        cloud_topic: str,
+        status_topic: str,
         group_id: str,
         dead_letter_topic: str,
+        edge: str = "edge-0",
         limits: ServiceLimits = ServiceLimits(),
+        router: RouterConfig = RouterConfig(),
+        probe_interval_s: float = 2.0,
+        policy: EgressPolicy = DEFAULT_POLICY,
     ) -> None:
         self.completer = completer
         self.prompts = Topic(prompts_topic, PromptMessage)
-        self.inputs = [self.prompts]
-        self.completions_topic = completions_topic
-        self.outputs = [completions_topic]
+        self.status = Topic(status_topic, ProbeEcho)
+        self.inputs = [self.prompts, self.status]
+        self.answers_topic = answers_topic
+        self.cloud_topic = cloud_topic
+        self.outputs = [answers_topic, cloud_topic]
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
+        self.edge = edge
         self.limits = limits
+        self.router = router
+        self.probe_interval_s = probe_interval_s
+        self.policy = policy
         self.max_poll_records = limits.max_batch
-        self.counters = PromptServiceStats()
+        self.monitor = LinkMonitor(router)
+        self.counters = EdgeServiceStats()
+        self._last_probe = 0.0
+        self._last_prompt = 0.0
+        self._large_next = False
 
+    # -- the loop's hooks --------------------------------------------------------------------
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
-        """Answer ``messages`` in order; the valid ones are generated in one batch. Never raises
-        for a message (a retry one by one would answer the others twice); only faults of the bus
-        or the machine (:data:`FATAL_ERRORS`) propagate."""
-        records: list[CompletionRecord | None] = [None] * len(messages)
+        """Answer or escalate every prompt in ``messages`` (valid ones completed in one batch) and
+        take in probe echoes. Never raises for a message (a retry one by one would answer the
+        others twice); only faults of the bus or the machine (:data:`FATAL_ERRORS`) propagate."""
         valid: list[_Valid] = []
-        for index, message in enumerate(messages):
+        for message in messages:
+            if message.topic == self.status.name:
+                self._echo(message, out)
+                continue
             try:
                 request = self._decode(message)
-                prepared, tokens = self._prepare(message, request)
-                valid.append(_Valid(index, request, prepared, tokens))
+                valid.append(_Valid(message, request, self._prepare(message, request)))
             except _Unanswerable as exc:
-                records[index] = self._reject(message, exc.request_id, exc.errors[0].reason, out)
+                self._reject(message, exc.request_id, exc.errors[0].reason, out)
             except FATAL_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - a poison message must not stop the service
                 log.exception("%s could not prepare %s/%d/%d", self.name, *message.topic_partition, message.offset)
-                reason = f"{self.name} failed on it: {type(exc).__name__}: {exc}"
-                records[index] = self._reject(message, _request_id(message.value), reason, out)
+                self._reject(message, request_id_of(message.value), f"{self.name} failed on it: {type(exc).__name__}: {exc}", out)
+        if any(m.topic == self.prompts.name for m in messages):
+            self._last_prompt = time.monotonic()
         if valid:
-            self._generate(messages, valid, records, out)
-        for message, record in zip(messages, records, strict=True):
-            assert record is not None
-            key = record.request_id if record.request_id is not None else message.key
-            out.send(self.completions_topic, record.model_dump_json(exclude_none=True).encode(), key)
-        self.counters.requests += len(messages)
+            self._serve(valid, out)
 
-    def _generate(self, messages: Sequence[Message], valid: list[_Valid], records: list[CompletionRecord | None], out: Emitter) -> None:
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
+        """Probe the link every ``probe_interval_s`` while prompts flow (and twice at start, for a
+        first small/large pair): an idle edge neither loads the link nor keeps itself busy."""
+        now = time.monotonic()
+        if final or self.probe_interval_s <= 0 or now - self._last_probe < self.probe_interval_s:
+            return False
+        if self.counters.probes_sent >= 2 and now - self._last_prompt > 2 * self.probe_interval_s:
+            return False
+        self._last_probe = now
+        size = LARGE_PROBE_BYTES if self._large_next else SMALL_PROBE_BYTES
+        self._large_next = not self._large_next
+        sent_ms = time.time() * 1000
+        probe = CloudRequest(
+            kind="probe", request_id=f"probe-{uuid.uuid4().hex[:12]}", edge=self.edge, edge_sent_ms=sent_ms,
+            arrived_ms=sent_ms, padding="x" * size,
+        )  # fmt: skip
+        out.send(self.cloud_topic, probe, self.edge)
+        self.counters.probes_sent += 1
+        return False
+
+    def stats(self) -> dict[str, float]:
+        return asdict(self.counters)
+
+    # -- serving -----------------------------------------------------------------------------
+    def _serve(self, valid: list[_Valid], out: Emitter) -> None:
         self.counters.generation_batches += 1
         try:
             generations = self.completer.complete([v.prepared for v in valid])
             if len(generations) != len(valid):
-                raise RuntimeError(f"{len(generations)} generations for {len(valid)} prompts")
+                raise RuntimeError(f"{len(generations)} completions for {len(valid)} prompts")
         except FATAL_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - keep serving: the batch's requests get the reason instead
             log.exception("generation failed for a batch of %d", len(valid))
             self.counters.generation_failures += 1
-            reason = f"generation failed: {type(exc).__name__}: {exc}"
             for v in valid:
-                records[v.index] = self._reject(messages[v.index], v.request.request_id, reason, out)
+                self._reject(v.message, v.request.request_id, f"generation failed: {type(exc).__name__}: {exc}", out)
             return
+        link = self.monitor.estimate()
         for v, generation in zip(valid, generations, strict=True):
-            message = messages[v.index]
-            records[v.index] = CompletionRecord(
-                request_id=v.request.request_id, status="ok", completion=generation.text, adapter=generation.adapter,
-                prompt_tokens=v.tokens, new_tokens=generation.new_tokens, finished=generation.finished,
-                latency_ms=_age_ms(message), source_partition=message.partition, source_offset=message.offset,
-            )  # fmt: skip
-            self.counters.completions += 1
+            self.counters.requests += 1
+            if v.prepared.task != COMPLETION_TASK:  # an edge task (intent extraction, ...): its output is the answer
+                self._answer(v, out, generation.text, RouteDecision("edge", f"edge task {v.prepared.task}", 0.0), generation)
+                continue
+            request = self._cloud_request(v, generation.text)
+            size = len(request.model_dump_json(exclude_none=True).encode())
+            if isinstance(generation, GroundedGeneration):
+                chosen = generation.choice.chosen
+                confidence, local = generation.choice.confidence, chosen.kind in LOCAL_KINDS
+            else:  # free generation: nothing the edge could vouch for
+                confidence, local = 0.0, False
+            deadline_s = None if request.deadline_ms is None else (request.deadline_ms - time.time() * 1000) / 1000
+            decision = route(confidence, local, size, link, self.router, deadline_s)
+            if decision.path == "cloud":
+                violations = check_egress(request.model_dump(exclude_none=True), v.prepared.context, self.policy)
+                if not violations:
+                    out.send(self.cloud_topic, request.model_dump_json(exclude_none=True).encode(), request.request_id)
+                    self.counters.escalated += 1
+                    self.counters.bytes_edge_to_cloud += size
+                    continue
+                self.counters.egress_refused += 1
+                decision = RouteDecision("edge", f"privacy guardrail kept it at the edge: {'; '.join(violations)}", decision.expected_cloud_s)
+            text = edge_answer(generation.choice.chosen, v.request.tenant) if isinstance(generation, GroundedGeneration) else generation.text
+            self._answer(v, out, text, decision, generation, confidence)
 
+    def _cloud_request(self, v: _Valid, completed: str) -> CloudRequest:
+        arrived = v.message.timestamp_ms
+        deadline = None if v.request.deadline_s is None else arrived + 1000 * v.request.deadline_s
+        return CloudRequest(
+            request_id=v.request.request_id, text=completed, tenant=v.request.tenant, deadline_ms=deadline,
+            edge=self.edge, edge_sent_ms=time.time() * 1000, arrived_ms=arrived,
+        )  # fmt: skip
+
+    def _answer(
+        self, v: _Valid, out: Emitter, text: str, decision: RouteDecision, generation: Generation, confidence: float | None = None
+    ) -> None:
+        kind = generation.choice.chosen.kind if isinstance(generation, GroundedGeneration) else None
+        latency = age_ms(v.message)
+        deadline_ms = None if v.request.deadline_s is None else 1000 * v.request.deadline_s
+        record = AnswerRecord(
+            request_id=v.request.request_id, status="ok", served_by="edge", answer=text, route_reason=decision.reason,
+            confidence=confidence, kind=kind, adapter=generation.adapter, tenant=v.request.tenant,
+            new_tokens=generation.new_tokens, latency_ms=latency, late=deadline_ms is not None and latency > deadline_ms,
+        )  # fmt: skip
+        out.send(self.answers_topic, record.model_dump_json(exclude_none=True).encode(), v.request.request_id)
+        self.counters.answered_at_edge += 1
+
+    def _echo(self, message: Message, out: Emitter) -> None:
+        """Take in a probe echo (any edge replica's: they share the site's link)."""
+        try:
+            echo = self.status.decode(message)
+        except Rejected as exc:
+            out.dead_letter(message, exc.errors)
+            return
+        self.monitor.observe((time.time() * 1000 - echo.edge_sent_ms) / 1000, echo.probe_bytes, echo.cloud_queue,
+                             None if echo.cloud_service_ms is None else echo.cloud_service_ms / 1000)  # fmt: skip
+        link = self.monitor.estimate()
+        self.counters.probe_echoes += 1
+        self.counters.link_rtt_ms = 1000 * link.rtt_s
+        self.counters.link_bandwidth_mbps = link.bandwidth_bps / 1e6
+        self.counters.cloud_queue = link.cloud_queue
+
+    # -- validation --------------------------------------------------------------------------
     def _decode(self, message: Message) -> PromptMessage:
         """The prompt message, or :class:`_Unanswerable` with the runtime's reason and whatever
         request id the message names."""
         try:
             return self.prompts.decode(message)
         except Rejected as exc:
-            raise _Unanswerable(exc.errors[0].reason, _request_id(message.value)) from exc
+            raise _Unanswerable(exc.errors[0].reason, request_id_of(message.value)) from exc
         except OverflowError as exc:  # a time with no UTC equivalent (year 9999 west of Greenwich)
             reason = f"not a {PromptMessage.__name__}: {one_line(str(exc), 200)}"
-            raise _Unanswerable(reason, _request_id(message.value)) from exc
+            raise _Unanswerable(reason, request_id_of(message.value)) from exc
 
-    def _prepare(self, message: Message, request: PromptMessage) -> tuple[PreparedRequest, int]:
+    def _prepare(self, message: Message, request: PromptMessage) -> PreparedRequest:
         rid = request.request_id
         if not request.text.strip():
             raise _Unanswerable("empty prompt: send the user's words in 'text'", rid)
@@ -186,7 +289,7 @@ class PromptService(StreamService):
             raise _Unanswerable(f"prompt too long: {len(request.text)} characters > {self.limits.max_prompt_chars}", rid)
         if request.cell is None:
             raise _Unanswerable("location has no cell: send 'location' as a cell id or {'cell': ...}", rid)
-        if (age := _age_ms(message)) > 1000 * self.limits.request_timeout_s:
+        if (age := age_ms(message)) > 1000 * self.limits.request_timeout_s:
             raise _Unanswerable(f"timed out: waited {age / 1000:.1f} s > {self.limits.request_timeout_s} s in the queue", rid)
         try:
             prepared = self.completer.prepare(
@@ -197,38 +300,42 @@ class PromptService(StreamService):
         tokens = self.completer.lm.token_counts([prepared.model_input])[0]
         if tokens > self.completer.limits.max_input_tokens:
             raise _Unanswerable(f"prompt too long: {tokens} tokens with context > {self.completer.limits.max_input_tokens}", rid)
-        return prepared, tokens
+        return prepared
 
-    def _reject(self, message: Message, request_id: str | None, reason: str, out: Emitter) -> CompletionRecord:
-        """Dead-letter ``message`` and return its error reply."""
+    def _reject(self, message: Message, request_id: str | None, reason: str, out: Emitter) -> None:
+        """Dead-letter ``message`` and answer it with the error."""
         out.dead_letter(message, reason)
+        self.counters.requests += 1
         self.counters.errors += 1
-        return CompletionRecord(
-            request_id=request_id, status="error", reason=one_line(reason), latency_ms=_age_ms(message),
-            source_partition=message.partition, source_offset=message.offset,
-        )  # fmt: skip
-
-    def stats(self) -> dict[str, float]:
-        return asdict(self.counters)
+        record = AnswerRecord(
+            request_id=request_id, status="error", served_by="edge", reason=one_line(reason), latency_ms=age_ms(message)
+        )
+        key = request_id if request_id is not None else message.key
+        out.send(self.answers_topic, record.model_dump_json(exclude_none=True).encode(), key)
 
 
-def prompt_service(settings: Settings, completer: EdgeCompleter) -> PromptService:
-    """The prompt service the settings describe, completing with ``completer``
+def edge_service(settings: Settings, completer: EdgeCompleter) -> EdgeService:
+    """The edge service the settings describe, completing with ``completer``
     (:func:`nm_toolkit.llm.deployment.edge_completer` builds the configured one)."""
     cfg = settings.llm
-    return PromptService(
+    return EdgeService(
         completer,
         prompts_topic=settings.topics.prompts,
-        completions_topic=settings.topics.completions,
+        answers_topic=settings.topics.answers,
+        cloud_topic=settings.topics.cloud_requests,
+        status_topic=settings.topics.cloud_status,
         group_id=cfg.group_id,
         dead_letter_topic=cfg.dead_letter_topic,
+        edge=cfg.edge_site,
         limits=ServiceLimits(cfg.max_batch, cfg.max_prompt_chars, cfg.request_timeout_s),
+        router=RouterConfig(confidence_threshold=cfg.confidence_threshold),
+        probe_interval_s=cfg.probe_interval_s,
     )
 
 
-def _request_id(raw: bytes) -> str | None:
+def request_id_of(raw: bytes) -> str | None:
     """The request id a message that failed validation names, if it names a valid one: its error
-    reply is then keyed by it, so the requester learns why."""
+    answer is then keyed by it, so the requester learns why."""
     try:
         data = orjson.loads(raw)
     except (orjson.JSONDecodeError, RecursionError):
@@ -241,5 +348,6 @@ def _request_id(raw: bytes) -> str | None:
         return None
 
 
-def _age_ms(message: Message) -> float:
+def age_ms(message: Message) -> float:
+    """How long ago ``message`` reached the bus."""
     return max(0.0, time.time() * 1000 - message.timestamp_ms)
