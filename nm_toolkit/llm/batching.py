@@ -230,8 +230,7 @@ class ContinuousBatcher:
         self._mask = self._mask[index]
         unused = int((self._mask.cumsum(1) == 0).sum(1).min())  # leading columns that are padding in every row
         self._mask = self._mask[:, unused:]
-        layers = [(k[index, :, unused:], v[index, :, unused:]) for k, v in _layers(self._cache)]
-        self._cache = _cache_of(layers)
+        _set_layers(self._cache, [(k[index, :, unused:], v[index, :, unused:]) for k, v in _layers(self._cache)])
 
     # -- joining ----------------------------------------------------------------------------------
 
@@ -249,13 +248,13 @@ class ContinuousBatcher:
                 joining.append(request)
         if not joining:
             return expired
-        logits, layers, mask = self._prefill(joining)
-        self._join(joining, layers, mask)
+        logits, cache, mask = self._prefill(joining)
+        self._join(joining, cache, mask)
         done = self._advance(joining, logits)
         self._retire()
         return expired + done
 
-    def _prefill(self, rows: list[_Request]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _prefill(self, rows: list[_Request]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """Left-padded forward pass over the newcomers' prompts (from a shared prefix's cache where one matches)."""
         starts = [self._prefix_of(r) for r in rows]
         rest = [r.ids[len(p.ids) if p else 0 :] for r, p in zip(rows, starts, strict=True)]
@@ -275,7 +274,7 @@ class ContinuousBatcher:
             cached = [self._prefix_cache(p, r.adapter) if p else None for p, r in zip(starts, rows, strict=True)]
             cache = _cache_of(_stack_left([c for c in cached], past))
         logits, cache = self._forward(ids, mask, positions, [r.adapter for r in rows], cache)
-        return logits, _layers(cache), mask
+        return logits, cache, mask
 
     def _prefix_of(self, row: _Request) -> _Prefix | None:
         matches = [p for p in self._prefixes if len(p.ids) < len(row.ids) and row.ids[: len(p.ids)] == p.ids]
@@ -290,25 +289,30 @@ class ContinuousBatcher:
             prefix.caches[adapter] = _layers(cache)
         return prefix.caches[adapter]
 
-    def _join(self, rows: list[_Request], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+    def _join(self, rows: list[_Request], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append the newcomers' cache to the running one, left-padding whichever is narrower."""
         if self._cache is None:
-            self._rows, self._cache, self._mask = list(rows), _cache_of(layers), mask
+            self._rows, self._cache, self._mask = list(rows), cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        old = _layers(self._cache)
         merged = [
             (torch.cat([_pad_left(k0, width), _pad_left(k1, width)]), torch.cat([_pad_left(v0, width), _pad_left(v1, width)]))
-            for (k0, v0), (k1, v1) in zip(old, layers, strict=True)
+            for (k0, v0), (k1, v1) in zip(_layers(self._cache), _layers(cache), strict=True)
         ]
+        _set_layers(self._cache, merged)
         self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
-        self._cache = _cache_of(merged)
         self._rows += rows
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (keys, values) of shape (batch, heads, columns, head_dim); transformers >= 4.56's cache layout."""
     return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _set_layers(cache: DynamicCache, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Replace ``cache``'s tensors in place (no copy, unlike ``update`` on a fresh cache)."""
+    for layer, (k, v) in zip(cache.layers, layers, strict=True):
+        layer.keys, layer.values = k, v
 
 
 def _cache_of(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
