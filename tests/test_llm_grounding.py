@@ -58,7 +58,7 @@ def test_retrieval_picks_the_nearest_place_of_every_category(city) -> None:
     )
     cell = replace(cell, pois=(far, *cell.pois, near))  # unsorted on purpose
     context = LocationContext(cell, "evening", city.profiles["u0001"])
-    found = {c.category: c for c in candidates(context)}
+    found = {c.category: c for c in candidates(context, kinds=["nearest"])}
     assert set(found) == set(POI_CATEGORIES)
     for category, candidate in found.items():
         places = [p for p in cell.pois if p.category == category]
@@ -66,7 +66,9 @@ def test_retrieval_picks_the_nearest_place_of_every_category(city) -> None:
         assert candidate.place.name in candidate.text and f"{candidate.place.distance_m} m" in candidate.text
         assert candidate.text[: candidate.span_chars].endswith(category)
     assert found["pharmacy"].place == near
-    assert [c.category for c in candidates(context, ["gym", "cafe"])] == ["gym", "cafe"]
+    assert [(c.category, c.kind) for c in candidates(context, ["gym", "cafe"])] == [
+        ("gym", "nearest"), ("gym", "open"), ("cafe", "nearest"), ("cafe", "open")
+    ]
 
 
 def test_candidates_and_targets_pass_the_egress_policy() -> None:

@@ -1,9 +1,12 @@
 """NetGPT's location-based prompt completion as a supervised data set.
 
-A user sends a concise prompt ("coffee near me?"); the edge knows where and who the user is and
-completes it into the comprehensive prompt the cloud model should answer. The split keeps whole
-districts (hence cells and their places) and whole phrasings out of training, so the held-out
-score measures generalisation to unseen locations and unseen wordings, not memorisation.
+A user sends a concise prompt ("coffee near me?", "is a pharmacy open now?"); the edge knows where
+and who the user is and completes it into the comprehensive prompt the cloud model should answer.
+Requests are of one of :data:`KINDS`, and the completed prompt says which in its first words
+(:data:`KIND_LEADS`), so the edge's choice of kind and category is made on the same few words.
+The split keeps whole districts (hence cells and their places) and whole phrasings out of
+training, so the held-out score measures generalisation to unseen locations and unseen wordings,
+not memorisation.
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ TRAIN_FRAMES: tuple[str, ...] = (
     "I need a {noun}", "show me a {noun} close by", "{noun}?", "take me to a {noun}",
 )
 TEST_FRAMES: tuple[str, ...] = ("looking for a {noun}", "is there a {noun} nearby?", "nearest {noun} please")
+# requests that ask whether a place is open: the same split of phrasings, train and held out
+OPEN_TRAIN_FRAMES: tuple[str, ...] = (
+    "is there a {noun} open now?", "any {noun} still open?", "find me an open {noun}", "{noun} open right now?",
+    "I need a {noun} that is open", "which {noun} is open?",
+)
+OPEN_TEST_FRAMES: tuple[str, ...] = ("open {noun} around here?", "is any {noun} open at this hour?", "need an open {noun} now")
 TIMES_OF_DAY: tuple[str, ...] = ("morning", "afternoon", "evening", "night")
+# the hour that stands for each period (the data set stores the period, not the instant)
+TIME_OF_DAY_HOURS: dict[str, int] = {"morning": 9, "afternoon": 14, "evening": 19, "night": 23}
+
+# What a request asks about the nearest place of its category: "nearest" (where is it) or
+# "open" (is it open now). The completed prompt starts with the kind's lead words.
+KINDS: tuple[str, ...] = ("nearest", "open")
+KIND_LEADS: dict[str, str] = {"nearest": "Recommend a", "open": "Find an open"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class CompletionExample:
     category: str
     input: str
     target: str
+    kind: str = "nearest"  # last and defaulted: JSONL files written before kinds still load
 
 
 def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfInterest]:
@@ -58,23 +75,23 @@ def edge_input(text: str, context: LocationContext) -> str:
     )
 
 
-def render_prompt(category: str, poi: PointOfInterest, context: LocationContext) -> str:
-    """The completed prompt for ``poi`` as the answer to a request for ``category``.
+def render_prompt(category: str, poi: PointOfInterest, context: LocationContext, kind: str = "nearest") -> str:
+    """The completed prompt for ``poi`` as the answer to a request of ``kind`` for ``category``.
 
     It carries what the cloud needs to answer and nothing :data:`nm_toolkit.llm.privacy.DEFAULT_POLICY`
-    denies: the request (the category first, so that the choice is made on the first words), the
-    district and the time of day, the place's name, distance and rating. Never the cell id, the
+    denies: the request (kind and category first, so that the choice is made on the first words),
+    the district and the time of day, the place's name, distance and rating. Never the cell id, the
     coordinates, the user id, or the user's role and preference: those stay at the edge.
     """
     return (
-        f"Recommend a {category} near me in {context.cell.district} this {context.time_of_day}. "
+        f"{KIND_LEADS[kind]} {category} near me in {context.cell.district} this {context.time_of_day}. "
         f"The nearest {category} is {poi.name}, {poi.distance_m} m away, rated {poi.rating:.1f}."
     )
 
 
-def comprehensive_prompt(category: str, context: LocationContext) -> str:
+def comprehensive_prompt(category: str, context: LocationContext, kind: str = "nearest") -> str:
     """The reference completion: :func:`render_prompt` for the nearest place of ``category``."""
-    return render_prompt(category, nearest_by_category(context.cell.pois)[category], context)
+    return render_prompt(category, nearest_by_category(context.cell.pois)[category], context, kind)
 
 
 def cloud_only_payload(text: str, context: LocationContext) -> bytes:
@@ -89,31 +106,36 @@ def held_out_districts(store: ContextStore, share: float, seed: int) -> set[str]
 
 
 def build_completion_dataset(
-    store: ContextStore, train_size: int, test_size: int, seed: int, test_share: float = 0.25
+    store: ContextStore, train_size: int, test_size: int, seed: int, test_share: float = 0.25, open_share: float = 0.0
 ) -> tuple[list[CompletionExample], list[CompletionExample]]:
-    """Train and test pairs; test cells lie in held-out districts and use held-out phrasings."""
+    """Train and test pairs; test cells lie in held-out districts and use held-out phrasings.
+
+    ``open_share`` of the requests are of kind "open" (0: every request is "nearest", and the
+    pairs are those drawn before kinds existed, draw for draw)."""
     rng = random.Random(seed)
     test_districts = held_out_districts(store, test_share, seed)
     train_cells = [c for c in store.cells.values() if c.district not in test_districts]
     test_cells = [c for c in store.cells.values() if c.district in test_districts]
     users = sorted(store.profiles)
 
-    def sample(cells: list, frames: tuple[str, ...], count: int) -> list[CompletionExample]:
+    def sample(cells: list, frames: dict[str, tuple[str, ...]], count: int) -> list[CompletionExample]:
         out = []
         for _ in range(count):
             cell, user = rng.choice(cells), rng.choice(users)
             category = rng.choice(list(POI_CATEGORIES))
-            text = rng.choice(frames).format(noun=rng.choice(POI_CATEGORIES[category]))
+            kind = "open" if open_share and rng.random() < open_share else "nearest"
+            text = rng.choice(frames[kind]).format(noun=rng.choice(POI_CATEGORIES[category]))
             context = LocationContext(cell, rng.choice(TIMES_OF_DAY), store.profiles[user])
             out.append(
                 CompletionExample(
                     text, cell.cell, user, context.time_of_day, category,
-                    edge_input(text, context), comprehensive_prompt(category, context),
+                    edge_input(text, context), comprehensive_prompt(category, context, kind), kind,
                 )
             )
         return out
 
-    return sample(train_cells, TRAIN_FRAMES, train_size), sample(test_cells, TEST_FRAMES, test_size)
+    train = sample(train_cells, {"nearest": TRAIN_FRAMES, "open": OPEN_TRAIN_FRAMES}, train_size)
+    return train, sample(test_cells, {"nearest": TEST_FRAMES, "open": OPEN_TEST_FRAMES}, test_size)
 
 
 def write_jsonl(path: Path, examples: list[CompletionExample]) -> None:

@@ -4,20 +4,22 @@ A small edge model asked to write "The nearest pharmacy is Farmacia Rossi, 360 m
 input gets the form right and the place wrong (it has to find the right line of the place list
 from memory). Here the geometry is computed instead: :func:`candidates` takes the nearest place of
 every category in the request's cell from the context store and renders one completed prompt per
-category with :func:`nm_toolkit.llm.completion_data.render_prompt`; :class:`GroundedChooser` scores
+category and kind of request (:data:`nm_toolkit.llm.completion_data.KINDS`: "Recommend a pharmacy
+..." or "Find an open pharmacy ...") with :func:`nm_toolkit.llm.completion_data.render_prompt`; :class:`GroundedChooser` scores
 every candidate under the (LoRA-tuned) edge model given the edge input, all candidates of a batch
 of requests in one batched pass (each edge input run once, its KV cache shared by its candidates),
 and returns the best with its confidence. A grounded completion can therefore only name the
-nearest place of the category it chose; what is left to the model is the choice of category, and
-the confidence tells a router when to doubt it (a request for no place at all still gets the most
+nearest place of the category it chose; what is left to the model is the choice of category and
+kind, and the confidence tells a router when to doubt it (a request for no place at all still gets the most
 likely category: that, too, is the router's to catch).
 
 Scores (``score=``):
 
 * ``"category"`` (default): the summed log-probability of the category-bearing span, the words
   from the start of the completion up to the end of the category's first mention ("Recommend a
-  pharmacy"). Every candidate shares the words before the category, so the softmax over these
-  scores is the model's probability of each category renormalised over the candidates. Only
+  pharmacy", "Find an open pharmacy": the kind's words included). The candidates differ only in
+  these words up to there, so the softmax over these scores is the model's probability of each
+  (kind, category) renormalised over the candidates. Only
   those words are run through the model, so it is also the cheapest.
 * ``"mean"``: the mean token log-probability of the whole completion. It also rewards the model
   for predicting the place's name, distance and rating, which it does badly (the rating is not even
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from nm_toolkit.llm.completion_data import nearest_by_category, render_prompt
+from nm_toolkit.llm.completion_data import KINDS, nearest_by_category, render_prompt
 from nm_toolkit.llm.context import POI_CATEGORIES, LocationContext, PointOfInterest
 from nm_toolkit.llm.generation import AdapterLM, Generation
 
@@ -47,26 +49,32 @@ SCORE_MODES: tuple[str, ...] = ("category", "mean", "sum")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One completed prompt the edge could send: the nearest place of ``category``, rendered."""
+    """One completed prompt the edge could send: a request of ``kind`` for the nearest place of
+    ``category``, rendered."""
 
     category: str
     place: PointOfInterest
     text: str
-    span_chars: int  # length of the category-bearing prefix of ``text`` ("Recommend a pharmacy")
+    span_chars: int  # length of the kind- and category-bearing prefix of ``text`` ("Find an open pharmacy")
+    kind: str = "nearest"
 
 
-def candidates(context: LocationContext, categories: Sequence[str] | None = None) -> list[Candidate]:
+def candidates(
+    context: LocationContext, categories: Sequence[str] | None = None, kinds: Sequence[str] | None = None
+) -> list[Candidate]:
     """The candidate completions of a request made in ``context``: for every category (default: all
-    of :data:`POI_CATEGORIES`, in that order) that has a place in the cell, the completed prompt
-    naming the nearest place of that category. Computed from the context store, never generated."""
+    of :data:`POI_CATEGORIES`, in that order) that has a place in the cell and every kind (default:
+    :data:`KINDS`, in that order, within each category), the completed prompt naming the nearest
+    place of that category. Computed from the context store, never generated."""
     nearest = nearest_by_category(context.cell.pois)
     out = []
     for category in categories if categories is not None else POI_CATEGORIES:
         if category not in nearest:
             continue
-        text = render_prompt(category, nearest[category], context)
-        span = text.find(category) + len(category)
-        out.append(Candidate(category, nearest[category], text, span))
+        for kind in kinds if kinds is not None else KINDS:
+            text = render_prompt(category, nearest[category], context, kind)
+            span = text.find(category) + len(category)
+            out.append(Candidate(category, nearest[category], text, span, kind))
     return out
 
 

@@ -1,7 +1,9 @@
 """NetGPT's edge-cloud split: the edge completes prompts with local context, the cloud answers them.
 
 Only the completed prompt crosses the network; the cell, the places around it and the user's
-profile stay at the edge. :func:`evaluate_completion` scores an edge model on held-out pairs.
+profile stay at the edge. :func:`evaluate_completion` scores an edge model on held-out pairs. The
+cloud answers with one LoRA adapter per tenant, chosen per request (:class:`CloudResponder`); the
+task both sides are trained and scored on is :mod:`nm_toolkit.llm.city_qa`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from nm_toolkit.llm.completion_data import CompletionExample, cloud_only_payload, edge_input
+from nm_toolkit.llm.city_qa import CITY_QA_TASK, DEFAULT_TENANT, cloud_prompt
+from nm_toolkit.llm.completion_data import TIME_OF_DAY_HOURS, CompletionExample, cloud_only_payload, edge_input
 from nm_toolkit.llm.context import ContextStore, LocationContext
 from nm_toolkit.llm.generation import AdapterLM, Generation, GenerationLimits
 from nm_toolkit.llm.grounding import GroundedChoice, GroundedChooser, GroundedGeneration
@@ -100,20 +103,34 @@ class EdgeCompleter:
         )
 
 
-def cloud_prompt(completed: str) -> str:
-    """How the cloud model is asked to answer a completed prompt."""
-    return f"question: {completed}\nanswer:"
-
-
 class CloudResponder:
-    """The cloud service: answers completed prompts; it never sees raw location context."""
+    """The cloud service: answers completed prompts with the adapter of each request's tenant.
+
+    Adapters are :data:`~nm_toolkit.llm.city_qa.CITY_QA_TASK` adapters named after their tenant
+    (:func:`~nm_toolkit.llm.city_qa.train_cloud_adapters`); a request without a tenant gets
+    :data:`~nm_toolkit.llm.city_qa.DEFAULT_TENANT`'s adapter, else the task's first, else the base
+    model when none is loaded (any local checkpoint works).
+    In NetGPT it never sees raw location context; :meth:`respond` takes any question, the
+    cloud-only forms included, for comparison.
+    """
 
     def __init__(self, lm: AdapterLM, limits: GenerationLimits = GenerationLimits()) -> None:
         self.lm = lm
         self.limits = limits
 
-    def answer(self, completed: Sequence[str]) -> list[Generation]:
-        return self.lm.generate([cloud_prompt(c) for c in completed], None, self.limits)
+    def adapters(self, tenants: Sequence[str | None]) -> list[str]:
+        """The adapter of each tenant; raises :class:`UserError` for a tenant without one."""
+        default = DEFAULT_TENANT if DEFAULT_TENANT in self.lm.cards else None
+        return [self.lm.select(CITY_QA_TASK, None, default if tenant is None else tenant) for tenant in tenants]
+
+    def answer(self, completed: Sequence[str], tenants: Sequence[str | None] | None = None) -> list[Generation]:
+        """One answer per completed prompt, in one batch; ``tenants[i]`` picks row i's adapter."""
+        return self.respond(completed, tenants)
+
+    def respond(self, questions: Sequence[str], tenants: Sequence[str | None] | None = None) -> list[Generation]:
+        """:meth:`answer` for any question text (wrapped by :func:`~nm_toolkit.llm.city_qa.cloud_prompt`)."""
+        names = self.adapters(tenants if tenants is not None else [None] * len(questions))
+        return self.lm.generate([cloud_prompt(q) for q in questions], names, self.limits)
 
 
 @dataclass(frozen=True)
@@ -156,9 +173,6 @@ def evaluate_completion(
     return report, outputs
 
 
-_HOURS = {"morning": 9, "afternoon": 14, "evening": 19, "night": 23}
-
-
 def _at(time_of_day: str) -> datetime:
     """A moment that falls in ``time_of_day`` (the data set stores the period, not the instant)."""
-    return datetime(2024, 1, 1, _HOURS[time_of_day], tzinfo=UTC)
+    return datetime(2024, 1, 1, TIME_OF_DAY_HOURS[time_of_day], tzinfo=UTC)
