@@ -26,6 +26,28 @@ def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     return kafka_broker.bootstrap_servers
 
 
+@pytest.fixture(scope="session")
+def tiny_llms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 edge model (``edge``), a tiny LLaMA cloud model (``cloud``) and a small
+    synthetic city (``context.json``), built once per session in a few seconds."""
+    import torch
+
+    from nm_toolkit.llm.context import synthetic_city
+    from nm_toolkit.llm.corpus import CorpusConfig
+    from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
+
+    corpus = CorpusConfig(user_prompts=100, intents=50, telemetry=50, contexts=50, vocabulary_repeats=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny-llms")
+    for name, arch, seed in (("edge", "gpt2", 3), ("cloud", "llama", 4)):
+        config = InitConfig(arch=arch, preset="tiny", steps=5, batch_size=4, seed=seed, corpus=corpus)
+        save_initialised(root / name, *initialise_model(config))
+    synthetic_city(seed=4, districts=3, cells_per_district=2, users=5).save(root / "context.json")
+    torch.set_num_threads(threads)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep tests from reading a developer's nmt.toml or NMT_* variables, and their state."""

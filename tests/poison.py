@@ -248,3 +248,31 @@ POISON_PROMPTS: Poison = [
     ("deeply nested objects", DEEP_OBJECTS),
     ("nested text", _prompt(text={"text": {"text": "video"}})),
 ]
+
+GOOD_CLOUD_REQUEST: dict[str, Any] = {
+    "request_id": "c-1", "text": "Recommend a cafe near me in Brera this morning.", "edge": "edge-0",
+    "edge_sent_ms": 1_704_067_200_000, "arrived_ms": 1_704_067_200_000,
+}  # fmt: skip
+
+
+def _cloud(**changes: Any) -> bytes:
+    return _json({**GOOD_CLOUD_REQUEST, **changes})
+
+
+POISON_CLOUD_REQUESTS: Poison = [
+    ("kafka null value", None),
+    ("empty message", b""),
+    ("not UTF-8", b'{"request_id": "c-1", "text": "\xff\xfe"}'),
+    ("not JSON", b"answer this"),
+    ("JSON array", b"[1, 2]"),
+    ("deeply nested arrays", DEEP_ARRAYS),
+    ("deeply nested objects", DEEP_OBJECTS),
+    ("missing request_id", _json({k: v for k, v in GOOD_CLOUD_REQUEST.items() if k != "request_id"})),
+    ("missing edge", _json({k: v for k, v in GOOD_CLOUD_REQUEST.items() if k != "edge"})),
+    ("a field the edge may not send", _cloud(cell="MI-1234")),
+    ("unknown kind", _cloud(kind="shutdown")),
+    ("text not a string", _cloud(text={"text": "x"})),
+    ("text too long", _cloud(text="x" * 5000)),
+    ("edge_sent_ms not a number", _cloud(edge_sent_ms="soon")),
+    ("huge padding", _cloud(kind="probe", padding="x" * 1_000_001)),
+]

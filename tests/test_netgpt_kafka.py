@@ -16,29 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from nm_toolkit.bus.kafka import KafkaBus
-from nm_toolkit.llm.context import synthetic_city
-from nm_toolkit.llm.corpus import CorpusConfig
-from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 
 pytestmark = pytest.mark.kafka
 
-CORPUS = CorpusConfig(user_prompts=100, intents=50, telemetry=50, contexts=50, vocabulary_repeats=1)
 REQUESTS = 90
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("netgpt")
-    save_initialised(root / "edge", *initialise_model(InitConfig(arch="gpt2", preset="tiny", steps=5, batch_size=4, seed=3, corpus=CORPUS)))
-    save_initialised(root / "cloud", *initialise_model(InitConfig(arch="llama", preset="tiny", steps=5, batch_size=4, seed=4, corpus=CORPUS)))
-    synthetic_city(seed=4, districts=3, cells_per_district=2, users=5).save(root / "context.json")
-    torch.set_num_threads(threads)
-    return root
 
 
 def _answers(bus: KafkaBus, topic: str, group: str, stop: threading.Event, into: list[dict]) -> None:
@@ -51,8 +34,9 @@ def _answers(bus: KafkaBus, topic: str, group: str, stop: threading.Event, into:
 
 
 def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
-    models: Path, kafka_bootstrap: str, tmp_path: Path
+    tiny_llms: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    models = tiny_llms
     tag = uuid.uuid4().hex[:8]
     env = {
         **os.environ,

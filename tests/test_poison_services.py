@@ -42,6 +42,8 @@ from tests.poison import (
     DEEP_ARRAYS,
     DEEP_OBJECTS,
     GOOD_POINT,
+    GOOD_CLOUD_REQUEST,
+    POISON_CLOUD_REQUESTS,
     POISON_PROMPTS,
     POISON_SERIES,
     POISON_TELEMETRY,
@@ -411,6 +413,56 @@ def controller_run(bootstrap: str, root: Path, bus: KafkaBus) -> Run:
     )  # fmt: skip
 
 
+def _llm_env(bootstrap: str, root: Path, models: Path, tag: str) -> dict[str, str]:
+    topics = {name: f"poison-{tag}.{name}" for name in ("prompts", "answers", "cloud_requests", "cloud_status")}
+    return common_env(bootstrap, root / "state") | {
+        "NMT_LLM__GROUP_ID": f"edge-{tag}",
+        "NMT_LLM__CLOUD_GROUP_ID": f"cloud-{tag}",
+        "NMT_LLM__DEAD_LETTER_TOPIC": f"poison-{tag}.prompts.dlq",
+        "NMT_LLM__CLOUD_DEAD_LETTER_TOPIC": f"poison-{tag}.cloud.dlq",
+        "NMT_LLM__EDGE_MODEL": str(models / "edge"),
+        "NMT_LLM__CLOUD_MODEL": str(models / "cloud"),
+        "NMT_LLM__CONTEXT_STORE": str(models / "context.json"),
+        "NMT_LLM__MAX_NEW_TOKENS": "4",
+        "NMT_LLM__REQUEST_TIMEOUT_S": "3600",
+        "NMT_LLM__PROBE_INTERVAL_S": "0",
+        "OMP_NUM_THREADS": "1",
+        **{f"NMT_TOPICS__{k.upper()}": v for k, v in topics.items()},
+    }
+
+
+def edge_run(bootstrap: str, root: Path, bus: KafkaBus, models: Path) -> Run:
+    tag = uuid.uuid4().hex[:8]
+    env = _llm_env(bootstrap, root, models, tag)
+    topic = env["NMT_TOPICS__PROMPTS"]
+    bus.create_topics([topic], partitions=4)
+    cell = json.loads((models / "context.json").read_text())["cells"][0]["cell"]
+    prompts = [
+        (cell.encode(), orjson.dumps({"request_id": f"p-{i}", "text": "coffee near me", "location": cell, "deadline_s": 0.001}))
+        for i in range(len(POISON_PROMPTS) + 2)
+    ]  # fmt: skip
+    send(bus, interleave(prompts, POISON_PROMPTS, topic))
+    return Run(
+        "edge", cli("llm", "serve", "--idle-exit", IDLE_EXIT, "--json"), clean_env(env), root, env["NMT_LLM__GROUP_ID"],
+        [topic], env["NMT_LLM__DEAD_LETTER_TOPIC"], POISON_PROMPTS,
+        {"answers": env["NMT_TOPICS__ANSWERS"], "ids": [orjson.loads(v)["request_id"] for _, v in prompts]},
+    )  # fmt: skip
+
+
+def cloud_run(bootstrap: str, root: Path, bus: KafkaBus, models: Path) -> Run:
+    tag = uuid.uuid4().hex[:8]
+    env = _llm_env(bootstrap, root, models, tag)
+    topic = env["NMT_TOPICS__CLOUD_REQUESTS"]
+    bus.create_topics([topic], partitions=4)
+    requests = [(b"edge-0", orjson.dumps({**GOOD_CLOUD_REQUEST, "request_id": f"c-{i}"})) for i in range(len(POISON_CLOUD_REQUESTS) + 2)]
+    send(bus, interleave(requests, POISON_CLOUD_REQUESTS, topic))
+    return Run(
+        "cloud", cli("llm", "cloud", "--idle-exit", IDLE_EXIT, "--json"), clean_env(env), root, env["NMT_LLM__CLOUD_GROUP_ID"],
+        [topic], env["NMT_LLM__CLOUD_DEAD_LETTER_TOPIC"], POISON_CLOUD_REQUESTS,
+        {"answers": env["NMT_TOPICS__ANSWERS"], "ids": [orjson.loads(v)["request_id"] for _, v in requests]},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def extractor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from intent.data import load_intents
@@ -420,14 +472,18 @@ def extractor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, extractor_dir: Path) -> Iterator[dict[str, Run]]:
-    """All four services, started together on their own poisoned topics."""
+def runs(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, extractor_dir: Path, tiny_llms: Path
+) -> Iterator[dict[str, Run]]:
+    """All six services, started together on their own poisoned topics."""
     bus = KafkaBus(kafka_bootstrap, max_message_bytes=4 * 1024 * 1024)
     makers = {
         "collector": lambda root: collector_run(kafka_bootstrap, root, bus),
         "forecaster": lambda root: forecaster_run(kafka_bootstrap, root, bus),
         "intent": lambda root: intent_run(kafka_bootstrap, root, bus, extractor_dir),
         "controller": lambda root: controller_run(kafka_bootstrap, root, bus),
+        "edge": lambda root: edge_run(kafka_bootstrap, root, bus, tiny_llms),
+        "cloud": lambda root: cloud_run(kafka_bootstrap, root, bus, tiny_llms),
     }
     out = {name: make(tmp_path_factory.mktemp(name)) for name, make in makers.items()}
     for run in out.values():
@@ -526,4 +582,19 @@ def test_controller_dead_letters_poison_and_decides_on_the_rest(controller: Run,
     decisions = _decisions(bus, topics["decisions"])
     assert {(d["policy"], d["target"]) for d in decisions} >= {("bandwidth_reservation", "cell-1"), ("intent_qos_acl", "cell-1")}
     assert not any(d["target"] in ("cell-2", "cell-8", "cell-9") for d in decisions)  # low forecast; poison; NaN bounds
+    assert_committed_to_end(kafka_bootstrap, run.group, run.inputs)
+
+
+@pytest.mark.parametrize("name", ["edge", "cloud"])
+def test_llm_services_dead_letter_poison_and_answer_the_rest_exactly_once(runs: dict[str, Run], kafka_bootstrap: str, name: str) -> None:
+    run = finished(runs[name])
+    stats = run.stats()
+    assert stats["dead_letters"] == len(run.poison) and stats["handler_errors"] == 0, run.output()
+    bus = KafkaBus(kafka_bootstrap, max_message_bytes=4 * 1024 * 1024)
+    assert_dead_lettered_once(dead_letters(bus, run), run.poison, set(run.inputs))
+    answers = [orjson.loads(m.value) for m in read_all(bus, str(run.facts["answers"]), len(run.facts["ids"]) + len(run.poison), timeout_s=60)]
+    good = [a for a in answers if a["status"] == "ok"]
+    assert sorted(a["request_id"] for a in good) == sorted(run.facts["ids"])  # type: ignore[arg-type]
+    assert len(answers) == len(good) + len(run.poison)  # every poison message answered with its error, once
+    assert {a["served_by"] for a in good} == {name}
     assert_committed_to_end(kafka_bootstrap, run.group, run.inputs)
