@@ -203,6 +203,19 @@ class StreamService(ABC):
     def revoked(self, partitions: set[TopicPartition]) -> None:
         """Drop state of partitions another member now owns (their last checkpoint stays valid)."""
 
+    @property
+    def busy(self) -> bool:
+        """Whether work is in flight that :meth:`tick` advances (continuous batching): the runner
+        then polls without waiting."""
+        return False
+
+    def committable(self, pending: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:
+        """The part of ``pending`` (next offsets to read, per partition) that may be committed now.
+        A service that holds messages across steps returns, per partition, at most the offset of its
+        first message whose outputs are not all sent yet (and sends outputs in offset order), so
+        that a restart re-reads exactly the unfinished ones."""
+        return pending
+
     def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Persist state consistent with ``offsets`` (next offsets to read), after outputs were
         flushed and before those offsets are committed."""
@@ -248,6 +261,8 @@ class StreamRunner:
         self._events: list[tuple[str, set[TopicPartition]]] = []
         self._events_lock = threading.Lock()
         self._last_commit = time.monotonic()
+        self._committed: dict[TopicPartition, int] = {}
+        """Offsets this member committed last, so that one held back is not committed again."""
         self._tables = {t.name for t in service.inputs if t.table}
         bus.create_topics([*(t.name for t in service.inputs), *service.outputs, service.dead_letter_topic])
         self.producer = bus.producer(service.group_id if service.exactly_once else None)
@@ -294,6 +309,7 @@ class StreamRunner:
                 self._pending.pop(tp, None)
                 self._next.pop(tp, None)
                 self._start.pop(tp, None)
+                self._committed.pop(tp, None)
         resume: dict[TopicPartition, int | None] = {tp: self._next[tp] for tp in kept if tp in self._next}
         if new:
             resume.update(self.service.assigned(new))
@@ -313,7 +329,7 @@ class StreamRunner:
         batch_size = min(self.service.max_poll_records, limit or self.service.max_poll_records)
         with self._lock:
             self._apply_rebalance([])  # seek before fetching where the bus reported an assignment already
-        polled = self.consumer.poll(batch_size, timeout_s)
+        polled = self.consumer.poll(batch_size, 0.0 if self.service.busy else timeout_s)
         with self._lock:
             messages = self._apply_rebalance(polled)
             if messages:
@@ -327,7 +343,7 @@ class StreamRunner:
                 self.stats.batch_seconds.append(time.perf_counter() - started)
                 del self.stats.batch_seconds[:-1000]
             due = self.service.tick(self.emitter, self.progress(polled_nothing=not polled))
-            work = self._pending or self.producer.in_transaction
+            work = self._uncommitted() or self.producer.in_transaction
             if due or (work and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
                 self.commit()
         return len(messages)
@@ -363,7 +379,7 @@ class StreamRunner:
         with self._lock:
             self.producer.flush()
             self._apply_rebalance([])
-            pending = {tp: o for tp, o in self._pending.items() if tp in self._owned}
+            pending = self._committable()
             self.service.checkpoint(pending)
             self._last_commit = time.monotonic()
             if not pending and not self.producer.in_transaction:
@@ -371,6 +387,11 @@ class StreamRunner:
             try:
                 self.producer.commit_offsets(self.consumer, pending)
                 self.stats.commits += 1
+                self._committed.update(pending)
+                for tp, offset in pending.items():  # what the service still holds is committed later
+                    if self._pending.get(tp) == offset:
+                        del self._pending[tp]
+                return
             except Exception as exc:
                 if self.service.exactly_once and not isinstance(exc, FATAL_ERRORS):
                     self._abort(exc)
@@ -386,6 +407,16 @@ class StreamRunner:
                 log.info("%s: commit refused during a rebalance (%s); the next owner resumes from the checkpoint", self.service.name, exc)
             self._pending.clear()
 
+    def _committable(self) -> dict[TopicPartition, int]:
+        """The offsets a commit now would move: handled, owned, released by the service, and not
+        committed already."""
+        owned = {tp: o for tp, o in self._pending.items() if tp in self._owned}
+        released = self.service.committable(owned) if owned else {}
+        return {tp: o for tp, o in released.items() if self._committed.get(tp) != o}
+
+    def _uncommitted(self) -> bool:
+        return bool(self._committable())
+
     def _abort(self, exc: Exception) -> None:
         """A transaction that did not commit: discard its outputs and read its input again from
         the committed offsets (a producer that cannot even abort is broken: that stops the service)."""
@@ -395,6 +426,7 @@ class StreamRunner:
         except Exception as abort_exc:
             raise DeliveryFailed(f"transaction neither committed nor aborted: {type(abort_exc).__name__}: {abort_exc}") from exc
         self.stats.transactions_aborted += 1
+        self.service.revoked(set(self._owned))  # what it held is read again
         for tp in self._owned:
             offset = self.consumer.committed(tp)
             if offset is None:
