@@ -195,6 +195,7 @@ class LlmSettings(BaseModel):
     context_store: Path | None = None
     group_id: str = Field(default="nmt-edge", description="the edge service's consumer group")
     dead_letter_topic: str = "nmt.prompts.dlq"
+    quantize_edge: bool = Field(default=False, description="int8 dynamic quantisation of the edge model's base weights (see bench/serving.py)")
     edge_site: str = Field(default="edge-0", description="this edge site's name (probe echoes come back to it)")
     confidence_threshold: float = Field(
         default=0.9, ge=0, le=1, description="the router keeps a request at the edge when the edge model is at least this sure"

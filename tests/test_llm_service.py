@@ -290,3 +290,16 @@ def test_a_failed_generation_answers_its_batch_with_errors_and_serving_goes_on(s
     records = outcomes(bus, settings, 4)
     assert sorted((r["request_id"], r["status"]) for r in records) == [("r0", "error"), ("r1", "error"), ("r2", "error"), ("r3", "ok")]
     assert all("generation failed: RuntimeError: out of memory" in r["reason"] for r in records if r["status"] == "error")
+
+
+def test_an_int8_edge_model_serves_the_same_way(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NMT_LLM__QUANTIZE_EDGE", "true")
+    settings = load_settings()
+    bus = EmbeddedBus()
+    producer = bus.producer()
+    cell = a_cell(settings_env)
+    producer.send(settings.topics.prompts, prompt("q-1", "coffee near me", cell))
+    producer.send(settings.topics.prompts, prompt("q-2", "coffee near me", cell, deadline_s=0.001))
+    runner, stats = serve(bus, settings)
+    assert type(runner.service.completer.lm.model.transformer.h[0].attn.c_attn).__module__.startswith("torch.ao")
+    assert (stats["escalated"], stats["answered_at_edge"], stats["errors"]) == (1, 1, 0)

@@ -43,7 +43,7 @@ def generation_limits(settings: Settings) -> GenerationLimits:
 def edge_completer(settings: Settings) -> EdgeCompleter:
     """The edge model with every registered adapter loaded, and the edge's context store."""
     paths = LlmPaths.from_settings(settings)
-    lm = AdapterLM.load(paths.edge_model, AdapterRegistry(paths.adapters_dir))
+    lm = AdapterLM.load(paths.edge_model, AdapterRegistry(paths.adapters_dir), quantize=settings.llm.quantize_edge)
     return EdgeCompleter(lm, ContextStore.load(paths.context_store), generation_limits(settings))
 
 
