@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 
@@ -54,3 +55,24 @@ def expected_windows(records: pd.DataFrame, window_seconds: int) -> pd.DataFrame
     keyed = records.assign(window=(records["ts"] // window_seconds * window_seconds).astype(int))
     out = keyed.groupby(["source", "metric", "window"])["value"].agg(["count", "sum", "min", "max"]).reset_index()
     return out.sort_values(["source", "metric", "window"]).reset_index(drop=True)
+
+
+def llm_env(bootstrap: str, state_dir: Path, models: Path, tag: str) -> dict[str, str]:
+    """``NMT_*`` settings of edge and cloud services on the test broker: topics and groups unique to
+    ``tag``, the tiny models of the ``tiny_llms`` fixture in ``models``."""
+    topics = {name: f"{tag}.{name}" for name in ("prompts", "answers", "cloud_requests", "cloud_status")}
+    return {
+        "NMT_BUS__KIND": "kafka",
+        "NMT_BUS__BOOTSTRAP_SERVERS": bootstrap,
+        "NMT_STATE_DIR": str(state_dir),
+        "NMT_LLM__GROUP_ID": f"edge-{tag}",
+        "NMT_LLM__CLOUD_GROUP_ID": f"cloud-{tag}",
+        "NMT_LLM__DEAD_LETTER_TOPIC": f"{tag}.prompts.dlq",
+        "NMT_LLM__CLOUD_DEAD_LETTER_TOPIC": f"{tag}.cloud.dlq",
+        "NMT_LLM__EDGE_MODEL": str(models / "edge"),
+        "NMT_LLM__CLOUD_MODEL": str(models / "cloud"),
+        "NMT_LLM__CONTEXT_STORE": str(models / "context.json"),
+        "NMT_LLM__MAX_NEW_TOKENS": "4",
+        "OMP_NUM_THREADS": "1",
+        **{f"NMT_TOPICS__{k.upper()}": v for k, v in topics.items()},
+    }

@@ -301,5 +301,6 @@ def test_an_int8_edge_model_serves_the_same_way(settings_env: Path, monkeypatch:
     producer.send(settings.topics.prompts, prompt("q-1", "coffee near me", cell))
     producer.send(settings.topics.prompts, prompt("q-2", "coffee near me", cell, deadline_s=0.001))
     runner, stats = serve(bus, settings)
-    assert type(runner.service.completer.lm.model.transformer.h[0].attn.c_attn).__module__.startswith("torch.ao")
+    model = runner.service.completer.lm.model
+    assert any(type(m).__module__.startswith("torch.ao") for m in model.modules())  # int8 base layers, under any adapters
     assert (stats["escalated"], stats["answered_at_edge"], stats["errors"]) == (1, 1, 0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nm_toolkit.bus.kafka import KafkaBus
+from tests.kafka_helpers import llm_env
 
 pytestmark = pytest.mark.kafka
 
@@ -38,30 +39,14 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
 ) -> None:
     models = tiny_llms
     tag = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "NMT_STATE_DIR": str(tmp_path / "state"),
-        "NMT_BUS__KIND": "kafka",
-        "NMT_BUS__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "NMT_TOPICS__PROMPTS": f"{tag}.prompts",
-        "NMT_TOPICS__ANSWERS": f"{tag}.answers",
-        "NMT_TOPICS__CLOUD_REQUESTS": f"{tag}.cloud",
-        "NMT_TOPICS__CLOUD_STATUS": f"{tag}.status",
-        "NMT_LLM__GROUP_ID": f"edge-{tag}",
-        "NMT_LLM__CLOUD_GROUP_ID": f"cloud-{tag}",
-        "NMT_LLM__DEAD_LETTER_TOPIC": f"{tag}.prompts.dlq",
-        "NMT_LLM__CLOUD_DEAD_LETTER_TOPIC": f"{tag}.cloud.dlq",
-        "NMT_LLM__EDGE_MODEL": str(models / "edge"),
-        "NMT_LLM__CLOUD_MODEL": str(models / "cloud"),
-        "NMT_LLM__CONTEXT_STORE": str(models / "context.json"),
-        "NMT_LLM__MAX_NEW_TOKENS": "4",
+    env = os.environ | llm_env(kafka_bootstrap, tmp_path / "state", models, tag) | {
         "NMT_LLM__MAX_BATCH": "4",
         "NMT_LLM__REQUEST_TIMEOUT_S": "600",
         "NMT_LLM__PROBE_INTERVAL_S": "0.5",
     }
+    topics = [env[f"NMT_TOPICS__{name}"] for name in ("PROMPTS", "ANSWERS", "CLOUD_REQUESTS", "CLOUD_STATUS")]
     bus = KafkaBus(kafka_bootstrap)
-    bus.create_topics([f"{tag}.prompts", f"{tag}.answers", f"{tag}.cloud", f"{tag}.status"], partitions=2)
+    bus.create_topics(topics, partitions=2)
 
     def start(command: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -80,7 +65,7 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
 
     answers: list[dict] = []
     stop_reading = threading.Event()
-    reader = threading.Thread(target=_answers, args=(bus, f"{tag}.answers", f"reader-{tag}", stop_reading, answers))
+    reader = threading.Thread(target=_answers, args=(bus, topics[1], f"reader-{tag}", stop_reading, answers))
     reader.start()
     edge, cloud = start("serve"), start("cloud")
     processes = [edge, cloud]
@@ -89,7 +74,7 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
 
         def send(batch: list[tuple[str, dict]]) -> None:
             for rid, body in batch:
-                producer.send(f"{tag}.prompts", json.dumps(body).encode(), rid.encode())
+                producer.send(topics[0], json.dumps(body).encode(), rid.encode())
                 time.sleep(0.02)
             producer.flush()
 

@@ -37,7 +37,7 @@ from nm_toolkit.bus import Message
 from nm_toolkit.bus.deadletter import ORIGIN, REASON
 from nm_toolkit.bus.kafka import KafkaBus
 from nm_toolkit.schemas import Forecast
-from tests.kafka_helpers import expected_windows, read_all, windows_frame
+from tests.kafka_helpers import expected_windows, llm_env, read_all, windows_frame
 from tests.poison import (
     DEEP_ARRAYS,
     DEEP_OBJECTS,
@@ -414,21 +414,7 @@ def controller_run(bootstrap: str, root: Path, bus: KafkaBus) -> Run:
 
 
 def _llm_env(bootstrap: str, root: Path, models: Path, tag: str) -> dict[str, str]:
-    topics = {name: f"poison-{tag}.{name}" for name in ("prompts", "answers", "cloud_requests", "cloud_status")}
-    return common_env(bootstrap, root / "state") | {
-        "NMT_LLM__GROUP_ID": f"edge-{tag}",
-        "NMT_LLM__CLOUD_GROUP_ID": f"cloud-{tag}",
-        "NMT_LLM__DEAD_LETTER_TOPIC": f"poison-{tag}.prompts.dlq",
-        "NMT_LLM__CLOUD_DEAD_LETTER_TOPIC": f"poison-{tag}.cloud.dlq",
-        "NMT_LLM__EDGE_MODEL": str(models / "edge"),
-        "NMT_LLM__CLOUD_MODEL": str(models / "cloud"),
-        "NMT_LLM__CONTEXT_STORE": str(models / "context.json"),
-        "NMT_LLM__MAX_NEW_TOKENS": "4",
-        "NMT_LLM__REQUEST_TIMEOUT_S": "3600",
-        "NMT_LLM__PROBE_INTERVAL_S": "0",
-        "OMP_NUM_THREADS": "1",
-        **{f"NMT_TOPICS__{k.upper()}": v for k, v in topics.items()},
-    }
+    return llm_env(bootstrap, root / "state", models, f"poison-{tag}") | {"NMT_LLM__REQUEST_TIMEOUT_S": "3600", "NMT_LLM__PROBE_INTERVAL_S": "0"}
 
 
 def edge_run(bootstrap: str, root: Path, bus: KafkaBus, models: Path) -> Run:

@@ -27,13 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pydantic import BaseModel
 
 from nm_toolkit.bus.base import Message, TopicPartition
-from nm_toolkit.bus.deadletter import one_line
 from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.batching import BatcherConfig, Completed, ContinuousBatcher
 from nm_toolkit.llm.city_qa import cloud_prompt
-from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho
+from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import CloudResponder
 from nm_toolkit.llm.service import age_ms, request_id_of
 
@@ -220,11 +219,8 @@ class CloudService(StreamService):
 
     def _reject(self, entry: _Entry, request_id: str | None, reason: str) -> None:
         """Answer ``entry`` with the error and dead-letter its message, when it is released."""
-        record = AnswerRecord(
-            request_id=request_id, status="error", served_by="cloud", reason=one_line(reason), latency_ms=age_ms(entry.message),
-            bytes_edge_to_cloud=len(entry.message.value),
-        )  # fmt: skip
-        entry.sends.append((self.answers_topic, record.model_dump_json(exclude_none=True).encode(), request_id or entry.message.key))
+        answer = error_answer(request_id, reason, "cloud", age_ms(entry.message), len(entry.message.value))
+        entry.sends.append((self.answers_topic, answer, request_id or entry.message.key))
         entry.dead_letter = reason
         entry.ready = True
         self.counters.requests += 1

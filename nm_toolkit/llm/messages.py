@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nm_toolkit.bus.deadletter import one_line
 from nm_toolkit.schemas import Identifier
 
 ServedBy = Literal["edge", "cloud"]
@@ -68,3 +69,12 @@ class AnswerRecord(BaseModel):
     late: bool = False
     bytes_edge_to_cloud: int = 0
     reason: str | None = None
+
+
+def error_answer(request_id: str | None, reason: str, served_by: ServedBy, latency_ms: float, bytes_edge_to_cloud: int = 0) -> bytes:
+    """The encoded answer that tells a requester why its request failed (one line of reason)."""
+    record = AnswerRecord(
+        request_id=request_id, status="error", served_by=served_by, reason=one_line(reason), latency_ms=latency_ms,
+        bytes_edge_to_cloud=bytes_edge_to_cloud,
+    )  # fmt: skip
+    return record.model_dump_json(exclude_none=True).encode()

@@ -40,7 +40,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
 from nm_toolkit.llm.grounding import GroundedGeneration
-from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho
+from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
 from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
@@ -307,11 +307,8 @@ class EdgeService(StreamService):
         out.dead_letter(message, reason)
         self.counters.requests += 1
         self.counters.errors += 1
-        record = AnswerRecord(
-            request_id=request_id, status="error", served_by="edge", reason=one_line(reason), latency_ms=age_ms(message)
-        )
         key = request_id if request_id is not None else message.key
-        out.send(self.answers_topic, record.model_dump_json(exclude_none=True).encode(), key)
+        out.send(self.answers_topic, error_answer(request_id, reason, "edge", age_ms(message)), key)
 
 
 def edge_service(settings: Settings, completer: EdgeCompleter) -> EdgeService:
