@@ -109,6 +109,9 @@ def ensure_cloud(work: Path, args: argparse.Namespace, train: Sequence[CityQAExa
     started = time.perf_counter()
     if build_cloud_base(work / "cloud", replace(CLOUD_INIT, intents_file=args.intents)):
         print(f"cloud base pre-trained in {time.perf_counter() - started:.0f} s", flush=True)
+    card = json.loads((work / "cloud" / "nmt_card.json").read_text())
+    print(f"cloud base: {card['preset']} {card['arch']}, {card['parameters']:,} parameters, {card['init_config']['steps']} steps "
+          f"in {card['train_seconds']:.0f} s, final loss {card['final_loss']}", flush=True)  # fmt: skip
     for card in train_cloud_adapters(work / "cloud", AdapterRegistry(work / "cloud" / "adapters"), train, store, CLOUD_LORA):
         print(f"cloud adapter {card.name}: {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
 
@@ -276,8 +279,12 @@ def plot_curve(curve: Sequence[tuple[float, float, float]], rows: Sequence[Row],
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([s for _, s, _ in curve], [q for _, _, q in curve], marker="o", label="NetGPT, sweeping confidence_threshold")
-    for threshold, share, quality in curve:
-        ax.annotate(f"{threshold:g}", (share, quality), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    labels: dict[tuple[float, float], list[float]] = {}
+    for threshold, share, quality in curve:  # thresholds that route alike share one point and one label
+        labels.setdefault((share, quality), []).append(threshold)
+    for (share, quality), thresholds in labels.items():
+        text = f"{thresholds[0]:g}" if len(thresholds) == 1 else f"{thresholds[0]:g}-{thresholds[-1]:g}"
+        ax.annotate(text, (share, quality), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for r, marker in zip(rows[:3], ("s", "v", "^"), strict=True):
         ax.scatter([r.cloud_share], [r.quality], marker=marker, label=r.method, zorder=3)
     ax.axhline(0.98 * rows[2].quality, linestyle=":", color="grey", label="0.98 x (c)")

@@ -121,7 +121,8 @@ def _render(place: PointOfInterest, tenant: str, hours: tuple[str, bool] | None)
     facts = [Fact("place", _place_pattern(name)), Fact("distance", rf"(?<!\d){place.distance_m} m\b")]
     if tenant == "walk":
         minutes, rating = walking_minutes(place.distance_m), f"{place.rating:.1f}"
-        text = f"{name} is {distance} away, a {minutes}-minute walk, rated {rating}."
+        article = "an" if str(minutes).startswith("8") or minutes in (11, 18) else "a"  # an 8-, an 11-minute walk
+        text = f"{name} is {distance} away, {article} {minutes}-minute walk, rated {rating}."
         facts += [Fact("minutes", rf"(?<!\d){minutes}(-minute| min)"), Fact("rating", rf"(?<![\d.]){re.escape(rating)}(?![\d])")]
     elif tenant == "brief":
         text = f"{name}, {distance}."
@@ -242,7 +243,7 @@ def cloud_pairs(
 
 # Bench size: trains in about 15 + 2 x 5 minutes on one (shared) CPU core; tests use preset "tiny".
 CLOUD_INIT = InitConfig(arch="llama", preset="edge", steps=200, seed=0)
-CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=1.5, learning_rate=1e-2, max_length=320)
+CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=4.0, learning_rate=1e-2, max_length=320)
 
 
 def build_cloud_base(directory: Path, config: InitConfig = CLOUD_INIT) -> bool:
