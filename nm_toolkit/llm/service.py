@@ -255,11 +255,14 @@ class EdgeService(StreamService):
         self.counters.answered_at_edge += 1
 
     def _echo(self, message: Message, out: Emitter) -> None:
-        """Take in a probe echo (any edge replica's: they share the site's link)."""
+        """Take in a probe echo of this site (any replica's: they share the site's link; other
+        sites' echoes measure other links)."""
         try:
             echo = self.status.decode(message)
         except Rejected as exc:
             out.dead_letter(message, exc.errors)
+            return
+        if echo.edge != self.edge:
             return
         self.monitor.observe((time.time() * 1000 - echo.edge_sent_ms) / 1000, echo.probe_bytes, echo.cloud_queue,
                              None if echo.cloud_service_ms is None else echo.cloud_service_ms / 1000)  # fmt: skip
