@@ -7,6 +7,8 @@ output instead of hiding in a near-tie. LoRA adapters get random (non-zero) weig
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -47,8 +49,9 @@ def tokenizer():
     return train_bpe_tokenizer(docs, 512)
 
 
-def random_lm(tokenizer, arch: str, adapters: tuple[str, ...] = ()) -> AdapterLM:
-    config = transformers_config(arch, PRESETS["tiny"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+def random_lm(tokenizer, arch: str, adapters: tuple[str, ...] = (), context: int | None = None) -> AdapterLM:
+    preset = PRESETS["tiny"] if context is None else dataclasses.replace(PRESETS["tiny"], context=context)
+    config = transformers_config(arch, preset, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     config.initializer_range = 0.3
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
@@ -163,3 +166,28 @@ def test_int8_model_keeps_generating_with_its_adapters(tokenizer, arch: str) -> 
     assert ContinuousBatcher(lm, BatcherConfig(max_batch_size=1)).generate_all(PROMPTS, ["north"] * len(PROMPTS), LIMITS) == int8
     wide = ContinuousBatcher(lm).generate_all(PROMPTS, ["north"] * len(PROMPTS), LIMITS)
     assert [g.adapter for g in wide] == ["north"] * len(PROMPTS)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_long_runs_slide_through_the_kv_slab(tokenizer, arch: str, monkeypatch) -> None:
+    """The running rows' columns move right when a wider newcomer joins and back to column 0 when
+    they reach the slab's end (a 64-token context: a slab of 128 columns); rows reusing a prefix
+    beside longer prompts in one prefill keep contiguous columns, so they never outgrow the slab."""
+    lm = random_lm(tokenizer, arch, ("north",), context=64)
+    prefix = "request: show the load of cell"
+    prompts = ["cell", prefix + " 12 in Brera please\nprompt:", prefix + " 3\nprompt:", PROMPTS[5], "slice", prefix + " 7\nprompt:", "intent: block"]
+    names = [BASE, "north", BASE, "north", "north", BASE, BASE]
+    limits = [GenerationLimits(max_new_tokens=n, min_new_tokens=n) for n in (30, 30, 40, 35, 50, 40, 45)]  # no early end-of-text, within the context
+    expected = one_at_a_time(lm, prompts, names, limits)
+    batcher = ContinuousBatcher(lm, BatcherConfig(max_batch_size=2, max_prefill=2))
+    batcher.add_prefix(prefix)
+    shifts: list[int] = []
+    shift = batcher._shift
+    monkeypatch.setattr(batcher, "_shift", lambda by: (shifts.append(by), shift(by)))
+    handles = [batcher.submit(prompts[0], names[0], limits[0])]
+    results = {c.handle: c.generation for c in batcher.step()}  # "cell" runs alone: the next prompts are wider than its columns
+    handles += [batcher.submit(p, a, lim) for p, a, lim in zip(prompts[1:], names[1:], limits[1:], strict=True)]
+    while batcher.active or batcher.waiting:
+        results.update((c.handle, c.generation) for c in batcher.step())
+    assert [results[h] for h in handles] == expected
+    assert any(by > 0 for by in shifts) and any(by < 0 for by in shifts)

@@ -7,10 +7,16 @@ leaves at once, and waiting requests are prefilled and join the running batch in
 On a CPU the per-step cost of a small model is mostly fixed overhead, so a wide batch costs little
 more than one row and throughput grows with the number of rows kept busy.
 
-The running batch is one transformers KV cache, left-padded: row ``i``'s attention mask hides
-the columns that are not its own. A newcomer's cache is padded on the
-left to the batch's width (or the batch to the newcomer's) and appended; leaving rows are dropped
-and the all-padding columns on the left are cut. Positions are passed explicitly, so the padding
+The running batch lives in one preallocated KV slab per layer, ``(max_batch_size, heads, context +
+slack, head_dim)``, left-padded: rows ``[0, active)`` are the running requests and every row's
+cache ends at the same column, so a decode step writes one column in place (no per-step copy of
+the whole cache, unlike ``DynamicCache``'s concatenation) and attends over a view of the used
+columns. Row ``i``'s attention mask hides the columns that are not its own. Newcomers are
+prefilled straight into free rows of the slab, ending at the running rows' column, so joining
+copies nothing; a leaving row is replaced by the last running row (one row copied per departure)
+and the all-padding columns on the left are dropped by moving a column index. The used columns
+slide right one column per step and are moved back to column 0 when they reach the slab's end.
+Positions are passed explicitly, so the padding
 changes neither GPT-2's learned positions nor LLaMA's rotary ones, and greedy outputs equal
 one-request-at-a-time :meth:`AdapterLM.generate`. Rows may name different LoRA adapters (peft's
 mixed-adapter batches), as in :meth:`AdapterLM.generate`.
@@ -30,10 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import PeftModel
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.generation import BASE, AdapterLM, Generation, GenerationLimits
+
+_SLACK = 64  # slab columns past the context: the used columns slide right a column per step and move back to 0 once every ~64 steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,12 +78,76 @@ class _Request:
     started: float = 0.0
     tokens: list[int] = field(default_factory=list)
     done: bool = False  # finished and reported; leaves the batch at the next :meth:`ContinuousBatcher._retire`
+    column: int = 0  # the slab column of its first cached token (columns before it are padding for this row)
 
 
 @dataclass
 class _Prefix:
     ids: list[int]
     caches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)  # per adapter: per layer (keys, values)
+
+
+@dataclass
+class _Window:
+    """Where the next forward pass reads and writes in the slab: rows ``[first, last)``, past columns
+    ``[read, write)``; its new keys and values go to the columns from ``write`` on."""
+
+    first: int = 0
+    last: int = 0
+    read: int = 0
+    write: int = 0
+
+
+class _SlabLayer(CacheLayerMixin):
+    """One attention layer's part of the slab: ``keys``/``values`` are the whole preallocated buffers.
+
+    ``update`` copies the forward pass's new keys and values into the window's rows at its write
+    column and returns a view of the window, so a decode step copies one column per row, not the cache.
+    """
+
+    is_sliding = False
+
+    def __init__(self, window: _Window, rows: int, columns: int) -> None:
+        super().__init__()
+        self.window, self.rows, self.columns = window, rows, columns
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate the buffers once the first keys show the heads, head size and dtype (GQA models have fewer key heads)."""
+        self.keys = key_states.new_zeros((self.rows, key_states.shape[1], self.columns, key_states.shape[3]))
+        self.values = value_states.new_zeros((self.rows, value_states.shape[1], self.columns, value_states.shape[3]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        w = self.window
+        end = w.write + key_states.shape[-2]
+        self.keys[w.first : w.last, :, w.write : end] = key_states
+        self.values[w.first : w.last, :, w.write : end] = value_states
+        return self.keys[w.first : w.last, :, w.read : end], self.values[w.first : w.last, :, w.read : end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.window.write - self.window.read + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.window.write - self.window.read
+
+    def get_max_length(self) -> int:
+        return self.columns
+
+
+class _Slab(Cache):
+    """The running batch's KV cache: one :class:`_SlabLayer` per layer sharing one :class:`_Window`."""
+
+    def __init__(self, layers: int, rows: int, columns: int) -> None:
+        self.window = _Window()
+        super().__init__(layers=[_SlabLayer(self.window, rows, columns) for _ in range(layers)])
+
+    def ensure(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Allocate the buffers from per-layer example keys/values (a prefix's cache) before anything is written directly."""
+        for layer, (k, v) in zip(self.layers, layers, strict=True):
+            if not layer.is_initialized:
+                layer.lazy_initialization(k, v)
 
 
 class ContinuousBatcher:
@@ -103,8 +175,10 @@ class ContinuousBatcher:
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
-        self._cache: DynamicCache | None = None
-        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, cache columns); a row's ones are its last columns
+        # allocated here, filled lazily: the buffers take their shapes from the first keys written
+        self._slab = _Slab(cfg.num_hidden_layers, config.max_batch_size, self._context + _SLACK)
+        self._mask = torch.zeros((config.max_batch_size, self._context + _SLACK), dtype=torch.long)  # a row's ones: its cached columns
+        self._start = self._end = 0  # the slab columns [start, end) hold every running row's cache; the next token goes to ``end``
         self._prefixes: list[_Prefix] = []
         self._next_handle = 0
 
@@ -173,20 +247,31 @@ class ContinuousBatcher:
 
     # -- one step -------------------------------------------------------------------------------
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, names: list[str], cache: DynamicCache | None):
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, names: list[str], cache: Cache | None) -> tuple[torch.Tensor, Cache]:
+        """Next-token logits of every row (only the last position goes through the LM head: a
+        prefill's other positions would cost a vocabulary-wide matmul each) and the cache."""
         extra = {"adapter_names": names} if self._peft else {}
         if cache is not None:
             extra[self._cache_kw] = cache
-        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
         return out.logits[:, -1].float(), (out.cache if self._cache_kw == "cache" else out.past_key_values)
 
+    def _run(self, first: int, last: int, read: int, ids: torch.Tensor, positions: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Forward ``ids`` for slab rows ``[first, last)`` over their past columns ``[read, end - width)``, writing the new keys up to ``end``."""
+        w = self._slab.window
+        w.first, w.last, w.read, w.write = first, last, read, self._end - ids.shape[1]
+        mask = self._mask[first:last, read : self._end].contiguous()  # the model reshapes it, so it cannot be a strided view
+        return self._forward(ids, mask, positions, names, self._slab)[0]
+
     def _decode(self) -> torch.Tensor:
+        if self._end == self._mask.shape[1]:  # the used columns reached the slab's end: move them back to column 0
+            self._shift(-self._start)
+        n = len(self._rows)
+        self._mask[:n, self._end] = 1
+        self._end += 1
         last = torch.tensor([[r.tokens[-1]] for r in self._rows])
-        mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long)], dim=1)
         positions = torch.tensor([[len(r.ids) + len(r.tokens) - 1] for r in self._rows])
-        logits, self._cache = self._forward(last, mask, positions, [r.adapter for r in self._rows], self._cache)
-        self._mask = mask
-        return logits
+        return self._run(0, n, self._start, last, positions, [r.adapter for r in self._rows])
 
     def _advance(self, rows: Sequence[_Request], logits: torch.Tensor) -> list[Completed]:
         """Pick each row's next token and report the rows that are done (they stay until :meth:`_retire`)."""
@@ -219,18 +304,37 @@ class ContinuousBatcher:
         return Completed(row.handle, Generation(text, len(tokens), row.adapter, ended), row.submitted, row.started, now)
 
     def _retire(self) -> None:
-        keep = [i for i, r in enumerate(self._rows) if not r.done]
-        if len(keep) == len(self._rows):
+        """Drop the finished rows: the last running rows move into their slab rows (the rest stay put)."""
+        kept = [r for r in self._rows if not r.done]
+        if len(kept) == len(self._rows):
             return
-        self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._cache, self._mask = None, torch.zeros((0, 0), dtype=torch.long)
-            return
-        index = torch.tensor(keep)
-        self._mask = self._mask[index]
-        unused = int((self._mask.cumsum(1) == 0).sum(1).min())  # leading columns that are padding in every row
-        self._mask = self._mask[:, unused:]
-        _set_layers(self._cache, [(k[index, :, unused:], v[index, :, unused:]) for k, v in _layers(self._cache)])
+        n = len(kept)
+        holes = [i for i, r in enumerate(self._rows[:n]) if r.done]
+        movers = [i for i, r in enumerate(self._rows) if i >= n and not r.done]
+        if holes:
+            to, source = torch.tensor(holes), torch.tensor(movers)
+            for layer in self._slab.layers:
+                layer.keys[to, :, self._start : self._end] = layer.keys[source, :, self._start : self._end]
+                layer.values[to, :, self._start : self._end] = layer.values[source, :, self._start : self._end]
+            self._mask[to] = self._mask[source]
+            for h, m in zip(holes, movers, strict=True):
+                self._rows[h] = self._rows[m]
+        self._rows = self._rows[:n]
+        self._start = min((r.column for r in self._rows), default=self._end)
+
+    def _shift(self, by: int) -> None:
+        """Move the running rows' columns ``by`` columns (a copy of the used part of the slab)."""
+        n, start, end = len(self._rows), self._start, self._end
+        for layer in self._slab.layers:
+            if layer.is_initialized:
+                layer.keys[:n, :, start + by : end + by] = layer.keys[:n, :, start:end].clone()
+                layer.values[:n, :, start + by : end + by] = layer.values[:n, :, start:end].clone()
+        used = self._mask[:n, start:end].clone()
+        self._mask[:n] = 0
+        self._mask[:n, start + by : end + by] = used
+        for r in self._rows:
+            r.column += by
+        self._start, self._end = start + by, end + by
 
     # -- joining ----------------------------------------------------------------------------------
 
@@ -248,33 +352,64 @@ class ContinuousBatcher:
                 joining.append(request)
         if not joining:
             return expired
-        logits, cache, mask = self._prefill(joining)
-        self._join(joining, cache, mask)
+        logits = self._prefill(joining)
         done = self._advance(joining, logits)
         self._retire()
         return expired + done
 
-    def _prefill(self, rows: list[_Request]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
-        """Left-padded forward pass over the newcomers' prompts (from a shared prefix's cache where one matches)."""
+    def _prefill(self, rows: list[_Request]) -> torch.Tensor:
+        """Left-padded forward pass over the newcomers' prompts (from a shared prefix's cache where one
+        matches), written into the free slab rows so that their caches end where the running rows' do."""
         starts = [self._prefix_of(r) for r in rows]
+        if max(len(p.ids) if p else 0 for p in starts) + max(len(r.ids) - (len(p.ids) if p else 0) for r, p in zip(rows, starts, strict=True)) > self._context:
+            starts = [None] * len(rows)  # a long prefix beside a long unprefixed prompt would not fit the slab: prefill in full
         rest = [r.ids[len(p.ids) if p else 0 :] for r, p in zip(rows, starts, strict=True)]
         done = [len(p.ids) if p else 0 for p in starts]
         pad = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else self._eos
         width, past = max(len(x) for x in rest), max(done)
+        if not self._rows:
+            self._start = self._end = past + width
+        elif self._end < past + width:
+            self._shift(past + width - self._end)
+        first, end = len(self._rows), self._end
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), past + width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (x, d) in enumerate(zip(rest, done, strict=True)):
+        self._mask[first : first + len(rows)] = 0
+        for i, (row, prefix, x, d) in enumerate(zip(rows, starts, rest, done, strict=True)):
             ids[i, width - len(x) :] = torch.tensor(x)
-            mask[i, past - d : past] = 1
-            mask[i, past + width - len(x) :] = 1
             positions[i, width - len(x) :] = torch.arange(d, d + len(x))
-        cache = None
-        if past:
-            cached = [self._prefix_cache(p, r.adapter) if p else None for p, r in zip(starts, rows, strict=True)]
-            cache = _cache_of(_stack_left([c for c in cached], past))
-        logits, cache = self._forward(ids, mask, positions, [r.adapter for r in rows], cache)
-        return logits, cache, mask
+            self._mask[first + i, end - len(x) : end] = 1
+            row.column = end - len(x)
+            if prefix is not None:
+                cached = self._prefix_cache(prefix, row.adapter)
+                self._slab.ensure(cached)
+                at = end - width - d
+                for layer, (k, v) in zip(self._slab.layers, cached, strict=True):
+                    layer.keys[first + i, :, at : at + d] = k[0]
+                    layer.values[first + i, :, at : at + d] = v[0]
+                self._mask[first + i, at : at + d] = 1
+                row.column = at
+        logits = self._run(first, first + len(rows), end - width - past, ids, positions, [r.adapter for r in rows])
+        for i, (row, prefix, x, d) in enumerate(zip(rows, starts, rest, done, strict=True)):
+            if prefix is not None and len(x) < width:
+                self._close_gap(first + i, row, prefix, end - len(x))
+        self._start = min(self._start, *(r.column for r in rows))
+        self._rows += rows
+        return logits
+
+    def _close_gap(self, index: int, row: _Request, prefix: _Prefix, to: int) -> None:
+        """Copy the prefix's cache again right before the row's own tokens (ending at column ``to``).
+
+        During the prefill a shorter prompt's padding sits between its prefix and its own tokens;
+        left there, the gap would make a row's columns outgrow the slab. Copying a prefix is cheap.
+        """
+        d = len(prefix.ids)
+        self._mask[index, : to - d] = 0
+        for layer, (k, v) in zip(self._slab.layers, self._prefix_cache(prefix, row.adapter), strict=True):
+            layer.keys[index, :, to - d : to] = k[0]
+            layer.values[index, :, to - d : to] = v[0]
+        self._mask[index, to - d : to] = 1
+        row.column = to - d
 
     def _prefix_of(self, row: _Request) -> _Prefix | None:
         matches = [p for p in self._prefixes if len(p.ids) < len(row.ids) and row.ids[: len(p.ids)] == p.ids]
@@ -286,58 +421,5 @@ class ContinuousBatcher:
             _, cache = self._forward(
                 torch.tensor([prefix.ids]), torch.ones((1, n), dtype=torch.long), torch.arange(n)[None], [adapter], None
             )
-            prefix.caches[adapter] = _layers(cache)
+            prefix.caches[adapter] = [(layer.keys, layer.values) for layer in cache.layers]
         return prefix.caches[adapter]
-
-    def _join(self, rows: list[_Request], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append the newcomers' cache to the running one, left-padding whichever is narrower."""
-        if self._cache is None:
-            self._rows, self._cache, self._mask = list(rows), cache, mask
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-        merged = [
-            (torch.cat([_pad_left(k0, width), _pad_left(k1, width)]), torch.cat([_pad_left(v0, width), _pad_left(v1, width)]))
-            for (k0, v0), (k1, v1) in zip(_layers(self._cache), _layers(cache), strict=True)
-        ]
-        _set_layers(self._cache, merged)
-        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
-        self._rows += rows
-
-
-def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (keys, values) of shape (batch, heads, columns, head_dim); transformers >= 4.56's cache layout."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _set_layers(cache: DynamicCache, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Replace ``cache``'s tensors in place (no copy, unlike ``update`` on a fresh cache)."""
-    for layer, (k, v) in zip(cache.layers, layers, strict=True):
-        layer.keys, layer.values = k, v
-
-
-def _cache_of(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(layers):
-        cache.update(k, v, i)
-    return cache
-
-
-def _pad_left(x: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
-    """``x`` with zeros prepended along ``dim`` up to ``width`` (masked columns: their values are never read)."""
-    missing = width - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-
-def _stack_left(caches: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One batch cache from per-row prefix caches (``None``: no prefix), each left-padded to ``width`` columns."""
-    template = next(c for c in caches if c is not None)
-    out = []
-    for layer, (k, v) in enumerate(template):
-        empty = (k.new_zeros((1, k.shape[1], 0, k.shape[3])), v.new_zeros((1, v.shape[1], 0, v.shape[3])))
-        rows = [c[layer] if c is not None else empty for c in caches]
-        out.append((torch.cat([_pad_left(rk, width) for rk, _ in rows]), torch.cat([_pad_left(rv, width) for _, rv in rows])))
-    return out
