@@ -9,7 +9,9 @@ sharing ``--contexts`` location contexts, each with its own ``max_new_tokens``),
    ``--max-batch``) goes into one ``AdapterLM.generate`` call with the batch's largest
    ``max_new_tokens``; a row's tokens beyond its own limit are not counted;
 3. continuous batching: :class:`nm_toolkit.llm.batching.ContinuousBatcher`;
-4. continuous batching reusing each location context's KV cache (the prompt up to ``request:``).
+4. continuous batching reusing each location context's KV cache (the prompt up to ``request:``);
+5. with LoRA adapters: the first ``--lora-requests`` requests, each naming one of two fresh LoRA
+   adapters or the base model, one at a time and with continuous batching (peft mixed-adapter rows).
 
 tokens/s is generated tokens over the time from the first arrival to the last reply; latency is
 from a request's arrival to its reply. Then fp32 vs int8 (dynamic quantisation of the base weights):
@@ -21,6 +23,7 @@ ms per generated token one at a time, share of identical greedy completions, siz
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
@@ -32,13 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from nm_toolkit.llm.batching import BatcherConfig, ContinuousBatcher
 from nm_toolkit.llm.completion_data import build_completion_dataset
 from nm_toolkit.llm.context import synthetic_city
 from nm_toolkit.llm.corpus import CorpusConfig
-from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
+from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
+from nm_toolkit.llm.lora import DEFAULT_TARGET_MODULES
 from nm_toolkit.llm.quantize import serialized_mb
 
 
@@ -47,6 +52,7 @@ class Request:
     arrival: float  # seconds after the start of the run
     prompt: str
     limits: GenerationLimits
+    adapter: str = BASE
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def serve(requests: Sequence[Request], handle: Callable[[list[Request]], list[tu
 
 def one_at_a_time(lm: AdapterLM, requests: Sequence[Request]) -> Run:
     def handle(batch: list[Request]) -> list[tuple[int, str]]:
-        g = lm.generate([batch[0].prompt], limits=batch[0].limits)[0]
+        g = lm.generate([batch[0].prompt], [batch[0].adapter], limits=batch[0].limits)[0]
         return [(g.new_tokens, g.text)]
 
     return serve(requests, handle, 1)
@@ -119,7 +125,7 @@ def one_at_a_time(lm: AdapterLM, requests: Sequence[Request]) -> Run:
 def static_batches(lm: AdapterLM, requests: Sequence[Request], max_batch: int) -> Run:
     def handle(batch: list[Request]) -> list[tuple[int, str]]:
         longest = max(batch, key=lambda r: r.limits.max_new_tokens).limits
-        gens = lm.generate([r.prompt for r in batch], limits=longest)
+        gens = lm.generate([r.prompt for r in batch], [r.adapter for r in batch], limits=longest)
         return [(min(g.new_tokens, r.limits.max_new_tokens), g.text) for g, r in zip(gens, batch, strict=True)]
 
     return serve(requests, handle, max_batch)
@@ -135,7 +141,7 @@ def continuous(lm: AdapterLM, requests: Sequence[Request], config: BatcherConfig
     while replied < len(requests):
         now = time.perf_counter() - start
         while arrived < len(requests) and requests[arrived].arrival <= now:
-            handles[batcher.submit(requests[arrived].prompt, limits=requests[arrived].limits)] = arrived
+            handles[batcher.submit(requests[arrived].prompt, requests[arrived].adapter, requests[arrived].limits)] = arrived
             arrived += 1
         if not batcher.active and not batcher.waiting:
             time.sleep(max(0.0, requests[arrived].arrival - now))
@@ -146,6 +152,27 @@ def continuous(lm: AdapterLM, requests: Sequence[Request], config: BatcherConfig
             tokens += c.generation.new_tokens
             replied += 1
     return Run(tokens, time.perf_counter() - start, latencies, texts)
+
+
+def with_lora(lm: AdapterLM, arch: str, names: Sequence[str]) -> AdapterLM:
+    """``lm`` with fresh LoRA adapters: random A and B (not peft's B = 0), so that each changes the
+    outputs and "same text" checks that every row went through its own adapter."""
+    model = lm.model
+    for i, name in enumerate(names):
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES[arch]), init_lora_weights=False, fan_in_fan_out=arch == "gpt2")
+        torch.manual_seed(i)
+        if isinstance(model, PeftModel):
+            model.add_adapter(name, config)
+        else:
+            model = get_peft_model(model, config, adapter_name=name)
+    return AdapterLM(model.eval(), lm.tokenizer)
+
+
+def print_runs(runs: dict[str, Run], base: Run) -> None:
+    for name, run in runs.items():
+        same = sum(a == b for a, b in zip(run.texts, base.texts, strict=True)) / len(run.texts)
+        print(f"{name:40} {run.tokens:7d} {run.tokens_per_s:9.1f} {run.tokens_per_s / base.tokens_per_s:6.1f}x "
+              f"{percentile(run.latencies, 0.5):7.2f} {percentile(run.latencies, 0.95):7.2f} {same:9.0%}")
 
 
 def ms_per_token(lm: AdapterLM, requests: Sequence[Request]) -> tuple[float, list[str]]:
@@ -171,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-new", type=int, default=8)
     parser.add_argument("--max-new", type=int, default=48)
     parser.add_argument("--int8-requests", type=int, default=24, help="requests for the fp32/int8 comparison")
+    parser.add_argument("--lora-requests", type=int, default=32, help="requests for the LoRA comparison (0: skip it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
@@ -187,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"built in {time.perf_counter() - began:.0f} s; {args.threads} thread(s)", flush=True)
         lm = AdapterLM.load(directory)
         int8 = AdapterLM.load(directory, quantize=True)
+        lora = with_lora(AdapterLM.load(directory), args.arch, ("north", "south"))
 
     requests = workload(args.requests, args.rate, args.seed, args.contexts, args.min_new, args.max_new)
     prefixes = sorted({r.prompt.rsplit("request:", 1)[0] for r in requests})
@@ -203,10 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     base = runs["one at a time (generate)"]
     print(f"\n{'serving':40} {'tokens':>7} {'tokens/s':>9} {'x base':>7} {'p50 s':>7} {'p95 s':>7} {'same text':>9}")
-    for name, run in runs.items():
-        same = sum(a == b for a, b in zip(run.texts, base.texts, strict=True)) / len(requests)
-        print(f"{name:40} {run.tokens:7d} {run.tokens_per_s:9.1f} {run.tokens_per_s / base.tokens_per_s:6.1f}x "
-              f"{percentile(run.latencies, 0.5):7.2f} {percentile(run.latencies, 0.95):7.2f} {same:9.0%}")
+    print_runs(runs, base)
+    if args.lora_requests:
+        mixed = [dataclasses.replace(r, adapter=("north", "south", BASE)[i % 3]) for i, r in enumerate(requests[: args.lora_requests])]
+        lora_base = one_at_a_time(lora, mixed)
+        print_runs({f"LoRA mix, {len(mixed)} requests: one at a time": lora_base, f"LoRA mix: continuous batching <= {args.max_batch}": continuous(lora, mixed, batcher_config)}, lora_base)
     print("(same text: share of completions identical to one-at-a-time; static batches run every row to the batch's "
           "largest max_new_tokens, so their texts run longer and only tokens within a row's own limit count)")
 
