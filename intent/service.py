@@ -30,7 +30,7 @@ window. (The demand collector itself counts each demand record once, through its
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,9 +129,15 @@ def default_extractor_dir(settings: Settings) -> Path:
     return settings.intent.extractor_dir or settings.state_dir / "intent-extractor"
 
 
-def load_extractor(settings: Settings) -> SpanExtractor:
-    """The configured operator-intent extractor, or a one-line error saying how to provide one."""
+def load_extractor(settings: Settings, note: Callable[[str], None] | None = None) -> SpanExtractor:
+    """The configured operator-intent extractor, or a one-line error saying how to provide one.
+    Without ``intent.extractor_dir`` it is the built-in one, trained on first use (``note`` says
+    so; default: a log warning) and cached under ``state_dir``."""
     directory = default_extractor_dir(settings)
+    if settings.intent.extractor_dir is None:
+        from intent.builtin import ensure_builtin_extractor
+
+        ensure_builtin_extractor(directory, *([note] if note else []))
     if not directory.is_dir():
         raise UserError(
             f"no operator-intent extractor at {directory}: train one with "

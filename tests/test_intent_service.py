@@ -301,10 +301,17 @@ def test_adversarial_prompts_yield_no_operator_or_privileged_intent(tmp_path: Pa
     close(service)
 
 
-def test_start_up_without_an_extractor_says_how_to_get_one(tmp_path: Path) -> None:
-    settings = load_settings(state_dir=tmp_path)
-    with pytest.raises(UserError, match=r"nmt intent train .* -o .*intent-extractor"):
+def test_start_up_without_an_extractor_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a configured extractor that is not there: the error says how to train it
+    settings = load_settings(state_dir=tmp_path, intent={"extractor_dir": str(tmp_path / "mine")})
+    with pytest.raises(UserError, match=r"nmt intent train .* -o .*mine"):
         intent_runners(settings, EmbeddedBus())
+    # none configured: the built-in one, unless this install has no intents to train it on
+    import intent.builtin
+
+    monkeypatch.setattr(intent.builtin, "SHIPPED_INTENTS", (tmp_path / "missing.json",))
+    with pytest.raises(UserError, match=r"nmt intent train .* -o .*intent-extractor"):
+        intent_runners(load_settings(state_dir=tmp_path), EmbeddedBus())
     result = CliRunner().invoke(app, ["intent", "serve", "--idle-exit", "1"])
     assert result.exit_code != 0 and "NMT_BUS__KIND=kafka" in str(result.exception)
 

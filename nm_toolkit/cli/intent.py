@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from intent.methods import BEST_METHOD, METHODS
-from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
-from nm_toolkit.cli.output import JsonOption, console, emit
+from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, settings_from, shared_bus_settings, stop_on_signals
+from nm_toolkit.cli.output import JsonOption, console, emit, err_console
 from nm_toolkit.errors import UserError
 
 app = typer.Typer(help="Intents: parse operator intents to Nile, train and evaluate the extractors, serve the prompt and operator-intent streams.", no_args_is_help=True)
@@ -28,14 +28,26 @@ def _checked(base_model: Path | None) -> Path | None:
 @app.command()
 def parse(
     text: str = typer.Argument(..., help="the operator's intent in natural language"),
-    model: Path = typer.Option(..., "--model", "-m", help="directory written by `nmt intent train`"),
+    model: Path | None = typer.Option(
+        None, "--model", "-m",
+        help="directory written by `nmt intent train` (default: intent.extractor_dir, else the built-in extractor, trained on first use)",
+    ),
+    config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Extract the intent's entities, validate them, and compile the intent to Nile."""
     from intent.methods import load, parse_operator_intents
     from intent.nile import compile_nile
 
-    result = parse_operator_intents(load(model), [text])[0]
+    if model is not None:
+        if not model.is_dir():
+            raise UserError(f"--model {model} is not a directory: train one with `nmt intent train --input NILE_INTENTS.json -o {model}`")
+        extractor = load(model)
+    else:
+        from intent.service import load_extractor
+
+        extractor = load_extractor(settings_from(config), note=lambda line: err_console.print(f"[yellow]{line}[/]"))
+    result = parse_operator_intents(extractor, [text])[0]
     data = result.model_dump()
     if result.kind == "operator":
         data["nile"] = compile_nile(result)  # type: ignore[arg-type]
