@@ -55,8 +55,11 @@ def missing_means_zero(series_id: str, zero_fill_metrics: Sequence[str]) -> bool
 
     An event-count series (requests per hour) only gets a window when something happened, so its
     gaps are zeros; filling them like a telemetry outage (yesterday's value, interpolation) would
-    invent demand.
+    invent demand. A series stored by ``nmt forecast predict`` from a file (a column name, no
+    METRIC part) is telemetry, not an event count.
     """
+    if "|" not in series_id:
+        return False
     metric = split_series_key(series_id)[1]
     return any(fnmatchcase(metric, pattern) for pattern in zero_fill_metrics)
 

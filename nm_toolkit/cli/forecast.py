@@ -173,7 +173,7 @@ def _latest(store: ForecastStore, series_id: str, at: datetime | None) -> Foreca
     forecast = store.latest(series_id, at)
     if forecast is None:
         known = [r["series_id"] for r in store.summary()][:8]
-        hint = f"known series: {', '.join(map(str, known))}" if known else "the store is empty: run `nmt forecast predict` or `nmt forecast serve` first"
+        hint = f"pick a known series: {', '.join(map(str, known))}" if known else "the store is empty: run `nmt forecast predict` or `nmt forecast serve` first"
         when = f" issued at or before {at:%Y-%m-%d %H:%M}" if at else ""
         raise UserError(f"no forecast for series {series_id!r}{when} in {store.path} ({hint})")
     return forecast
