@@ -116,7 +116,11 @@ class ContextStore:
         """The context of a request from ``user`` in ``cell`` at ``when``; unknown users get a default."""
         found = self.cells.get(cell)
         if found is None:
-            raise UserError(f"unknown cell {cell!r}: this edge knows {len(self.cells)} cells (see `nmt llm cells`)")
+            known = ", ".join(sorted(self.cells)[:5]) + (", ..." if len(self.cells) > 5 else "")
+            raise UserError(
+                f"unknown cell {cell!r}: this edge's context store (llm.context_store) knows {len(self.cells)} cells ({known}); "
+                "send one of those, or point llm.context_store at the store that has it"
+            )
         profile = self.profiles.get(user or "", UserProfile(user or "anonymous", "visitor", "has no stated preference"))
         return LocationContext(found, time_of_day(when), profile)
 
