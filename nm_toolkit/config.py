@@ -201,6 +201,10 @@ class LlmSettings(BaseModel):
         default=0.9, ge=0, le=1, description="the router keeps a request at the edge when the edge model is at least this sure"
     )
     probe_interval_s: float = Field(default=2.0, ge=0, description="how often the edge probes the link to the cloud (0: never)")
+    load_interval_s: float = Field(
+        default=60.0, ge=0, description="how often the edge and cloud services report their load on the telemetry topic (0: never)"
+    )
+    cloud_site: str = Field(default="cloud", description="the cloud service's name in its load telemetry")
     cloud_group_id: str = "nmt-cloud"
     cloud_dead_letter_topic: str = "nmt.cloud.requests.dlq"
     max_batch: PositiveInt = 16

@@ -304,3 +304,37 @@ def test_an_int8_edge_model_serves_the_same_way(settings_env: Path, monkeypatch:
     model = runner.service.completer.lm.model
     assert any(type(m).__module__.startswith("torch.ao") for m in model.modules())  # int8 base layers, under any adapters
     assert (stats["escalated"], stats["answered_at_edge"], stats["errors"]) == (1, 1, 0)
+
+
+def test_the_edge_reports_its_load_as_telemetry_the_collector_windows(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collectors.service import telemetry_collector
+    from nm_toolkit.schemas import SeriesPoint
+
+    monkeypatch.setenv("NMT_LLM__LOAD_INTERVAL_S", "0.001")
+    monkeypatch.setenv("NMT_COLLECTOR__WINDOW_SECONDS", "60")
+    settings = load_settings()
+    bus = EmbeddedBus()
+    producer = bus.producer()
+    cell = a_cell(settings_env)
+    for i in range(4):
+        producer.send(settings.topics.prompts, prompt(f"l-{i}", "coffee near me", cell, **({"deadline_s": 0.001} if i % 2 else {})))
+    runner = StreamRunner(bus, service_for(settings))
+    run_until_idle([runner])
+    runner.finish()
+    runner.close()
+    reports = [json.loads(m.value)["records"] for m in bus.messages(settings.topics.telemetry)]
+    records = [r for report in reports for r in report]
+    metrics = {r["metric"] for r in records}
+    assert {"prompts_per_s", "escalated_per_s", "answered_at_edge_per_s", "escalated_share", "queue_delay_ms", "link_rtt_ms"} <= metrics
+    assert {r["source"] for r in records} == {settings.llm.edge_site}
+    assert sum(r["value"] > 0 for r in records if r["metric"] == "prompts_per_s") >= 1
+    shares = [r["value"] for r in records if r["metric"] == "escalated_share"]
+    assert shares and all(0 <= s <= 1 for s in shares)
+
+    collector = StreamRunner(bus, telemetry_collector(settings, bus))
+    run_until_idle([collector])
+    collector.service.close_all_windows(collector.emitter)
+    collector.close()
+    assert collector.service.counters.dead_letter_messages == 0
+    series = {SeriesPoint.model_validate_json(m.value).series_id for m in bus.messages(settings.topics.series)}
+    assert f"{settings.llm.edge_site}|prompts_per_s" in series  # the name edge autoscaling reads

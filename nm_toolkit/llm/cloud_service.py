@@ -32,7 +32,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.batching import BatcherConfig, Completed, ContinuousBatcher
 from nm_toolkit.llm.city_qa import cloud_prompt
-from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho, error_answer
+from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, LoadWindow, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import CloudResponder
 from nm_toolkit.llm.service import age_ms, request_id_of
 
@@ -85,13 +85,19 @@ class CloudService(StreamService):
         group_id: str,
         dead_letter_topic: str,
         max_batch: int = 16,
+        telemetry_topic: str | None = None,
+        site: str = "cloud",
+        load_interval_s: float = 60.0,
     ) -> None:
         self.responder = responder
         self.requests = Topic(requests_topic, CloudRequest)
         self.inputs = [self.requests]
         self.answers_topic = answers_topic
         self.status_topic = status_topic
-        self.outputs = [answers_topic, status_topic]
+        self.telemetry_topic = telemetry_topic
+        self.outputs = [answers_topic, status_topic, *([telemetry_topic] if telemetry_topic else [])]
+        self.site = site
+        self.load = LoadWindow(site, load_interval_s if telemetry_topic else 0.0)
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
         self.max_poll_records = max_batch
@@ -151,6 +157,11 @@ class CloudService(StreamService):
                 self._answered(completed)
         self.counters.in_flight = len(self._generating)
         self._release(out)
+        if self.telemetry_topic and (self.load.due() or (final and self.load.counts)):
+            # EDGE|... series come from the edges; these are the cloud's own: requests_per_s,
+            # tokens_per_s, adapter.<tenant adapter>.requests_per_s, and the in_flight gauge
+            gauges = {"in_flight": float(len(self._generating)), "service_ms": self.counters.service_ms}
+            out.send(self.telemetry_topic, self.load.report(gauges), self.site)
         return False
 
     def committable(self, pending: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:
@@ -199,6 +210,9 @@ class CloudService(StreamService):
         self.counters.requests += 1
         self.counters.answers += 1
         self.counters.late += late
+        self.load.add("requests")
+        self.load.add("tokens", generation.new_tokens)
+        self.load.add(f"adapter.{generation.adapter}.requests")
         self.counters.bytes_received += len(entry.message.value)
 
     def _fail_all(self, reason: str) -> None:
@@ -249,4 +263,7 @@ def cloud_service(settings: Settings, responder: CloudResponder) -> CloudService
         group_id=cfg.cloud_group_id,
         dead_letter_topic=cfg.cloud_dead_letter_topic,
         max_batch=cfg.max_batch,
+        telemetry_topic=settings.topics.telemetry if cfg.load_interval_s > 0 else None,
+        site=cfg.cloud_site,
+        load_interval_s=cfg.load_interval_s,
     )

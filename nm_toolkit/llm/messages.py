@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from nm_toolkit.bus.deadletter import one_line
@@ -78,3 +81,34 @@ def error_answer(request_id: str | None, reason: str, served_by: ServedBy, laten
         bytes_edge_to_cloud=bytes_edge_to_cloud,
     )  # fmt: skip
     return record.model_dump_json(exclude_none=True).encode()
+
+
+class LoadWindow:
+    """What an LLM service did since its last load report, as telemetry for the management loop.
+
+    The services report their own load on the telemetry topic, through the same collector as
+    network telemetry, so their series are forecast like any other and the policies read them:
+    ``SITE|prompts_per_s`` is what the edge autoscaling policy reads (:mod:`policies.autoscale`).
+    """
+
+    def __init__(self, source: str, interval_s: float) -> None:
+        self.source = source
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self.counts: dict[str, float] = {}
+
+    def add(self, metric: str, value: float = 1.0) -> None:
+        self.counts[metric] = self.counts.get(metric, 0.0) + value
+
+    def due(self) -> bool:
+        return self.interval_s > 0 and time.monotonic() - self.started >= self.interval_s
+
+    def report(self, gauges: Mapping[str, float] | None = None) -> bytes:
+        """The window's counts as per-second rates (``<count>_per_s``) plus ``gauges`` as they are,
+        one telemetry message (``{"records": [...]}``); the window starts again."""
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        ts = time.time()
+        values = {f"{name}_per_s": count / elapsed for name, count in self.counts.items()} | dict(gauges or {})
+        records = [{"ts": ts, "source": self.source, "metric": metric, "value": round(value, 6)} for metric, value in sorted(values.items())]
+        self.started, self.counts = time.monotonic(), {}
+        return orjson.dumps({"records": records})

@@ -40,7 +40,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
 from nm_toolkit.llm.grounding import GroundedGeneration
-from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, ProbeEcho, error_answer
+from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, LoadWindow, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
 from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
@@ -120,6 +120,8 @@ class EdgeService(StreamService):
         router: RouterConfig = RouterConfig(),
         probe_interval_s: float = 2.0,
         policy: EgressPolicy = DEFAULT_POLICY,
+        telemetry_topic: str | None = None,
+        load_interval_s: float = 60.0,
     ) -> None:
         self.completer = completer
         self.prompts = Topic(prompts_topic, PromptMessage)
@@ -127,7 +129,8 @@ class EdgeService(StreamService):
         self.inputs = [self.prompts, self.status]
         self.answers_topic = answers_topic
         self.cloud_topic = cloud_topic
-        self.outputs = [answers_topic, cloud_topic]
+        self.telemetry_topic = telemetry_topic
+        self.outputs = [answers_topic, cloud_topic, *([telemetry_topic] if telemetry_topic else [])]
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
         self.edge = edge
@@ -138,6 +141,8 @@ class EdgeService(StreamService):
         self.max_poll_records = limits.max_batch
         self.monitor = LinkMonitor(router)
         self.counters = EdgeServiceStats()
+        self.load = LoadWindow(edge, load_interval_s if telemetry_topic else 0.0)
+        self._queue_delay_ms = 0.0
         self._last_probe = 0.0
         self._last_prompt = 0.0
         self._large_next = False
@@ -168,8 +173,11 @@ class EdgeService(StreamService):
             self._serve(valid, out)
 
     def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
-        """Probe the link every ``probe_interval_s`` while prompts flow (and twice at start, for a
-        first small/large pair): an idle edge neither loads the link nor keeps itself busy."""
+        """Report the load every ``load_interval_s``; probe the link every ``probe_interval_s`` while
+        prompts flow (and twice at start, for a first small/large pair): an idle edge neither loads
+        the link nor keeps itself busy."""
+        if self.telemetry_topic and (self.load.due() or (final and self.load.counts)):
+            self._report_load(out)
         now = time.monotonic()
         if final or self.probe_interval_s <= 0 or now - self._last_probe < self.probe_interval_s:
             return False
@@ -190,6 +198,20 @@ class EdgeService(StreamService):
     def stats(self) -> dict[str, float]:
         return asdict(self.counters)
 
+    def _report_load(self, out: Emitter) -> None:
+        """The window's load as telemetry: ``EDGE|prompts_per_s`` (what edge autoscaling reads),
+        ``escalated_per_s``, ``answered_at_edge_per_s``, ``edge_to_cloud_bytes_per_s``,
+        ``adapter.<name>.requests_per_s``, and the gauges ``escalated_share``, ``queue_delay_ms`` and
+        ``link_rtt_ms``."""
+        prompts = self.load.counts.get("prompts", 0.0)
+        gauges = {
+            "escalated_share": self.load.counts.get("escalated", 0.0) / prompts if prompts else 0.0,
+            "queue_delay_ms": self._queue_delay_ms / prompts if prompts else 0.0,
+            "link_rtt_ms": 1000 * self.monitor.estimate().rtt_s,
+        }
+        out.send(self.telemetry_topic, self.load.report(gauges), self.edge)  # type: ignore[arg-type]
+        self._queue_delay_ms = 0.0
+
     # -- serving -----------------------------------------------------------------------------
     def _serve(self, valid: list[_Valid], out: Emitter) -> None:
         self.counters.generation_batches += 1
@@ -208,6 +230,9 @@ class EdgeService(StreamService):
         link = self.monitor.estimate()
         for v, generation in zip(valid, generations, strict=True):
             self.counters.requests += 1
+            self.load.add("prompts")
+            self.load.add(f"adapter.{generation.adapter}.requests")
+            self._queue_delay_ms += age_ms(v.message)
             if v.prepared.task != COMPLETION_TASK:  # an edge task (intent extraction, ...): its output is the answer
                 self._answer(v, out, generation.text, RouteDecision("edge", f"edge task {v.prepared.task}", 0.0), generation)
                 continue
@@ -226,6 +251,8 @@ class EdgeService(StreamService):
                     out.send(self.cloud_topic, request.model_dump_json(exclude_none=True).encode(), request.request_id)
                     self.counters.escalated += 1
                     self.counters.bytes_edge_to_cloud += size
+                    self.load.add("escalated")
+                    self.load.add("edge_to_cloud_bytes", size)
                     continue
                 self.counters.egress_refused += 1
                 decision = RouteDecision("edge", f"privacy guardrail kept it at the edge: {'; '.join(violations)}", decision.expected_cloud_s)
@@ -253,6 +280,7 @@ class EdgeService(StreamService):
         )  # fmt: skip
         out.send(self.answers_topic, record.model_dump_json(exclude_none=True).encode(), v.request.request_id)
         self.counters.answered_at_edge += 1
+        self.load.add("answered_at_edge")
 
     def _echo(self, message: Message, out: Emitter) -> None:
         """Take in a probe echo of this site (any replica's: they share the site's link; other
@@ -330,6 +358,8 @@ def edge_service(settings: Settings, completer: EdgeCompleter) -> EdgeService:
         limits=ServiceLimits(cfg.max_batch, cfg.max_prompt_chars, cfg.request_timeout_s),
         router=RouterConfig(confidence_threshold=cfg.confidence_threshold),
         probe_interval_s=cfg.probe_interval_s,
+        telemetry_topic=settings.topics.telemetry if cfg.load_interval_s > 0 else None,
+        load_interval_s=cfg.load_interval_s,
     )
 
 
