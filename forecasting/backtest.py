@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting import metrics
-from forecasting.base import Forecaster
+from forecasting.base import Forecaster, ManyFitted
 
 METRICS = ("mae", "rmse", "mase", "smape", "coverage")
 
@@ -77,26 +77,48 @@ def backtest(
     season: int,
     level: float = 0.9,
     on_step: Callable[[str, int], None] | None = None,
+    refit_every: int | None = None,
+    keep_forecasts: bool = False,
 ) -> BacktestResult:
     """Forecast ``frame`` (wide, regular) from every origin with every model and score it.
 
     ``season`` is the MASE yardstick's lag in steps (a day, by convention for traffic).
     ``on_step(model, origin)`` is called after each model-origin, for progress bars.
+    ``refit_every``: None fits every model afresh at every origin; k fits at the first origin and
+    every k-th after it, and in between advances the fitted models with
+    :meth:`~forecasting.base.Forecaster.fit_many` / ``update`` by the rows since the last origin
+    only (exact for the incremental recursions, a refit for models without one).
+    ``keep_forecasts`` adds each forecast's mean as a ``forecast`` column of the scores.
     """
+    if refit_every is not None and refit_every < 1:
+        raise ValueError("refit_every must be at least 1 (or None: refit at every origin)")
     rows: list[dict[str, object]] = []
     seconds = dict.fromkeys(models, 0.0)
-    for origin in origins:
+    fitted: dict[str, ManyFitted] = {}
+    previous = 0
+    for k, origin in enumerate(origins):
         history, future = frame.iloc[:origin], frame.iloc[origin : origin + horizon]
         steps = len(future)
         for name, model in models.items():
             started = time.perf_counter()
-            forecasts = model.forecast_many(history, steps, level)
+            if refit_every is None:
+                forecasts = model.forecast_many(history, steps, level)
+            else:
+                if k % refit_every == 0 or name not in fitted:
+                    fitted[name] = model.fit_many(history, horizon)
+                else:
+                    fitted[name].update(frame.iloc[previous:origin])
+                forecasts = fitted[name].predict_many(steps, level)
             seconds[name] += time.perf_counter() - started
             for series, fc in forecasts.items():
                 scores = score_forecast(
                     future[series].to_numpy(), fc.mean, fc.lower, fc.upper, history[series].to_numpy(), season
                 )
-                rows.append({"model": name, "series": series, "origin": frame.index[origin], **scores, "note": fc.note})
+                row = {"model": name, "series": series, "origin": frame.index[origin], **scores, "note": fc.note}
+                if keep_forecasts:
+                    row["forecast"] = fc.mean
+                rows.append(row)
             if on_step:
                 on_step(name, origin)
+        previous = origin
     return BacktestResult(pd.DataFrame(rows), seconds, frame.shape[1], len(origins))

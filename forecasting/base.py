@@ -51,6 +51,50 @@ class Forecaster(BaseEstimator, ABC):
         """Forecast every column of a wide frame; by default one fresh copy of this model per series."""
         return {str(c): clone(self).fit(frame[c]).predict(horizon, level) for c in frame.columns}
 
+    #: whether :meth:`update` advances the fitted state without refitting (otherwise it refits)
+    incremental: bool = False
+
+    def update(self, new_points: pd.Series) -> Self:
+        """Take in the points that followed the fitted history and return the model, ready to predict.
+
+        Models with ``incremental = True`` advance their state by the new points only; this default
+        refits on the fitted history plus the new points (every model keeps its history as ``y_``).
+        """
+        history = getattr(self, "y_", None)
+        if history is None:
+            raise ValueError(f"{type(self).__name__} must be fitted before update()")
+        return self.fit(pd.concat([history, new_points]))
+
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> ManyFitted:
+        """Fit every column of ``frame`` for later ``update`` / ``predict_many`` (``horizon``: a hint for
+        direct models); by default one fresh copy of this model per series."""
+        return PerSeries({str(c): clone(self).fit(frame[c]) for c in frame.columns})
+
+
+class ManyFitted(ABC):
+    """Models fitted on many series: advance them with new rows, forecast them all."""
+
+    @abstractmethod
+    def update(self, new_points: pd.DataFrame) -> ManyFitted: ...
+
+    @abstractmethod
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]: ...
+
+
+class PerSeries(ManyFitted):
+    """One fitted model per series, each updated with its own column."""
+
+    def __init__(self, models: dict[str, Forecaster]) -> None:
+        self.models = models
+
+    def update(self, new_points: pd.DataFrame) -> PerSeries:
+        for column, model in self.models.items():
+            model.update(new_points[column])
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        return {column: model.predict(horizon, level) for column, model in self.models.items()}
+
 
 def future_index(y: pd.Series | pd.DataFrame, horizon: int) -> pd.DatetimeIndex:
     """The ``horizon`` timestamps that follow ``y`` at its own frequency."""

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from forecasting.base import Forecaster, PointForecast
+from forecasting.base import Forecaster, ManyFitted, PointForecast
 
 
 class Combination(Forecaster):
@@ -38,6 +38,27 @@ class Combination(Forecaster):
         if not self.members:
             raise ValueError("a combination needs at least one member forecaster")
         each = [m.forecast_many(frame, horizon, level) for m in self.members]
+        return {c: combine([forecasts[c] for forecasts in each]) for c in each[0]}
+
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> ManyFitted:
+        if not self.members:
+            raise ValueError("a combination needs at least one member forecaster")
+        return _CombinedMany([m.fit_many(frame, horizon) for m in self.members])
+
+
+class _CombinedMany(ManyFitted):
+    """Fitted members, each updated with the same rows; forecasts combined as in :func:`combine`."""
+
+    def __init__(self, members: list[ManyFitted]) -> None:
+        self.members = members
+
+    def update(self, new_points: pd.DataFrame) -> _CombinedMany:
+        for member in self.members:
+            member.update(new_points)
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        each = [m.predict_many(horizon, level) for m in self.members]
         return {c: combine([forecasts[c] for forecasts in each]) for c in each[0]}
 
 

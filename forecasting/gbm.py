@@ -144,6 +144,23 @@ class GlobalGBM(Forecaster):
             model = clone(self)._fit_frame(frame, self.max_horizon or horizon)
             return model._predict_frame(horizon, level)
 
+    # -- incremental: new rows refresh the features, the boosters are kept until the next refit ----
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> Self:
+        """Fit on every column of ``frame`` (``horizon``: the direct model's reach when ``max_horizon`` is None)."""
+        with self._threads():
+            return clone(self)._fit_frame(frame, self.max_horizon or horizon)
+
+    def update(self, new_points: pd.Series | pd.DataFrame) -> Self:
+        """Append the rows that followed the fitted history: the next forecast reads its lags and
+        profiles from them, with the trained boosters (not exact: a refit would also retrain)."""
+        rows = new_points.to_frame(name=self.frame_.columns[0]) if isinstance(new_points, pd.Series) else new_points
+        self.frame_ = regular_grid(pd.concat([self.frame_, rows.astype(float)]))
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        with self._threads():
+            return self._predict_frame(horizon, level)
+
     def _threads(self) -> threadpool_limits:
         """Cap the boosting's OpenMP threads: on a shared machine, OpenMP's busy-waiting threads
         made a demo round 20x slower (7.7 min instead of 22 s) than one thread did."""

@@ -50,10 +50,28 @@ def _sarima(day: int) -> Forecaster:
     return SARIMA(season_length=day)
 
 
-def _auto(candidates: list[Forecaster]) -> Forecaster:
+def _short(name: str) -> Forecaster:
+    from forecasting import short
+
+    return {"last_value": short.LastValue, "drift": short.Drift, "ses": short.SimpleES, "holt": short.HoltES}[name]()
+
+
+SHORT_MODELS = ("last_value", "drift", "ses", "holt")
+
+
+def _auto(candidates: list[Forecaster], short: bool = True) -> Forecaster:
     from forecasting.select import AutoSelect
 
-    return AutoSelect(candidates)
+    # the short-horizon models join only for horizons of 6 hours or less: hourly day-ahead choices are unchanged
+    return AutoSelect(candidates, short_candidates=[_short(n) for n in SHORT_MODELS] if short else ())
+
+
+def _auto_short() -> Forecaster:
+    """Selection among the short-horizon models only, on the last 12 horizons of each series' history,
+    fitted once and advanced by update() through the folds: cheap enough to rerun every hour."""
+    from forecasting.select import AutoSelect
+
+    return AutoSelect([_short(n) for n in SHORT_MODELS], folds=12, refit_every=12)
 
 
 def _ensemble(day: int, week: int) -> Forecaster:
@@ -84,6 +102,11 @@ BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
     "gbm": lambda day, week: _gbm(),
     "ensemble": _ensemble,
     "llm": _llm,
+    "last_value": lambda day, week: _short("last_value"),
+    "drift": lambda day, week: _short("drift"),
+    "ses": lambda day, week: _short("ses"),
+    "holt": lambda day, week: _short("holt"),
+    "auto_short": lambda day, week: _auto_short(),
     "auto": lambda day, week: _auto(_auto_candidates(day, week)),
     # the LLM joins automatic selection as one more candidate: a series gets it only where it wins validation
     "auto_llm": lambda day, week: _auto([*_auto_candidates(day, week), _llm(day, week)]),

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from forecasting.backtest import backtest
-from forecasting.base import Forecaster, PointForecast, steps_per
+from forecasting.base import Forecaster, ManyFitted, PointForecast, steps_per
 from forecasting.history import DAY, infer_step
 
 
@@ -24,23 +24,45 @@ class AutoSelect(Forecaster):
 
     name = "auto"
 
-    def __init__(self, candidates: Sequence[Forecaster] = (), folds: int = 2, validation_horizon: int | None = None) -> None:
+    def __init__(
+        self,
+        candidates: Sequence[Forecaster] = (),
+        folds: int = 2,
+        validation_horizon: int | None = None,
+        short_candidates: Sequence[Forecaster] = (),
+        short_horizon_hours: float = 6.0,
+        refit_every: int | None = None,
+    ) -> None:
         self.candidates = candidates
         self.folds = folds
         self.validation_horizon = validation_horizon
+        self.short_candidates = short_candidates
+        self.short_horizon_hours = short_horizon_hours
+        self.refit_every = refit_every
+
+    def _considered(self, step: pd.Timedelta, horizon: int) -> list[Forecaster]:
+        """The candidates, plus ``short_candidates`` when ``horizon`` steps of ``step`` reach no further
+        than ``short_horizon_hours`` (last value and smoothing have nothing to say a day ahead)."""
+        short = step * horizon <= pd.Timedelta(hours=self.short_horizon_hours)
+        return [*self.candidates, *(self.short_candidates if short else ())]
 
     def _choose(self, frame: pd.DataFrame, horizon: int, level: float) -> dict[str, tuple[int, str]]:
-        """Candidate position and note for every column of ``frame``."""
+        """Candidate position (in :meth:`_considered`) and note for every column of ``frame``.
+
+        ``refit_every`` None fits each candidate afresh at every validation fold; k fits at the
+        first fold and every k-th, advancing the fitted candidates with ``update`` in between.
+        """
         if not self.candidates:
             raise ValueError("automatic selection needs at least one candidate forecaster")
-        day = steps_per(DAY, infer_step(pd.DatetimeIndex(frame.index)))
+        step = infer_step(pd.DatetimeIndex(frame.index))
+        day = steps_per(DAY, step)
         n = len(frame)
         origins = [n - horizon * j for j in range(self.folds, 0, -1) if n - horizon * j >= 2 * day]
         if not origins:
             note = f"history too short for a {horizon}-step validation fold: first candidate used"
             return {str(c): (0, note) for c in frame.columns}
-        named = {f"{i}": c for i, c in enumerate(self.candidates)}
-        scores = backtest(frame, named, origins, horizon, season=day, level=level).scores
+        named = {f"{i}": c for i, c in enumerate(self._considered(step, horizon))}
+        scores = backtest(frame, named, origins, horizon, season=day, level=level, refit_every=self.refit_every).scores
         table = scores.pivot_table(index="series", columns="model", values="mase", aggfunc="mean")
         filled = table.reindex(columns=list(named)).fillna(np.inf)
         best = filled.to_numpy().argmin(axis=1)
@@ -51,11 +73,13 @@ class AutoSelect(Forecaster):
         return chosen
 
     def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
-        chosen = self._choose(frame, self.validation_horizon or horizon, level)
+        validation_horizon = self.validation_horizon or horizon
+        chosen = self._choose(frame, validation_horizon, level)
+        considered = self._considered(infer_step(pd.DatetimeIndex(frame.index)), validation_horizon)
         out: dict[str, PointForecast] = {}
         for i in sorted({i for i, _ in chosen.values()}):
             columns = [c for c in frame.columns if chosen[str(c)][0] == i]
-            forecasts = clone(self.candidates[i]).forecast_many(frame, horizon, level)
+            forecasts = clone(considered[i]).forecast_many(frame, horizon, level)
             out.update({str(c): forecasts[str(c)].with_note(chosen[str(c)][1]) for c in columns})
         return {str(c): out[str(c)] for c in frame.columns}
 
@@ -63,8 +87,44 @@ class AutoSelect(Forecaster):
         frame = y.to_frame(name="y")
         horizon = self.validation_horizon or steps_per(DAY, infer_step(pd.DatetimeIndex(frame.index)))
         i, self.note_ = self._choose(frame, horizon, 0.9)["y"]
-        self.fitted_ = clone(self.candidates[i]).fit(y)
+        self.fitted_ = clone(self._considered(infer_step(pd.DatetimeIndex(frame.index)), horizon)[i]).fit(y)
         return self
+
+    def update(self, new_points: pd.Series) -> Self:
+        """Advance the chosen model (the choice itself is revisited at the next fit)."""
+        self.fitted_.update(new_points)
+        return self
+
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> ManyFitted:
+        """Choose per series, then fit each chosen candidate on its own columns only."""
+        validation_horizon = self.validation_horizon or horizon or steps_per(DAY, infer_step(pd.DatetimeIndex(frame.index)))
+        chosen = self._choose(frame, validation_horizon, 0.9)
+        considered = self._considered(infer_step(pd.DatetimeIndex(frame.index)), validation_horizon)
+        groups = {}
+        for i in sorted({i for i, _ in chosen.values()}):
+            columns = [c for c in frame.columns if chosen[str(c)][0] == i]
+            groups[tuple(columns)] = clone(considered[i]).fit_many(frame[columns], horizon)
+        return _SelectedMany(groups, {c: note for c, (_, note) in chosen.items()}, [str(c) for c in frame.columns])
 
     def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
         return self.fitted_.predict(horizon, level).with_note(self.note_)
+
+
+class _SelectedMany(ManyFitted):
+    """Each series' chosen model, fitted on the columns that chose it, updated with their rows."""
+
+    def __init__(self, groups: dict[tuple, ManyFitted], notes: dict[str, str], columns: list[str]) -> None:
+        self.groups = groups
+        self.notes = notes
+        self.columns = columns
+
+    def update(self, new_points: pd.DataFrame) -> _SelectedMany:
+        for columns, fitted in self.groups.items():
+            fitted.update(new_points[list(columns)])
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        out: dict[str, PointForecast] = {}
+        for fitted in self.groups.values():
+            out.update({str(c): fc.with_note(self.notes[str(c)]) for c, fc in fitted.predict_many(horizon, level).items()})
+        return {c: out[c] for c in self.columns}
