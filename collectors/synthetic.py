@@ -2,7 +2,10 @@
 
 Each source gets a base level, a daily cycle (evening peak), a weekly cycle (quieter weekends),
 a linear trend, multiplicative noise, occasional bursts, and missing samples. The same seed gives
-the same records, so tests can compare against an exact expectation.
+the same records, so tests can compare against an exact expectation. For telemetry at minutes'
+resolution, bursts can last ``burst_steps`` samples and ``level_shift_probability`` adds lasting
+level shifts (a reroute, a new customer): both off by default, drawn from a second seeded stream
+so that the default series stay exactly as they were.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class SyntheticTelemetry:
     missing_probability: float = 0.02
     seed: int = 0
     source_prefix: str = "cell"
+    burst_steps: int = 1
+    level_shift_probability: float = 0.0
+    level_shift_sigma: float = 0.3
 
     def sources(self) -> list[str]:
         return [f"{self.source_prefix}-{i:04d}" for i in range(self.n_sources)]
@@ -54,8 +60,23 @@ class SyntheticTelemetry:
         noise = rng.lognormal(0, self.noise, size=(self.periods, self.n_sources))
         bursts = np.where(rng.random((self.periods, self.n_sources)) < self.burst_probability, rng.uniform(2, 4), 1.0)
         values = level * daily * weekly * trend * noise * bursts
-        values[rng.random(values.shape) < self.missing_probability] = np.nan
+        missing = rng.random(values.shape) < self.missing_probability
+        if self.burst_steps > 1 or self.level_shift_probability > 0:
+            values = values * self._bursts_and_shifts(bursts)
+        values[missing] = np.nan
         return pd.DataFrame(np.round(values, 3), index=index, columns=self.sources())
+
+    def _bursts_and_shifts(self, bursts: np.ndarray) -> np.ndarray:
+        """Multipliers that stretch each burst over ``burst_steps`` samples and add level shifts."""
+        rng = np.random.default_rng([self.seed, 1])
+        stretched = bursts.copy()
+        for lag in range(1, self.burst_steps):  # a burst at t also lifts t+1 .. t+burst_steps-1
+            stretched[lag:] = np.maximum(stretched[lag:], bursts[:-lag])
+        factor = stretched / bursts
+        shifts = np.where(
+            rng.random(bursts.shape) < self.level_shift_probability, rng.lognormal(0, self.level_shift_sigma, bursts.shape), 1.0
+        )
+        return factor * np.cumprod(shifts, axis=0)
 
     def records(self) -> Iterator[TelemetryRecord]:
         """The non-missing samples as records, in time order."""
