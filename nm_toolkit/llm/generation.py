@@ -72,6 +72,27 @@ class AdapterLM:
         model.eval()
         return cls(quantize_dynamic_int8(model) if quantize else model, tokenizer, cards)
 
+    def add_adapter(self, registry: AdapterRegistry, name: str) -> None:
+        """Load adapter ``name`` from ``registry`` next to those already loaded. Call it between
+        batches (no request in flight); a loaded adapter is left as it is."""
+        if name in self.cards:
+            return
+        card, path = registry.card(name), registry.path(name)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self.cards[name] = card
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload adapter ``name`` (its memory is freed); between batches, as :meth:`add_adapter`."""
+        if name not in self.cards:
+            return
+        assert isinstance(self.model, PeftModel)
+        self.model.delete_adapter(name)
+        del self.cards[name]
+
     def select(self, task: str | None, location_group: str | None, adapter: str | None = None) -> str:
         """The adapter for a request: the one it names, else the task's adapter for its location group,
         else the task's adapter for every location, else the base model when no adapters are loaded."""

@@ -37,14 +37,17 @@ from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.deadletter import one_line
 from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
-from nm_toolkit.errors import UserError
+from nm_toolkit.errors import UserError, validation_reason
 from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
+from nm_toolkit.llm.deployment import LlmPaths
 from nm_toolkit.llm.grounding import GroundedGeneration
+from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, LoadWindow, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
+from nm_toolkit.llm.placement import AdapterPlacement
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
 from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
-from nm_toolkit.schemas import Identifier, PromptMessage
+from nm_toolkit.schemas import DecisionAdapter, Identifier, PlaceAdapter, PromptMessage
 
 if TYPE_CHECKING:
     from nm_toolkit.llm.generation import Generation
@@ -79,6 +82,10 @@ class EdgeServiceStats:
     generation_failures: int = 0
     probes_sent: int = 0
     probe_echoes: int = 0
+    adapters_loaded: int = 0
+    adapter_loads: int = 0
+    adapter_unloads: int = 0
+    placement_failures: int = 0
     link_rtt_ms: float = 0.0
     link_bandwidth_mbps: float = 0.0
     cloud_queue: int = 0
@@ -122,11 +129,18 @@ class EdgeService(StreamService):
         policy: EgressPolicy = DEFAULT_POLICY,
         telemetry_topic: str | None = None,
         load_interval_s: float = 60.0,
+        decisions_topic: str | None = None,
+        registry: AdapterRegistry | None = None,
+        adapter_budget: int = 8,
     ) -> None:
         self.completer = completer
         self.prompts = Topic(prompts_topic, PromptMessage)
         self.status = Topic(status_topic, ProbeEcho)
-        self.inputs = [self.prompts, self.status]
+        # place_adapter decisions: a table, so that a restart knows what is placed (until it expires)
+        self.decisions = Topic(decisions_topic, table=True) if decisions_topic and registry is not None else None
+        self.inputs = [self.prompts, self.status, *([self.decisions] if self.decisions else [])]
+        self.registry = registry
+        self.placement = AdapterPlacement(adapter_budget)
         self.answers_topic = answers_topic
         self.cloud_topic = cloud_topic
         self.telemetry_topic = telemetry_topic
@@ -153,9 +167,13 @@ class EdgeService(StreamService):
         take in probe echoes. Never raises for a message (a retry one by one would answer the
         others twice); only faults of the bus or the machine (:data:`FATAL_ERRORS`) propagate."""
         valid: list[_Valid] = []
+        decisions: list[Message] = []
         for message in messages:
             if message.topic == self.status.name:
                 self._echo(message, out)
+                continue
+            if self.decisions is not None and message.topic == self.decisions.name:
+                decisions.append(message)
                 continue
             try:
                 request = self._decode(message)
@@ -171,6 +189,8 @@ class EdgeService(StreamService):
             self._last_prompt = time.monotonic()
         if valid:
             self._serve(valid, out)
+        if decisions:  # after serving: an adapter a request of this batch chose is never unloaded under it
+            self._place(decisions, out)
 
     def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """Report the load every ``load_interval_s``; probe the link every ``probe_interval_s`` while
@@ -212,6 +232,38 @@ class EdgeService(StreamService):
         out.send(self.telemetry_topic, self.load.report(gauges), self.edge)  # type: ignore[arg-type]
         self._queue_delay_ms = 0.0
 
+    def _place(self, messages: Sequence[Message], out: Emitter) -> None:
+        """Carry out this site's place_adapter decisions: load what they place, unload what the
+        budget has no room for (least recently used first), between batches."""
+        assert self.registry is not None
+        now, wall = time.monotonic(), time.time()
+        for message in messages:
+            try:
+                decision = DecisionAdapter.validate_json(message.value)
+            except ValidationError as exc:
+                out.dead_letter(message, f"not a decision: {validation_reason(exc)}")
+                continue
+            if isinstance(decision, PlaceAdapter) and decision.target == self.edge and not decision.dry_run:
+                left = decision.created_at.timestamp() + decision.ttl_seconds - wall
+                if left > 0:
+                    self.placement.place(decision.adapter, now + left)
+        lm = self.completer.lm
+        plan = self.placement.plan(set(lm.cards), {card.name for card in self.registry.cards()}, now)
+        for name in plan.unload:
+            lm.remove_adapter(name)
+            self.counters.adapter_unloads += 1
+        for name in plan.load:
+            try:
+                lm.add_adapter(self.registry, name)
+                self.counters.adapter_loads += 1
+            except FATAL_ERRORS:
+                raise
+            except Exception:  # noqa: BLE001 - a broken adapter file must not stop serving
+                log.exception("adapter %s stays unloaded: it could not be loaded", name)
+                self.counters.placement_failures += 1
+                self.placement.placed_until.pop(name, None)
+        self.counters.adapters_loaded = len(lm.cards)
+
     # -- serving -----------------------------------------------------------------------------
     def _serve(self, valid: list[_Valid], out: Emitter) -> None:
         self.counters.generation_batches += 1
@@ -232,6 +284,7 @@ class EdgeService(StreamService):
             self.counters.requests += 1
             self.load.add("prompts")
             self.load.add(f"adapter.{generation.adapter}.requests")
+            self.placement.used(generation.adapter, time.monotonic())
             self._queue_delay_ms += age_ms(v.message)
             if v.prepared.task != COMPLETION_TASK:  # an edge task (intent extraction, ...): its output is the answer
                 self._answer(v, out, generation.text, RouteDecision("edge", f"edge task {v.prepared.task}", 0.0), generation)
@@ -342,9 +395,12 @@ class EdgeService(StreamService):
         out.send(self.answers_topic, error_answer(request_id, reason, "edge", age_ms(message)), key)
 
 
-def edge_service(settings: Settings, completer: EdgeCompleter) -> EdgeService:
+def edge_service(settings: Settings, completer: EdgeCompleter, registry: AdapterRegistry | None = None) -> EdgeService:
     """The edge service the settings describe, completing with ``completer``
-    (:func:`nm_toolkit.llm.deployment.edge_completer` builds the configured one)."""
+    (:func:`nm_toolkit.llm.deployment.edge_completer` builds the configured one) and placing the
+    adapters of ``registry`` (default: ``llm.adapters_dir``) as the decisions say."""
+    if registry is None:
+        registry = AdapterRegistry(LlmPaths.from_settings(settings).adapters_dir)
     cfg = settings.llm
     return EdgeService(
         completer,
@@ -360,6 +416,9 @@ def edge_service(settings: Settings, completer: EdgeCompleter) -> EdgeService:
         probe_interval_s=cfg.probe_interval_s,
         telemetry_topic=settings.topics.telemetry if cfg.load_interval_s > 0 else None,
         load_interval_s=cfg.load_interval_s,
+        decisions_topic=settings.topics.decisions,
+        registry=registry,
+        adapter_budget=cfg.adapter_budget,
     )
 
 

@@ -1,0 +1,55 @@
+"""Which LoRA adapters an edge site keeps loaded: placed by decisions, within a memory budget.
+
+The adapter-placement policy (:mod:`policies.adapter_placement`) forecasts which adapters a site's
+requests will need and publishes ``place_adapter`` decisions; the edge service carries them out
+between batches, when no request is in flight. :class:`AdapterPlacement` is the bookkeeping, pure:
+an adapter is wanted while a decision placed it (until its TTL runs out); the budget bounds how
+many are loaded at once, and what has to make room is the loaded adapter that is not wanted and
+was used least recently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    load: tuple[str, ...]
+    unload: tuple[str, ...]
+
+
+@dataclass
+class AdapterPlacement:
+    """Placements with their expiry and the last use of each adapter (times in any one clock)."""
+
+    budget: int
+    placed_until: dict[str, float] = field(default_factory=dict)
+    last_used: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"an adapter budget must be at least 1, not {self.budget}")
+
+    def place(self, adapter: str, until: float) -> None:
+        """A decision wants ``adapter`` loaded until ``until`` (a later decision extends it)."""
+        self.placed_until[adapter] = max(until, self.placed_until.get(adapter, until))
+
+    def used(self, adapter: str, now: float) -> None:
+        self.last_used[adapter] = now
+
+    def wanted(self, now: float) -> list[str]:
+        """Adapters placed and not expired, the longest-lasting placement first."""
+        live = [(until, name) for name, until in self.placed_until.items() if until > now]
+        return [name for _, name in sorted(live, key=lambda item: (-item[0], item[1]))]
+
+    def plan(self, loaded: Set[str], available: Set[str], now: float) -> PlacementPlan:
+        """What to load and unload so that the wanted adapters that exist are loaded, at most
+        ``budget`` adapters are, and nothing wanted is evicted for something less wanted."""
+        wanted = [name for name in self.wanted(now) if name in available][: self.budget]
+        load = [name for name in wanted if name not in loaded]
+        room = self.budget - len(loaded) - len(load)
+        evictable = sorted((name for name in loaded if name not in wanted), key=lambda name: (self.last_used.get(name, float("-inf")), name))
+        unload = evictable[: max(0, -room)]
+        return PlacementPlan(tuple(load), tuple(unload))
