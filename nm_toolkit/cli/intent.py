@@ -81,6 +81,10 @@ def evaluate(
     test_file: Path | None = typer.Option(None, "--test", help="score on this file (with --train)"),
     method: str = typer.Option(BEST_METHOD, help=f"one of {', '.join(METHODS)}, or a comma-separated list to compare side by side"),
     seed: int = typer.Option(0, help="seed of the fold split"),
+    split: str = typer.Option(
+        "random", help="random: shuffled folds; grouped: clusters of sentences with shared words stay on one side (a proxy for unseen "
+        "phrasings); skeleton: sentences with the same entity types in order stay on one side"
+    ),
     base_model: Path | None = BaseModelOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -88,11 +92,13 @@ def evaluate(
     from rich.progress import Progress
 
     from intent.data import load_intents
-    from intent.evaluation import cross_validate, train_test
+    from intent.evaluation import SPLITS, cross_validate, train_test
     from intent.methods import factory
 
     if (input is None) == (train_file is None or test_file is None):
         raise UserError("pass either --input FILE (cross-validation) or both --train FILE and --test FILE")
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     methods = [m.strip() for m in method.split(",") if m.strip()]
     makers = {m: factory(m, _checked(base_model)) for m in methods}
     reports: dict[str, dict[str, object]] = {}
@@ -100,8 +106,8 @@ def evaluate(
         for name, make in makers.items():
             if input is not None:
                 intents = load_intents(input)
-                task = progress.add_task(f"{name}: {folds}-fold cross-validation", total=folds)
-                reports[name] = cross_validate(make, intents, folds, seed, on_fold=lambda _k, t=task: progress.advance(t))
+                task = progress.add_task(f"{name}: {folds}-fold cross-validation ({split})", total=folds)
+                reports[name] = cross_validate(make, intents, folds, seed, on_fold=lambda _k, t=task: progress.advance(t), split=split)
             else:
                 assert train_file is not None and test_file is not None
                 progress.add_task(f"{name}: train/test", total=None)
@@ -122,6 +128,8 @@ def evaluate(
     emit(False, reports, "entity-level scores (type and span text must match)", rows)
     for name, report in reports.items():
         console.print(f"{name}: fit {report['fit_seconds']:.1f} s in all, predict {report['predict_ms_per_intent']:.1f} ms per intent")
+        if causes := report.get("missed_by_cause"):
+            console.print(f"{name} missed: " + ", ".join(f"{n} {cause.replace('_', ' ')}" for cause, n in causes.items()))  # type: ignore[union-attr]
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
 
 
