@@ -205,6 +205,8 @@ class LlmSettings(BaseModel):
         default=60.0, ge=0, description="how often the edge and cloud services report their load on the telemetry topic (0: never)"
     )
     adapter_budget: PositiveInt = Field(default=8, description="LoRA adapters an edge site keeps loaded at once (place_adapter decisions fill it)")
+    initial_replicas: int = Field(default=1, ge=0, description="edge replicas `nmt llm supervise` runs before any scale_compute decision")
+    max_replicas: PositiveInt = Field(default=4, description="the most edge replicas `nmt llm supervise` runs, whatever a decision asks")
     cloud_site: str = Field(default="cloud", description="the cloud service's name in its load telemetry")
     cloud_group_id: str = "nmt-cloud"
     cloud_dead_letter_topic: str = "nmt.cloud.requests.dlq"

@@ -129,6 +129,21 @@ def cloud(
     _serve(service, settings, f"{topics.cloud_requests} -> {topics.answers} | {topics.cloud_status}", max_requests, idle_exit, metrics_port, as_json)
 
 
+@app.command()
+def supervise(
+    idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without decisions"),
+    metrics_port: int | None = MetricsPortOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run this site's edge replicas (`nmt llm serve` processes in one group) as its scale_compute decisions say."""
+    from nm_toolkit.config import load_settings
+    from nm_toolkit.llm.supervisor import edge_supervisor
+
+    settings = load_settings()
+    service = edge_supervisor(settings)
+    _serve(service, settings, f"{settings.topics.decisions} -> edge replicas of {settings.llm.edge_site}", None, idle_exit, metrics_port, as_json)
+
+
 def _serve(service: StreamService, settings: Settings, route: str, max_requests: int | None, idle_exit: float | None,
            metrics_port: int | None, as_json: bool) -> None:  # fmt: skip
     from nm_toolkit.bus import bus_from_settings

@@ -1,0 +1,165 @@
+"""Edge compute scaling carried out: a supervisor runs as many edge-service processes as the
+latest ``scale_compute`` decision for its site asks.
+
+The autoscaling policy (:mod:`policies.autoscale`) forecasts each site's prompt rate and publishes
+``scale_compute`` decisions on the decisions topic, for any orchestrator to carry out; on one
+machine this is that orchestrator. Replicas are ``nmt llm serve`` processes in the site's one
+consumer group, so the scale-out is Kafka's partition assignment; each runs as a static member
+(``bus.group_instance_id`` = ``SITE-i``), so its transactional id survives a restart and a
+replaced replica aborts its predecessor's open transaction at once. A replica that exits on its
+own (a crash, a fault it cannot survive) is started again; the supervisor stops its replicas
+(SIGTERM: they finish their batch and commit) when it stops.
+
+:func:`reconcile` is the pure part: which replica indexes to start and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from nm_toolkit.bus.base import Message
+from nm_toolkit.bus.runtime import Emitter, Progress, StreamService, Topic
+from nm_toolkit.config import Settings
+from nm_toolkit.errors import validation_reason
+from nm_toolkit.schemas import DecisionAdapter, ScaleCompute
+
+log = logging.getLogger(__name__)
+
+Launcher = Callable[[int], subprocess.Popen[bytes]]
+
+
+def reconcile(running: Sequence[int], desired: int) -> tuple[list[int], list[int]]:
+    """(indexes to start, indexes to stop) so that replicas ``0 .. desired-1`` run."""
+    have = set(running)
+    return [i for i in range(desired) if i not in have], sorted(i for i in have if i >= desired)
+
+
+@dataclass
+class SupervisorStats:
+    desired_replicas: int = 0
+    running_replicas: int = 0
+    started: int = 0
+    stopped: int = 0
+    restarted: int = 0
+    decisions_applied: int = 0
+
+
+class EdgeSupervisor(StreamService):
+    """Keeps ``replicas`` edge-service processes of one site running, as decisions say."""
+
+    name = "edge-supervisor"
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        site: str,
+        decisions_topic: str,
+        group_id: str,
+        dead_letter_topic: str,
+        initial_replicas: int = 1,
+        max_replicas: int = 4,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.launcher = launcher
+        self.site = site
+        self.decisions = Topic(decisions_topic, table=True)  # the latest decision in force survives a restart
+        self.inputs = [self.decisions]
+        self.group_id = group_id
+        self.dead_letter_topic = dead_letter_topic
+        self.max_replicas = max_replicas
+        self.stop_timeout_s = stop_timeout_s
+        self.counters = SupervisorStats(desired_replicas=min(initial_replicas, max_replicas))
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._latest: datetime | None = None
+
+    def handle(self, messages: Sequence[Message], out: Emitter) -> None:
+        """Take the newest unexpired scale_compute decision for this site (dry runs are not carried out)."""
+        now = datetime.now(UTC)
+        for message in messages:
+            try:
+                decision = DecisionAdapter.validate_json(message.value)
+            except ValidationError as exc:
+                out.dead_letter(message, f"not a decision: {validation_reason(exc)}")
+                continue
+            if not isinstance(decision, ScaleCompute) or decision.target != self.site or decision.dry_run:
+                continue
+            expired = (now - decision.created_at).total_seconds() > decision.ttl_seconds
+            if expired or (self._latest is not None and decision.created_at <= self._latest):
+                continue
+            self._latest = decision.created_at
+            self.counters.desired_replicas = min(decision.replicas, self.max_replicas)
+            self.counters.decisions_applied += 1
+            log.info("%s: %d edge replicas (%s)", self.site, self.counters.desired_replicas, decision.reason)
+
+    def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
+        """Start and stop replicas to match the decision; start again any that exited."""
+        for index, process in list(self._processes.items()):
+            if process.poll() is not None:
+                log.warning("%s: edge replica %d exited with %s; starting it again", self.site, index, process.returncode)
+                del self._processes[index]
+                self.counters.restarted += 1
+        start, stop = reconcile(list(self._processes), 0 if final else self.counters.desired_replicas)
+        self._stop(stop)
+        for index in start:
+            self._processes[index] = self.launcher(index)
+            self.counters.started += 1
+        self.counters.running_replicas = len(self._processes)
+        return False
+
+    def close(self) -> None:
+        """Stop every replica (SIGTERM: each finishes its batch and commits)."""
+        self._stop(list(self._processes))
+
+    def stats(self) -> dict[str, float]:
+        return asdict(self.counters)
+
+    def _stop(self, indexes: Sequence[int]) -> None:
+        stopping = [self._processes.pop(i) for i in indexes]
+        for process in stopping:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        for process in stopping:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            self.counters.stopped += 1
+        self.counters.running_replicas = len(self._processes)
+
+
+def replica_launcher(settings: Settings, extra_env: Mapping[str, str] | None = None) -> Launcher:
+    """Starts ``nmt llm serve`` replica ``i`` of the site as static member ``SITE-i``, with this
+    process's environment (so the replica reads the same settings) plus ``extra_env``."""
+    site = settings.llm.edge_site
+
+    def launch(index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **(extra_env or {}), "NMT_BUS__GROUP_INSTANCE_ID": f"{site}-{index}"}
+        return subprocess.Popen([sys.executable, "-m", "nm_toolkit", "llm", "serve"], env=env, stdout=subprocess.DEVNULL)
+
+    return launch
+
+
+def edge_supervisor(settings: Settings, launcher: Launcher | None = None) -> EdgeSupervisor:
+    """The supervisor of this site's edge replicas the settings describe."""
+    cfg = settings.llm
+    return EdgeSupervisor(
+        launcher or replica_launcher(settings),
+        site=cfg.edge_site,
+        decisions_topic=settings.topics.decisions,
+        group_id=f"{cfg.group_id}-supervisor",
+        dead_letter_topic=f"{settings.topics.decisions}.supervisor.dlq",
+        initial_replicas=cfg.initial_replicas,
+        max_replicas=cfg.max_replicas,
+    )

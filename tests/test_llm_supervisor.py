@@ -1,0 +1,90 @@
+"""Edge compute scaling carried out on the real broker: scale_compute decisions -> the supervisor
+starts and stops `nmt llm serve` replicas in the site's consumer group and restarts one that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+
+from nm_toolkit.bus.kafka import KafkaBus
+from nm_toolkit.bus.runtime import StreamRunner
+from nm_toolkit.config import load_settings
+from nm_toolkit.llm.supervisor import edge_supervisor, reconcile, replica_launcher
+from nm_toolkit.schemas import ScaleCompute
+from tests.kafka_helpers import llm_env
+
+
+def test_reconcile_starts_the_missing_and_stops_the_surplus() -> None:
+    assert reconcile([], 2) == ([0, 1], [])
+    assert reconcile([0, 1, 2], 1) == ([], [1, 2])
+    assert reconcile([1], 2) == ([0], [])
+    assert reconcile([0], 0) == ([], [0])
+
+
+def scale(replicas: int, site: str, **extra: object) -> bytes:
+    return ScaleCompute(
+        idempotency_key=f"scale-{site}", policy="autoscale", target=site, replicas=replicas, reason="forecast prompt rate",
+        created_at=datetime.now(UTC), **extra,
+    ).model_dump_json().encode()  # fmt: skip
+
+
+def members(bootstrap: str, group: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
+    try:
+        info = admin.describe_groups([group])[group]
+        state = info.get("group_state") or info.get("state")
+        return len(info.get("members") or ()) if state == "Stable" else -1
+    finally:
+        admin.close()
+
+
+@pytest.mark.kafka
+def test_scale_compute_decisions_start_and_stop_edge_replicas_in_one_group(
+    tiny_llms: Path, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    env = llm_env(kafka_bootstrap, tmp_path / "state", tiny_llms, tag) | {"NMT_TOPICS__DECISIONS": f"{tag}.decisions"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NMT_LLM__INITIAL_REPLICAS", "1")
+    settings = load_settings()
+    site, group = settings.llm.edge_site, settings.llm.group_id
+    bus = KafkaBus(kafka_bootstrap)
+    bus.create_topics([settings.topics.prompts], partitions=4)
+    runner = StreamRunner(bus, edge_supervisor(settings, replica_launcher(settings, {**os.environ, **env})))
+    service = runner.service
+    producer = bus.producer()
+
+    def until(condition: Callable[[], bool], timeout_s: float = 90) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not condition() and time.monotonic() < deadline:
+            runner.step(timeout_s=0.5)
+        return condition()
+
+    try:
+        assert until(lambda: service.counters.running_replicas == 1 and members(kafka_bootstrap, group) == 1)
+        producer.send(settings.topics.decisions, scale(2, site))
+        producer.send(settings.topics.decisions, scale(3, "another-site"))
+        producer.send(settings.topics.decisions, scale(4, site, dry_run=True))
+        producer.flush()
+        assert until(lambda: service.counters.running_replicas == 2 and members(kafka_bootstrap, group) == 2)
+        assert service.counters.decisions_applied == 1
+        # a replica that dies is started again
+        service._processes[1].send_signal(signal.SIGKILL)  # noqa: SLF001
+        assert until(lambda: service.counters.restarted == 1 and service.counters.running_replicas == 2)
+        producer.send(settings.topics.decisions, scale(1, site))
+        producer.flush()
+        assert until(lambda: service.counters.running_replicas == 1 and members(kafka_bootstrap, group) == 1)
+        assert service.counters.stopped == 1
+    finally:
+        runner.close()
+        producer.close()
+    assert service.counters.running_replicas == 0
