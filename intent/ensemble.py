@@ -44,8 +44,30 @@ class VotingIntentTagger:
 
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         """Labelled spans of each text (character offsets into that text)."""
+        return [spans for spans, _ in self.predict_with_doubts(texts)]
+
+    def predict_with_doubts(self, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
+        """The majority spans of each text, and what the members disagree on that matters: a kept
+        span that another member gives another type ("'to labs': destination or target?")."""
         per_member = [member.predict_spans(texts) for member in self.members_]
-        return [majority_spans([p[k] for p in per_member]) for k in range(len(texts))]
+        out = []
+        for k in range(len(texts)):
+            predictions = [p[k] for p in per_member]
+            kept = majority_spans(predictions)
+            doubts = []
+            for span in kept:
+                rivals = sorted({s.type for member in predictions for s in member if (s.start, s.end) == (span.start, span.end) and s.type != span.type})
+                if rivals:
+                    doubts.append(f"{span.text!r} read as {span.type}, but could be {' or '.join(rivals)}")
+            out.append((kept, doubts))
+        return out
+
+    def known_words(self) -> set[str] | None:
+        """The words the members saw in training candidates, or None when no member can say."""
+        from intent.methods import known_words
+
+        vocabularies = [v for v in (known_words(member) for member in self.members_) if v is not None]
+        return set().union(*vocabularies) if vocabularies else None
 
     # -- persistence: each member in its own subdirectory, in its own format ------------------------
     def save_pretrained(self, directory: Path) -> Path:

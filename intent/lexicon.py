@@ -3,6 +3,12 @@
 These are generic lists (protocol names, units, middlebox kinds, policy verbs, well-known
 services), not phrases from any labelled data set: they let the tagger recognise a word it never
 saw in training ("rtsp", "install") by its class.
+
+The classes ``group``, ``place``, ``weekday``, ``bound`` and ``shape_word`` and the longer
+service/protocol/middlebox lists were added for operator text the labelled file never shows
+(issue 14): campus populations ("students", "guests", "visitors"), places and network parts
+("dorms", "labs", "library", "gateway"), days and periods. :data:`SUBSTITUTES` names the classes whose
+words :mod:`intent.augment` may swap for one another inside a labelled span.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 WORD_CLASSES: dict[str, frozenset[str]] = {
     "protocol": frozenset(
         "tcp udp icmp ip ipv4 ipv6 http https ftp sftp ftps ssh sip rtsp rtp dns dhcp smtp imap pop3 snmp bgp ospf "
-        "telnet quic ntp mqtt rdp vpn gre".split()
+        "telnet quic ntp mqtt rdp vpn gre ldap radius tftp nfs smb cifs irc xmpp rtmp hls sctp arp ipsec l2tp pptp "
+        "openvpn wireguard tls ssl netbios upnp mdns coap".split()
     ),
     "middlebox": frozenset(
         "firewall firewalls dpi nat ids ips proxy cache monitor monitoring shaper shaping balancer balancing scanner "
-        "filter inspection inspector accelerator optimizer waf translation detection prevention parental".split()
+        "filter inspection inspector accelerator optimizer waf translation detection prevention parental honeypot "
+        "sniffer analyzer analyser gateway router loadbalancer ddos scrubber sandbox antivirus antimalware "
+        "middlebox middleboxes packet deep intrusion load captive portal compression wan dlp".split()
     ),
     "unit": frozenset(
         "bps kbps mbps gbps tbps kb mb gb tb kbit mbit gbit bytes kilobytes megabytes gigabytes terabytes bits "
@@ -30,12 +39,37 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
     "qos_metric": frozenset("bandwidth quota rate latency jitter throughput usage speed limit limits quotas data consumption".split()),
     "service": frozenset(
         "youtube netflix facebook skype email e-mail spotify twitter instagram whatsapp bittorrent torrent steam "
-        "zoom teams hulu twitch tiktok dropbox google gmail".split()
+        "zoom teams hulu twitch tiktok dropbox google gmail amazon prime disney hbo linkedin reddit wikipedia slack "
+        "webex discord telegram snapchat pinterest vimeo dailymotion onedrive icloud outlook office github "
+        "xbox playstation fortnite roblox minecraft pandora deezer soundcloud kazaa emule utorrent chatgpt".split()
     ),
     "traffic_kind": frozenset("traffic streaming video gaming games voip music social media torrent p2p web browsing".split()),
     "negation": frozenset("not no cannot never nor without".split()),
+    "group": frozenset(
+        "students student guests guest visitors visitor faculty professors professor teachers teacher staff "
+        "employees employee researchers researcher admins administrators administrator users user members member "
+        "interns intern contractors contractor alumni undergraduates undergrads graduates postdocs tenants tenant "
+        "customers customer clients client residents resident freshmen instructors lecturers engineers developers "
+        "managers operators technicians kids children devices hosts iot phones laptops people everyone everybody".split()
+    ),
+    "place": frozenset(
+        "labs lab laboratory laboratories dorms dorm dormitory dormitories library libraries campus building buildings "
+        "classroom classrooms office offices department departments servers server gateway database databases "
+        "internet network networks racks rack datacenter data center cafeteria hall halls floor wing subnet subnets "
+        "vlan wifi wi-fi lan dmz cloud edge backbone core hospital clinic auditorium gym stadium residence "
+        "residences headquarters branch site sites room rooms store".split()
+    ),
+    "weekday": frozenset(
+        "monday tuesday wednesday thursday friday saturday sunday weekdays weekday weekend weekends "
+        "mondays tuesdays wednesdays thursdays fridays saturdays sundays today tomorrow tonight".split()
+    ),
+    "bound": frozenset("maximum max minimum min most least more less than exceed exceeding above below under over up".split()),
     "time_prep": frozenset("from to until till between and during starting start finish interval at".split()),
 }
+
+
+# classes whose words may stand for one another inside a span of the same type (intent.augment)
+SUBSTITUTES: tuple[str, ...] = ("service", "protocol", "group", "place", "weekday")
 
 
 def word_classes(word: str) -> list[str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from nm_toolkit.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: the CLI reads METHODS for its options at every start
+    from intent.data import Span
     from intent.evaluation import SpanExtractor
     from intent.schema import NeedsClarification, OperatorIntent
 
@@ -63,11 +64,54 @@ def load(directory: Path) -> SpanExtractor:
     return SklearnIntentTagger.from_pretrained(directory)
 
 
+# entity types whose value names a thing the network must recognise: an unknown one is asked about
+NAMED_TYPES: tuple[str, ...] = ("service", "protocol", "middlebox")
+
+
+def known_words(extractor: object) -> set[str] | None:
+    """Lower-case words the extractor has seen (its training vocabulary), or None when it cannot say."""
+    if hasattr(extractor, "known_words"):
+        return extractor.known_words()  # type: ignore[no-any-return]
+    vocabulary = getattr(extractor, "vocabulary_", None)
+    if isinstance(vocabulary, dict):
+        return {name[3:] for name in vocabulary if name.startswith("in=")}
+    return None
+
+
+def unknown_values(spans: Sequence[Span], known: set[str] | None) -> list[str]:
+    """Why each named value (service, protocol, middlebox) is not one the extractor knows: none of
+    its words was seen in training nor is in :mod:`intent.lexicon`."""
+    from intent.data import tokenize
+    from intent.lexicon import word_classes
+
+    if known is None:
+        return []
+    reasons = []
+    for span in spans:
+        words = [t.text.lower() for t in tokenize(span.text) if t.text.isalpha()]
+        if span.type in NAMED_TYPES and words and not any(w in known or word_classes(w) for w in words):
+            reasons.append(f"{span.text!r} read as a {span.type}, but it is not one the extractor knows")
+    return reasons
+
+
+def predict_with_doubts(extractor: SpanExtractor, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
+    """Spans of each text and the doubts about them (members' disagreement, unknown named values)."""
+    if hasattr(extractor, "predict_with_doubts"):
+        predicted = extractor.predict_with_doubts(texts)
+    else:
+        predicted = [(spans, []) for spans in extractor.predict_spans(texts)]
+    known = known_words(extractor)
+    return [(spans, doubts + unknown_values(spans, known)) for spans, doubts in predicted]
+
+
 def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> list[OperatorIntent | NeedsClarification]:
-    """Operator intents of ``texts``; LLM output is grounded and validated, failures clarified."""
+    """Operator intents of ``texts``; LLM output is grounded and validated, failures clarified.
+
+    An intent the span extractors are unsure of (:func:`predict_with_doubts`) is not returned as
+    an intent but as a clarification that says what is in doubt."""
     from intent.llm_extractor import LlmIntentExtractor
     from intent.llm_output import parse_llm_output
-    from intent.schema import NeedsClarification
+    from intent.schema import NeedsClarification, OperatorIntent
     from intent.structure import structure
 
     results: list[OperatorIntent | NeedsClarification] = []
@@ -76,4 +120,9 @@ def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> li
             parsed = parse_llm_output(text, output)
             results.append(NeedsClarification(text=text, reason=parsed.error) if parsed.error else structure(text, parsed.spans))
         return results
-    return [structure(text, spans) for text, spans in zip(texts, extractor.predict_spans(texts), strict=True)]
+    for text, (spans, doubts) in zip(texts, predict_with_doubts(extractor, texts), strict=True):
+        result = structure(text, spans)
+        if doubts and isinstance(result, OperatorIntent):
+            result = NeedsClarification(text=text, reason="unsure: " + "; ".join(doubts) + ": please rephrase or confirm")
+        results.append(result)
+    return results

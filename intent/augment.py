@@ -1,0 +1,129 @@
+"""Data augmentation: the labelled sentences' skeletons refilled with other entity values.
+
+A file written from a few templates shows each entity value in few contexts ("YouTube" always after
+"block", "students" always after "for"). :func:`augment` makes ``copies`` new intents per labelled
+intent, each the same sentence with some of its entity spans replaced, keeping the labelling
+conventions of the span it replaces (a ``target`` keeps its "for"/"to" because only words inside
+the span change):
+
+- **swap**: the whole span text by the text of another span of the same type from the training
+  intents (another sentence's value in this sentence's skeleton);
+- **lexicon**: each word of the span that belongs to one of the :data:`intent.lexicon.SUBSTITUTES`
+  classes (services, protocols, group nouns, places, days) by another word of that class, so values
+  from outside the training file ("visitors", "library", "hulu") appear in labelled contexts;
+- **numbers**: a ``qos_value`` by another number, an hour of ``start``/``end`` by another hour.
+
+The unlabelled words between spans are left alone: the structure is the training file's, the
+values are not. Deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from intent.data import LabelledIntent, Span
+from intent.lexicon import SUBSTITUTES, WORD_CLASSES
+
+_WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)?")
+_HOUR = re.compile(r"\b(\d{1,2})(:\d{2})?(\s*(?:am|pm))?\b", re.IGNORECASE)
+_NUMBER = re.compile(r"^\d+(?:[.,]\d+)?$")
+# the substitutable words, by class, as sorted lists (a stable order makes the choices reproducible)
+_POOLS: dict[str, list[str]] = {name: sorted(w for w in WORD_CLASSES[name] if " " not in w) for name in SUBSTITUTES}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    copies: int = 2  # new intents per labelled intent
+    p_swap: float = 0.3  # per span: replaced by another training span of its type
+    p_word: float = 0.5  # per substitutable word of a span not swapped: replaced within its class
+    seed: int = 0
+
+
+def _match_case(new: str, old: str) -> str:
+    if old.isupper() and len(old) > 1:
+        return new.upper()
+    if old[:1].isupper():
+        return new[:1].upper() + new[1:]
+    return new
+
+
+def _class_of(word: str) -> str | None:
+    lowered = word.lower()
+    return next((name for name in SUBSTITUTES if lowered in WORD_CLASSES[name]), None)
+
+
+def _respell_words(text: str, rng: random.Random, p: float) -> str:
+    def replace(m: re.Match[str]) -> str:
+        kind = _class_of(m.group())
+        if kind is None or rng.random() >= p:
+            return m.group()
+        return _match_case(rng.choice(_POOLS[kind]), m.group())
+
+    return _WORD.sub(replace, text)
+
+
+def _new_value(span: Span, rng: random.Random, by_type: dict[str, list[str]], config: AugmentConfig) -> str:
+    if span.type == "qos_value" and _NUMBER.match(span.text):
+        return str(rng.choice([1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000]))
+    if span.type in ("start", "end"):
+        def hour(m: re.Match[str]) -> str:
+            if m.group(3):
+                return f"{rng.randint(1, 12)}{m.group(3)}"
+            return f"{rng.randint(0, 23):02d}{m.group(2) or ''}"
+
+        return _HOUR.sub(hour, span.text)
+    others = by_type.get(span.type, [])
+    if others and rng.random() < config.p_swap:
+        return rng.choice(others)
+    return _respell_words(span.text, rng, config.p_word)
+
+
+def augment(intents: Sequence[LabelledIntent], config: AugmentConfig = AugmentConfig()) -> list[LabelledIntent]:
+    """``intents`` followed by ``config.copies`` refilled variants of each (duplicates dropped)."""
+    rng = random.Random(config.seed)
+    by_type: dict[str, list[str]] = {}
+    for item in intents:
+        for span in item.spans:
+            by_type.setdefault(span.type, [])
+            if span.text not in by_type[span.type]:
+                by_type[span.type].append(span.text)
+    seen = {item.text for item in intents}
+    out = list(intents)
+    for item in intents:
+        spans = sorted(item.spans, key=lambda s: s.start)
+        for _ in range(config.copies):
+            text, new_spans, pos = "", [], 0
+            for span in spans:
+                if span.start < pos:  # overlapping labels: keep the sentence as it is
+                    break
+                text += item.text[pos : span.start]
+                value = _new_value(span, rng, by_type, config)
+                new_spans.append(Span(span.type, len(text), len(text) + len(value), value))
+                text += value
+                pos = span.end
+            else:
+                text += item.text[pos:]
+                if text not in seen:
+                    seen.add(text)
+                    out.append(LabelledIntent(text, tuple(new_spans)))
+    return out
+
+
+class AugmentedExtractor:
+    """Any extractor, fitted on the augmented intents; saved and loaded as the extractor it wraps."""
+
+    def __init__(self, inner: object, config: AugmentConfig = AugmentConfig()) -> None:
+        self.inner, self.config = inner, config
+
+    def fit(self, intents: Sequence[LabelledIntent]) -> AugmentedExtractor:
+        self.inner.fit(augment(intents, self.config))  # type: ignore[attr-defined]
+        return self
+
+    def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        return self.inner.predict_spans(texts)  # type: ignore[attr-defined,no-any-return]
+
+    def save_pretrained(self, directory: object) -> object:
+        return self.inner.save_pretrained(directory)  # type: ignore[attr-defined]
