@@ -243,7 +243,7 @@ def cloud_pairs(
 
 # Bench size: trains in about 15 + 2 x 5 minutes on one (shared) CPU core; tests use preset "tiny".
 CLOUD_INIT = InitConfig(arch="llama", preset="edge", steps=200, seed=0)
-CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=4.0, learning_rate=1e-2, max_length=320)
+CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=3.0, learning_rate=2e-3, max_length=320)
 
 
 def build_cloud_base(directory: Path, config: InitConfig = CLOUD_INIT) -> bool:
