@@ -107,7 +107,7 @@ def ensure_edge(work: Path, args: argparse.Namespace, train: Sequence[CityQAExam
 
 def ensure_cloud(work: Path, args: argparse.Namespace, train: Sequence[CityQAExample], store: ContextStore) -> None:
     started = time.perf_counter()
-    if build_cloud_base(work / "cloud", replace(CLOUD_INIT, intents_file=args.intents)):
+    if build_cloud_base(work / "cloud", replace(CLOUD_INIT, steps=args.cloud_steps, intents_file=args.intents)):
         print(f"cloud base pre-trained in {time.perf_counter() - started:.0f} s", flush=True)
     card = json.loads((work / "cloud" / "nmt_card.json").read_text())
     print(f"cloud base: {card['preset']} {card['arch']}, {card['parameters']:,} parameters, {card['init_config']['steps']} steps "
@@ -142,6 +142,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=1500, help="edge fine-tuning requests")
     parser.add_argument("--cloud-train", type=int, default=800, help="cloud fine-tuning requests (split over tenants, x3 forms)")
+    parser.add_argument("--cloud-steps", type=int, default=CLOUD_INIT.steps, help="pre-training steps of the cloud base")
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threshold", type=float, default=RouterConfig().confidence_threshold)
