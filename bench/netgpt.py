@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,31 +42,25 @@ from nm_toolkit.llm.city_qa import (
     TENANTS,
     CityQAExample,
     answer_score,
-    build_city_qa_dataset,
-    build_cloud_base,
     context_question,
     edge_answer,
-    edge_pairs,
     example_context,
     example_reference,
     expected_place,
     names_place,
     short_question,
-    train_cloud_adapters,
 )
 from nm_toolkit.llm.completion_data import cloud_only_payload
-from nm_toolkit.llm.context import ContextStore, synthetic_city
+from nm_toolkit.llm.context import ContextStore
+from nm_toolkit.llm.defaults import EDGE_ADAPTER, build_cloud, build_edge, city_task
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.grounding import GroundedChoice
-from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
-from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
+from nm_toolkit.llm.init import InitConfig
+from nm_toolkit.llm.lora import AdapterRegistry, LoraTrainConfig
 from nm_toolkit.llm.metrics import rouge_l
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest, _at
-from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.privacy import check_egress
 from nm_toolkit.llm.router import LinkEstimate, RouterConfig, route
-
-EDGE_ADAPTER = "completion"
 
 
 @dataclass(frozen=True)
@@ -83,36 +76,21 @@ class Row:
     denied: int
 
 
-def ensure_edge(work: Path, args: argparse.Namespace, train: Sequence[CityQAExample]) -> None:
-    """The edge base (copied from ``--edge-from`` or pre-trained) and its two-kind completion adapter."""
-    edge_dir, registry = work / "edge", AdapterRegistry(work / "edge-adapters")
-    if not (edge_dir / "config.json").is_file():
-        if args.edge_from:
-            shutil.copytree(args.edge_from, edge_dir)
-        else:
-            config = InitConfig(arch="gpt2", preset="edge", steps=args.edge_steps, seed=args.seed, intents_file=args.intents)
-            save_initialised(edge_dir, *initialise_model(config))
-    config = LoraTrainConfig(rank=32, alpha=64, epochs=args.edge_epochs, learning_rate=1e-2, seed=args.seed)
-    pairs = edge_pairs(train)
-    fingerprint = json.loads(json.dumps({"lora": asdict(config), "train": len(pairs), "first": pairs[0]}))
-    card = registry.path(EDGE_ADAPTER) / ADAPTER_CARD
-    if card.is_file() and json.loads(card.read_text()).get("config") == fingerprint:
-        return
-    model, tokenizer = load_causal_lm(edge_dir)
-    tuner = LoraFineTuner(config).fit(model, tokenizer, pairs, EDGE_ADAPTER)
-    registry.save(tuner.model_, AdapterCard(EDGE_ADAPTER, "prompt_completion", str(edge_dir), train_examples=len(pairs),
-                                            train_seconds=round(tuner.seconds_, 1), config=fingerprint), tuner.losses_)  # fmt: skip
-    print(f"edge LoRA: {len(pairs)} pairs in {tuner.seconds_:.0f} s, final loss {tuner.losses_[-1]:.3f}", flush=True)
-
-
-def ensure_cloud(work: Path, args: argparse.Namespace, train: Sequence[CityQAExample], store: ContextStore) -> None:
+def ensure_models(work: Path, args: argparse.Namespace, train: Sequence[CityQAExample], store: ContextStore) -> None:
+    """The edge base (copied from ``--edge-from`` or pre-trained) with its two-kind completion
+    adapter, and the cloud base with one adapter per tenant (:mod:`nm_toolkit.llm.defaults`)."""
+    edge_init = InitConfig(arch="gpt2", preset="edge", steps=args.edge_steps, seed=args.seed, intents_file=args.intents)
+    edge_lora = LoraTrainConfig(rank=32, alpha=64, epochs=args.edge_epochs, learning_rate=1e-2, seed=args.seed)
+    card = build_edge(work / "edge", AdapterRegistry(work / "edge-adapters"), train[: args.train], edge_init, edge_lora, args.edge_from)
+    if card is not None:
+        print(f"edge LoRA: {card.train_examples} pairs in {card.train_seconds:.0f} s", flush=True)
     started = time.perf_counter()
-    if build_cloud_base(work / "cloud", replace(CLOUD_INIT, steps=args.cloud_steps, intents_file=args.intents)):
-        print(f"cloud base pre-trained in {time.perf_counter() - started:.0f} s", flush=True)
-    card = json.loads((work / "cloud" / "nmt_card.json").read_text())
-    print(f"cloud base: {card['preset']} {card['arch']}, {card['parameters']:,} parameters, {card['init_config']['steps']} steps "
-          f"in {card['train_seconds']:.0f} s, final loss {card['final_loss']}", flush=True)  # fmt: skip
-    for card in train_cloud_adapters(work / "cloud", AdapterRegistry(work / "cloud" / "adapters"), train, store, CLOUD_LORA):
+    cloud_init = replace(CLOUD_INIT, steps=args.cloud_steps, intents_file=args.intents)
+    cards = build_cloud(work / "cloud", AdapterRegistry(work / "cloud" / "adapters"), train[: args.cloud_train], store, cloud_init, CLOUD_LORA)
+    base = json.loads((work / "cloud" / "nmt_card.json").read_text())
+    print(f"cloud base: {base['preset']} {base['arch']}, {base['parameters']:,} parameters, {base['init_config']['steps']} steps "
+          f"in {base['train_seconds']:.0f} s, final loss {base['final_loss']}; cloud stage {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+    for card in cards:
         print(f"cloud adapter {card.name}: {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
 
 
@@ -155,10 +133,8 @@ def main() -> int:
     work: Path = args.workdir
     print(f"command: {' '.join(sys.argv)}", flush=True)
 
-    store = synthetic_city(seed=args.seed + 1)
-    train, test = build_city_qa_dataset(store, max(args.train, args.cloud_train), args.test, seed=args.seed + 1)
-    ensure_edge(work, args, train[: args.train])
-    ensure_cloud(work, args, train[: args.cloud_train], store)
+    store, train, test = city_task(args.seed, max(args.train, args.cloud_train), args.test)
+    ensure_models(work, args, train, store)
     if args.only_train:
         return 0
 

@@ -162,6 +162,8 @@ SWEEP: tuple[Case, ...] = (
           "--adapter", "swept", "--epochs", "0.25", "--batch-size", "4", "--registry", "{fresh}"), setup=completion_data, llms=True),
     Case(("model", "adapters", "--registry", "{ws}/adapters"), setup=adapter, llms=True),
     Case(("llm", "dataset", "-o", "{fresh}", "--train", "16", "--test", "4")),
+    Case(("llm", "build", "--size", "tiny", "-o", "{fresh}")),
+    Case(("llm", "build", "--size", "huge", "-o", "{fresh}"), error="choose one of"),
     Case(("llm", "complete", "find a pharmacy near me", "--location", "{cell}"), llms=True),
     Case(("llm", "complete", "find a pharmacy near me", "--location", "MI-0000"), error="nmt model init"),
     Case(("llm", "evaluate", "--data", "{ws}/completion/test.jsonl", "--limit", "2"), setup=completion_data, llms=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,32 @@ def evaluate(
     examples = read_examples(data)[:limit]
     report, _ = evaluate_completion(edge_completer(load_settings()), examples, adapter)
     emit(as_json, asdict(report), "held-out completion quality", [asdict(report)])
+
+
+@app.command()
+def build(
+    size: str = typer.Option("default", help="default (a GPT-2 edge and a LLaMA cloud trained for minutes on one CPU core) or tiny (seconds, meaningless answers)"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="where to build (default: state_dir/llm, where serve and cloud look)"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the toolkit's own edge and cloud models on the city task it generates (skips what is built)."""
+    import time
+
+    from nm_toolkit.config import load_settings
+    from nm_toolkit.errors import UserError
+    from nm_toolkit.llm.defaults import SIZES, build_netgpt
+
+    if size not in SIZES:
+        raise UserError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    settings = load_settings()
+    root = output or settings.state_dir / "llm"
+    started = time.perf_counter()
+    with console.status("building") if not as_json else nullcontext() as status:
+        built = build_netgpt(root, SIZES[size], on_stage=lambda stage: status.update(f"building the {stage}") if status else None)
+    info = {k: str(v) for k, v in asdict(built).items()} | {"size": size, "seconds": round(time.perf_counter() - started, 1)}
+    emit(as_json, info, "NetGPT models", [{"what": k, "where": v} for k, v in info.items()])
+    if not as_json and output is not None:
+        console.print(f"serve them with: export NMT_STATE_DIR={output.parent}  (or set the llm.* paths to these)")
 
 
 @app.command()
