@@ -10,8 +10,36 @@ was used least recently.
 
 from __future__ import annotations
 
-from collections.abc import Set
+import time
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from nm_toolkit.bus.base import Message
+from nm_toolkit.bus.runtime import Emitter
+from nm_toolkit.errors import validation_reason
+from nm_toolkit.schemas import DecisionAdapter, DecisionBase
+
+DecisionT = TypeVar("DecisionT", bound=DecisionBase)
+
+
+def live_decisions(messages: Sequence[Message], out: Emitter, kind: type[DecisionT], target: str) -> Iterator[tuple[DecisionT, float]]:
+    """The ``kind`` decisions for ``target`` in ``messages`` that are to be carried out (not dry
+    runs, not expired), each with the seconds it has left; a message that is not a decision is
+    dead-lettered. What an actuator of the decisions topic reads."""
+    wall = time.time()
+    for message in messages:
+        try:
+            decision = DecisionAdapter.validate_json(message.value)
+        except ValidationError as exc:
+            out.dead_letter(message, f"not a decision: {validation_reason(exc)}")
+            continue
+        if isinstance(decision, kind) and decision.target == target and not decision.dry_run:
+            left = decision.created_at.timestamp() + decision.ttl_seconds - wall
+            if left > 0:
+                yield decision, left
 
 
 @dataclass(frozen=True)

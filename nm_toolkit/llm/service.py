@@ -37,17 +37,17 @@ from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.deadletter import one_line
 from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, StreamService, Topic
 from nm_toolkit.config import Settings
-from nm_toolkit.errors import UserError, validation_reason
+from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
 from nm_toolkit.llm.deployment import LlmPaths
 from nm_toolkit.llm.grounding import GroundedGeneration
 from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, LoadWindow, ProbeEcho, error_answer
 from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, PreparedRequest
-from nm_toolkit.llm.placement import AdapterPlacement
+from nm_toolkit.llm.placement import AdapterPlacement, live_decisions
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
 from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
-from nm_toolkit.schemas import DecisionAdapter, Identifier, PlaceAdapter, PromptMessage
+from nm_toolkit.schemas import Identifier, PlaceAdapter, PromptMessage
 
 if TYPE_CHECKING:
     from nm_toolkit.llm.generation import Generation
@@ -236,17 +236,9 @@ class EdgeService(StreamService):
         """Carry out this site's place_adapter decisions: load what they place, unload what the
         budget has no room for (least recently used first), between batches."""
         assert self.registry is not None
-        now, wall = time.monotonic(), time.time()
-        for message in messages:
-            try:
-                decision = DecisionAdapter.validate_json(message.value)
-            except ValidationError as exc:
-                out.dead_letter(message, f"not a decision: {validation_reason(exc)}")
-                continue
-            if isinstance(decision, PlaceAdapter) and decision.target == self.edge and not decision.dry_run:
-                left = decision.created_at.timestamp() + decision.ttl_seconds - wall
-                if left > 0:
-                    self.placement.place(decision.adapter, now + left)
+        now = time.monotonic()
+        for decision, left in live_decisions(messages, out, PlaceAdapter, self.edge):
+            self.placement.place(decision.adapter, now + left)
         lm = self.completer.lm
         plan = self.placement.plan(set(lm.cards), {card.name for card in self.registry.cards()}, now)
         for name in plan.unload:

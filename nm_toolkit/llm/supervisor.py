@@ -23,15 +23,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-
-from pydantic import ValidationError
+from datetime import datetime
 
 from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.runtime import Emitter, Progress, StreamService, Topic
 from nm_toolkit.config import Settings
-from nm_toolkit.errors import validation_reason
-from nm_toolkit.schemas import DecisionAdapter, ScaleCompute
+from nm_toolkit.llm.placement import live_decisions
+from nm_toolkit.schemas import ScaleCompute
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +83,8 @@ class EdgeSupervisor(StreamService):
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         """Take the newest unexpired scale_compute decision for this site (dry runs are not carried out)."""
-        now = datetime.now(UTC)
-        for message in messages:
-            try:
-                decision = DecisionAdapter.validate_json(message.value)
-            except ValidationError as exc:
-                out.dead_letter(message, f"not a decision: {validation_reason(exc)}")
-                continue
-            if not isinstance(decision, ScaleCompute) or decision.target != self.site or decision.dry_run:
-                continue
-            expired = (now - decision.created_at).total_seconds() > decision.ttl_seconds
-            if expired or (self._latest is not None and decision.created_at <= self._latest):
+        for decision, _ in live_decisions(messages, out, ScaleCompute, self.site):
+            if self._latest is not None and decision.created_at <= self._latest:
                 continue
             self._latest = decision.created_at
             self.counters.desired_replicas = min(decision.replicas, self.max_replicas)
