@@ -2,9 +2,9 @@
 for the forecast peak, plus headroom.
 
 Demand comes from the running system: the intent service windows every prompt into
-``LOCATION|demand.<class>.requests`` series (requests per window), which the forecasting service
-forecasts; a rate series such as ``SITE|prompts_per_s`` (an edge service reporting its own load)
-is read as it is.
+``LOCATION|demand.<class>.requests`` series (requests per window), and the edge services report
+``SITE|prompts`` (prompts per window) of their own; the forecasting service forecasts both. A
+rate series such as ``SITE|prompts_per_s`` is read as it is.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class EdgeAutoscalePolicy(Policy):
     def __init__(
         self,
         rate_metrics: Sequence[str] = ("prompts_per_s",),
-        count_metrics: Sequence[str] = ("demand.*.requests",),
+        count_metrics: Sequence[str] = ("demand.*.requests", "prompts"),
         prompts_per_replica: float = 5.0,
         headroom: float = 0.2,
         min_replicas: int = 1,

@@ -158,10 +158,8 @@ class CloudService(StreamService):
         self.counters.in_flight = len(self._generating)
         self._release(out)
         if self.telemetry_topic and (self.load.due() or (final and self.load.counts)):
-            # EDGE|... series come from the edges; these are the cloud's own: requests_per_s,
-            # tokens_per_s, adapter.<tenant adapter>.requests_per_s, and the in_flight gauge
-            gauges = {"in_flight": float(len(self._generating)), "service_ms": self.counters.service_ms}
-            out.send(self.telemetry_topic, self.load.report(gauges), self.site)
+            # the cloud's own load, as counts: requests, tokens, adapter.<tenant adapter>.requests
+            out.send(self.telemetry_topic, self.load.report(), self.site)
         return False
 
     def committable(self, pending: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:

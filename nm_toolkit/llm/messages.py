@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Literal
 
 import orjson
@@ -87,8 +86,10 @@ class LoadWindow:
     """What an LLM service did since its last load report, as telemetry for the management loop.
 
     The services report their own load on the telemetry topic, through the same collector as
-    network telemetry, so their series are forecast like any other and the policies read them:
-    ``SITE|prompts_per_s`` is what the edge autoscaling policy reads (:mod:`policies.autoscale`).
+    network telemetry, so their series are forecast like any other and the policies read them.
+    Reports are counts per interval (``prompts``, ``escalated``, ...): the collector's windows sum
+    them into counts per window whatever the report interval, which is what a window of events
+    means (edge autoscaling reads ``SITE|prompts`` as such, :mod:`policies.autoscale`).
     """
 
     def __init__(self, source: str, interval_s: float) -> None:
@@ -103,12 +104,9 @@ class LoadWindow:
     def due(self) -> bool:
         return self.interval_s > 0 and time.monotonic() - self.started >= self.interval_s
 
-    def report(self, gauges: Mapping[str, float] | None = None) -> bytes:
-        """The window's counts as per-second rates (``<count>_per_s``) plus ``gauges`` as they are,
-        one telemetry message (``{"records": [...]}``); the window starts again."""
-        elapsed = max(1e-9, time.monotonic() - self.started)
+    def report(self) -> bytes:
+        """The window's counts as one telemetry message (``{"records": [...]}``); the window starts again."""
         ts = time.time()
-        values = {f"{name}_per_s": count / elapsed for name, count in self.counts.items()} | dict(gauges or {})
-        records = [{"ts": ts, "source": self.source, "metric": metric, "value": round(value, 6)} for metric, value in sorted(values.items())]
+        records = [{"ts": ts, "source": self.source, "metric": metric, "value": round(value, 6)} for metric, value in sorted(self.counts.items())]
         self.started, self.counts = time.monotonic(), {}
         return orjson.dumps({"records": records})

@@ -156,7 +156,6 @@ class EdgeService(StreamService):
         self.monitor = LinkMonitor(router)
         self.counters = EdgeServiceStats()
         self.load = LoadWindow(edge, load_interval_s if telemetry_topic else 0.0)
-        self._queue_delay_ms = 0.0
         self._last_probe = 0.0
         self._last_prompt = 0.0
         self._large_next = False
@@ -219,18 +218,10 @@ class EdgeService(StreamService):
         return asdict(self.counters)
 
     def _report_load(self, out: Emitter) -> None:
-        """The window's load as telemetry: ``EDGE|prompts_per_s`` (what edge autoscaling reads),
-        ``escalated_per_s``, ``answered_at_edge_per_s``, ``edge_to_cloud_bytes_per_s``,
-        ``adapter.<name>.requests_per_s``, and the gauges ``escalated_share``, ``queue_delay_ms`` and
-        ``link_rtt_ms``."""
-        prompts = self.load.counts.get("prompts", 0.0)
-        gauges = {
-            "escalated_share": self.load.counts.get("escalated", 0.0) / prompts if prompts else 0.0,
-            "queue_delay_ms": self._queue_delay_ms / prompts if prompts else 0.0,
-            "link_rtt_ms": 1000 * self.monitor.estimate().rtt_s,
-        }
-        out.send(self.telemetry_topic, self.load.report(gauges), self.edge)  # type: ignore[arg-type]
-        self._queue_delay_ms = 0.0
+        """The window's load as telemetry counts: ``EDGE|prompts`` (what edge autoscaling reads),
+        ``escalated``, ``answered_at_edge``, ``edge_to_cloud_bytes``, ``queue_delay_ms`` (summed
+        over the prompts: divided by ``prompts``, the mean) and ``adapter.<name>.requests``."""
+        out.send(self.telemetry_topic, self.load.report(), self.edge)  # type: ignore[arg-type]
 
     def _place(self, messages: Sequence[Message], out: Emitter) -> None:
         """Carry out this site's place_adapter decisions: load what they place, unload what the
@@ -277,7 +268,7 @@ class EdgeService(StreamService):
             self.load.add("prompts")
             self.load.add(f"adapter.{generation.adapter}.requests")
             self.placement.used(generation.adapter, time.monotonic())
-            self._queue_delay_ms += age_ms(v.message)
+            self.load.add("queue_delay_ms", age_ms(v.message))
             if v.prepared.task != COMPLETION_TASK:  # an edge task (intent extraction, ...): its output is the answer
                 self._answer(v, out, generation.text, RouteDecision("edge", f"edge task {v.prepared.task}", 0.0), generation)
                 continue
