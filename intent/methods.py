@@ -29,14 +29,16 @@ def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExt
 
         return VotingIntentTagger
     if method in ("semicrf", "spanlr"):
+        from intent.augment import AugmentedExtractor
         from intent.span import SpanIntentTagger, SpanTaggerConfig
 
         span_config = SpanTaggerConfig(objective="segmentation" if method == "semicrf" else "per_span")
-        return lambda: SpanIntentTagger(span_config)
+        return lambda: AugmentedExtractor(SpanIntentTagger(span_config))  # type: ignore[return-value]
     if method == "sklearn":
+        from intent.augment import AugmentedExtractor
         from intent.tagger import SklearnIntentTagger
 
-        return SklearnIntentTagger
+        return lambda: AugmentedExtractor(SklearnIntentTagger())  # type: ignore[return-value]
     if method == "llm":
         from intent.llm_extractor import LlmIntentConfig, LlmIntentExtractor
 
