@@ -98,6 +98,13 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
         cloud = start("cloud")
         processes.append(cloud)
         wait_for(REQUESTS, timeout_s=180)
+        asked = subprocess.run(
+            [sys.executable, "-m", "nm_toolkit", "llm", "ask", "coffee near me", "--location", cells[0], "--deadline", "0.001", "--json"],
+            env=env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr.decode()[-2000:]
+        reply = json.loads(asked.stdout)
+        assert reply["status"] == "ok" and reply["served_by"] == "edge" and reply["request_id"].startswith("ask-")
         time.sleep(3)  # a duplicate would arrive now
     finally:
         stop_reading.set()
@@ -106,6 +113,7 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         outputs = [p.communicate(timeout=60)[0].decode()[-1500:] for p in processes]
+    answers = [a for a in answers if not a["request_id"].startswith("ask-")]
     ids = Counter(a["request_id"] for a in answers)
     assert set(ids) == {rid for rid, _ in prompts}, (sorted(set(rid for rid, _ in prompts) - set(ids)), outputs)
     assert [rid for rid, n in ids.items() if n > 1] == [], outputs

@@ -157,6 +157,56 @@ def cloud(
 
 
 @app.command()
+def ask(
+    text: str = typer.Argument(..., help="the user's concise prompt"),
+    location: str = typer.Option(..., help="cell id the user is in (one of the edge's context store)"),
+    user: str | None = typer.Option(None, help="user id (profile known at the edge)"),
+    tenant: str | None = typer.Option(None, help="whose cloud adapter answers it"),
+    deadline: float | None = typer.Option(None, min=0.001, help="seconds the user waits"),
+    timeout: float = typer.Option(60.0, min=0.1, help="give up after this many seconds"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Send one prompt to the running edge service and wait for its answer (from the edge or the cloud).
+
+    It reads the answers topic from its start for the request's id: a tool for trying the
+    services on a development broker, not for production load."""
+    import json
+    import time
+    import uuid
+
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.config import load_settings
+    from nm_toolkit.errors import UserError
+
+    settings = load_settings()
+    if settings.bus.kind != "kafka":
+        raise UserError("nmt llm ask talks to running services: set NMT_BUS__KIND=kafka and start `nmt llm serve` and `nmt llm cloud`")
+    bus = bus_from_settings(settings)
+    request_id = f"ask-{uuid.uuid4().hex[:12]}"
+    prompt = {"request_id": request_id, "text": text, "location": location, "user": user, "tenant": tenant, "deadline_s": deadline}
+    bus.create_topics([settings.topics.prompts, settings.topics.answers])
+    consumer = bus.consumer([settings.topics.answers], f"nmt-ask-{request_id}")
+    producer = bus.producer()
+    try:
+        producer.send(settings.topics.prompts, json.dumps({k: v for k, v in prompt.items() if v is not None}).encode(), location.encode())
+        producer.flush()
+        deadline_at = time.monotonic() + timeout
+        answer = None
+        with console.status("waiting for the answer") if not as_json else nullcontext():
+            while answer is None and time.monotonic() < deadline_at:
+                for message in consumer.poll(500, 0.5):
+                    if message.key == request_id.encode():
+                        answer = json.loads(message.value)
+    finally:
+        consumer.close()
+        producer.close()
+        bus.close()
+    if answer is None:
+        raise UserError(f"no answer within {timeout:g} s: are `nmt llm serve` and `nmt llm cloud` running on this broker?")
+    emit(as_json, answer, f"answer to {request_id}", [{"field": k, "value": v} for k, v in answer.items()])
+
+
+@app.command()
 def supervise(
     idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without decisions"),
     metrics_port: int | None = MetricsPortOption,
