@@ -26,6 +26,18 @@ def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     return kafka_broker.bootstrap_servers
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the tests share two cores with a broker and service processes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_llms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 edge model (``edge``), a tiny LLaMA cloud model (``cloud``) and a small

@@ -23,6 +23,8 @@ from nm_toolkit.llm.presets import PRESETS, transformers_config
 from nm_toolkit.llm.quantize import quantize_dynamic_int8, serialized_mb
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [
     "request: coffee near me\nprompt:",
     "cell",
@@ -33,14 +35,6 @@ PROMPTS = [
     "slice",
 ]
 LIMITS = [GenerationLimits(max_new_tokens=n, min_new_tokens=m) for n, m in ((12, 0), (5, 0), (20, 4), (3, 0), (16, 0), (9, 0), (14, 2))]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

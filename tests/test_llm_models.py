@@ -24,16 +24,10 @@ from nm_toolkit.llm.lora import (
 from nm_toolkit.llm.offline import CheckpointError, load_causal_lm
 from nm_toolkit.llm.training import resolve_device
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_CORPUS = CorpusConfig(user_prompts=200, intents=150, telemetry=150, contexts=150, vocabulary_repeats=1)
 TINY = InitConfig(arch="gpt2", preset="tiny", steps=30, batch_size=8, corpus=TINY_CORPUS, seed=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
