@@ -86,6 +86,14 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
         third = REQUESTS // 3
         send(prompts[:third])
         wait_for(third // 2)
+        # a person's question through the running services (the edge is up and serving now)
+        asked = subprocess.run(
+            [sys.executable, "-m", "nm_toolkit", "llm", "ask", "coffee near me", "--location", cells[0], "--deadline", "0.001", "--json"],
+            env=env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr.decode()[-2000:]
+        reply = json.loads(asked.stdout)
+        assert reply["status"] == "ok" and reply["served_by"] == "edge" and reply["request_id"].startswith("ask-")
         edge.send_signal(signal.SIGKILL)  # mid-stream: some of its answers and cloud requests uncommitted
         edge.wait(10)
         send(prompts[third : 2 * third])
@@ -98,13 +106,6 @@ def test_every_request_is_answered_exactly_once_through_edge_and_cloud_crashes(
         cloud = start("cloud")
         processes.append(cloud)
         wait_for(REQUESTS, timeout_s=180)
-        asked = subprocess.run(
-            [sys.executable, "-m", "nm_toolkit", "llm", "ask", "coffee near me", "--location", cells[0], "--deadline", "0.001", "--json"],
-            env=env, capture_output=True, timeout=120,
-        )  # fmt: skip
-        assert asked.returncode == 0, asked.stderr.decode()[-2000:]
-        reply = json.loads(asked.stdout)
-        assert reply["status"] == "ok" and reply["served_by"] == "edge" and reply["request_id"].startswith("ask-")
         time.sleep(3)  # a duplicate would arrive now
     finally:
         stop_reading.set()
