@@ -111,6 +111,13 @@ class AdapterLM:
         general = [c for c in for_task if not c.location_groups]
         return (general or for_task)[0].name
 
+    def _row_adapters(self, adapters: Sequence[str] | None, rows: int) -> list[str]:
+        """Each row's adapter name (default: the base model); adapters need a model that has some."""
+        names = list(adapters) if adapters is not None else [BASE] * rows
+        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
+            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        return names
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False).input_ids]
 
@@ -119,7 +126,7 @@ class AdapterLM:
         self, prompts: Sequence[str], adapters: Sequence[str] | None = None, limits: GenerationLimits = GenerationLimits(), seed: int | None = None
     ) -> list[Generation]:
         """Complete ``prompts`` in one batch; ``adapters[i]`` is row i's adapter (default: base model)."""
-        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
+        names = self._row_adapters(adapters, len(prompts))
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         config = GenerationConfig(
             max_new_tokens=limits.max_new_tokens, min_new_tokens=limits.min_new_tokens or None, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
@@ -127,8 +134,6 @@ class AdapterLM:
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=None,
         )
         extra = {"adapter_names": names} if isinstance(self.model, PeftModel) else {}
-        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
-            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -159,9 +164,7 @@ class AdapterLM:
             raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
         if not prompts:
             return []
-        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
-        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
-            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        names = self._row_adapters(adapters, len(prompts))
         limit = max_length or getattr(self.model.config, "n_positions", None) or getattr(self.model.config, "max_position_embeddings", 1024)
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False).input_ids
         cont_ids = self.continuation_tokens(continuations)
@@ -208,9 +211,7 @@ class AdapterLM:
             raise ValueError(f"{len(prompts)} prompts for {len(continuations)} lists of continuations")
         if not prompts:
             return []
-        names = list(adapters) if adapters is not None else [BASE] * len(prompts)
-        if not isinstance(self.model, PeftModel) and any(n != BASE for n in names):
-            raise UserError("adapters were requested but none are loaded: pass --adapters-dir with trained adapters")
+        names = self._row_adapters(adapters, len(prompts))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False).input_ids
         width = max(len(p) for p in prompt_ids)

@@ -273,7 +273,8 @@ class EdgeService(StreamService):
                 self._answer(v, out, generation.text, RouteDecision("edge", f"edge task {v.prepared.task}", 0.0), generation)
                 continue
             request = self._cloud_request(v, generation.text)
-            size = len(request.model_dump_json(exclude_none=True).encode())
+            encoded = request.model_dump_json(exclude_none=True).encode()
+            size = len(encoded)
             if isinstance(generation, GroundedGeneration):
                 chosen = generation.choice.chosen
                 confidence, local = generation.choice.confidence, chosen.kind in LOCAL_KINDS
@@ -284,7 +285,7 @@ class EdgeService(StreamService):
             if decision.path == "cloud":
                 violations = check_egress(request.model_dump(exclude_none=True), v.prepared.context, self.policy)
                 if not violations:
-                    out.send(self.cloud_topic, request.model_dump_json(exclude_none=True).encode(), request.request_id)
+                    out.send(self.cloud_topic, encoded, request.request_id)
                     self.counters.escalated += 1
                     self.counters.bytes_edge_to_cloud += size
                     self.load.add("escalated")
