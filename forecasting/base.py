@@ -18,6 +18,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.base import BaseEstimator, clone
 
+from forecasting.history import regular_grid
+
 
 @dataclass(frozen=True)
 class PointForecast:
@@ -94,6 +96,81 @@ class PerSeries(ManyFitted):
 
     def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
         return {column: model.predict(horizon, level) for column, model in self.models.items()}
+
+
+class VectorForecaster(Forecaster, ManyFitted):
+    """A forecaster whose state is arrays over many series at once: ``fit_many`` / ``update`` / ``predict_many``.
+
+    ``fit(y)`` on one series is the one-column case; :meth:`update` takes the points that came
+    after the fitted history (a Series for a one-series fit, a frame with the same columns for
+    ``fit_many``). ``forecast_many`` fits all columns in one vectorised pass. Subclasses supply the
+    maths as array functions: ``_fit_values`` and ``_update_values`` on (time, series) arrays, and
+    ``_mean_sd`` (series, horizon) for the forecast and its standard deviation.
+    """
+
+    incremental = True
+
+    def fit(self, y: pd.Series) -> Self:
+        return self.fit_many(y.to_frame(name=y.name if y.name is not None else "y"))
+
+    def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
+        return next(iter(self.predict_many(horizon, level).values()))
+
+    def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        return clone(self).fit_many(frame, horizon).predict_many(horizon, level)
+
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> Self:
+        if len(frame.index) < 2:
+            raise ValueError("a series needs at least two points to infer its step")
+        frame = regular_grid(frame)  # rows that never arrived become missing points
+        index = pd.DatetimeIndex(frame.index)
+        values = frame.to_numpy(dtype=float)
+        if not np.isfinite(values).any(axis=0).all():
+            raise ValueError("cannot fit a forecaster on an empty or all-missing series")
+        self.columns_ = [str(c) for c in frame.columns]
+        self.step_ = index[-1] - index[-2]
+        self.last_time_ = index[-1]
+        self.n_seen_ = len(index)
+        self._fit_values(values)
+        return self
+
+    def update(self, new_points: pd.Series | pd.DataFrame) -> Self:
+        """Advance the fitted state by the points after the fitted history, without re-estimating."""
+        frame = new_points.to_frame(name=self.columns_[0]) if isinstance(new_points, pd.Series) else new_points
+        if len(frame) == 0:
+            return self
+        index = pd.DatetimeIndex(frame.index)
+        if index[0] <= self.last_time_:
+            raise ValueError(f"update points must follow the fitted history (last {self.last_time_}), got {index[0]}")
+        if [str(c) for c in frame.columns] != self.columns_:
+            raise ValueError("update points must have the fitted series as columns, in the same order")
+        grid = pd.date_range(self.last_time_ + self.step_, index[-1], freq=self.step_)
+        values = frame.reindex(grid).to_numpy(dtype=float) if len(grid) != len(index) else frame.to_numpy(dtype=float)
+        self._update_values(values)
+        self.last_time_ = grid[-1]
+        self.n_seen_ += len(grid)
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        mean, sd = self._mean_sd(horizon)
+        half = normal_half_width(np.nan_to_num(sd), level)
+        index = pd.date_range(self.last_time_ + self.step_, periods=horizon, freq=self.step_)
+        return {
+            c: PointForecast(index, mean[i], mean[i] - half[i], mean[i] + half[i], level, self.name, self._note(i))
+            for i, c in enumerate(self.columns_)
+        }
+
+    def _note(self, i: int) -> str:
+        return ""
+
+    @abstractmethod
+    def _fit_values(self, values: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _update_values(self, values: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _mean_sd(self, horizon: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def future_index(y: pd.Series | pd.DataFrame, horizon: int) -> pd.DatetimeIndex:

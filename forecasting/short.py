@@ -3,7 +3,7 @@
 Last value, drift, simple and Holt (linear trend) exponential smoothing. Each works on many series
 at once (the maths below are pure functions of (time, series) arrays, vectorised across series and
 across the smoothing-parameter grid), carries prediction intervals, and has an exact
-:meth:`~ShortHorizon.update`: new points advance the state (level, trend, error sums) by the same
+:meth:`~forecasting.base.VectorForecaster.update`: new points advance the state (level, trend, error sums) by the same
 recursion the fit ran, so ``fit(y[:n]).update(y[n:])`` gives the forecast ``fit(y)`` gives for the
 same parameters, at the cost of the new points only. A refit re-estimates the parameters; run it
 on a schedule, not at every new point.
@@ -15,12 +15,10 @@ correction), as a Kalman filter does with a missing observation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Self
 
 import numpy as np
-import pandas as pd
 
-from forecasting.base import Forecaster, PointForecast, normal_half_width
+from forecasting.base import VectorForecaster
 
 ALPHA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 HOLT_ALPHA_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0)
@@ -101,79 +99,7 @@ def fit_smoothing(
 
 
 # -- estimators --------------------------------------------------------------------------------
-class ShortHorizon(Forecaster):
-    """Shared plumbing: state over many series at once, ``fit_many`` / ``update`` / ``predict_many``.
-
-    ``fit(y)`` on one series is the one-column case; :meth:`update` takes the points that came
-    after the fitted history (a Series for a one-series fit, a frame with the same columns for
-    ``fit_many``). ``forecast_many`` fits all columns in one vectorised pass.
-    """
-
-    incremental = True
-
-    def fit(self, y: pd.Series) -> Self:
-        return self.fit_many(y.to_frame(name=y.name if y.name is not None else "y"))
-
-    def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
-        return next(iter(self.predict_many(horizon, level).values()))
-
-    def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
-        from sklearn.base import clone
-
-        return clone(self).fit_many(frame, horizon).predict_many(horizon, level)
-
-    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> Self:
-        index = pd.DatetimeIndex(frame.index)
-        if len(index) < 2:
-            raise ValueError("a series needs at least two points to infer its step")
-        values = frame.to_numpy(dtype=float)
-        if not np.isfinite(values).any(axis=0).all():
-            raise ValueError("cannot fit a forecaster on an empty or all-missing series")
-        self.columns_ = [str(c) for c in frame.columns]
-        self.step_ = index[-1] - index[-2]
-        self.last_time_ = index[-1]
-        self.n_seen_ = len(index)
-        self._fit_values(values)
-        return self
-
-    def update(self, new_points: pd.Series | pd.DataFrame) -> Self:
-        """Advance the fitted state by the points after the fitted history, without re-estimating."""
-        frame = new_points.to_frame(name=self.columns_[0]) if isinstance(new_points, pd.Series) else new_points
-        if len(frame) == 0:
-            return self
-        index = pd.DatetimeIndex(frame.index)
-        if index[0] <= self.last_time_:
-            raise ValueError(f"update points must follow the fitted history (last {self.last_time_}), got {index[0]}")
-        if [str(c) for c in frame.columns] != self.columns_:
-            raise ValueError("update points must have the fitted series as columns, in the same order")
-        grid = pd.date_range(self.last_time_ + self.step_, index[-1], freq=self.step_)
-        values = frame.reindex(grid).to_numpy(dtype=float) if len(grid) != len(index) else frame.to_numpy(dtype=float)
-        self._update_values(values)
-        self.last_time_ = grid[-1]
-        self.n_seen_ += len(grid)
-        return self
-
-    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
-        mean, sd = self._mean_sd(horizon)
-        half = normal_half_width(np.nan_to_num(sd), level)
-        index = pd.date_range(self.last_time_ + self.step_, periods=horizon, freq=self.step_)
-        return {
-            c: PointForecast(index, mean[i], mean[i] - half[i], mean[i] + half[i], level, self.name, self._note(i))
-            for i, c in enumerate(self.columns_)
-        }
-
-    def _note(self, i: int) -> str:
-        return ""
-
-    # subclasses: the maths
-    def _fit_values(self, values: np.ndarray) -> None: ...
-
-    def _update_values(self, values: np.ndarray) -> None: ...
-
-    def _mean_sd(self, horizon: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class LastValue(ShortHorizon):
+class LastValue(VectorForecaster):
     """Repeat the last observed value (the naive / random-walk forecast).
 
     Intervals: a random walk's, sigma * sqrt(h), with sigma the root mean square of the observed
@@ -243,7 +169,7 @@ class Drift(LastValue):
         return self.last_[:, None] + slope * h, np.sqrt(np.maximum(var, 0) * h * (1 + h / np.maximum(m, 1)))
 
 
-class SimpleES(ShortHorizon):
+class SimpleES(VectorForecaster):
     """Simple exponential smoothing, ETS(A,N,N): a level that moves ``alpha`` of the way to each new point.
 
     ``alpha`` None: chosen per series from a grid by in-sample one-step squared error over the last
@@ -279,9 +205,6 @@ class SimpleES(ShortHorizon):
         mean = s.level[:, None] + s.trend[:, None] * h
         sigma = np.sqrt(s.sse / np.maximum(s.count, 1))[:, None]
         return mean, sigma * np.sqrt(smoothing_variance_factor(horizon, self.alpha_, self.beta_))
-
-    def _note(self, i: int) -> str:
-        return ""
 
 
 class HoltES(SimpleES):

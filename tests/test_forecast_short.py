@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 
 from collectors.synthetic import SyntheticTelemetry
 from forecasting.backtest import backtest, rolling_origins
+from forecasting.naive import SeasonalMean, SeasonalNaive
 from forecasting.registry import make_model
 from forecasting.select import AutoSelect
 from forecasting.short import Drift, HoltES, LastValue, SimpleES
@@ -46,6 +48,34 @@ def test_update_equals_refit_on_the_same_data(model) -> None:
     # and one series through fit/update/predict
     single = type(model)(**model.get_params()).fit(frame["s0"].iloc[:300]).update(frame["s0"].iloc[300:])
     np.testing.assert_allclose(single.predict(12).mean, b["s0"].mean, rtol=1e-10)
+
+
+@pytest.mark.parametrize("model", [SeasonalMean(24, seasons=3), SeasonalNaive(24), SeasonalNaive(1)], ids=lambda m: f"{m.name}-{m.season_length}")
+def test_seasonal_update_equals_refit_on_complete_data(model) -> None:
+    """Through a short history (naive rule), a growing number of seasons, and a late-starting series."""
+    rng = np.random.default_rng(4)
+    daily = 10 * np.sin(np.arange(300) * 2 * np.pi / 24)[:, None]
+    frame = frame_of(50 + daily + rng.normal(0, 2, (300, 4)))
+    frame.iloc[:20, 3] = np.nan  # starts late (inside the first fit)
+    updated = clone(model).fit_many(frame.iloc[:30])
+    for lo, hi in ((30, 31), (31, 60), (60, 200), (200, 300)):
+        updated.update(frame.iloc[lo:hi])
+        refit = clone(model).fit_many(frame.iloc[:hi]).predict_many(30)
+        for column, fc in updated.predict_many(30).items():
+            np.testing.assert_allclose(fc.mean, refit[column].mean, rtol=1e-10)
+            np.testing.assert_allclose(fc.upper, refit[column].upper, rtol=1e-10)
+            assert fc.note == refit[column].note
+
+
+def test_seasonal_update_fills_a_missing_point_with_the_value_a_day_earlier() -> None:
+    hours = pd.date_range("2024-01-01", periods=24 * 3, freq="h", tz="UTC")
+    frame = pd.DataFrame({"s0": np.arange(24 * 3, dtype=float)}, index=hours)
+    model = SeasonalNaive(24).fit_many(frame.iloc[:48])
+    new = frame.iloc[48:].copy()
+    new.iloc[12, 0] = np.nan
+    model.update(new)
+    assert model.predict(24).mean[12] == 36.0  # hour 60 repaired from hour 36
+    assert "1 missing windows filled" in model.predict(24).note
 
 
 def test_update_rejects_points_that_do_not_follow_the_history() -> None:
