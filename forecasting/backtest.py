@@ -55,14 +55,16 @@ class BacktestResult:
         return table
 
 
-def score_forecast(
-    actual: np.ndarray, mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, history: np.ndarray, season: int
-) -> dict[str, float]:
-    """All metrics of one forecast against what happened."""
+def score_forecasts(
+    actual: np.ndarray, mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, scale: np.ndarray
+) -> dict[str, np.ndarray]:
+    """All metrics of many forecasts ((series, steps) arrays) against what happened; ``scale`` is each
+    series' MASE yardstick (:func:`~forecasting.metrics.seasonal_scale` of its history)."""
+    mae = metrics.mae(actual, mean)
     return {
-        "mae": metrics.mae(actual, mean),
+        "mae": mae,
         "rmse": metrics.rmse(actual, mean),
-        "mase": metrics.mase(actual, mean, history, season),
+        "mase": mae / scale,
         "smape": metrics.smape(actual, mean),
         "coverage": metrics.coverage(actual, lower, upper),
     }
@@ -92,13 +94,17 @@ def backtest(
     """
     if refit_every is not None and refit_every < 1:
         raise ValueError("refit_every must be at least 1 (or None: refit at every origin)")
-    rows: list[dict[str, object]] = []
+    columns: dict[str, list] = {key: [] for key in ("model", "series", "origin", *METRICS, "note")}
+    if keep_forecasts:
+        columns["forecast"] = []
     seconds = dict.fromkeys(models, 0.0)
     fitted: dict[str, ManyFitted] = {}
     previous = 0
     for k, origin in enumerate(origins):
         history, future = frame.iloc[:origin], frame.iloc[origin : origin + horizon]
         steps = len(future)
+        scales = pd.Series(metrics.seasonal_scale(history.to_numpy(dtype=float).T, season), index=frame.columns.astype(str))
+        actual_all = future.set_axis(frame.columns.astype(str), axis=1)
         for name, model in models.items():
             started = time.perf_counter()
             if refit_every is None:
@@ -110,15 +116,22 @@ def backtest(
                     fitted[name].update(frame.iloc[previous:origin])
                 forecasts = fitted[name].predict_many(steps, level)
             seconds[name] += time.perf_counter() - started
-            for series, fc in forecasts.items():
-                scores = score_forecast(
-                    future[series].to_numpy(), fc.mean, fc.lower, fc.upper, history[series].to_numpy(), season
-                )
-                row = {"model": name, "series": series, "origin": frame.index[origin], **scores, "note": fc.note}
-                if keep_forecasts:
-                    row["forecast"] = fc.mean
-                rows.append(row)
+            series = list(forecasts)
+            mean = np.array([fc.mean for fc in forecasts.values()])
+            scores = score_forecasts(
+                actual_all[series].to_numpy(dtype=float).T, mean,
+                np.array([fc.lower for fc in forecasts.values()]), np.array([fc.upper for fc in forecasts.values()]),
+                scales[series].to_numpy(),
+            )  # fmt: skip
+            columns["model"] += [name] * len(series)
+            columns["series"] += series
+            columns["origin"] += [frame.index[origin]] * len(series)
+            for metric in METRICS:
+                columns[metric] += scores[metric].tolist()
+            columns["note"] += [fc.note for fc in forecasts.values()]
+            if keep_forecasts:
+                columns["forecast"] += list(mean)
             if on_step:
                 on_step(name, origin)
         previous = origin
-    return BacktestResult(pd.DataFrame(rows), seconds, frame.shape[1], len(origins))
+    return BacktestResult(pd.DataFrame(columns), seconds, frame.shape[1], len(origins))
