@@ -25,6 +25,11 @@ class Combination(Forecaster):
     def __init__(self, members: Sequence[Forecaster] = ()) -> None:
         self.members = members
 
+    @property
+    def incremental(self) -> bool:  # type: ignore[override]
+        """Updates without refitting when every member does."""
+        return all(m.incremental for m in self.members)
+
     def fit(self, y: pd.Series) -> Self:
         if not self.members:
             raise ValueError("a combination needs at least one member forecaster")

@@ -106,6 +106,7 @@ class GlobalGBM(Forecaster):
     """
 
     name = "gbm"
+    incremental = True  # update() refreshes the features and keeps the boosters (approximate, see update)
 
     def __init__(
         self,

@@ -40,6 +40,11 @@ class AutoSelect(Forecaster):
         self.short_horizon_hours = short_horizon_hours
         self.refit_every = refit_every
 
+    @property
+    def incremental(self) -> bool:  # type: ignore[override]
+        """Updates without refitting (or choosing again) when every candidate does."""
+        return all(c.incremental for c in [*self.candidates, *self.short_candidates])
+
     def _considered(self, step: pd.Timedelta, horizon: int) -> list[Forecaster]:
         """The candidates, plus ``short_candidates`` when ``horizon`` steps of ``step`` reach no further
         than ``short_horizon_hours`` (last value and smoothing have nothing to say a day ahead)."""

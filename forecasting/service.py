@@ -5,10 +5,12 @@ A stream service on :mod:`nm_toolkit.bus.runtime`: it consumes
 value (``forecast.value``: sum by default) to the forecast store; the runtime commits the offsets
 after that, so a crash replays windows rather than losing them (replays overwrite the same
 window). Points it cannot use (not a SeriesPoint, non-finite values, an implausible window start)
-go to ``forecast_service.dead_letter_topic`` whole, with the reason and origin in headers. Every ``interval_seconds`` it forecasts every series with enough
-history in one :meth:`~forecasting.base.Forecaster.forecast_many` call per sampling step (global
-models learn across all of them; missing windows of event counts such as intent demand are zeros,
-``forecast.zero_fill_metrics``), publishes :class:`~nm_toolkit.schemas.Forecast` records to
+go to ``forecast_service.dead_letter_topic`` whole, with the reason and origin in headers. Every
+``interval_seconds`` it forecasts every series with enough history, with one model fitted per
+sampling step across all of them (global models learn across all of them; missing windows of event
+counts such as intent demand are zeros, ``forecast.zero_fill_metrics``): refit on the stored history
+every ``refit_every_rounds`` rounds, advanced by the windows that arrived since the last round in
+between (see :meth:`ForecastService.forecast_round`). It publishes :class:`~nm_toolkit.schemas.Forecast` records to
 ``topics.forecasts`` keyed by series id, stores them, and applies retention.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -31,6 +34,9 @@ from nm_toolkit.config import ForecastServiceSettings, ForecastSettings, Setting
 from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import Forecast, SeriesPoint, split_series_key
 
+if TYPE_CHECKING:
+    from forecasting.base import ManyFitted
+
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +47,18 @@ class ForecastServiceStats:
     messages: int = 0
     points: int = 0
     rounds: int = 0
+    refits: int = 0
     forecasts: int = 0
     skipped_series: int = 0
+
+
+@dataclass
+class _Fitted:
+    """The model fitted on one sampling step's series, and the last window it has taken in."""
+
+    model: ManyFitted
+    columns: list[str]
+    last: pd.Timestamp
 
 
 def point_value(point: SeriesPoint, value: str) -> float:
@@ -92,7 +108,11 @@ class ForecastService(StreamService):
         self.bounds = bounds
         self.counters = ForecastServiceStats()
         self._last_round = time.monotonic() - self.config.interval_seconds  # due at once, once caught up
-        make_model(config.model, pd.Timedelta(hours=1))  # an unknown model name fails here, not hours later
+        self._fitted: dict[int, _Fitted] = {}  # by sampling step in seconds; empty: the next round refits
+        self._skipped: dict[str, str] = {}
+        self._rounds_since_refit = 0
+        # an unknown model name fails here, not hours later
+        self._incremental = make_model(config.model, pd.Timedelta(hours=1)).incremental
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         """Store the windows; dead-letter what is not a usable one."""
@@ -126,40 +146,96 @@ class ForecastService(StreamService):
         return False
 
     def forecast_round(self, out: Emitter, now: datetime | None = None) -> tuple[list[Forecast], dict[str, str]]:
-        """Forecast every series with enough history; publish, store, prune. Return what was made."""
+        """Forecast every series with enough history; publish, store, prune. Return what was made.
+
+        Every ``refit_every_rounds`` rounds (and on the first round after a start, when a series
+        becomes forecastable, or always for models without incremental updates) the models are
+        refit on the stored history and the retention applied; in between, the fitted models take in
+        the windows stored since the last round (:meth:`ForecastStore.points_since`), so a round
+        costs the new windows, not the history. Windows that arrive for a time already taken in are
+        seen at the next refit.
+        """
         issued = now or datetime.now(UTC)
         cfg = self.forecast
-        by_step: dict[int, list[pd.Series]] = {}
-        skipped: dict[str, str] = {}
-        for series_id in self.store.series_ids():
-            y = self.store.history(series_id, last=cfg.max_history)
-            if missing_means_zero(series_id, cfg.zero_fill_metrics):
-                y = y.fillna(0.0)
-            if y.count() < cfg.min_history:
-                skipped[series_id] = f"{y.count()} windows of history, {cfg.min_history} needed"
-                continue
-            step = int((y.index[1] - y.index[0]).total_seconds())
-            by_step.setdefault(step, []).append(y)
-        forecasts = []
-        for step, columns in by_step.items():
-            frame = pd.concat(columns, axis=1).sort_index()
-            model = make_model(self.config.model, pd.Timedelta(seconds=step))
-            for series_id, fc in model.forecast_many(frame, cfg.horizon, cfg.level).items():
-                forecasts.append(
-                    Forecast(
-                        series_id=series_id, model=fc.model, issued_at=issued, step_seconds=step,
-                        start=fc.index[0].to_pydatetime(), mean=fc.mean.round(4).tolist(),
-                        lower=fc.lower.round(4).tolist(), upper=fc.upper.round(4).tolist(), level=fc.level, note=fc.note,
-                    )
-                )
+        predicted = None
+        if self._fitted and self._rounds_since_refit < self.config.refit_every_rounds:
+            predicted = self._update_round()
+        refit = predicted is None
+        if refit:
+            predicted = self._refit_round()
+        forecasts = [
+            Forecast(
+                series_id=series_id, model=fc.model, issued_at=issued, step_seconds=step,
+                start=fc.index[0].to_pydatetime(), mean=fc.mean.round(4).tolist(),
+                lower=fc.lower.round(4).tolist(), upper=fc.upper.round(4).tolist(), level=fc.level, note=fc.note,
+            )
+            for step, fitted in predicted.items()
+            for series_id, fc in fitted.model.predict_many(cfg.horizon, cfg.level).items()
+        ]  # fmt: skip
         for forecast in forecasts:
             out.send(self.forecasts_topic, forecast, forecast.series_id)
         self.store.put_forecasts(forecasts)
-        self.store.prune(issued, timedelta(days=self.config.retention_days), cfg.max_history)
+        if refit:
+            self.store.prune(issued, timedelta(days=self.config.retention_days), cfg.max_history)
+        self._rounds_since_refit = 0 if refit else self._rounds_since_refit + 1
         self.counters.rounds += 1
+        self.counters.refits += refit
         self.counters.forecasts += len(forecasts)
-        self.counters.skipped_series += len(skipped)
-        return forecasts, skipped
+        self.counters.skipped_series += len(self._skipped)
+        return forecasts, dict(self._skipped)
+
+    def _refit_round(self) -> dict[int, _Fitted]:
+        """Fit the model on every forecastable series' stored history, one fit per sampling step."""
+        cfg = self.forecast
+        by_step: dict[int, list[pd.Series]] = {}
+        self._skipped = {}
+        for series_id in self.store.series_ids():
+            y = self.store.history(series_id, last=cfg.max_history)
+            if y.count() < cfg.min_history:
+                self._skipped[series_id] = f"{y.count()} windows of history, {cfg.min_history} needed"
+                continue
+            step = int((y.index[1] - y.index[0]).total_seconds())
+            by_step.setdefault(step, []).append(y)
+        self._fitted = {}
+        for step, columns in by_step.items():
+            frame = self._fill_event_gaps(pd.concat(columns, axis=1).sort_index(), started=None)
+            model = make_model(self.config.model, pd.Timedelta(seconds=step))
+            self._fitted[step] = _Fitted(model.fit_many(frame, cfg.horizon), list(frame.columns), frame.index[-1])
+        return self._fitted
+
+    def _update_round(self) -> dict[int, _Fitted] | None:
+        """Advance the fitted models by the windows stored since they last read; None when a refit is
+        due instead (the model cannot update, or a series not fitted yet now has enough history)."""
+        if not self._incremental:
+            return None
+        since = min(fitted.last for fitted in self._fitted.values())
+        new = self.store.points_since(since.to_pydatetime())
+        fitted_ids = {c for fitted in self._fitted.values() for c in fitted.columns}
+        for series_id in set(new["series_id"]) - fitted_ids:
+            count = self.store.history(series_id, last=self.forecast.max_history).count()
+            if count >= self.forecast.min_history:
+                return None
+            self._skipped[series_id] = f"{count} windows of history, {self.forecast.min_history} needed"
+        for step, fitted in self._fitted.items():
+            rows = new[(new["step_seconds"] == step) & (new["window_start"] > fitted.last) & new["series_id"].isin(fitted.columns)]
+            if rows.empty:
+                continue
+            wide = rows.pivot(index="window_start", columns="series_id", values="value")
+            grid = pd.date_range(fitted.last + pd.Timedelta(seconds=step), wide.index[-1], freq=f"{step}s")
+            wide = self._fill_event_gaps(wide.reindex(index=grid, columns=fitted.columns), started=True)
+            fitted.model.update(wide)
+            fitted.last = grid[-1]
+        return self._fitted
+
+    def _fill_event_gaps(self, frame: pd.DataFrame, started: bool | None) -> pd.DataFrame:
+        """Missing windows of event-count series (:func:`missing_means_zero`) are zeros once the series
+        has started: ``started`` None reads that from the frame itself, True says every row is after it."""
+        columns = [c for c in frame.columns if missing_means_zero(str(c), self.forecast.zero_fill_metrics)]
+        if columns:
+            block = frame[columns]
+            after_start = block.notna().cummax() if started is None else started
+            frame[columns] = block.mask(block.isna() & after_start, 0.0)
+        return frame
 
     def stats(self) -> dict[str, float]:
         return asdict(self.counters)

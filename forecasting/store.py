@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS points (
     value REAL NOT NULL,
     PRIMARY KEY (series_id, window_start)
 );
+CREATE INDEX IF NOT EXISTS points_by_window ON points (window_start);
 """
 
 
@@ -129,6 +130,18 @@ class ForecastStore:
         # The grid is "the newest ``last`` steps", never the span between the oldest and newest
         # rows: one window dated years apart from the rest must not allocate the years between.
         return raw.reindex(pd.date_range(first, index[-1], freq=step))
+
+    def points_since(self, after: datetime) -> pd.DataFrame:
+        """Every stored window that starts after ``after``, of all series (``series_id``, ``window_start``
+        (UTC), ``step_seconds``, ``value``): what a forecaster needs to advance, read by its index in
+        time, so its cost follows the new windows, not the history."""
+        rows = self._db.execute(
+            "SELECT series_id, window_start, step_seconds, value FROM points WHERE window_start > ? ORDER BY window_start",
+            (_ts(after),),
+        ).fetchall()
+        frame = pd.DataFrame(rows, columns=["series_id", "window_start", "step_seconds", "value"])
+        frame["window_start"] = pd.to_datetime(frame["window_start"], unit="s", utc=True)
+        return frame.astype({"value": float})
 
     # -- retention --------------------------------------------------------------------------
     def prune(self, now: datetime, retention: timedelta, max_points: int | None = None) -> dict[str, int]:

@@ -125,6 +125,11 @@ class ForecastServiceSettings(BaseModel):
     max_poll_records: PositiveInt = 5000
     store_path: Path | None = Field(default=None, description="SQLite file; default: state_dir/forecasts.sqlite")
     retention_days: PositiveFloat = 30.0
+    refit_every_rounds: PositiveInt = Field(
+        default=12,
+        description="refit the models on the stored history every N rounds (and on a restart or a new series); "
+        "in between, models with incremental updates take in only the windows that arrived since the last round",
+    )
 
 
 class PolicySettings(BaseModel):

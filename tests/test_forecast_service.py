@@ -20,10 +20,10 @@ from nm_toolkit.schemas import Forecast, SeriesPoint
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def publish_points(bus: Bus, settings: Settings, sources: int = 3, hours: int = 72) -> None:
+def publish_points(bus: Bus, settings: Settings, sources: int = 3, hours: int = 72, first_hour: int = 0) -> None:
     producer = bus.producer()
     for s in range(sources):
-        for h in range(hours):
+        for h in range(first_hour, first_hour + hours):
             point = SeriesPoint(
                 source=f"cell-{s}", metric="traffic", window_start=START + timedelta(hours=h), window_seconds=3600,
                 count=4, sum=10.0 * (s + 1) + (h % 24), min=1.0, max=30.0,
@@ -85,6 +85,34 @@ def test_service_restarts_from_the_store_without_losing_windows(tmp_path: Path) 
     forecasts, _ = second.service.forecast_round(second.emitter)
     assert len(forecasts) == 1 and forecasts[0].start == START + timedelta(hours=30)
     second.close()
+
+
+@pytest.mark.parametrize("model", ["seasonal_mean", "last_value"])
+def test_rounds_between_refits_update_the_models_and_match_a_restarted_refit(tmp_path: Path, model: str) -> None:
+    """A round between refits takes in only the new windows; its forecasts are the ones a restarted
+    service (which refits from the stored history) makes from the same data."""
+    settings = load_settings(
+        state_dir=tmp_path, forecast={"horizon": 6, "min_history": 24},
+        forecast_service={"model": model, "refit_every_rounds": 100},
+    )  # fmt: skip
+    bus = EmbeddedBus(default_partitions=1)
+    bus.create_topics([settings.topics.series])
+    publish_points(bus, settings, sources=2, hours=48)
+    service = runner(bus, settings, tmp_path / "forecasts.sqlite")
+    run_until_idle([service])
+    publish_points(bus, settings, sources=2, hours=30, first_hour=48)
+    run_until_idle([service])
+    updated, _ = service.service.forecast_round(service.emitter)
+    counters = service.service.counters
+    assert counters.refits == 1 and counters.rounds >= 2
+    restarted = runner(bus, settings, tmp_path / "forecasts.sqlite")
+    refit, _ = restarted.service.forecast_round(restarted.emitter)
+    assert restarted.service.counters.refits == 1
+    assert [f.start for f in updated] == [f.start for f in refit] == [START + timedelta(hours=78)] * 2
+    for a, b in zip(updated, refit, strict=True):
+        assert (a.series_id, a.mean, a.lower, a.upper) == (b.series_id, b.mean, b.lower, b.upper)
+    service.close()
+    restarted.close()
 
 
 def test_missing_windows_of_event_counts_are_zeros_and_of_telemetry_are_repaired(tmp_path: Path) -> None:
