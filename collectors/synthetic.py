@@ -92,3 +92,54 @@ def frame_records(frame: pd.DataFrame, metric: str, unit: str = "") -> Iterator[
                 yield TelemetryRecord.model_construct(
                     ts=ts, source=str(source), metric=metric, value=float(value), unit=unit, location=locations[source]
                 )
+
+
+@dataclass(frozen=True)
+class SyntheticNetgptLoad:
+    """A city's edge sites as the management loop sees the NetGPT services: per site and window,
+    the prompts served (``SITE|prompts``), the requests per service class
+    (``SITE|demand.<class>.requests``), the requests escalated to the cloud (``SITE|escalated``)
+    and the bytes they carried (``SITE|edge_to_cloud_bytes``), the series the edge service reports.
+
+    Prompt volume has the network's structure (:class:`SyntheticTelemetry`: daily and weekly
+    cycles, bursts, level shifts); each site has its own service-class mix, and each class its own
+    hour of the day (video in the evening, web by day), so what a site asks for moves over the day
+    and adapter placement has something to predict. Counts are Poisson / binomial draws.
+    """
+
+    n_sites: int = 6
+    periods: int = 24 * 14
+    step_seconds: int = 3600
+    start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
+    prompts_per_hour: float = 30_000.0
+    classes: tuple[str, ...] = ("video", "gaming", "ar_vr", "voice", "bulk_download", "web")
+    escalated_share: tuple[float, float] = (0.3, 0.5)
+    bytes_per_request: float = 120.0
+    seed: int = 0
+    source_prefix: str = "edge"
+
+    def frame(self) -> pd.DataFrame:
+        """Wide frame: one column per ``SITE|METRIC`` series, counts per window."""
+        rng = np.random.default_rng([self.seed, 2])
+        volume = SyntheticTelemetry(
+            n_sources=self.n_sites, periods=self.periods, step_seconds=self.step_seconds, start=self.start, seed=self.seed,
+            missing_probability=0.0, source_prefix=self.source_prefix, burst_steps=max(1, 3600 // self.step_seconds),
+            level_shift_probability=0.002,
+        ).frame()  # fmt: skip
+        rate = volume / volume.mean() * self.prompts_per_hour * self.step_seconds / 3600
+        hours = np.asarray(volume.index.hour + volume.index.minute / 60)[:, None]
+        peaks = rng.uniform(0, 24, size=(1, len(self.classes)))  # each class's busiest hour
+        daily = 1 + 0.6 * np.cos(2 * np.pi * (hours - peaks) / 24)  # (time, class)
+        columns: dict[str, np.ndarray] = {}
+        for site in volume.columns:
+            prompts = rng.poisson(rate[site].to_numpy())
+            mix = rng.dirichlet(np.full(len(self.classes), 0.8))[None, :] * daily
+            mix /= mix.sum(axis=1, keepdims=True)
+            demand = np.stack([rng.multinomial(n, p) for n, p in zip(prompts, mix, strict=True)])
+            escalated = rng.binomial(prompts, rng.uniform(*self.escalated_share))
+            columns[f"{site}|prompts"] = prompts
+            for k, service_class in enumerate(self.classes):
+                columns[f"{site}|demand.{service_class}.requests"] = demand[:, k]
+            columns[f"{site}|escalated"] = escalated
+            columns[f"{site}|edge_to_cloud_bytes"] = np.round(escalated * rng.normal(self.bytes_per_request, 10.0, size=len(prompts)))
+        return pd.DataFrame(columns, index=volume.index).astype(float)

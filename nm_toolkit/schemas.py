@@ -131,6 +131,15 @@ def series_key(source: str, metric: str) -> str:
     return f"{source}|{metric}"
 
 
+# What the LLM services report about themselves on the telemetry topic (counts per window; glob
+# patterns): their own load, which network policies such as bandwidth reservation must not take
+# for link traffic.
+LLM_LOAD_METRICS: tuple[str, ...] = (
+    "prompts", "escalated", "answered_at_edge", "edge_to_cloud_bytes", "queue_delay_ms", "adapter.*.requests",
+    "requests", "tokens", "demand.*",
+)  # fmt: skip
+
+
 def split_series_key(key: str) -> tuple[str, str]:
     source, _, metric = key.rpartition("|")
     if not source:
@@ -219,6 +228,10 @@ class Reservation(DecisionBase):
     bandwidth: float = Field(ge=0)
     capacity: float = Field(gt=0)
     forecast_peak: float
+    series_id: str | None = Field(default=None, description="the forecast series the reservation covers")
+    units_per_value: float = Field(
+        default=1.0, gt=0, description="bandwidth units per unit of the series' value (a count per window becomes a rate)"
+    )
 
 
 class Acl(DecisionBase):

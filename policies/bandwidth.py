@@ -1,10 +1,18 @@
-"""Forecast-driven bandwidth reservation: reserve ahead of a forecast peak, with headroom."""
+"""Forecast-driven bandwidth reservation: reserve ahead of a forecast peak, with headroom.
+
+Two policies share the rule. :class:`BandwidthReservationPolicy` reserves for network series
+(cells, links). :class:`EdgeLinkReservationPolicy` reserves the edge->cloud link of each edge
+site for the traffic its LLM service will escalate, forecast from the ``SITE|edge_to_cloud_bytes``
+counts the edge service reports about itself.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
-from nm_toolkit.schemas import Decision, Reservation, split_series_key
+from nm_toolkit.schemas import LLM_LOAD_METRICS, Decision, Reservation, split_series_key
 from policies.base import Policy, PolicyContext
 
 
@@ -13,7 +21,9 @@ class BandwidthReservationPolicy(Policy):
     ``reserve_share`` of its capacity, capped at capacity.
 
     The upper bound of the interval, not the mean, is what a reservation must cover.
-    ``metric`` restricts it to one metric (say ``throughput_mbps``); ``None`` takes every series.
+    ``metric`` restricts it to one metric (say ``throughput_mbps``); ``None`` takes every series
+    except the LLM services' reports about their own load (:data:`LLM_LOAD_METRICS`), which are
+    not link traffic.
     """
 
     name = "bandwidth_reservation"
@@ -21,26 +31,44 @@ class BandwidthReservationPolicy(Policy):
     def __init__(self, metric: str | None = None) -> None:
         self.metric = metric
 
+    def covers(self, series_id: str) -> bool:
+        """Whether this policy reserves for ``series_id``'s source (what a backtest scores it on)."""
+        metric = split_series_key(series_id)[1]
+        if self.metric is not None:
+            return metric == self.metric
+        return not any(fnmatchcase(metric, pattern) for pattern in LLM_LOAD_METRICS)
+
+    def target_of(self, source: str) -> str:
+        """The target a reservation for ``source``'s series is made on."""
+        return source
+
+    def units_per_value(self, step_seconds: float) -> float:
+        """Bandwidth units per unit of the series' values at ``step_seconds`` (the series is the rate itself)."""
+        return 1.0
+
     def decide(self, context: PolicyContext) -> list[Decision]:
         settings = context.settings
         decisions: list[Decision] = []
         for series_id, forecast in sorted(context.forecasts.items()):
-            source, metric = split_series_key(series_id)
-            if self.metric is not None and metric != self.metric:
+            if not self.covers(series_id):
                 continue
-            capacity = context.capacity_of(source)
-            peak = max(forecast.upper) if forecast.upper else max(forecast.mean)
+            target = self.target_of(split_series_key(series_id)[0])
+            capacity = context.capacity_of(target)
+            scale = self.units_per_value(forecast.step_seconds)
+            peak = scale * max(forecast.upper or forecast.mean)
             if peak <= settings.reserve_share * capacity:
                 continue
             # Round down: rounding up a reservation capped at capacity would exceed capacity.
             bandwidth = math.floor(min(capacity, peak * (1 + settings.headroom)) * 1000) / 1000
             decisions.append(
                 Reservation(
-                    **self.stamp(context, source, forecast.start.isoformat()),
-                    target=source,
+                    **self.stamp(context, target, forecast.start.isoformat()),
+                    target=target,
                     bandwidth=bandwidth,
                     capacity=capacity,
                     forecast_peak=round(peak, 3),
+                    series_id=series_id,
+                    units_per_value=scale,
                     reason=(
                         f"{forecast.model} forecast of {series_id} peaks at {peak:,.1f} "
                         f"({peak / capacity:.0%} of capacity {capacity:,.0f}) within {forecast.horizon} steps"
@@ -48,3 +76,31 @@ class BandwidthReservationPolicy(Policy):
                 )
             )
         return decisions
+
+
+class EdgeLinkReservationPolicy(BandwidthReservationPolicy):
+    """Reserve each edge site's link to the cloud (target ``<site><link_suffix>``, its capacity
+    under ``policy.capacities``) for the forecast peak of the bytes its edge service escalates.
+
+    The edge service counts the bytes of every request it sends to the cloud
+    (``SITE|edge_to_cloud_bytes``, a count per window); the reservation is a rate in the
+    controller's bandwidth unit (``unit_kbps``: kbit/s per unit, as
+    ``controller.bandwidth_unit_kbps``; 1000 = Mbit/s).
+    """
+
+    name = "edge_link_reservation"
+
+    def __init__(self, metrics: Sequence[str] = ("edge_to_cloud_bytes",), link_suffix: str = ">cloud", unit_kbps: float = 1000.0) -> None:
+        self.metrics = metrics
+        self.link_suffix = link_suffix
+        self.unit_kbps = unit_kbps
+
+    def covers(self, series_id: str) -> bool:
+        return split_series_key(series_id)[1] in self.metrics
+
+    def target_of(self, source: str) -> str:
+        return f"{source}{self.link_suffix}"
+
+    def units_per_value(self, step_seconds: float) -> float:
+        """Bytes per window -> the bandwidth unit: 8 bits, per second of the window, per unit's kbit/s."""
+        return 8.0 / step_seconds / 1000.0 / self.unit_kbps

@@ -155,6 +155,9 @@ SWEEP: tuple[Case, ...] = (
     Case(("forecast", "serve", "--idle-exit", "1"), setup=stored_forecasts, kafka=True),  # the store holds file series too
     Case(("policy", "list")),
     Case(("policy", "test", "-p", "bandwidth_reservation", "--context", "{ws}/context.json"), setup=policy_context),
+    Case(("policy", "backtest", "--input", str(MILAN), "--warmup-days", "18", "--model", "seasonal_mean", "-v", "headroom=0.3")),
+    Case(("policy", "backtest", "--synthetic-netgpt", "--days", "9", "--sites", "2", "--model", "ses",
+          "--policies", "edge_autoscale,adapter_placement,edge_link_reservation", "-v", "edge_autoscale.prompts_per_replica=2")),
     Case(("decisions", "tail", "--wait", "1"), kafka=True),
     Case(("controller", "run", "--adapter", "kafka", "--rounds", "1", "--interval", "0.5", "--dry-run"), kafka=True),
     Case(("model", "init", "-o", "{fresh}", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--corpus-scale", "0.01")),

@@ -127,3 +127,73 @@ def test_policy(
     console.print(f"policy [bold]{run.policy}[/]: {run.status} in {run.elapsed_s * 1000:.1f} ms {run.error}")
     if rows:
         console.print(table("decisions (dry run)", rows))
+
+
+@app.command("backtest")
+def backtest_policies(
+    input: Path | None = typer.Option(None, "--input", "-i", help="trace to replay: wide or long CSV (columns SOURCE|METRIC, or sources with --metric)"),
+    synthetic_netgpt: bool = typer.Option(False, "--synthetic-netgpt", help="replay a synthetic NetGPT load trace instead (edge sites' prompts, demand, escalations)"),
+    metric: str = typer.Option("traffic", help="metric of CSV columns that are not SOURCE|METRIC"),
+    policies: str | None = typer.Option(None, help="comma-separated policies to replay (default: policy.enabled)"),
+    variant: list[str] = typer.Option([], "--variant", "-v", help="a setting to compare, e.g. headroom=0.3 or edge_autoscale.prompts_per_replica=4 (repeat)"),
+    model: str | None = typer.Option(None, help="forecasting model (default: forecast_service.model)"),
+    warmup_days: float = typer.Option(7.0, help="days of history before the first decision"),
+    every: int = typer.Option(1, help="steps between decision rounds"),
+    refit_every: int = typer.Option(24, help="rounds between full refits of the forecaster (update() in between)"),
+    capacity_factor: float = typer.Option(1.15, help="capacity of a target without a configured one: this x its busiest warm-up value"),
+    days: int = typer.Option(14, help="days of the synthetic trace"),
+    sites: int = typer.Option(6, help="edge sites of the synthetic trace"),
+    seed: int = typer.Option(0, help="seed of the synthetic trace"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Replay a trace through forecasting, policies and guardrails (dry run) and score the decisions
+    against what came next, for each --variant next to no decisions at all."""
+    from rich.progress import Progress
+
+    from collectors.synthetic import SyntheticNetgptLoad
+    from collectors.tabular import load_wide_frame
+    from policies.registry import load_policies
+    from policies.whatif import NO_DECISIONS, Variant, baseline, default_capacities, replay, score_replay, step_seconds_of, whatif_origins
+
+    settings = settings_from(config)
+    if (input is None) == (not synthetic_netgpt):
+        raise UserError("pass exactly one of --input TRACE.csv and --synthetic-netgpt")
+    if input is not None:
+        frame = load_wide_frame(input)
+        frame.columns = [c if "|" in str(c) else f"{c}|{metric}" for c in frame.columns]
+        trace = str(input)
+    else:
+        frame = SyntheticNetgptLoad(n_sites=sites, periods=days * 24, seed=seed).frame()
+        trace = f"synthetic NetGPT load, {sites} sites, {days} days, seed {seed}"
+    names = [p.strip() for p in policies.split(",") if p.strip()] if policies else list(settings.policy.enabled)
+    variants = [Variant.parse(v) for v in variant] or [Variant.parse("")]
+    step = step_seconds_of(frame)
+    origins = whatif_origins(len(frame), round(warmup_days * 86400 / step), every)
+    loaded = load_policies(names, settings.controller.policy_params)
+    capacities = default_capacities(frame.iloc[: origins[0]], loaded, capacity_factor) | dict(settings.policy.capacities)
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task("replaying", total=len(origins))
+        replays = replay(
+            frame, settings, variants, policy_names=names, model=model or settings.forecast_service.model,
+            origins=origins, capacities=capacities, refit_every=refit_every,
+            on_origin=lambda k: progress.update(task, completed=k + 1),
+        )  # fmt: skip
+    # at risk: above the configured reserve_share of capacity, the same yardstick for every variant
+    share = settings.policy.reserve_share
+    rows = [{"variant": NO_DECISIONS, **score_replay(frame, origins, baseline(replays[0]), capacities, share)}]
+    rows += [{"variant": r.variant.name, **score_replay(frame, origins, r, capacities, share)} for r in replays]
+    if as_json:
+        print_json({
+            "trace": trace, "series": frame.shape[1], "step_seconds": step, "origins": len(origins),
+            "first_origin": frame.index[origins[0]].isoformat(), "policies": names,
+            "model": model or settings.forecast_service.model, "variants": rows,
+        })  # fmt: skip
+        return
+    console.print(f"{trace}: {frame.shape[1]} series, {len(origins)} decision rounds from {frame.index[origins[0]]}, policies {', '.join(names)}")
+    # one column per variant: the scores read down, the variants compare across
+    shown = [
+        {"score": key.replace("_", " "), **{row["variant"]: f"{row[key]:,.3f}".rstrip("0").rstrip(".") for row in rows}}
+        for key in rows[0] if key != "variant"
+    ]
+    console.print(table("policy what-if (dry run): scores against the trace", shown))

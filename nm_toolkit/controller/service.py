@@ -66,7 +66,7 @@ class DecisionController:
         self.adapters = list(adapters)
         self.capacities = dict(capacities or {})
         self.clock = clock
-        self.guardrails = Guardrails(settings.controller.guardrails, self._capacity_of)
+        self.guardrails = Guardrails(settings.controller.guardrails, self._capacity_of, clock)  # one clock: a replay runs on the trace's
         self._in_force: dict[str, Decision] = {}
 
     def _capacity_of(self, target: str) -> float:
