@@ -35,12 +35,19 @@ class _Periods:
 
 
 def origin_features(
-    history: np.ndarray, origin: pd.Timestamp, step: pd.Timedelta, horizon: int, max_horizon: int, periods: _Periods
+    history: np.ndarray,
+    origin: pd.Timestamp,
+    step: pd.Timedelta,
+    horizon: int,
+    max_horizon: int,
+    periods: _Periods,
+    recent_lags: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every (series, h) for a forecast from ``origin``, and each series' level.
 
     ``history`` is (series, time) and ends just before ``origin``; it may hold NaN. Returns a
-    (series * horizon, features) matrix, rows ordered series-major, and the (series,) levels.
+    (series * horizon, features) matrix, rows ordered series-major, and the (series,) levels;
+    ``recent_lags`` > 1 appends the values 2..recent_lags steps before the origin (``last`` is 1).
     """
     n, t = history.shape
     d, w = periods.day, periods.week
@@ -69,9 +76,10 @@ def origin_features(
             last_day[:, None],
             z[:, -1][:, None],
             np.log(level)[:, None],
+            *(z[:, t - j][:, None] if t >= j else _nan(n, 1) for j in range(2, recent_lags + 1)),
         ]
     matrix = np.stack([np.broadcast_to(c, (n, horizon)) for c in columns], axis=-1)
-    return matrix.reshape(n * horizon, len(FEATURES)), level
+    return matrix.reshape(n * horizon, len(columns)), level
 
 
 def _nan(n: int, horizon: int) -> np.ndarray:
@@ -102,7 +110,9 @@ class GlobalGBM(Forecaster):
     ``max_origins`` of them (short horizons on fine data would otherwise give hundreds); at most
     ``max_train_rows`` rows (sampled) train each model. Series with less than a day of history
     fall back to :class:`~forecasting.naive.SeasonalMean` and say so. ``n_threads`` caps the
-    OpenMP threads of the boosting (None: all cores).
+    OpenMP threads of the boosting (None: all cores). ``recent_lags`` > 1 adds the last
+    ``recent_lags`` values as features (minutes, on 5-minute telemetry): what a short horizon needs
+    and a day-ahead one does not, so off by default.
     """
 
     name = "gbm"
@@ -119,6 +129,7 @@ class GlobalGBM(Forecaster):
         quantile_max_iter: int = 100,
         random_state: int = 0,
         n_threads: int | None = 1,
+        recent_lags: int = 0,
     ) -> None:
         self.max_horizon = max_horizon
         self.history_days = history_days
@@ -129,6 +140,7 @@ class GlobalGBM(Forecaster):
         self.quantile_max_iter = quantile_max_iter
         self.random_state = random_state
         self.n_threads = n_threads
+        self.recent_lags = recent_lags
 
     # -- one series: a global model over a single column --------------------------------------
     def fit(self, y: pd.Series) -> Self:
@@ -153,9 +165,11 @@ class GlobalGBM(Forecaster):
 
     def update(self, new_points: pd.Series | pd.DataFrame) -> Self:
         """Append the rows that followed the fitted history: the next forecast reads its lags and
-        profiles from them, with the trained boosters (not exact: a refit would also retrain)."""
+        profiles from them, with the trained boosters (not exact: a refit would also retrain). Only
+        the last four weeks are kept, all the features read, so an update's cost does not grow with
+        the history."""
         rows = new_points.to_frame(name=self.frame_.columns[0]) if isinstance(new_points, pd.Series) else new_points
-        self.frame_ = regular_grid(pd.concat([self.frame_, rows.astype(float)]))
+        self.frame_ = regular_grid(pd.concat([self.frame_, rows.astype(float)])).iloc[-4 * self.periods_.week :]
         return self
 
     def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
@@ -208,11 +222,11 @@ class GlobalGBM(Forecaster):
         xs, ts = [], []
         for o in origins:
             horizon = min(hmax, t_end - o)
-            x, level = origin_features(values[:, :o], index[o], self.step_, horizon, hmax, self.periods_)
+            x, level = origin_features(values[:, :o], index[o], self.step_, horizon, hmax, self.periods_, self.recent_lags)
             xs.append(x)
             ts.append((values[:, o : o + horizon] / level[:, None]).reshape(-1))
         if not xs:
-            return np.empty((0, len(FEATURES))), np.empty(0)
+            return np.empty((0, len(FEATURES) + max(0, self.recent_lags - 1))), np.empty(0)
         x, t = np.concatenate(xs), np.concatenate(ts)
         rows = np.flatnonzero(np.isfinite(t))
         if len(rows) > self.max_train_rows:
@@ -247,7 +261,7 @@ class GlobalGBM(Forecaster):
         if self.global_columns_:
             values = frame[self.global_columns_].to_numpy().T
             origin = frame.index[-1] + self.step_
-            x, scale = origin_features(values, origin, self.step_, horizon, self.max_horizon_, self.periods_)
+            x, scale = origin_features(values, origin, self.step_, horizon, self.max_horizon_, self.periods_, self.recent_lags)
             x = self._without_absent(x)
             shape = (len(self.global_columns_), horizon)
             mean = self.models_[0.5].predict(x).reshape(shape) * scale[:, None]

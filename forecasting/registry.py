@@ -32,10 +32,10 @@ def _seasonal_mean(day: int) -> Forecaster:
     return SeasonalMean(day, seasons=7)
 
 
-def _gbm() -> Forecaster:
+def _gbm(recent_lags: int = 0) -> Forecaster:
     from forecasting.gbm import GlobalGBM
 
-    return GlobalGBM()
+    return GlobalGBM(recent_lags=recent_lags)
 
 
 def _ets(day: int) -> Forecaster:
@@ -100,6 +100,8 @@ BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
     "ets": lambda day, week: _ets(day),
     "sarima": lambda day, week: _sarima(day),
     "gbm": lambda day, week: _gbm(),
+    # the last hour's values as features (12 at 5 minutes, at least the last 3): for horizons of minutes to an hour
+    "gbm_short": lambda day, week: _gbm(recent_lags=max(3, day // 24)),
     "ensemble": _ensemble,
     "llm": _llm,
     "last_value": lambda day, week: _short("last_value"),

@@ -142,6 +142,19 @@ def test_auto_short_chooses_by_recent_error_and_auto_adds_short_models_only_for_
     assert len(auto._considered(FIVE_MIN, 12)) == len(auto.candidates) + 4
 
 
+def test_gbm_short_reads_the_last_hour_and_follows_a_level_shift() -> None:
+    rng = np.random.default_rng(6)
+    n = 3 * 288
+    daily = 20 * np.sin(np.arange(n) * 2 * np.pi / 288)[:, None]
+    values = 100 + daily + rng.normal(0, 1, (n, 8))
+    values[-30:, 0] += 80  # a lasting shift in the last 2.5 hours of one series
+    model = make_model("gbm_short", FIVE_MIN)
+    assert model.recent_lags == 12
+    fitted = model.fit_many(frame_of(values), 12)
+    assert fitted.X_.shape[1] == 9 + 11  # lags 2..12 next to the day-ahead features (lag 1 is "last")
+    assert fitted.predict_many(12)["s0"].mean[0] > values[-1, 1] + 40  # the shifted series is forecast high
+
+
 def test_synthetic_bursts_and_level_shifts_are_opt_in_and_seeded() -> None:
     plain = SyntheticTelemetry(n_sources=4, periods=600, step_seconds=300, seed=5)
     assert plain.frame().equals(SyntheticTelemetry(n_sources=4, periods=600, step_seconds=300, seed=5, burst_steps=1).frame())
