@@ -49,10 +49,9 @@ class VotingIntentTagger:
     def predict_with_doubts(self, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
         """The majority spans of each text, and what the members disagree on that matters: a kept
         span that another member gives another type ("'to labs': destination or target?")."""
-        per_member = [member.predict_spans(texts) for member in self.members_]
         out = []
-        for k in range(len(texts)):
-            predictions = [p[k] for p in per_member]
+        for text in texts:  # one text at a time: the span members then share its features (intent.span.featurise)
+            predictions = [member.predict_spans([text])[0] for member in self.members_]
             kept = majority_spans(predictions)
             doubts = []
             for span in kept:

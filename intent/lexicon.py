@@ -72,6 +72,19 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
 SUBSTITUTES: tuple[str, ...] = ("service", "protocol", "group", "place", "weekday")
 
 
-def word_classes(word: str) -> list[str]:
-    """The classes ``word`` (lower-case) belongs to."""
-    return [name for name, words in WORD_CLASSES.items() if word in words]
+def _index_classes() -> dict[str, tuple[str, ...]]:
+    index: dict[str, tuple[str, ...]] = {}
+    for name, words in WORD_CLASSES.items():
+        for word in words:
+            index[word] = (*index.get(word, ()), name)
+    return index
+
+
+# word -> its classes in WORD_CLASSES order: every candidate span asks for each of its words, so
+# a lookup, not a scan of every class (bench/intent_predict.py)
+_CLASSES_OF = _index_classes()
+
+
+def word_classes(word: str) -> tuple[str, ...]:
+    """The classes ``word`` (lower-case) belongs to, in :data:`WORD_CLASSES` order."""
+    return _CLASSES_OF.get(word, ())

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import Literal
 
@@ -37,13 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
 from intent.lexicon import word_classes
 from intent.saved import read_config, write_config
-from intent.tagger import (
-    PREPOSITIONS,
-    Features,
-    last_prepositions,
-    stem,
-    token_shape,
-)
+from intent.tagger import PREPOSITIONS, Features, last_prepositions, stem, token_shape
 from nm_toolkit.errors import UserError
 
 WEIGHTS_FILE = "span_weights.safetensors"
@@ -73,24 +69,47 @@ def candidate_spans(n_tokens: int, max_len: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_tokens) for j in range(i + 1, min(n_tokens, i + max_len) + 1)]
 
 
-def span_features(tokens: Sequence[Token], i: int, j: int, last_prep: Sequence[str]) -> Features:
-    """Sparse features of tokens ``i..j-1`` as one candidate entity (a pure function).
+@dataclass(frozen=True)
+class SentenceView:
+    """What every candidate span of a sentence reads about its tokens, computed once per sentence
+    rather than once per candidate (about 40 candidates share each token)."""
 
-    ``last_prep[k]`` is the last preposition before token ``k`` (:func:`intent.tagger.last_prepositions`).
-    """
-    words = [t.text.lower() for t in tokens]
-    n, inside, prep = len(words), words[i:j], last_prep[i]
-    first, last = inside[0], inside[-1]
+    words: tuple[str, ...]  # lower-case
+    stems: tuple[str, ...]
+    shapes: tuple[str, ...]
+    classes: tuple[tuple[str, ...], ...]
+    last_prep: tuple[str, ...]  # the last preposition before each token
+    glued: tuple[bool, ...]  # glued[k]: token k ends where token k + 1 starts ("5gbps")
+    title: tuple[bool, ...]
+
+    @classmethod
+    def of(cls, tokens: Sequence[Token]) -> SentenceView:
+        words = tuple(t.text.lower() for t in tokens)
+        return cls(
+            words=words,
+            stems=tuple(stem(w) for w in words),
+            shapes=tuple(token_shape(t.text) for t in tokens),
+            classes=tuple(word_classes(w) for w in words),
+            last_prep=tuple(last_prepositions(words)),
+            glued=tuple(a.end == b.start for a, b in zip(tokens, tokens[1:], strict=False)),
+            title=tuple(t.text[:1].isupper() for t in tokens),
+        )
+
+
+def span_features(view: SentenceView, i: int, j: int) -> Features:
+    """Sparse features of tokens ``i..j-1`` of the sentence ``view`` as one candidate entity (a pure function)."""
+    words, n, prep = view.words, len(view.words), view.last_prep[i]
+    first, last = words[i], words[j - 1]
     f: Features = {
         "bias": 1.0,
         f"len={j - i}": 1.0,
-        f"text={' '.join(inside)}": 1.0,
+        f"text={' '.join(words[i:j])}": 1.0,
         f"first={first}": 1.0,
         f"last={last}": 1.0,
-        f"first_stem={stem(first)}": 1.0,
-        f"last_stem={stem(last)}": 1.0,
-        f"first_shape={token_shape(tokens[i].text)}": 1.0,
-        f"last_shape={token_shape(tokens[j - 1].text)}": 1.0,
+        f"first_stem={view.stems[i]}": 1.0,
+        f"last_stem={view.stems[j - 1]}": 1.0,
+        f"first_shape={view.shapes[i]}": 1.0,
+        f"last_shape={view.shapes[j - 1]}": 1.0,
         f"before={words[i - 1] if i else '<s>'}": 1.0,
         f"after={words[j] if j < n else '</s>'}": 1.0,
         f"before2={words[i - 2] if i > 1 else '<s>'}": 1.0,
@@ -99,33 +118,66 @@ def span_features(tokens: Sequence[Token], i: int, j: int, last_prep: Sequence[s
         f"first={first}|last_prep={prep}": 1.0,
         f"last={last}|last_prep={prep}": 1.0,
     }
-    for word in inside:
-        f[f"in={word}"] = f.get(f"in={word}", 0.0) + 1.0
-        f[f"in_stem={stem(word)}"] = 1.0
-        f.update({f"in_class={c}": 1.0 for c in word_classes(word)})
-    f.update({f"first_class={c}": 1.0 for c in word_classes(first)})
-    for c in word_classes(last):
+    for k in range(i, j):
+        f[f"in={words[k]}"] = f.get(f"in={words[k]}", 0.0) + 1.0
+        f[f"in_stem={view.stems[k]}"] = 1.0
+        f.update({f"in_class={c}": 1.0 for c in view.classes[k]})
+    f.update({f"first_class={c}": 1.0 for c in view.classes[i]})
+    for c in view.classes[j - 1]:
         f[f"last_class={c}"] = 1.0
         f[f"last_class={c}|last_prep={prep}"] = 1.0
     if i > 0:
-        f.update({f"before_class={c}": 1.0 for c in word_classes(words[i - 1])})
-        if tokens[i - 1].end == tokens[i].start:
+        f.update({f"before_class={c}": 1.0 for c in view.classes[i - 1]})
+        if view.glued[i - 1]:
             f["glued_before"] = 1.0  # "5" of "5gbps" is not a span on its own edge
     if j < n:
-        f.update({f"after_class={c}": 1.0 for c in word_classes(words[j])})
-        if tokens[j - 1].end == tokens[j].start:
+        f.update({f"after_class={c}": 1.0 for c in view.classes[j]})
+        if view.glued[j - 1]:
             f["glued_after"] = 1.0
-    if any(w in BOUNDARY_PUNCTUATION for w in inside):
+    if any(w in BOUNDARY_PUNCTUATION for w in words[i:j]):
         f["punctuation_inside"] = 1.0
     if i == 0:
         f["at_start"] = 1.0
     if j == n:
         f["at_end"] = 1.0
-    if tokens[i].text[:1].isupper():
+    if view.title[i]:
         f["title"] = 1.0
     if first in PREPOSITIONS:
         f["starts_with_preposition"] = 1.0
     return f
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A sentence's candidate spans and their features, flattened: ``names[k]`` with ``values[k]``
+    describes candidate ``rows[k]``. Flat arrays, so a model maps all names to its columns in one
+    pass (:meth:`SpanIntentTagger._matrix`) instead of one Python loop per candidate."""
+
+    tokens: list[Token]
+    spans: list[tuple[int, int]]
+    names: list[str]
+    values: np.ndarray
+    rows: np.ndarray
+
+
+@lru_cache(maxsize=64)
+def featurise(text: str, max_len: int) -> Candidates:
+    """The tokens of ``text``, its candidate spans of up to ``max_len`` tokens and their features.
+
+    Cached (the result is shared: read it, never change it) because the vote's two span members
+    featurise the same text with the same ``max_len``; the vote asks its members one text at a time
+    so that the second finds it here (bench/intent_predict.py)."""
+    tokens = tokenize(text)
+    view = SentenceView.of(tokens)
+    spans = candidate_spans(len(tokens), max_len)
+    features = [span_features(view, i, j) for i, j in spans]
+    return Candidates(
+        tokens=tokens,
+        spans=spans,
+        names=[name for f in features for name in f],
+        values=np.fromiter((v for f in features for v in f.values()), np.float64),
+        rows=np.repeat(np.arange(len(spans)), [len(f) for f in features]),
+    )
 
 
 def best_segmentation(scores: np.ndarray) -> list[tuple[int, int]]:
@@ -174,24 +226,26 @@ class SpanIntentTagger:
     def __init__(self, config: SpanTaggerConfig = SpanTaggerConfig()) -> None:
         self.config = config
 
-    def _candidates(self, text: str) -> tuple[list[Token], list[tuple[int, int]], list[Features]]:
-        tokens = tokenize(text)
-        last_prep = last_prepositions([t.text.lower() for t in tokens])
-        candidates = candidate_spans(len(tokens), self.max_span_tokens_)
-        return tokens, candidates, [span_features(tokens, i, j, last_prep) for i, j in candidates]
+    def _columns(self, candidates: Candidates) -> np.ndarray:
+        """The vocabulary column of each feature name, -1 for a name not in it."""
+        return np.fromiter(map(self.vocabulary_.get, candidates.names, repeat(-1)), np.int64, len(candidates.names))
 
-    def _matrix(self, feature_dicts: Sequence[Features], grow: bool = False) -> sparse.csr_matrix:
-        rows, cols, values = [], [], []
-        for row, features in enumerate(feature_dicts):
-            for name, value in features.items():
-                column = self.vocabulary_.get(name)
-                if column is None and grow:
-                    column = self.vocabulary_[name] = len(self.vocabulary_)
-                if column is not None:
-                    rows.append(row)
-                    cols.append(column)
-                    values.append(value)
-        return sparse.csr_matrix((values, (rows, cols)), shape=(len(feature_dicts), len(self.vocabulary_)))
+    def _matrix(self, candidates: Candidates) -> sparse.csr_matrix:
+        """One row per candidate over the vocabulary (names the vocabulary lacks are dropped)."""
+        columns = self._columns(candidates)
+        known = columns >= 0
+        shape = (len(candidates.spans), len(self.vocabulary_))
+        return sparse.csr_matrix((candidates.values[known], (candidates.rows[known], columns[known])), shape=shape)
+
+    def _scores(self, candidates: Candidates) -> np.ndarray:
+        """Each candidate's score per type: ``_matrix(candidates) @ weights_`` summed directly, without
+        building a sparse matrix (its construction cost more than the product, bench/intent_predict.py)."""
+        columns = self._columns(candidates)
+        known = columns >= 0
+        rows = candidates.rows[known]
+        # every candidate has the "bias" feature, which every fitted vocabulary holds: no row is empty
+        first_of_row = np.searchsorted(rows, np.arange(len(candidates.spans)))
+        return np.add.reduceat(self.weights_[columns[known]] * candidates.values[known, None], first_of_row)
 
     def fit(self, intents: Sequence[LabelledIntent]) -> SpanIntentTagger:
         self.entity_types_ = sorted({s.type for item in intents for s in item.spans})
@@ -201,17 +255,19 @@ class SpanIntentTagger:
         self.max_span_tokens_ = max(j - i for labelled in gold for _, (i, j) in labelled)
         self.vocabulary_: dict[str, int] = {}
         type_index = {t: k for k, t in enumerate(self.entity_types_)}
-        blocks, sentences, gold_rows, gold_types, offset = [], [], [], [], 0
-        for item, labelled in zip(intents, gold, strict=True):
-            _, candidates, features = self._candidates(item.text)
-            blocks.append(features)
-            row_of = {c: offset + k for k, c in enumerate(candidates)}
+        featurised = [featurise(item.text, self.max_span_tokens_) for item in intents]
+        for candidates in featurised:
+            for name in candidates.names:
+                self.vocabulary_.setdefault(name, len(self.vocabulary_))
+        sentences, gold_rows, gold_types, offset = [], [], [], 0
+        for candidates, labelled in zip(featurised, gold, strict=True):
+            row_of = {c: offset + k for k, c in enumerate(candidates.spans)}
             for kind, token_span in labelled:
                 gold_rows.append(row_of[token_span])
                 gold_types.append(type_index[kind])
-            sentences.append(candidates)
-            offset += len(candidates)
-        X = self._matrix([f for block in blocks for f in block], grow=True)
+            sentences.append(candidates.spans)
+            offset += len(candidates.spans)
+        X = sparse.vstack([self._matrix(candidates) for candidates in featurised], format="csr")
         if self.config.objective == "segmentation":
             self.weights_ = _train_segmentation(X, sentences, gold_rows, gold_types, len(self.entity_types_), self.max_span_tokens_, self.config)
         else:
@@ -224,18 +280,19 @@ class SpanIntentTagger:
         """Labelled spans of each text (character offsets into that text)."""
         result = []
         for text in texts:
-            tokens, candidates, features = self._candidates(text)
+            featurised = featurise(text, self.max_span_tokens_)
+            tokens, candidates = featurised.tokens, featurised.spans
             if not candidates:
                 result.append([])
                 continue
-            by_type = np.asarray(self._matrix(features) @ self.weights_)
+            by_type = self._scores(featurised)
+            starts, ends = np.asarray(candidates).T
             scores = np.full((len(tokens), self.max_span_tokens_), -np.inf)
-            for (i, j), row in zip(candidates, by_type, strict=True):
-                scores[j - 1, j - i - 1] = row.max()
-            row_of = {c: k for k, c in enumerate(candidates)}
+            scores[ends - 1, ends - starts - 1] = by_type.max(1)
+            best_type = dict(zip(candidates, by_type.argmax(1).tolist(), strict=True))
             spans = []
             for i, j in best_segmentation(scores):
-                kind = self.entity_types_[int(by_type[row_of[(i, j)]].argmax())]
+                kind = self.entity_types_[best_type[(i, j)]]
                 start, end = tokens[i].start, tokens[j - 1].end
                 spans.append(Span(kind, start, end, text[start:end]))
             result.append(spans)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import sklearn_crfsuite
@@ -47,13 +48,20 @@ class TaggerConfig:
     max_iterations: int = 200
 
 
+_DIGITS, _LOWER, _UPPER = re.compile(r"\d+"), re.compile(r"[a-z]+"), re.compile(r"[A-Z]+")
+
+
+@lru_cache(maxsize=8192)
 def token_shape(word: str) -> str:
-    """"16:00" -> "d:d", "Netflix" -> "Xx", "DPI" -> "X", "5" -> "d"."""
-    return re.sub(r"[A-Z]+", "X", re.sub(r"[a-z]+", "x", re.sub(r"\d+", "d", word)))
+    """"16:00" -> "d:d", "Netflix" -> "Xx", "DPI" -> "X", "5" -> "d". Cached: the span taggers ask
+    for the same words' shapes for every candidate that starts or ends at them."""
+    return _UPPER.sub("X", _LOWER.sub("x", _DIGITS.sub("d", word)))
 
 
+@lru_cache(maxsize=8192)
 def stem(word: str) -> str:
-    """A crude suffix stripper ("blocked" -> "block") so inflections share evidence."""
+    """A crude suffix stripper ("blocked" -> "block") so inflections share evidence (cached, as
+    :func:`token_shape`)."""
     for suffix in ("ing", "ed", "es", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
@@ -73,11 +81,13 @@ def last_prepositions(words: Sequence[str]) -> list[str]:
 def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig()) -> list[Features]:
     """One sparse feature dict per token (a pure function of the sentence)."""
     words = [t.text.lower() for t in tokens]
+    shapes = [token_shape(t.text) for t in tokens]
+    classes = [word_classes(word) for word in words]
     n = len(words)
     out: list[Features] = []
     for i, (word, last_prep) in enumerate(zip(words, last_prepositions(words), strict=True)):
         text = tokens[i].text
-        f: Features = {"bias": 1.0, f"w={word}": 1.0, f"stem={stem(word)}": 1.0, f"shape={token_shape(text)}": 1.0}
+        f: Features = {"bias": 1.0, f"w={word}": 1.0, f"stem={stem(word)}": 1.0, f"shape={shapes[i]}": 1.0}
         if text[:1].isupper():
             f["title"] = 1.0
         if i == 0:
@@ -95,17 +105,17 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
             f[f"suf{k}={word[-k:]}"] = 1.0
         for d in range(-config.window, config.window + 1):
             if 0 <= i + d < n:
-                f.update({f"class{d:+d}={c}": 1.0 for c in word_classes(words[i + d])})
+                f.update({f"class{d:+d}={c}": 1.0 for c in classes[i + d]})
                 if d:
                     f[f"w{d:+d}={words[i + d]}"] = 1.0
-                    f[f"shape{d:+d}={token_shape(tokens[i + d].text)}"] = 1.0
+                    f[f"shape{d:+d}={shapes[i + d]}"] = 1.0
             elif d:
                 f[f"w{d:+d}=<pad>"] = 1.0
         f[f"bigram-={words[i - 1] if i else '<s>'}|{word}"] = 1.0
         f[f"bigram+={word}|{words[i + 1] if i + 1 < n else '</s>'}"] = 1.0
         f[f"last_prep={last_prep}"] = 1.0
         f[f"w={word}|last_prep={last_prep}"] = 1.0
-        f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in word_classes(word)})
+        f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in classes[i]})
         out.append(f)
     return out
 
