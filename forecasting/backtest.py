@@ -79,7 +79,7 @@ def backtest(
     season: int,
     level: float = 0.9,
     on_step: Callable[[str, int], None] | None = None,
-    refit_every: int | None = None,
+    refit_every: int | Mapping[str, int | None] | None = None,
     keep_forecasts: bool = False,
 ) -> BacktestResult:
     """Forecast ``frame`` (wide, regular) from every origin with every model and score it.
@@ -89,10 +89,13 @@ def backtest(
     ``refit_every``: None fits every model afresh at every origin; k fits at the first origin and
     every k-th after it, and in between advances the fitted models with
     :meth:`~forecasting.base.Forecaster.fit_many` / ``update`` by the rows since the last origin
-    only (exact for the incremental recursions, a refit for models without one).
+    only (exact for the incremental recursions, a refit for models without one); a mapping gives
+    each model its own schedule (a global model costs seconds to refit, a recursion milliseconds),
+    models it leaves out refit at every origin.
     ``keep_forecasts`` adds each forecast's mean as a ``forecast`` column of the scores.
     """
-    if refit_every is not None and refit_every < 1:
+    schedule = refit_every if isinstance(refit_every, Mapping) else dict.fromkeys(models, refit_every)
+    if any(every is not None and every < 1 for every in schedule.values()):
         raise ValueError("refit_every must be at least 1 (or None: refit at every origin)")
     columns: dict[str, list] = {key: [] for key in ("model", "series", "origin", *METRICS, "note")}
     if keep_forecasts:
@@ -107,10 +110,11 @@ def backtest(
         actual_all = future.set_axis(frame.columns.astype(str), axis=1)
         for name, model in models.items():
             started = time.perf_counter()
-            if refit_every is None:
+            every = schedule.get(name)
+            if every is None:
                 forecasts = model.forecast_many(history, steps, level)
             else:
-                if k % refit_every == 0 or name not in fitted:
+                if k % every == 0 or name not in fitted:
                     fitted[name] = model.fit_many(history, horizon)
                 else:
                     fitted[name].update(frame.iloc[previous:origin])
