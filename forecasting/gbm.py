@@ -223,8 +223,11 @@ class GlobalGBM(Forecaster):
         for o in origins:
             horizon = min(hmax, t_end - o)
             x, level = origin_features(values[:, :o], index[o], self.step_, horizon, hmax, self.periods_, self.recent_lags)
+            # A series that had not started by this origin has no level to scale its targets by
+            # (its fallback level 1 would make raw values targets: 2e5 bytes among ratios near 1).
+            started = np.isfinite(values[:, max(0, o - self.periods_.week) : o]).any(axis=1)
             xs.append(x)
-            ts.append((values[:, o : o + horizon] / level[:, None]).reshape(-1))
+            ts.append(np.where(started[:, None], values[:, o : o + horizon] / level[:, None], np.nan).reshape(-1))
         if not xs:
             return np.empty((0, len(FEATURES) + max(0, self.recent_lags - 1))), np.empty(0)
         x, t = np.concatenate(xs), np.concatenate(ts)
