@@ -177,7 +177,7 @@ class ForecastService(StreamService):
         self.store.put_forecasts(forecasts)
         if refit:
             self.store.prune(issued, timedelta(days=self.config.retention_days), cfg.max_history)
-        self._rounds_since_refit = 0 if refit else self._rounds_since_refit + 1
+        self._rounds_since_refit = 1 if refit else self._rounds_since_refit + 1
         self.counters.rounds += 1
         self.counters.refits += refit
         self.counters.forecasts += len(forecasts)

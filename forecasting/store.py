@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -123,7 +124,7 @@ class ForecastStore:
         if not rows:
             return pd.Series(dtype=float, name=series_id)
         rows.reverse()
-        index = pd.to_datetime([r[0] for r in rows], unit="s", utc=True)
+        index = pd.to_datetime(np.array([r[0] for r in rows]), unit="s", utc=True)  # an array: a list parses one by one
         raw = pd.Series([r[1] for r in rows], index=index, name=series_id, dtype=float)
         step = pd.Timedelta(seconds=rows[-1][2])
         first = index[0] if last is None else max(index[0], index[-1] - (last - 1) * step)
@@ -150,21 +151,25 @@ class ForecastStore:
         series; return how many rows of each went.
 
         Windows age in event time, not wall-clock time, so a replay of last year's telemetry keeps
-        its history while a live series drops what is older than the retention.
+        its history while a live series drops what is older than the retention. Each series' oldest
+        window to keep is found through the (series, window) index, so pruning costs about what it
+        deletes, not a sort of the whole history.
         """
         cutoff = _ts(now - retention)
+        points = 0
         with self._db:
             forecasts = self._db.execute("DELETE FROM forecasts WHERE issued_at < ?", (cutoff,)).rowcount
-            points = self._db.execute(
-                """DELETE FROM points WHERE window_start <
-                   (SELECT MAX(p.window_start) FROM points p WHERE p.series_id = points.series_id) - ?""",
-                (retention.total_seconds(),),
-            ).rowcount
-            if max_points is not None:
+            newest = self._db.execute("SELECT series_id, MAX(window_start) FROM points GROUP BY series_id").fetchall()
+            for series_id, last in newest:
+                keep_from = last - retention.total_seconds()
+                if max_points is not None:
+                    row = self._db.execute(
+                        "SELECT window_start FROM points WHERE series_id = ? ORDER BY window_start DESC LIMIT 1 OFFSET ?",
+                        (series_id, max_points - 1),
+                    ).fetchone()
+                    keep_from = max(keep_from, row[0]) if row else keep_from
                 points += self._db.execute(
-                    """DELETE FROM points WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER
-                       (PARTITION BY series_id ORDER BY window_start DESC) AS r FROM points) WHERE r > ?)""",
-                    (max_points,),
+                    "DELETE FROM points WHERE series_id = ? AND window_start < ?", (series_id, keep_from)
                 ).rowcount
         return {"forecasts": forecasts, "points": points}
 
