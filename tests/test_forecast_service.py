@@ -115,6 +115,23 @@ def test_rounds_between_refits_update_the_models_and_match_a_restarted_refit(tmp
     restarted.close()
 
 
+def test_refits_follow_the_schedule(tmp_path: Path) -> None:
+    settings = load_settings(
+        state_dir=tmp_path, forecast={"horizon": 6, "min_history": 24},
+        forecast_service={"model": "ses", "refit_every_rounds": 2},
+    )  # fmt: skip
+    service = ForecastService(
+        settings.forecast_service, settings.forecast, series_topic="s", forecasts_topic="f", store=ForecastStore(None)
+    )
+    service.store.put_points([("a|x", START + timedelta(hours=h), 3600, float(h % 5)) for h in range(30)])
+    emitter = type("Counting", (), {"send": lambda self, *a: None})()
+    refits = []
+    for _ in range(5):
+        service.forecast_round(emitter)
+        refits.append(service.counters.refits)
+    assert refits == [1, 1, 2, 2, 3]
+
+
 def test_missing_windows_of_event_counts_are_zeros_and_of_telemetry_are_repaired(tmp_path: Path) -> None:
     """Demand only gets a window when someone asked; a traffic gauge without a window had an outage."""
     settings = load_settings(state_dir=tmp_path, forecast={"horizon": 24, "min_history": 24}, forecast_service={"model": "seasonal_mean"})
