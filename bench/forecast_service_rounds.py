@@ -9,7 +9,7 @@ refits on the whole stored history every round (``refit_every_rounds`` 1). The b
 do not depend on each other, so it is timed every ``--refit-every`` rounds only, to bound the run.
 Round time is :meth:`ForecastService.forecast_round` alone (store reads, fits or updates, forecasts,
 publishing to a counting emitter, storing the forecasts, retention); ``max_history`` is raised
-above ``--days`` so that the stored history really grows. Writes ``bench/figures/forecast_service_rounds.png``.
+above ``--days`` so that the stored history really grows. Writes ``bench/figures/forecast_service_rounds_MODEL.png``.
 
     OMP_NUM_THREADS=1 python bench/forecast_service_rounds.py [--series 132] [--days 15] [--model seasonal_mean]
 """
@@ -34,7 +34,7 @@ from forecasting.service import ForecastService  # noqa: E402
 from forecasting.store import ForecastStore  # noqa: E402
 from nm_toolkit.config import load_settings  # noqa: E402
 
-FIGURE = Path(__file__).resolve().parent / "figures" / "forecast_service_rounds.png"
+FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 class CountingEmitter:
@@ -147,10 +147,11 @@ def plot(table: pd.DataFrame, args: argparse.Namespace) -> None:
     ax.set_title(f"Forecast service round, {args.series} series, model {args.model}, refit every {args.refit_every} rounds")
     ax.legend()
     ax.grid(alpha=0.3)
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    figure = FIGURES / f"forecast_service_rounds_{args.model}.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(FIGURE, dpi=120)
-    print(f"\nwrote {FIGURE.relative_to(Path.cwd()) if FIGURE.is_relative_to(Path.cwd()) else FIGURE}")
+    fig.savefig(figure, dpi=120)
+    print(f"\nwrote {figure}")
 
 
 if __name__ == "__main__":
