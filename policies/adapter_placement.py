@@ -1,10 +1,12 @@
 """Adapter pre-placement: load the LoRA adapters a location asks for most at its edge site
 before the requests arrive.
 
-Popularity is predicted, not only counted: the intent service windows each prompt into
-``LOCATION|demand.<class>.requests`` series, the forecasting service forecasts them, and a
-location's share of forecast requests per service class ranks the adapters that serve those
-classes. Observed counts in ``context.adapter_popularity`` (a context file, say) take precedence.
+Popularity is predicted, not only counted. Two series feed it, both forecast by the forecasting
+service: each edge service reports the requests each of its adapters served
+(``SITE|adapter.<name>.requests``), and the intent service windows each prompt into
+``LOCATION|demand.<class>.requests`` (a service class names the adapter ``<prefix><class>``).
+A site's share of forecast requests ranks its adapters. Observed counts in
+``context.adapter_popularity`` (a context file, say) take precedence.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from nm_toolkit.schemas import Decision, Forecast, PlaceAdapter, split_series_ke
 from policies.base import Policy, PolicyContext
 
 DEMAND_REQUESTS = "demand.*.requests"
+ADAPTER_REQUESTS = "adapter.*.requests"
 
 
 def demand_popularity(forecasts: Mapping[str, Forecast], pattern: str = DEMAND_REQUESTS) -> dict[str, dict[str, float]]:
-    """Location -> service class -> forecast requests over the horizon, from the demand series."""
+    """Location -> the middle part of the metric (service class, adapter) -> forecast requests over
+    the horizon, from the series whose metric matches ``pattern`` (``<kind>.<name>.requests``)."""
     popularity: dict[str, dict[str, float]] = {}
     for series_id, forecast in forecasts.items():
         location, metric = split_series_key(series_id)
         if fnmatchcase(metric, pattern):
-            service_class = metric.split(".")[1]
-            popularity.setdefault(location, {})[service_class] = sum(max(0.0, v) for v in forecast.mean)
+            name = metric.split(".")[1]
+            popularity.setdefault(location, {})[name] = sum(max(0.0, v) for v in forecast.mean)
     return popularity
 
 
@@ -50,13 +54,17 @@ class AdapterPlacementPolicy(Policy):
         self.adapter_prefix = adapter_prefix
 
     def popularity(self, context: PolicyContext) -> dict[str, dict[str, float]]:
-        """Observed counts where given, else forecast demand per service class."""
+        """Observed counts where given, else forecast requests per adapter: the sites' own adapter
+        series, plus the demand per service class."""
         if context.adapter_popularity:
             return context.adapter_popularity
-        return {
-            site: {f"{self.adapter_prefix}{cls}": n for cls, n in classes.items()}
-            for site, classes in demand_popularity(context.forecasts).items()
-        }
+        popularity = demand_popularity(context.forecasts, ADAPTER_REQUESTS)
+        for site, classes in demand_popularity(context.forecasts).items():
+            counts = popularity.setdefault(site, {})
+            for service_class, requests in classes.items():
+                adapter = f"{self.adapter_prefix}{service_class}"
+                counts[adapter] = counts.get(adapter, 0.0) + requests
+        return popularity
 
     def decide(self, context: PolicyContext) -> list[Decision]:
         decisions: list[Decision] = []

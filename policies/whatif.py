@@ -20,7 +20,7 @@ one, and are scored against the trace over that span:
 * edge autoscaling: *compute overload hours* are site-hours whose prompt rate exceeded replicas x
   ``prompts_per_replica`` (the policy's figure of what a replica serves, so compare variants of
   its headroom and bounds, not of that figure); *replica hours* are the cost;
-* adapter placement: requests (``SITE|demand.<class>.requests``) whose adapter was placed at their
+* adapter placement: requests (``SITE|demand.<class>.requests``, ``SITE|adapter.<name>.requests``) whose adapter was placed at their
   site are *cloud calls saved* (the cloud holds every adapter; the edge only the placed ones), the
   others *adapter misses*.
 
@@ -310,8 +310,9 @@ def score_adapters(
     for series_id in frame.columns:
         site, metric = split_series_key(series_id)
         parts = metric.split(".")
-        if len(parts) == 3 and parts[0] == "demand" and parts[2] == "requests":
-            demand.append((site, f"{prefix}{parts[1]}", np.nan_to_num(frame[series_id].to_numpy(dtype=float))))
+        if len(parts) == 3 and parts[0] in ("demand", "adapter") and parts[2] == "requests":
+            adapter = f"{prefix}{parts[1]}" if parts[0] == "demand" else parts[1]
+            demand.append((site, adapter, np.nan_to_num(frame[series_id].to_numpy(dtype=float))))
     saved = missed = 0.0
     for start, end in spans(origins, len(frame)):
         placed = {(d.target, d.adapter) for d in decisions.get(start, ()) if isinstance(d, PlaceAdapter)}

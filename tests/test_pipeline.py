@@ -88,15 +88,30 @@ def test_closed_loop_reserves_for_the_cell_whose_forecast_nears_capacity(tmp_pat
     assert all(f.horizon == settings.forecast.horizon for f in forecasts)
 
 
-def test_demo_runs_end_to_end_and_reports_as_json() -> None:
-    result = CliRunner().invoke(app, ["demo", "--cells", "8", "--days", "5", "--json"])
+def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
+    """Telemetry and prompts through the edge and cloud services, intents, forecasts, policies and
+    guardrails to decisions, one of which the edge service carries out (tiny models, built once)."""
+    figure = tmp_path / "day.png"
+    result = CliRunner().invoke(app, ["demo", "--cells", "8", "--days", "5", "--prompts", "12", "--plot", str(figure), "--json"])
     assert result.exit_code == 0, result.output
     out = orjson.loads(result.output)
-    summary = out["summary"]
-    assert summary["records_ingested"] > 8 * 5 * 24 * 0.9
-    assert summary["dead_lettered_records"] == 5
-    assert summary["series"] == summary["forecasts"] == 8
-    assert summary["decisions_accepted"] == len(out["decisions"]) >= 1
+    telemetry, prompts = out["telemetry"], out["prompts"]
+    assert telemetry["records_ingested"] > 8 * 5 * 24 * 0.9
+    assert telemetry["dead_lettered_records"] == 5
+    assert telemetry["forecasts"] >= 8 + 4  # the cells and the edge site's own load series
+    assert telemetry["decisions_accepted"] == len(out["decisions"]) >= 3
+    # every prompt answered exactly once, at the edge or in the cloud, and the link carried only escalations
+    assert prompts["answers"] == prompts["prompts"] == 12
+    assert prompts["answered_at_edge"] + prompts["answered_in_cloud"] + prompts["errors"] == 12
+    assert (prompts["bytes_edge_to_cloud"] > 0) == (prompts["answered_in_cloud"] > 0)
+    assert prompts["bytes_edge_to_cloud"] < prompts["bytes_cloud_only"]
+    runs = {run["policy"]: run for run in out["policy_runs"]}
+    assert set(runs) == {"bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation"}
+    assert all(run["status"] == "ok" for run in runs.values())
+    decided = {row["policy"] for row in out["decisions_by_kind"]}
+    assert {"edge_autoscale", "adapter_placement"} <= decided  # the edge link reserves only ahead of a busy forecast
+    assert out["edge_service"]["adapter_placements"] >= 1  # the edge took in its place_adapter decision
+    assert figure.is_file() and out["figure"] == str(figure)
 
 
 def test_settings_come_from_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

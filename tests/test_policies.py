@@ -79,6 +79,28 @@ def test_adapter_placement_takes_popular_adapters_per_site() -> None:
     assert [(d.target, d.adapter) for d in placed] == [("edge-a", "lora-traffic"), ("edge-a", "lora-faults")]
 
 
+def test_adapter_placement_forecasts_the_sites_own_adapter_series_and_demand() -> None:
+    """The edge's ``adapter.<name>.requests`` reports and the intent service's demand per class
+    (adapter ``<prefix><class>``) add up per site; network series are not popularity."""
+    ctx = context(forecasts={
+        "edge-a|adapter.completion.requests": forecast("edge-a|adapter.completion.requests", [50.0, 40.0]),
+        "edge-a|demand.video.requests": forecast("edge-a|demand.video.requests", [30.0, 30.0]),
+        "edge-a|adapter.lora-video.requests": forecast("edge-a|adapter.lora-video.requests", [5.0, 5.0]),
+        "edge-a|traffic": forecast("edge-a|traffic", [1000.0, 1000.0]),
+    })  # fmt: skip
+    placed = AdapterPlacementPolicy(top_k=3, min_share=0.1, adapter_prefix="lora-").decide(ctx)
+    assert [(d.target, d.adapter) for d in placed] == [("edge-a", "completion"), ("edge-a", "lora-video")]
+    assert "44%" in placed[1].reason  # (60 + 10) of the 160 forecast requests
+
+
+def test_bandwidth_reservation_leaves_the_llm_services_own_load_alone() -> None:
+    ctx = context(
+        settings=PolicySettings(default_capacity=100.0),
+        forecasts={s: forecast(s, [95.0]) for s in ("cell-1|x", "edge-a|prompts", "edge-a|edge_to_cloud_bytes", "cell-2|demand.web.requests")},
+    )
+    assert [d.target for d in BandwidthReservationPolicy().decide(ctx)] == ["cell-1"]
+
+
 def test_dry_run_setting_marks_every_decision() -> None:
     ctx = context(
         settings=PolicySettings(default_capacity=100.0, dry_run=True),

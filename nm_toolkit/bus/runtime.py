@@ -569,13 +569,14 @@ def run_together(
 
 
 def run_until_idle(runners: Sequence[StreamRunner], idle_s: float = 0.05, max_rounds: int = 10_000) -> int:
-    """Step ``runners`` in turn until none handles anything (in one process, on the embedded bus:
-    the demo and tests run the real services this way, not a copy of their loop)."""
+    """Step ``runners`` in turn until none handles anything and none holds work in progress
+    (``busy``: a cloud batch still decoding), in one process on the embedded bus: the demo and
+    tests run the real services this way, not a copy of their loop."""
     total = 0
     for _ in range(max_rounds):
         handled = sum(runner.step(timeout_s=idle_s) for runner in runners)
         total += handled
-        if not handled:
+        if not handled and not any(runner.service.busy for runner in runners):
             break
     for runner in runners:
         runner.commit()

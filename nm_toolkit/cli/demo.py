@@ -1,4 +1,4 @@
-"""``nmt demo``: the closed loop end to end on a synthetic (or replayed) network."""
+"""``nmt demo``: the whole system once, end to end, on the embedded bus (see :mod:`nm_toolkit.demo`)."""
 
 from __future__ import annotations
 
@@ -10,69 +10,53 @@ import typer
 from nm_toolkit.cli.common import ConfigOption, settings_from
 from nm_toolkit.cli.output import JsonOption, console, emit, print_json, table
 
-# What real producers get wrong; the demo sends these too, to show they are dead-lettered.
-MALFORMED_EXAMPLES = [
-    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": ',
-    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": "NaN"}',
-    b'{"ts": 1700000000, "source": "cell-0000", "value": 1.0}',
-    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": "lots"}',
-    b'{"ts": 12, "source": "cell-0000", "metric": "traffic", "value": 3.0}',
-]
-
 
 def demo(
-    input: Path | None = typer.Option(None, "--input", "-i", help="replay this wide/long CSV instead of synthetic data"),
+    input: Path | None = typer.Option(None, "--input", "-i", help="replay this wide/long CSV as the network telemetry instead of synthetic cells"),
     metric: str = typer.Option("traffic", help="metric name of the replayed values"),
     cells: int = typer.Option(24, help="synthetic cells"),
     days: int = typer.Option(14, help="synthetic days of hourly telemetry"),
+    prompts: int = typer.Option(96, help="live user prompts about the city"),
     seed: int = typer.Option(7, help="seed of the synthetic network"),
-    headroom: float = typer.Option(1.15, help="demo capacity of a cell = this x its busiest observed hour"),
+    headroom: float = typer.Option(1.15, help="demo capacity of a cell or link = this x its busiest observed hour"),
+    plot: Path | None = typer.Option(None, help="PNG of the day (default: state_dir/demo/city_day.png)"),
+    models: Path | None = typer.Option(None, help="NetGPT models from `nmt llm build -o DIR` (default: tiny ones, built on first use)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Stream telemetry through collectors -> forecasting -> policies and show what was decided."""
-    from rich.progress import Progress
-
-    from collectors.publish import replay_frame
-    from collectors.synthetic import SyntheticTelemetry
+    """A synthetic city's telemetry and user prompts through the edge and cloud LLM services,
+    intents, forecasting, policies and guardrails to decisions that are carried out."""
     from collectors.tabular import load_wide_frame
-    from nm_toolkit.bus import bus_from_settings
-    from nm_toolkit.pipeline import ClosedLoop, decisions_json
+    from nm_toolkit.demo import CityDayConfig, run_city_day
+    from nm_toolkit.pipeline import decisions_json
 
     settings = settings_from(config)
-    frame = load_wide_frame(input) if input else SyntheticTelemetry(n_sources=cells, periods=days * 24, seed=seed).frame()
-    bus = bus_from_settings(settings)
-    bus.create_topics([settings.topics.telemetry])
-    producer = bus.producer()
-    with Progress(transient=True, disable=as_json) as progress:
-        task = progress.add_task("streaming telemetry", total=len(frame))
-        replay_frame(producer, settings.topics.telemetry, frame, metric, on_step=lambda i: progress.update(task, completed=i))
-    for bad in MALFORMED_EXAMPLES:
-        producer.send(settings.topics.telemetry, bad, b"cell-0000")
-    producer.flush()
-    capacities = (frame.max() * headroom).round(1).to_dict()
-    loop = ClosedLoop(bus, settings, capacities=capacities)
-    with console.status("collecting, forecasting, deciding...") if not as_json else nullcontext():
-        report = loop.run_once(idle_s=0.5, close_windows=True)
-    loop.close()
-    summary = {
-        "telemetry_messages": report.collector["messages"],
-        "records_ingested": report.collector["records"],
-        "dead_lettered_records": report.collector["dead_letter_records"],
-        "late_records": report.collector["late_records"],
-        "windows_emitted": report.collector["windows_emitted"],
-        "series": report.series,
-        "forecasts": len(report.forecasts),
-        "decisions_accepted": len(report.decisions),
-        "decisions_rejected_by_guardrails": len(report.round.guardrails.rejected),
+    network = load_wide_frame(input) if input else None
+    figure = plot or settings.state_dir / "demo" / "city_day.png"
+    city = CityDayConfig(cells=cells, days=days, prompts=prompts, seed=seed, headroom=headroom, network=network, metric=metric, models=models)
+    with console.status("starting") if not as_json else nullcontext() as status:
+        report = run_city_day(settings, city, on_stage=lambda stage: status.update(stage) if status else None, figure=figure)
+    loop = report.loop
+    telemetry = {
+        "telemetry_messages": loop.collector["messages"],
+        "records_ingested": loop.collector["records"],
+        "dead_lettered_records": loop.collector["dead_letter_records"],
+        "windows_emitted": loop.collector["windows_emitted"],
+        "series": loop.series,
+        "forecasts": len(loop.forecasts),
+        "decisions_accepted": len(loop.decisions),
+        "decisions_rejected_by_guardrails": len(loop.round.guardrails.rejected),
     }
     if as_json:
-        print_json({"summary": summary, "decisions": decisions_json(report.decisions), "skipped_series": report.skipped_series})
+        print_json({
+            "telemetry": telemetry, "prompts": report.prompts, "decisions_by_kind": report.decisions,
+            "decisions": decisions_json(loop.decisions), "skipped_series": loop.skipped_series,
+            "policy_runs": [{"policy": r.policy, "status": r.status, "decisions": len(r.decisions)} for r in loop.round.runs],
+            "edge_service": report.edge, "figure": str(report.figure) if report.figure else None,
+        })  # fmt: skip
         return
-    emit(False, summary, "nm-toolkit demo: what the loop did", [{"stage": k, "count": v} for k, v in summary.items()])
-    rows = [
-        {"kind": d.kind, "target": d.target, "reserve": getattr(d, "bandwidth", None), "capacity": getattr(d, "capacity", None), "reason": d.reason}
-        for d in report.decisions
-    ]
-    if rows:
-        console.print(table("decisions", rows))
+    emit(False, report.prompts, "prompts: edge and cloud", [{"what": k.replace("_", " "), "value": v} for k, v in report.prompts.items()])
+    console.print(table("telemetry -> forecasts -> decisions", [{"stage": k.replace("_", " "), "count": v} for k, v in telemetry.items()]))
+    console.print(table("decisions by kind", report.decisions))
+    if report.figure:
+        console.print(f"the day, as a picture: {report.figure}")

@@ -111,10 +111,20 @@ class BuiltModels:
     cloud_model: Path
     cloud_adapters_dir: Path
 
+    @classmethod
+    def at(cls, root: Path) -> BuiltModels:
+        """Where :func:`build_netgpt` puts each piece under ``root``."""
+        return cls(root / "context.json", root / "edge", root / "adapters", root / "cloud", root / "cloud-adapters")
+
+    def missing(self) -> list[Path]:
+        """The pieces that are not there (a model without its config, a missing context store)."""
+        files = (self.context_store, self.edge_model / "config.json", self.cloud_model / "config.json")
+        return [path for path in files if not path.is_file()]
+
 
 def build_netgpt(root: Path, config: BuildConfig, on_stage: Callable[[str], None] = lambda _: None) -> BuiltModels:
     """Build everything the edge and cloud services load under ``root`` (skipping what is built)."""
-    built = BuiltModels(root / "context.json", root / "edge", root / "adapters", root / "cloud", root / "cloud-adapters")
+    built = BuiltModels.at(root)
     store, train, _ = city_task(config.seed, max(config.edge_examples, config.cloud_examples))
     if not built.context_store.is_file():
         store.save(built.context_store)

@@ -83,6 +83,7 @@ class EdgeServiceStats:
     probes_sent: int = 0
     probe_echoes: int = 0
     adapters_loaded: int = 0
+    adapter_placements: int = 0  # place_adapter decisions for this site taken in
     adapter_loads: int = 0
     adapter_unloads: int = 0
     placement_failures: int = 0
@@ -230,6 +231,7 @@ class EdgeService(StreamService):
         now = time.monotonic()
         for decision, left in live_decisions(messages, out, PlaceAdapter, self.edge):
             self.placement.place(decision.adapter, now + left)
+            self.counters.adapter_placements += 1
         lm = self.completer.lm
         plan = self.placement.plan(set(lm.cards), {card.name for card in self.registry.cards()}, now)
         for name in plan.unload:

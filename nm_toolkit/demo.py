@@ -1,0 +1,291 @@
+"""The whole system in one process, on the embedded bus: what ``nmt demo`` runs.
+
+A synthetic city up to the current hour: two weeks of hourly network telemetry per cell, a week of
+the edge site's own load reports (prompts, escalations, bytes to the cloud, requests per adapter,
+as :class:`~collectors.synthetic.SyntheticNetgptLoad` draws them), then live user prompts about the
+city. Every hop is a topic and every stage the stream service its own command runs:
+
+prompts -> edge LLM service (grounded completion, routing, privacy guardrail) -> cloud LLM service
+-> answers; prompts -> intent service -> demand series; telemetry (network and the edge's own
+load) -> collector -> forecasts -> policies (bandwidth, edge autoscaling, adapter placement, the
+edge->cloud link) -> guardrails -> decisions topic -> the edge service places its adapters.
+
+The models are the toolkit's tiny defaults (``nmt llm build --size tiny``), built on first use
+under ``~/.cache/nm-toolkit/models`` and reused after: the pipeline is real, but seconds-trained
+models answer nothing right (the edge is never sure enough to answer alone, the cloud's words are
+noise). ``nmt demo --models DIR`` runs the models ``nmt llm build -o DIR`` trained for minutes
+(``bench/netgpt.py`` measures those).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pandas as pd
+
+from collectors.publish import replay_frame
+from collectors.synthetic import SyntheticNetgptLoad, SyntheticTelemetry
+from intent.service import intent_runners
+from nm_toolkit.bus import EmbeddedBus
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
+from nm_toolkit.config import Settings
+from nm_toolkit.errors import UserError
+from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context, example_reference, expected_place, names_place
+from nm_toolkit.llm.cloud_service import cloud_service
+from nm_toolkit.llm.completion_data import cloud_only_payload
+from nm_toolkit.llm.context import ContextStore
+from nm_toolkit.llm.defaults import EDGE_ADAPTER, SIZES, BuiltModels, build_netgpt, city_task
+from nm_toolkit.llm.deployment import cloud_responder, edge_completer
+from nm_toolkit.llm.service import edge_service
+from nm_toolkit.pipeline import ClosedLoop, LoopReport
+from nm_toolkit.schemas import Decision, Forecast
+from policies.bandwidth import BandwidthReservationPolicy, EdgeLinkReservationPolicy
+from policies.whatif import default_capacities
+
+DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation")
+LOAD_HISTORY_DAYS = 7
+
+# What real producers get wrong; the demo sends these too, to show they are dead-lettered.
+MALFORMED_EXAMPLES = [
+    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": ',
+    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": "NaN"}',
+    b'{"ts": 1700000000, "source": "cell-0000", "value": 1.0}',
+    b'{"ts": 1700000000, "source": "cell-0000", "metric": "traffic", "value": "lots"}',
+    b'{"ts": 12, "source": "cell-0000", "metric": "traffic", "value": 3.0}',
+]
+
+
+def default_models_dir() -> Path:
+    """Where the demo's tiny models are cached between runs (``XDG_CACHE_HOME`` respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nm-toolkit" / "models" / "netgpt-tiny"
+
+
+@dataclass(frozen=True)
+class CityDayConfig:
+    """The demo city: ``cells`` with ``days`` of network telemetry, and ``prompts`` live requests."""
+
+    cells: int = 24
+    days: int = 14
+    prompts: int = 96
+    seed: int = 7
+    headroom: float = 1.15  # a target's capacity: this x its busiest observed hour
+    network: pd.DataFrame | None = None  # replay this wide frame instead of synthetic cells
+    metric: str = "traffic"
+    models: Path | None = None  # models `nmt llm build` built; None: the tiny ones, built on first use
+
+
+@dataclass
+class CityDayReport:
+    """What the demo did, for the tables and ``--json``."""
+
+    loop: LoopReport
+    prompts: dict[str, float]
+    decisions: list[dict[str, object]]
+    edge: dict[str, float]
+    figure: Path | None = None
+
+
+def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
+    """``settings`` with the demo's models and every NetGPT policy on."""
+    llm = settings.llm.model_copy(update={
+        "edge_model": built.edge_model, "cloud_model": built.cloud_model, "adapters_dir": built.adapters_dir,
+        "cloud_adapters_dir": built.cloud_adapters_dir, "context_store": built.context_store,
+    })  # fmt: skip
+    policy = settings.policy.model_copy(update={"enabled": list(DEMO_POLICIES)})
+    return settings.model_copy(update={"llm": llm, "policy": policy})
+
+
+def edge_load_history(site: str, end: datetime, seed: int) -> pd.DataFrame:
+    """A week of ``site``'s hourly load reports up to ``end``, as its edge service sends them."""
+    start = end - timedelta(days=LOAD_HISTORY_DAYS)
+    frame = SyntheticNetgptLoad(n_sites=1, periods=LOAD_HISTORY_DAYS * 24, start=start, seed=seed, prompts_per_hour=3000.0).frame()
+    frame = frame[[c for c in frame.columns if "|demand." not in c]]  # demand comes from the live intent service
+    frame.columns = [f"{site}|{c.split('|', 1)[1]}" for c in frame.columns]
+    frame[f"{site}|adapter.{EDGE_ADAPTER}.requests"] = frame[f"{site}|prompts"]
+    return frame
+
+
+def send_frame(bus: EmbeddedBus, topic: str, frame: pd.DataFrame, key: str) -> None:
+    """Each row of a wide ``SOURCE|METRIC`` frame as one telemetry message of records, keyed ``key``."""
+    producer = bus.producer()
+    for ts, row in frame.iterrows():
+        records = [
+            {"ts": ts.timestamp(), "source": key.split("|", 1)[0], "metric": key.split("|", 1)[1], "value": float(v)}
+            for key, v in row.items() if pd.notna(v)
+        ]  # fmt: skip
+        producer.send(topic, orjson.dumps({"records": records}), key.encode())
+    producer.flush()
+
+
+def prompt_message(example: CityQAExample, request_id: str, at: datetime) -> bytes:
+    return orjson.dumps({
+        "request_id": request_id, "text": example.text, "location": example.cell, "user": example.user,
+        "tenant": example.tenant, "ts": at.isoformat(),
+    })  # fmt: skip
+
+
+def score_answers(answers: list[dict[str, object]], asked: dict[str, CityQAExample], store: ContextStore) -> dict[str, float]:
+    """Served where, how well (the share of the reference's facts, the right place named), and the
+    bytes that crossed the edge->cloud link next to what a cloud-only deployment would send."""
+    served = Counter(str(a["served_by"]) for a in answers if a.get("status") == "ok")
+    scores, places, link = [], [], 0
+    for answer in answers:
+        example = asked.get(str(answer.get("request_id")))
+        link += int(answer.get("bytes_edge_to_cloud", 0) or 0)
+        if example is None or answer.get("status") != "ok":
+            continue
+        text = str(answer.get("answer") or "")
+        scores.append(answer_score(text, example_reference(store, example)))
+        places.append(names_place(text, expected_place(store, example)))
+    cloud_only = sum(len(cloud_only_payload(e.text, example_context(store, e))) for e in asked.values())
+    return {
+        "prompts": len(asked),
+        "answers": len(answers),
+        "answered_at_edge": served["edge"],
+        "answered_in_cloud": served["cloud"],
+        "errors": sum(a.get("status") != "ok" for a in answers),
+        "answer_score": round(sum(scores) / len(scores), 3) if scores else 0.0,
+        "place_correct": round(sum(places) / len(places), 3) if places else 0.0,
+        "bytes_edge_to_cloud": link,
+        "bytes_cloud_only": cloud_only,
+        "bytes_saved_on_link": cloud_only - link,
+    }
+
+
+def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, object]]:
+    """Per policy and kind: how many passed the guardrails, and what each actuator did with them."""
+    made = Counter((d.policy, d.kind) for d in report.decisions)
+    outcomes: dict[tuple[str, str], Counter[str]] = {}
+    for adapter, results in report.round.outcomes.items():
+        for outcome in results:  # an idempotency key starts with its policy's name
+            outcomes.setdefault((outcome.key.split(":", 1)[0], outcome.kind), Counter())[f"{adapter} {outcome.status}"] += 1
+    carried = {
+        "place_adapter": f"edge service: {int(edge['adapter_placements'])} taken in, {int(edge['adapter_loads'])} loaded, "
+        f"{int(edge['adapters_loaded'])} in memory, {int(edge['placement_failures'])} failed",
+        "scale_compute": "`nmt llm supervise` starts or stops edge processes",
+    }
+    rows: list[dict[str, object]] = []
+    for (policy, kind), n in sorted(made.items()):
+        applied = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.get((policy, kind), Counter()).items()))
+        rows.append({"policy": policy, "kind": kind, "accepted": n, "carried out": "; ".join(filter(None, (applied, carried.get(kind))))})
+    rows.append({"policy": "(guardrails)", "kind": "rejected", "accepted": len(report.round.guardrails.rejected), "carried out": "-"})
+    return rows
+
+
+def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[str], None] = lambda _: None, figure: Path | None = None) -> CityDayReport:
+    """Run the city's day through every service once; see the module docstring."""
+    on_stage("building the tiny NetGPT models (first run only)")
+    tiny = SIZES["tiny"]
+    if config.models is None:
+        built = build_netgpt(default_models_dir(), tiny)
+    elif missing := BuiltModels.at(config.models).missing():
+        raise UserError(f"no NetGPT models at {config.models} ({missing[0]} is missing): build them with `nmt llm build -o {config.models}`")
+    else:
+        built = BuiltModels.at(config.models)
+    settings = demo_settings(settings, built)
+    bus = EmbeddedBus()
+    bus.create_topics([settings.topics.telemetry, settings.topics.prompts, settings.topics.decisions])
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+    on_stage("streaming network telemetry and the edge's load history")
+    network = config.network
+    if network is None:
+        network = SyntheticTelemetry(n_sources=config.cells, periods=config.days * 24, seed=config.seed, start=now - timedelta(days=config.days)).frame()
+    producer = bus.producer()
+    replay_frame(producer, settings.topics.telemetry, network, config.metric)
+    for bad in MALFORMED_EXAMPLES:
+        producer.send(settings.topics.telemetry, bad, b"cell-0000")
+    site = settings.llm.edge_site
+    load = edge_load_history(site, now, config.seed)
+    send_frame(bus, settings.topics.telemetry, load, site)
+
+    on_stage("serving prompts at the edge and in the cloud")
+    _, _, held_out = city_task(tiny.seed, max(tiny.edge_examples, tiny.cloud_examples), test=config.prompts)
+    store = ContextStore.load(built.context_store)
+    asked = {f"demo-{i}": example for i, example in enumerate(held_out)}
+    for request_id, example in asked.items():
+        producer.send(settings.topics.prompts, prompt_message(example, request_id, now), example.cell.encode())
+    producer.flush()
+    answers_reader = bus.consumer([settings.topics.answers], "nmt-demo-answers")
+    edge = StreamRunner(bus, edge_service(settings, edge_completer(settings)))
+    cloud = StreamRunner(bus, cloud_service(settings, cloud_responder(settings)))
+    intents = intent_runners(settings, bus)
+    run_until_idle([edge, cloud, *intents.runners], 0.5)
+    edge.finish()  # its load report of the hour so far
+    edge.commit()
+    intents.collector.close_all_windows(intents.demand.emitter)  # the hour's demand per cell and class
+    intents.demand.commit()
+    answers = [orjson.loads(m.value) for m in answers_reader.poll(10 * len(asked) + 100, 1.0)]
+    answers_reader.close()
+
+    on_stage("collecting, forecasting, deciding")
+    columns = {**{f"{c}|{config.metric}": network[c] for c in network.columns}, **load}
+    history = pd.DataFrame(columns)
+    reserving = [BandwidthReservationPolicy(), EdgeLinkReservationPolicy()]
+    loop = ClosedLoop(bus, settings, capacities=default_capacities(history, reserving, config.headroom))
+    report = loop.run_once(idle_s=0.5, close_windows=True)
+
+    on_stage("carrying out decisions")
+    run_until_idle([edge], 0.5)  # the edge service reads the decisions topic and places its adapters
+    edge_stats = edge.stats_dict()
+    for runner in (edge, cloud, *intents.runners):
+        runner.close()
+    loop.close()
+    intents_seen = intents.service.counters
+    summary = CityDayReport(
+        loop=report,
+        prompts=score_answers(answers, asked, store) | {
+            "service_intents_inferred": intents_seen.user_intents, "needing_clarification": intents_seen.messages - intents_seen.user_intents,
+        },  # fmt: skip
+        decisions=decision_rows(report, edge_stats),
+        edge=edge_stats,
+    )
+    if figure is not None:
+        summary.figure = plot_day(history, report.forecasts, report.decisions, site, figure)
+    return summary
+
+
+def plot_day(history: pd.DataFrame, forecasts: list[Forecast], decisions: list[Decision], site: str, path: Path) -> Path:
+    """One PNG of the day: the network's total traffic and the edge site's prompts, each with its
+    last day of history and the forecast, and the decisions taken, by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from forecasting.plot import forecast_index
+
+    by_id = {f.series_id: f for f in forecasts}
+    panels = [
+        ("network traffic, all cells", [c for c in history.columns if not c.startswith(f"{site}|")]),
+        (f"{site}: prompts", [f"{site}|prompts"]),
+        (f"{site}: bytes edge->cloud", [f"{site}|edge_to_cloud_bytes"]),
+    ]
+    fig, axes = plt.subplots(len(panels) + 1, 1, figsize=(11, 11), dpi=100)
+    for ax, (title, series) in zip(axes, panels, strict=False):
+        recent = history[series].iloc[-72:].sum(axis=1, min_count=1)
+        ax.plot(recent.index, recent.to_numpy(), color="0.35", lw=1.2, label="history")
+        made = [by_id[s] for s in series if s in by_id]
+        if made:
+            index = forecast_index(made[0])
+            ax.plot(index, [sum(v) for v in zip(*(f.mean for f in made), strict=True)], color="tab:blue", lw=1.8, label=f"forecast ({made[0].model})")
+            ax.fill_between(index, [sum(v) for v in zip(*(f.lower for f in made), strict=True)],
+                            [sum(v) for v in zip(*(f.upper for f in made), strict=True)], color="tab:blue", alpha=0.2, lw=0)  # fmt: skip
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    kinds = Counter(d.kind for d in decisions)
+    axes[-1].barh(list(kinds), list(kinds.values()), color="tab:green")
+    axes[-1].set_title("decisions accepted by the guardrails, by kind")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
