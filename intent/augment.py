@@ -13,6 +13,10 @@ the span change):
   from outside the training file ("visitors", "library", "hulu") appear in labelled contexts;
 - **numbers**: a ``qos_value`` by another number, an hour of ``start``/``end`` by another hour.
 
+An intent with a span of a rare type (fewer than ``rare_below`` labelled spans in training:
+``group``, ``protocol`` in the alpha file) gets ``rare_copies`` variants instead of ``copies``, so a
+type seen in three sentences is not outweighed by the L2 prior and the hundred ``target`` spans.
+
 The unlabelled words between spans are left alone: the structure is the training file's, the
 values are not. Deterministic for a given ``seed``. Every method but ``llm`` trains on augmented
 intents (:func:`intent.methods.factory`; the defaults were chosen on the grouped split, fold seed 1,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +47,8 @@ class AugmentConfig:
     p_swap: float = 0.5  # per span: replaced by another training span of its type
     p_word: float = 0.5  # per substitutable word of a span not swapped: replaced within its class
     seed: int = 0
+    rare_below: int = 10  # a type with fewer labelled spans than this in training is rare...
+    rare_copies: int = 12  # ...and each intent with a span of it gets this many variants instead
 
 
 def _match_case(new: str, old: str) -> str:
@@ -92,11 +99,13 @@ def augment(intents: Sequence[LabelledIntent], config: AugmentConfig = AugmentCo
             by_type.setdefault(span.type, [])
             if span.text not in by_type[span.type]:
                 by_type[span.type].append(span.text)
+    counts = Counter(span.type for item in intents for span in item.spans)
     seen = {item.text for item in intents}
     out = list(intents)
     for item in intents:
         spans = sorted(item.spans, key=lambda s: s.start)
-        for _ in range(config.copies):
+        rare = any(counts[span.type] < config.rare_below for span in spans)
+        for _ in range(config.rare_copies if rare else config.copies):
             text, new_spans, pos = "", [], 0
             for span in spans:
                 if span.start < pos:  # overlapping labels: keep the sentence as it is

@@ -7,8 +7,11 @@ saw in training ("rtsp", "install") by its class.
 The classes ``group``, ``place``, ``weekday``, ``bound`` and ``shape_word`` and the longer
 service/protocol/middlebox lists were added for operator text the labelled file never shows
 (issue 14): campus populations ("students", "guests", "visitors"), places and network parts
-("dorms", "labs", "library", "gateway"), days and periods. :data:`SUBSTITUTES` names the classes whose
-words :mod:`intent.augment` may swap for one another inside a labelled span.
+("dorms", "labs", "library", "gateway"), days and periods. ``auxiliary``, ``clause_open`` and
+``determiner`` describe clause structure, so the span taggers can tell a clause's subject ("students"
+in "to ensure students from the labs are not ...") from the object of a preposition ("to students").
+:data:`SUBSTITUTES` names the classes whose words :mod:`intent.augment` may swap for one another
+inside a labelled span.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
         "mondays tuesdays wednesdays thursdays fridays saturdays sundays today tomorrow tonight".split()
     ),
     "bound": frozenset("maximum max minimum min most least more less than exceed exceeding above below under over up".split()),
+    # clause structure: who does what ("Students shall download ...", "... to ensure students from
+    # the labs are not ..."): a noun phrase that opens a clause and comes before an auxiliary is its subject
+    # ("am" is left out: "6am")
+    "auxiliary": frozenset("shall should can cannot could may might must will would need needs are is be were was do does did have has".split()),
+    "clause_open": frozenset("that ensure ensures ensuring sure so if when whenever while unless because whether where which who".split()),
+    "determiner": frozenset("all the every each any some our their its a an these those this".split()),
     "time_prep": frozenset("from to until till between and during starting start finish interval at".split()),
 }
 

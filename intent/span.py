@@ -5,7 +5,8 @@ destination with its preposition, "for faculty" a target without the noun after 
 blocked" one operation. A BIO tagger decides each edge from the tokens around it; here every run
 of up to ``max_span_tokens_`` tokens (the longest labelled span seen in training) is one candidate,
 described as a whole: its text, first and last word, length, the words just outside it, the last
-preposition before it, and the :mod:`intent.lexicon` classes of its words. Each entity type has one
+preposition before it in its clause, whether it opens a clause and comes before an auxiliary (a
+subject: "students shall ..."), and the :mod:`intent.lexicon` classes of its words. Each entity type has one
 weight per feature; a candidate's score for a type says how much better it is as that entity than
 as unlabelled tokens (which score 0), and decoding is the best non-overlapping set of spans
 (:func:`best_segmentation`). Two objectives learn the weights:
@@ -39,7 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
 from intent.lexicon import word_classes
 from intent.saved import read_config, write_config
-from intent.tagger import PREPOSITIONS, Features, last_prepositions, stem, token_shape
+from intent.tagger import CLAUSE_PUNCTUATION, PREPOSITIONS, Features, last_prepositions, stem, token_shape
 from nm_toolkit.errors import UserError
 
 WEIGHTS_FILE = "span_weights.safetensors"
@@ -144,7 +145,22 @@ def span_features(view: SentenceView, i: int, j: int) -> Features:
         f["title"] = 1.0
     if first in PREPOSITIONS:
         f["starts_with_preposition"] = 1.0
+    if opens_clause(view, i):
+        f["opens_clause"] = 1.0
+        f.update({f"opens_clause|first_class={c}": 1.0 for c in view.classes[i]})
+    if j < n and "auxiliary" in view.classes[j]:
+        f["then_auxiliary"] = 1.0
     return f
+
+
+def opens_clause(view: SentenceView, i: int) -> bool:
+    """Whether token ``i`` starts a clause, determiners aside ("all students" after "ensure"): at
+    the sentence's start, after clause punctuation or after a clause-opening word. With
+    ``then_auxiliary`` ("students shall ...") it marks a subject, whatever the noun."""
+    k = i
+    while k > 0 and "determiner" in view.classes[k - 1]:
+        k -= 1
+    return k == 0 or view.words[k - 1] in CLAUSE_PUNCTUATION or "clause_open" in view.classes[k - 1]
 
 
 @dataclass(frozen=True)

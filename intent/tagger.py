@@ -29,6 +29,7 @@ from nm_toolkit.errors import UserError
 
 MODEL_FILE = "tagger.crfsuite"
 PREPOSITIONS = frozenset("from to for in on at between and through into of during until till by with".split())
+CLAUSE_PUNCTUATION = frozenset(",;:")
 
 Features = dict[str, float]
 
@@ -69,12 +70,18 @@ def stem(word: str) -> str:
 
 
 def last_prepositions(words: Sequence[str]) -> list[str]:
-    """For each (lower-case) word, the last preposition before it, or "<none>"."""
+    """For each (lower-case) word, the last preposition before it in its clause, or "<none>".
+
+    A clause ends at ",", ";", ":" or a word that opens a new one ("ensure", "that", "when"): in
+    "add a DPI to ensure students from the labs ..." the "to" of the infinitive is not what
+    "students" follows (that made it a "to students" target, bench/RESULTS.md issue 14)."""
     out, last = [], "<none>"
     for word in words:
         out.append(last)
         if word in PREPOSITIONS:
             last = word
+        elif word in CLAUSE_PUNCTUATION or "clause_open" in word_classes(word):
+            last = "<none>"
     return out
 
 

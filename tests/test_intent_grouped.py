@@ -131,3 +131,49 @@ def test_doubts_come_back_as_clarifications_with_the_reason() -> None:
     assert result.kind == "needs_clarification" and "could be target" in result.reason
     vote.members_ = [Fixed([op, dest])] * 3
     assert parse_operator_intents(vote, [text])[0].kind == "operator"
+
+
+def test_a_clause_subject_is_not_the_object_of_the_infinitive_to() -> None:
+    """"to ensure students ..." made "students" look like "to students" (a target) to both taggers."""
+    from intent.data import tokenize
+    from intent.span import SentenceView, opens_clause
+    from intent.tagger import last_prepositions
+
+    words = "add a dpi to ensure all students from the labs are not , for guests".split()
+    preps = dict(zip(words, last_prepositions(words), strict=False))
+    assert preps["students"] == "<none>" and preps["labs"] == "from" and preps["guests"] == "for"
+    view = SentenceView.of(tokenize("Students shall download, to ensure all students from labs, not to students"))
+    opening = [w for k, w in enumerate(view.words) if opens_clause(view, k)]
+    assert opening == ["students", "to", "all", "students", "not"]  # at the start, after ",", after "ensure" (determiner aside)
+
+
+def test_lexicon_knows_the_populations_operators_name() -> None:
+    for word in "students guests faculty staff researchers visitors contractors employees iot devices".split():
+        assert "group" in word_classes(word), word
+    for word in ("labs", "dorms"):
+        assert "place" in word_classes(word)
+    assert "auxiliary" not in word_classes("am")  # "6am" is a time
+
+
+def test_span_scores_are_the_feature_matrix_times_the_weights() -> None:
+    """Prediction sums the weights of each candidate's features directly; it must equal the
+    sparse product that training optimised."""
+    import numpy as np
+
+    from intent.span import SpanIntentTagger, SpanTaggerConfig, featurise
+
+    tagger = SpanIntentTagger(SpanTaggerConfig(objective="per_span")).fit(load_intents(SLICE)[:20])
+    candidates = featurise("Zorblx shall block netflix for all contractors from 10pm", tagger.max_span_tokens_)
+    expected = tagger._matrix(candidates) @ tagger.weights_
+    assert np.allclose(tagger._scores(candidates), expected, atol=1e-5)
+
+
+def test_intents_of_rare_types_get_more_variants() -> None:
+    common = [labelled(f"block youtube for students {k}", ("operation", "block"), ("service", "youtube"), ("target", f"for students {k}")) for k in range(12)]
+    rare = labelled("Students shall use ssh", ("group", "Students"), ("protocol", "ssh"))
+
+    def variants(config: AugmentConfig) -> int:
+        return sum({s.type for s in item.spans} == {"group", "protocol"} for item in augment([*common, rare], config)[13:])
+
+    assert variants(AugmentConfig(copies=1, p_swap=0.0, p_word=1.0, rare_below=0)) <= 1  # no type is rare: one variant at most
+    assert variants(AugmentConfig(copies=1, p_swap=0.0, p_word=1.0, rare_below=10, rare_copies=6)) > 3
