@@ -30,7 +30,9 @@ Without a decision in force a site runs ``llm.initial_replicas`` and holds no ad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -195,24 +197,36 @@ def replay(
     forecaster = make_model(model, pd.Timedelta(seconds=step))
     fitted = None
     previous = 0
-    for k, origin in enumerate(origins):
-        history = frame.iloc[:origin]
-        if fitted is None or k % refit_every == 0:
-            fitted = forecaster.fit_many(history, horizon)
-        else:
-            fitted.update(frame.iloc[previous:origin])
-        previous = origin
-        now = frame.index[origin].to_pydatetime()
-        forecasts = [to_forecast(s, fc, now, step) for s, fc in fitted.predict_many(horizon, level).items()]
-        for record, (clock, controller) in zip(replays, controllers, strict=True):
-            clock.now = now.timestamp()
-            report = controller.decide(forecasts, now=now)
-            record.decisions[origin] = list(report.guardrails.accepted)
-            record.rejected += len(report.guardrails.rejected)
-            for rejection in report.guardrails.rejected:
-                record.by_rule[rejection.rule] = record.by_rule.get(rejection.rule, 0) + 1
-        on_origin(k)
+    with _quiet(logging.getLogger(DecisionController.__module__)):  # rejections are counted, not warned per round
+        for k, origin in enumerate(origins):
+            history = frame.iloc[:origin]
+            if fitted is None or k % refit_every == 0:
+                fitted = forecaster.fit_many(history, horizon)
+            else:
+                fitted.update(frame.iloc[previous:origin])
+            previous = origin
+            now = frame.index[origin].to_pydatetime()
+            forecasts = [to_forecast(s, fc, now, step) for s, fc in fitted.predict_many(horizon, level).items()]
+            for record, (clock, controller) in zip(replays, controllers, strict=True):
+                clock.now = now.timestamp()
+                report = controller.decide(forecasts, now=now)
+                record.decisions[origin] = list(report.guardrails.accepted)
+                record.rejected += len(report.guardrails.rejected)
+                for rejection in report.guardrails.rejected:
+                    record.by_rule[rejection.rule] = record.by_rule.get(rejection.rule, 0) + 1
+            on_origin(k)
     return replays
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` at ERROR for the block."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _TraceClock:
