@@ -81,9 +81,10 @@ class RuleErrors:
         self.total, self.squares, self.count = self.total + other.total, self.squares + other.squares, self.count + other.count
         return self
 
-    def std(self, lag: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Standard deviation of each series' errors at its (lag position 0/1, k) (arrays of shape (n,))."""
-        pick = lag, k - 1, np.arange(len(k))
+    def std(self, seasonal: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Standard deviation of each series' errors of its rule: ``seasonal`` 1 for the season's lag,
+        0 for one step; the mean of ``k`` lags (arrays of shape (n,))."""
+        pick = seasonal, k - 1, np.arange(len(k))
         count = np.maximum(self.count[pick], 1)
         mean = self.total[pick] / count
         return np.sqrt(np.maximum(self.squares[pick] / count - mean * mean, 0.0))
