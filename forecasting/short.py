@@ -3,10 +3,10 @@
 Last value, drift, simple and Holt (linear trend) exponential smoothing. Each works on many series
 at once (the maths below are pure functions of (time, series) arrays, vectorised across series and
 across the smoothing-parameter grid), carries prediction intervals, and has an exact
-:meth:`~forecasting.base.VectorForecaster.update`: new points advance the state (level, trend, error sums) by the same
-recursion the fit ran, so ``fit(y[:n]).update(y[n:])`` gives the forecast ``fit(y)`` gives for the
-same parameters, at the cost of the new points only. A refit re-estimates the parameters; run it
-on a schedule, not at every new point.
+:meth:`~forecasting.base.VectorForecaster.update`: new points advance the state (level, trend,
+error sums) by the same recursion the fit ran, so ``fit(y[:n]).update(y[n:])`` gives the forecast
+``fit(y)`` gives for the same parameters, at the cost of the new points only. A refit re-estimates
+the parameters; run it on a schedule, not at every new point.
 
 Missing points (NaN) are skipped by the recursions: the state moves on as forecast (no
 correction), as a Kalman filter does with a missing observation.
