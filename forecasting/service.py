@@ -35,7 +35,7 @@ from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import Forecast, SeriesPoint, split_series_key
 
 if TYPE_CHECKING:
-    from forecasting.base import ManyFitted
+    from forecasting.base import ManyFitted, PointForecast
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ class _Fitted:
 def point_value(point: SeriesPoint, value: str) -> float:
     """The window aggregate a series is made of: ``sum`` (counts), ``mean`` (gauges) or ``max``."""
     return point.mean if value == "mean" else float(getattr(point, value))
+
+
+def forecast_message(series_id: str, fc: PointForecast, issued: datetime, step_seconds: int) -> Forecast:
+    """A model's forecast of ``series_id`` as the message the forecasting service publishes."""
+    return Forecast(
+        series_id=series_id, model=fc.model, issued_at=issued, step_seconds=step_seconds,
+        start=fc.index[0].to_pydatetime(), mean=fc.mean.round(4).tolist(),
+        lower=fc.lower.round(4).tolist(), upper=fc.upper.round(4).tolist(), level=fc.level, note=fc.note,
+    )  # fmt: skip
 
 
 def missing_means_zero(series_id: str, zero_fill_metrics: Sequence[str]) -> bool:
@@ -164,11 +173,7 @@ class ForecastService(StreamService):
         if refit:
             predicted = self._refit_round()
         forecasts = [
-            Forecast(
-                series_id=series_id, model=fc.model, issued_at=issued, step_seconds=step,
-                start=fc.index[0].to_pydatetime(), mean=fc.mean.round(4).tolist(),
-                lower=fc.lower.round(4).tolist(), upper=fc.upper.round(4).tolist(), level=fc.level, note=fc.note,
-            )
+            forecast_message(series_id, fc, issued, step)
             for step, fitted in predicted.items()
             for series_id, fc in fitted.model.predict_many(cfg.horizon, cfg.level).items()
         ]  # fmt: skip

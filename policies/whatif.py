@@ -34,21 +34,19 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from forecasting.base import PointForecast
 from forecasting.registry import make_model
-from forecasting.service import missing_means_zero
+from forecasting.service import forecast_message, missing_means_zero
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.controller.service import DecisionController
 from nm_toolkit.errors import UserError
-from nm_toolkit.schemas import Decision, Forecast, PlaceAdapter, Reservation, ScaleCompute, split_series_key
+from nm_toolkit.schemas import Decision, PlaceAdapter, Reservation, ScaleCompute, split_series_key
 from policies.adapter_placement import AdapterPlacementPolicy
 from policies.autoscale import EdgeAutoscalePolicy
 from policies.bandwidth import BandwidthReservationPolicy
@@ -138,15 +136,6 @@ class VariantReplay:
     by_rule: dict[str, int] = field(default_factory=dict)
 
 
-def to_forecast(series_id: str, fc: PointForecast, issued: datetime, step_seconds: int) -> Forecast:
-    """A model's forecast as the message the forecasting service publishes."""
-    return Forecast(
-        series_id=series_id, model=fc.model, issued_at=issued, step_seconds=step_seconds,
-        start=fc.index[0].to_pydatetime(), mean=np.round(fc.mean, 4).tolist(),
-        lower=np.round(fc.lower, 4).tolist(), upper=np.round(fc.upper, 4).tolist(), level=fc.level, note=fc.note,
-    )  # fmt: skip
-
-
 def step_seconds_of(frame: pd.DataFrame) -> int:
     if len(frame.index) < 2:
         raise UserError("the trace needs at least two time steps: pass a longer trace")
@@ -206,7 +195,7 @@ def replay(
                 fitted.update(frame.iloc[previous:origin])
             previous = origin
             now = frame.index[origin].to_pydatetime()
-            forecasts = [to_forecast(s, fc, now, step) for s, fc in fitted.predict_many(horizon, level).items()]
+            forecasts = [forecast_message(s, fc, now, step) for s, fc in fitted.predict_many(horizon, level).items()]
             for record, (clock, controller) in zip(replays, controllers, strict=True):
                 clock.now = now.timestamp()
                 report = controller.decide(forecasts, now=now)
