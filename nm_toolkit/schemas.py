@@ -272,8 +272,17 @@ class PlaceAdapter(DecisionBase):
     adapter: str
 
 
+class PlaceModel(DecisionBase):
+    """Serve edge site ``target`` with the edge model at ``model`` (a checkpoint directory),
+    int8-quantised or not: the one that fits the site's compute and latency budget."""
+
+    kind: Literal["place_model"] = "place_model"
+    model: str
+    quantize: bool = False
+
+
 Decision = Annotated[
-    RateLimit | Reservation | Acl | QosQueue | Reroute | ScaleCompute | PlaceAdapter,
+    RateLimit | Reservation | Acl | QosQueue | Reroute | ScaleCompute | PlaceAdapter | PlaceModel,
     Field(discriminator="kind"),
 ]
 DecisionAdapter: TypeAdapter[Decision] = TypeAdapter(Decision)

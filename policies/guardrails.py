@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nm_toolkit.config import GuardrailSettings
-from nm_toolkit.schemas import Acl, Decision, PlaceAdapter, QosQueue, RateLimit, Reroute, Reservation, ScaleCompute
+from nm_toolkit.schemas import Acl, Decision, PlaceAdapter, PlaceModel, QosQueue, RateLimit, Reroute, Reservation, ScaleCompute
 
 Rule = str
 _NARROWING = {"in_port", "eth_src", "eth_dst", "vlan_vid", "ip_proto", "ipv4_src", "ipv4_dst",
@@ -200,6 +200,8 @@ def slot_of(decision: Decision) -> tuple[object, ...]:
             return ("compute", decision.target)
         case PlaceAdapter():
             return ("adapter", decision.target, decision.adapter)
+        case PlaceModel():
+            return ("model", decision.target)
     raise TypeError(f"unknown decision kind {decision.kind}")
 
 

@@ -171,6 +171,7 @@ SWEEP: tuple[Case, ...] = (
     Case(("llm", "complete", "find a pharmacy near me", "--location", "MI-0000"), error="nmt model init"),
     Case(("llm", "evaluate", "--data", "{ws}/completion/test.jsonl", "--limit", "2"), setup=completion_data, llms=True,
          env=(("NMT_LLM__CONTEXT_STORE", "{ws}/completion/context.json"),)),
+    Case(("llm", "profile", "--requests", "4", "--batch", "2"), llms=True),
     Case(("llm", "serve", "--idle-exit", "0.5"), llms=True),
     Case(("llm", "cloud", "--idle-exit", "0.5"), llms=True),
     Case(("llm", "supervise", "--idle-exit", "0.5"), llms=True, env=(("NMT_LLM__INITIAL_REPLICAS", "0"),)),

@@ -1,5 +1,6 @@
-"""Edge compute scaling carried out: a supervisor runs as many edge-service processes as the
-latest ``scale_compute`` decision for its site asks.
+"""Edge compute scaling and model placement carried out: a supervisor runs as many edge-service
+processes as the latest ``scale_compute`` decision for its site asks, on the edge model the latest
+``place_model`` decision chose (a new model: every replica is restarted on it, one at a time).
 
 The autoscaling policy (:mod:`policies.autoscale`) forecasts each site's prompt rate and publishes
 ``scale_compute`` decisions on the decisions topic, for any orchestrator to carry out; on one
@@ -29,11 +30,11 @@ from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.runtime import Emitter, Progress, StreamService, Topic
 from nm_toolkit.config import Settings
 from nm_toolkit.llm.placement import live_decisions
-from nm_toolkit.schemas import ScaleCompute
+from nm_toolkit.schemas import PlaceModel, ScaleCompute
 
 log = logging.getLogger(__name__)
 
-Launcher = Callable[[int], subprocess.Popen[bytes]]
+Launcher = Callable[[int, Mapping[str, str]], subprocess.Popen[bytes]]  # (replica index, extra environment)
 
 
 def reconcile(running: Sequence[int], desired: int) -> tuple[list[int], list[int]]:
@@ -50,6 +51,7 @@ class SupervisorStats:
     stopped: int = 0
     restarted: int = 0
     decisions_applied: int = 0
+    model_changes: int = 0
 
 
 class EdgeSupervisor(StreamService):
@@ -80,9 +82,12 @@ class EdgeSupervisor(StreamService):
         self.counters = SupervisorStats(desired_replicas=min(initial_replicas, max_replicas))
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._latest: datetime | None = None
+        self._latest_model: datetime | None = None
+        self.model_env: dict[str, str] = {}  # the placed model, as the replicas' settings
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
-        """Take the newest unexpired scale_compute decision for this site (dry runs are not carried out)."""
+        """Take the newest unexpired scale_compute and place_model decisions for this site (dry
+        runs are not carried out); a new model restarts the running replicas on it."""
         for decision, _ in live_decisions(messages, out, ScaleCompute, self.site):
             if self._latest is not None and decision.created_at <= self._latest:
                 continue
@@ -90,6 +95,25 @@ class EdgeSupervisor(StreamService):
             self.counters.desired_replicas = min(decision.replicas, self.max_replicas)
             self.counters.decisions_applied += 1
             log.info("%s: %d edge replicas (%s)", self.site, self.counters.desired_replicas, decision.reason)
+        for placed, _ in live_decisions(messages, out, PlaceModel, self.site):
+            if self._latest_model is not None and placed.created_at <= self._latest_model:
+                continue
+            self._latest_model = placed.created_at
+            env = {"NMT_LLM__EDGE_MODEL": placed.model, "NMT_LLM__QUANTIZE_EDGE": "true" if placed.quantize else "false"}
+            self.counters.decisions_applied += 1
+            if env != self.model_env:
+                self.model_env = env
+                self.counters.model_changes += 1
+                log.info("%s: edge model %s%s (%s)", self.site, placed.model, " int8" if placed.quantize else "", placed.reason)
+                self._restart(list(self._processes))
+
+    def _restart(self, indexes: Sequence[int]) -> None:
+        """Replace replicas one at a time, so the site keeps serving while the model changes."""
+        for index in indexes:
+            self._stop([index])
+            self._processes[index] = self.launcher(index, self.model_env)
+            self.counters.started += 1
+        self.counters.running_replicas = len(self._processes)
 
     def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """Start and stop replicas to match the decision; start again any that exited."""
@@ -101,7 +125,7 @@ class EdgeSupervisor(StreamService):
         start, stop = reconcile(list(self._processes), 0 if final else self.counters.desired_replicas)
         self._stop(stop)
         for index in start:
-            self._processes[index] = self.launcher(index)
+            self._processes[index] = self.launcher(index, self.model_env)
             self.counters.started += 1
         self.counters.running_replicas = len(self._processes)
         return False
@@ -133,8 +157,8 @@ def replica_launcher(settings: Settings, extra_env: Mapping[str, str] | None = N
     process's environment (so the replica reads the same settings) plus ``extra_env``."""
     site = settings.llm.edge_site
 
-    def launch(index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **(extra_env or {}), "NMT_BUS__GROUP_INSTANCE_ID": f"{site}-{index}"}
+    def launch(index: int, model_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **(extra_env or {}), **model_env, "NMT_BUS__GROUP_INSTANCE_ID": f"{site}-{index}"}
         return subprocess.Popen([sys.executable, "-m", "nm_toolkit", "llm", "serve"], env=env, stdout=subprocess.DEVNULL)
 
     return launch

@@ -1,0 +1,80 @@
+"""What an edge model costs to serve, measured on the machine it runs on and kept in its model card.
+
+Model placement (:mod:`policies.model_placement`) picks, per edge site, the edge model (fp32 or
+int8) that fits the site's latency and memory budget. It reads these measurements, not names or
+parameter counts: :func:`profile_completer` times the edge's real work (prepare + grounded
+completion of the city task's held-out requests, in the service's batches) and
+:func:`record_profiles` writes the figures under ``serving`` in the base model's ``nmt_card.json``
+(``nmt llm profile`` does both, for fp32 and int8).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from nm_toolkit.llm.netgpt import EdgeCompleter, EdgeRequest
+from nm_toolkit.llm.quantize import serialized_mb
+
+CARD_FILE = "nmt_card.json"
+SERVING_KEY = "serving"
+VARIANTS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class ServingProfile:
+    """One variant of an edge model served here: latency of a batch of ``batch`` requests (p50,
+    p95), throughput, and the size of its weights."""
+
+    variant: str
+    p50_ms: float
+    p95_ms: float
+    requests_per_s: float
+    weights_mb: float
+    batch: int
+    requests: int
+    machine: str
+    measured_at: str
+
+
+def profile_completer(completer: EdgeCompleter, requests: Sequence[EdgeRequest], batch: int, variant: str) -> ServingProfile:
+    """Serve ``requests`` in batches of ``batch`` (one warm-up batch first) and time each batch."""
+    prepared = [completer.prepare(r) for r in requests]
+    completer.complete(prepared[:batch])  # warm-up: first-call allocation is not serving cost
+    latencies = []
+    started = time.perf_counter()
+    for i in range(0, len(prepared), batch):
+        begun = time.perf_counter()
+        completer.complete(prepared[i : i + batch])
+        latencies.append((time.perf_counter() - begun) * 1000)
+    elapsed = time.perf_counter() - started
+    return ServingProfile(
+        variant=variant, p50_ms=round(float(np.percentile(latencies, 50)), 2), p95_ms=round(float(np.percentile(latencies, 95)), 2),
+        requests_per_s=round(len(prepared) / elapsed, 2), weights_mb=round(serialized_mb(completer.lm.model), 2), batch=batch,
+        requests=len(prepared), machine=f"{platform.machine()} {platform.processor() or platform.system()}",
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def record_profiles(model_dir: Path, profiles: Sequence[ServingProfile]) -> None:
+    """Write ``profiles`` under ``serving`` in the model's card (other variants' figures stay)."""
+    path = model_dir / CARD_FILE
+    card = json.loads(path.read_text()) if path.is_file() else {}
+    card[SERVING_KEY] = {**card.get(SERVING_KEY, {}), **{p.variant: asdict(p) for p in profiles}}
+    path.write_text(json.dumps(card, indent=1))
+
+
+def read_profiles(model_dir: Path) -> dict[str, ServingProfile]:
+    """The measured variants of the model at ``model_dir`` (none when it was never profiled)."""
+    path = model_dir / CARD_FILE
+    if not path.is_file():
+        return {}
+    serving = json.loads(path.read_text()).get(SERVING_KEY, {})
+    return {variant: ServingProfile(**figures) for variant, figures in serving.items()}
