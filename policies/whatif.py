@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecasting.backtest import rolling_origins
 from forecasting.registry import make_model
 from forecasting.service import forecast_message, missing_means_zero
 from nm_toolkit.config import Settings
@@ -355,12 +356,10 @@ def baseline(record: VariantReplay) -> VariantReplay:
 
 def whatif_origins(n_steps: int, warmup: int, every: int) -> list[int]:
     """Origins from ``warmup`` every ``every`` steps while a whole round's span of trace follows."""
-    if every < 1:
-        raise UserError("--every must be at least 1 step")
-    origins = list(range(warmup, n_steps - every + 1, every))
-    if warmup < 2 or not origins:
+    try:
+        return rolling_origins(n_steps, warmup, every, every)
+    except ValueError as exc:
         raise UserError(
-            f"a trace of {n_steps} steps leaves no decision round after a warm-up of {warmup} steps: "
-            f"pass a trace of at least {warmup + every} steps or a shorter --warmup-days"
-        )
-    return origins
+            f"a trace of {n_steps} steps leaves no decision round of {every} steps after a warm-up of {warmup}: "
+            "pass a longer trace, a shorter --warmup-days or a smaller --every"
+        ) from exc
