@@ -21,8 +21,9 @@ deps: $(DEPS_STAMP)
 install: deps
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
+# With Open vSwitch installed, the demo's reservations also become meters and flows on a private bridge.
 demo: install
-	$(VENV)/bin/nmt demo
+	$(VENV)/bin/nmt demo $$(command -v ovs-vswitchd >/dev/null && echo --ovs)
 
 # Provision the real services the tests use (Kafka jars from Maven Central, Open vSwitch from
 # Debian, the example plug-in policy package), then run pytest.

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,8 @@ from intent.service import intent_runners
 from nm_toolkit.bus import EmbeddedBus
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.config import Settings
+from nm_toolkit.controller.engine import OpenFlowEngine
+from nm_toolkit.devtools.ovs import OpenVSwitch
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context, example_reference, expected_place, names_place
 from nm_toolkit.llm.cloud_service import cloud_service
@@ -79,6 +82,7 @@ class CityDayConfig:
     network: pd.DataFrame | None = None  # replay this wide frame instead of synthetic cells
     metric: str = "traffic"
     models: Path | None = None  # models `nmt llm build` built; None: the tiny ones, built on first use
+    ovs: bool = False  # also carry reservations out as meters and flows on a private Open vSwitch
 
 
 @dataclass
@@ -90,6 +94,7 @@ class CityDayReport:
     decisions: list[dict[str, object]]
     edge: dict[str, float]
     figure: Path | None = None
+    switch: dict[str, int] | None = None  # flows and meters on the Open vSwitch bridge, with --ovs
 
 
 def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
@@ -165,6 +170,8 @@ def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, 
     outcomes: dict[tuple[str, str], Counter[str]] = {}
     for adapter, results in report.round.outcomes.items():
         for outcome in results:  # an idempotency key starts with its policy's name
+            if outcome.status == "unsupported":  # not this adapter's kind (a switch has no replicas)
+                continue
             outcomes.setdefault((outcome.key.split(":", 1)[0], outcome.kind), Counter())[f"{adapter} {outcome.status}"] += 1
     carried = {
         "place_adapter": f"edge service: {int(edge['adapter_placements'])} taken in, {int(edge['adapter_loads'])} loaded, "
@@ -228,16 +235,14 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     on_stage("collecting, forecasting, deciding")
     columns = {**{f"{c}|{config.metric}": network[c] for c in network.columns}, **load}
     history = pd.DataFrame(columns)
-    reserving = [BandwidthReservationPolicy(), EdgeLinkReservationPolicy()]
-    loop = ClosedLoop(bus, settings, capacities=default_capacities(history, reserving, config.headroom))
-    report = loop.run_once(idle_s=0.5, close_windows=True)
+    capacities = default_capacities(history, [BandwidthReservationPolicy(), EdgeLinkReservationPolicy()], config.headroom)
+    report, switch_state = decide(bus, settings, capacities, config.ovs)
 
     on_stage("carrying out decisions")
     run_until_idle([edge], 0.5)  # the edge service reads the decisions topic and places its adapters
     edge_stats = edge.stats_dict()
     for runner in (edge, cloud, *intents.runners):
         runner.close()
-    loop.close()
     intents_seen = intents.service.counters
     summary = CityDayReport(
         loop=report,
@@ -246,10 +251,44 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
         },  # fmt: skip
         decisions=decision_rows(report, edge_stats),
         edge=edge_stats,
+        switch=switch_state,
     )
     if figure is not None:
         summary.figure = plot_day(history, report.forecasts, report.decisions, site, figure)
     return summary
+
+
+DEMO_BRIDGE = "nmt-demo"
+
+
+def decide(bus: EmbeddedBus, settings: Settings, capacities: Mapping[str, float], ovs: bool) -> tuple[LoopReport, dict[str, int] | None]:
+    """Collect, forecast and decide once; with ``ovs``, the OpenFlow controller also carries the
+    decisions out on a private Open vSwitch bridge (each target's traffic matched by its own /24,
+    what ``controller.targets`` says on a real network), and the flows and meters are counted."""
+    with ExitStack() as stack:
+        engine, switch = demo_switch(settings, capacities, stack) if ovs else (None, None)
+        loop = ClosedLoop(bus, settings, capacities=dict(capacities), adapters=[engine] if engine is not None else [])
+        stack.callback(loop.close)
+        report = loop.run_once(idle_s=0.5, close_windows=True)
+        if engine is None or switch is None:
+            return report, None
+        engine.flush()
+        return report, {"flows": len(switch.dump_flows(DEMO_BRIDGE)), "meters": len(switch.dump_meters(DEMO_BRIDGE))}
+
+
+def demo_switch(settings: Settings, capacities: Mapping[str, float], stack: ExitStack) -> tuple[OpenFlowEngine, OpenVSwitch]:
+    """The OpenFlow controller and a private Open vSwitch bridge connected to it."""
+    from nm_toolkit.controller.runtime import start_openflow_controller
+    from nm_toolkit.devtools.kafka import free_port
+
+    targets = {target: {"ipv4_dst": f"10.{k // 250}.{k % 250}.0/24"} for k, target in enumerate(sorted(capacities))}
+    controller = settings.controller.model_copy(update={"listen_port": free_port(), "targets": targets})
+    engine = start_openflow_controller(controller)
+    switch = stack.enter_context(OpenVSwitch())
+    switch.add_bridge(DEMO_BRIDGE, controller=f"tcp:127.0.0.1:{controller.listen_port}", datapath_id=1)
+    if not engine.wait_for_switches(1, 30):
+        raise UserError("the demo's Open vSwitch bridge did not connect to the controller in 30 s: run without --ovs")
+    return engine, switch
 
 
 def plot_day(history: pd.DataFrame, forecasts: list[Forecast], decisions: list[Decision], site: str, path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.cli import app
 from nm_toolkit.config import ConfigError, load_settings
+from nm_toolkit.devtools.ovs import ovs_available
 from nm_toolkit.pipeline import ClosedLoop
 from nm_toolkit.schemas import DecisionAdapter, Forecast, SeriesPoint
 
@@ -112,6 +114,22 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     assert {"edge_autoscale", "adapter_placement"} <= decided  # the edge link reserves only ahead of a busy forecast
     assert out["edge_service"]["adapter_placements"] >= 1  # the edge took in its place_adapter decision
     assert figure.is_file() and out["figure"] == str(figure)
+
+
+@pytest.mark.skipif(not ovs_available(), reason="Open vSwitch is not installed (make test installs it)")
+def test_demo_carries_reservations_out_on_open_vswitch(tmp_path: Path) -> None:
+    """`nmt demo --ovs` (what `make demo` runs where OVS is installed): every reservation that
+    passed the guardrails is a meter on the private bridge. Its own process: one OpenFlow
+    controller per process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nm_toolkit", "demo", "--ovs", "--cells", "6", "--days", "8", "--prompts", "4", "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NMT_STATE_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = orjson.loads(proc.stdout)
+    reservations = [d for d in out["decisions"] if d["kind"] == "reservation"]
+    assert reservations and out["switch"]["meters"] == len(reservations)
+    assert out["switch"]["flows"] >= len(reservations)
 
 
 def test_settings_come_from_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

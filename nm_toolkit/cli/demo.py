@@ -21,6 +21,7 @@ def demo(
     headroom: float = typer.Option(1.15, help="demo capacity of a cell or link = this x its busiest observed hour"),
     plot: Path | None = typer.Option(None, help="PNG of the day (default: state_dir/demo/city_day.png)"),
     models: Path | None = typer.Option(None, help="NetGPT models from `nmt llm build -o DIR` (default: tiny ones, built on first use)"),
+    ovs: bool = typer.Option(False, "--ovs", help="also carry reservations out as meters and flows on a private Open vSwitch (needs openvswitch-switch)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -33,7 +34,7 @@ def demo(
     settings = settings_from(config)
     network = load_wide_frame(input) if input else None
     figure = plot or settings.state_dir / "demo" / "city_day.png"
-    city = CityDayConfig(cells=cells, days=days, prompts=prompts, seed=seed, headroom=headroom, network=network, metric=metric, models=models)
+    city = CityDayConfig(cells=cells, days=days, prompts=prompts, seed=seed, headroom=headroom, network=network, metric=metric, models=models, ovs=ovs)
     with console.status("starting") if not as_json else nullcontext() as status:
         report = run_city_day(settings, city, on_stage=lambda stage: status.update(stage) if status else None, figure=figure)
     loop = report.loop
@@ -52,11 +53,13 @@ def demo(
             "telemetry": telemetry, "prompts": report.prompts, "decisions_by_kind": report.decisions,
             "decisions": decisions_json(loop.decisions), "skipped_series": loop.skipped_series,
             "policy_runs": [{"policy": r.policy, "status": r.status, "decisions": len(r.decisions)} for r in loop.round.runs],
-            "edge_service": report.edge, "figure": str(report.figure) if report.figure else None,
+            "edge_service": report.edge, "switch": report.switch, "figure": str(report.figure) if report.figure else None,
         })  # fmt: skip
         return
     emit(False, report.prompts, "prompts: edge and cloud", [{"what": k.replace("_", " "), "value": v} for k, v in report.prompts.items()])
     console.print(table("telemetry -> forecasts -> decisions", [{"stage": k.replace("_", " "), "count": v} for k, v in telemetry.items()]))
     console.print(table("decisions by kind", report.decisions))
+    if report.switch is not None:
+        console.print(f"on the Open vSwitch bridge: {report.switch['flows']} flows, {report.switch['meters']} meters")
     if report.figure:
         console.print(f"the day, as a picture: {report.figure}")
