@@ -6,7 +6,8 @@ blocked" one operation. A BIO tagger decides each edge from the tokens around it
 of up to ``max_span_tokens_`` tokens (the longest labelled span seen in training) is one candidate,
 described as a whole: its text, first and last word, length, the words just outside it, the last
 preposition before it in its clause, whether it opens a clause and comes before an auxiliary (a
-subject: "students shall ..."), and the :mod:`intent.lexicon` classes of its words. Each entity type has one
+subject: "students shall ..."), the :mod:`intent.lexicon` classes of its words and the
+:mod:`intent.embed` clusters of its words and neighbours. Each entity type has one
 weight per feature; a candidate's score for a type says how much better it is as that entity than
 as unlabelled tokens (which score 0), and decoding is the best non-overlapping set of spans
 (:func:`best_segmentation`). Two objectives learn the weights:
@@ -38,6 +39,7 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
+from intent.embed import word_cluster
 from intent.lexicon import word_classes
 from intent.saved import read_config, write_config
 from intent.tagger import CLAUSE_PUNCTUATION, PREPOSITIONS, Features, last_prepositions, stem, token_shape
@@ -79,6 +81,7 @@ class SentenceView:
     stems: tuple[str, ...]
     shapes: tuple[str, ...]
     classes: tuple[tuple[str, ...], ...]
+    clusters: tuple[str, ...]  # intent.embed.word_cluster of each word
     last_prep: tuple[str, ...]  # the last preposition before each token
     glued: tuple[bool, ...]  # glued[k]: token k ends where token k + 1 starts ("5gbps")
     title: tuple[bool, ...]
@@ -91,6 +94,7 @@ class SentenceView:
             stems=tuple(stem(w) for w in words),
             shapes=tuple(token_shape(t.text) for t in tokens),
             classes=tuple(word_classes(w) for w in words),
+            clusters=tuple(word_cluster(w) for w in words),
             last_prep=tuple(last_prepositions(words)),
             glued=tuple(a.end == b.start for a, b in zip(tokens, tokens[1:], strict=False)),
             title=tuple(t.text[:1].isupper() for t in tokens),
@@ -150,6 +154,11 @@ def span_features(view: SentenceView, i: int, j: int) -> Features:
         f.update({f"opens_clause|first_class={c}": 1.0 for c in view.classes[i]})
     if j < n and "auxiliary" in view.classes[j]:
         f["then_auxiliary"] = 1.0
+    f[f"first_cluster={view.clusters[i]}"] = 1.0
+    f[f"last_cluster={view.clusters[j - 1]}"] = 1.0
+    f[f"before_cluster={view.clusters[i - 1] if i else '<s>'}"] = 1.0
+    f[f"after_cluster={view.clusters[j] if j < n else '</s>'}"] = 1.0
+    f.update({f"in_cluster={view.clusters[k]}": 1.0 for k in range(i, j)})
     return f
 
 

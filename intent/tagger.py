@@ -1,7 +1,8 @@
 """A scikit-learn-style entity tagger that needs no LLM: a linear-chain CRF over BIO tags.
 
 Each token is described by its word, stem, shape, affixes, its neighbours within a window, the
-general networking word classes of :mod:`intent.lexicon`, and the last preposition before it
+general networking word classes of :mod:`intent.lexicon`, the pretrained-embedding clusters of
+:mod:`intent.embed` (the word and its neighbours), and the last preposition before it
 ("from"/"to"/"for"/"between"...): in the Nile data that preposition is what separates an origin from
 a destination or a target, and a start from an end. The CRF (CRFsuite, L-BFGS with elastic-net
 regularisation) scores whole tag sequences, so span boundaries are decided jointly rather than
@@ -23,6 +24,7 @@ from pathlib import Path
 import sklearn_crfsuite
 
 from intent.data import LabelledIntent, Span, Token, bio_tags, decode_spans, tokenize
+from intent.embed import word_cluster
 from intent.lexicon import word_classes
 from intent.saved import read_config, write_config
 from nm_toolkit.errors import UserError
@@ -90,6 +92,7 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
     words = [t.text.lower() for t in tokens]
     shapes = [token_shape(t.text) for t in tokens]
     classes = [word_classes(word) for word in words]
+    clusters = [word_cluster(word) for word in words]
     n = len(words)
     out: list[Features] = []
     for i, (word, last_prep) in enumerate(zip(words, last_prepositions(words), strict=True)):
@@ -121,6 +124,7 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
         f[f"bigram-={words[i - 1] if i else '<s>'}|{word}"] = 1.0
         f[f"bigram+={word}|{words[i + 1] if i + 1 < n else '</s>'}"] = 1.0
         f[f"last_prep={last_prep}"] = 1.0
+        f.update({f"cluster{d:+d}={clusters[i + d]}": 1.0 for d in (-1, 0, 1) if 0 <= i + d < n})
         f[f"w={word}|last_prep={last_prep}"] = 1.0
         f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in classes[i]})
         out.append(f)

@@ -177,3 +177,17 @@ def test_intents_of_rare_types_get_more_variants() -> None:
 
     assert variants(AugmentConfig(copies=1, p_swap=0.0, p_word=1.0, rare_below=0)) <= 1  # no type is rare: one variant at most
     assert variants(AugmentConfig(copies=1, p_swap=0.0, p_word=1.0, rare_below=10, rare_copies=6)) > 3
+
+
+def test_embedding_clusters_come_from_the_installed_wheel_and_are_stable() -> None:
+    """Population nouns share a cluster, tokens without letters have none, and the committed
+    centroids are what the clustering gives again (nothing downloaded: the files are the wheel's)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from intent.embed import CENTROIDS_FILE, NO_CLUSTER, word_cluster
+
+    assert word_cluster("students") == word_cluster("professors") != word_cluster("firewall")
+    assert word_cluster("10") == word_cluster(",") == NO_CLUSTER
+    centroids = load_file(str(CENTROIDS_FILE))["centroids"]
+    assert centroids.shape == (128, 256) and np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-3)
