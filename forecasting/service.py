@@ -203,7 +203,7 @@ class ForecastService(StreamService):
             by_step.setdefault(step, []).append(y)
         self._fitted = {}
         for step, columns in by_step.items():
-            frame = self._fill_event_gaps(pd.concat(columns, axis=1).sort_index(), started=None)
+            frame = self._fill_event_gaps(pd.concat(columns, axis=1, sort=True), started=None)
             model = make_model(self.config.model, pd.Timedelta(seconds=step))
             self._fitted[step] = _Fitted(model.fit_many(frame, cfg.horizon), list(frame.columns), frame.index[-1])
         return self._fitted

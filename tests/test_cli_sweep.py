@@ -156,6 +156,8 @@ SWEEP: tuple[Case, ...] = (
     Case(("policy", "list")),
     Case(("policy", "test", "-p", "bandwidth_reservation", "--context", "{ws}/context.json"), setup=policy_context),
     Case(("policy", "backtest", "--input", str(MILAN), "--warmup-days", "18", "--model", "seasonal_mean", "-v", "headroom=0.3")),
+    Case(("policy", "backtest"), error="--synthetic-netgpt"),
+    Case(("policy", "backtest", "--synthetic-netgpt", "--days", "9", "-v", "headrom=0.3"), error="no [policy] setting headrom"),
     Case(("policy", "backtest", "--synthetic-netgpt", "--days", "9", "--sites", "2", "--model", "ses",
           "--policies", "edge_autoscale,adapter_placement,edge_link_reservation", "-v", "edge_autoscale.prompts_per_replica=2")),
     Case(("decisions", "tail", "--wait", "1"), kafka=True),
