@@ -60,7 +60,8 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
         "classroom classrooms office offices department departments servers server gateway database databases "
         "internet network networks racks rack datacenter data center cafeteria hall halls floor wing subnet subnets "
         "vlan wifi wi-fi lan dmz cloud edge backbone core hospital clinic auditorium gym stadium residence "
-        "residences headquarters branch site sites room rooms store".split()
+        "residences headquarters branch site sites room rooms store printers printer cameras camera sensors sensor "
+        "projectors projector kiosks kiosk".split()
     ),
     "weekday": frozenset(
         "monday tuesday wednesday thursday friday saturday sunday weekdays weekday weekend weekends "
