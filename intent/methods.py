@@ -96,14 +96,38 @@ def unknown_values(spans: Sequence[Span], known: set[str] | None) -> list[str]:
     return reasons
 
 
+def unread_names(text: str, spans: Sequence[Span], known: set[str] | None) -> list[str]:
+    """Why each word that looks like a name (a capital letter after the first word: "Zorblx",
+    "iCloud") is a doubt: the extractor neither knows it nor read it into any span, so the intent
+    may be about something it did not see ("Block Zorblx for all contractors" is not "block all
+    traffic of contractors")."""
+    from intent.data import tokenize
+    from intent.lexicon import word_classes
+
+    if known is None:
+        return []
+    reasons = []
+    for token in tokenize(text)[1:]:
+        word = token.text
+        if not word.isalpha() or word.islower() or word.lower() in known or word_classes(word.lower()):
+            continue
+        if not any(span.start <= token.start and token.end <= span.end for span in spans):
+            reasons.append(f"{word!r} looks like a name the extractor does not know, and it read it as nothing")
+    return reasons
+
+
 def predict_with_doubts(extractor: SpanExtractor, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
-    """Spans of each text and the doubts about them (members' disagreement, unknown named values)."""
+    """Spans of each text and the doubts about them (members' disagreement, unknown named values,
+    unknown names left out of every span)."""
     if hasattr(extractor, "predict_with_doubts"):
         predicted = extractor.predict_with_doubts(texts)
     else:
         predicted = [(spans, []) for spans in extractor.predict_spans(texts)]
     known = known_words(extractor)
-    return [(spans, doubts + unknown_values(spans, known)) for spans, doubts in predicted]
+    return [
+        (spans, doubts + unknown_values(spans, known) + unread_names(text, spans, known))
+        for text, (spans, doubts) in zip(texts, predicted, strict=True)
+    ]
 
 
 def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> list[OperatorIntent | NeedsClarification]:

@@ -133,6 +133,22 @@ def test_doubts_come_back_as_clarifications_with_the_reason() -> None:
     assert parse_operator_intents(vote, [text])[0].kind == "operator"
 
 
+def test_an_unknown_name_read_as_nothing_is_a_doubt() -> None:
+    """"Block Zorblx for all contractors": the name is in no span, so the intent would silently
+    be about all of the contractors' traffic; it comes back as a clarification instead."""
+    from intent.methods import unread_names
+
+    text = "Block Zorblx for all contractors"
+    spans = [Span("operation", 0, 5, "Block"), Span("group", 24, 32, "contractors")]
+    assert unread_names(text, spans, {"block", "for", "all"}) == [
+        "'Zorblx' looks like a name the extractor does not know, and it read it as nothing"
+    ]
+    assert unread_names(text, [*spans, Span("service", 6, 12, "Zorblx")], {"block"}) == []  # read: unknown_values judges it
+    assert unread_names("Block YouTube for guests", [spans[0]], set()) == []  # a name the lexicon knows
+    assert unread_names("block zorblx please", [], set()) == []  # no capital: not taken for a name
+    assert unread_names(text, spans, None) == []
+
+
 def test_a_clause_subject_is_not_the_object_of_the_infinitive_to() -> None:
     """"to ensure students ..." made "students" look like "to students" (a target) to both taggers."""
     from intent.data import tokenize
