@@ -45,13 +45,16 @@ from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
 from nm_toolkit.llm.defaults import EDGE_ADAPTER, SIZES, BuiltModels, build_netgpt, city_task
 from nm_toolkit.llm.deployment import cloud_responder, edge_completer
+from nm_toolkit.llm.profile import VARIANTS, profile_edge, read_profiles
 from nm_toolkit.llm.service import edge_service
 from nm_toolkit.pipeline import ClosedLoop, LoopReport
 from nm_toolkit.schemas import Decision, Forecast
 from policies.bandwidth import BandwidthReservationPolicy, EdgeLinkReservationPolicy
 from policies.whatif import default_capacities
 
-DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation")
+DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement")
+# The demo site's declared budget for one edge replica (model placement picks the model that fits).
+DEMO_SITE_BUDGET = {"p95_ms": 5000.0, "memory_mb": 64.0}
 LOAD_HISTORY_DAYS = 7
 
 # What real producers get wrong; the demo sends these too, to show they are dead-lettered.
@@ -98,13 +101,17 @@ class CityDayReport:
 
 
 def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
-    """``settings`` with the demo's models and every NetGPT policy on."""
+    """``settings`` with the demo's models and every NetGPT policy on; model placement chooses
+    for the demo site among the demo's edge model's measured variants, unless configured."""
     llm = settings.llm.model_copy(update={
         "edge_model": built.edge_model, "cloud_model": built.cloud_model, "adapters_dir": built.adapters_dir,
         "cloud_adapters_dir": built.cloud_adapters_dir, "context_store": built.context_store,
     })  # fmt: skip
     policy = settings.policy.model_copy(update={"enabled": list(DEMO_POLICIES)})
-    return settings.model_copy(update={"llm": llm, "policy": policy})
+    placement = {"candidates": [str(built.edge_model)], "sites": {llm.edge_site: DEMO_SITE_BUDGET}}
+    params = {"model_placement": placement, **settings.controller.policy_params}
+    controller = settings.controller.model_copy(update={"policy_params": params})
+    return settings.model_copy(update={"llm": llm, "policy": policy, "controller": controller})
 
 
 def edge_load_history(site: str, end: datetime, seed: int) -> pd.DataFrame:
@@ -177,6 +184,7 @@ def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, 
         "place_adapter": f"edge service: {int(edge['adapter_placements'])} taken in, {int(edge['adapter_loads'])} loaded, "
         f"{int(edge['adapters_loaded'])} in memory, {int(edge['placement_failures'])} failed",
         "scale_compute": "`nmt llm supervise` starts or stops edge processes",
+        "place_model": "`nmt llm supervise` restarts the site's replicas on it",
     }
     rows: list[dict[str, object]] = []
     for (policy, kind), n in sorted(made.items()):
@@ -213,9 +221,13 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     load = edge_load_history(site, now, config.seed)
     send_frame(bus, settings.topics.telemetry, load, site)
 
-    on_stage("serving prompts at the edge and in the cloud")
+    on_stage("measuring the edge model's serving cost (first run only)")
     _, _, held_out = city_task(tiny.seed, max(tiny.edge_examples, tiny.cloud_examples), test=config.prompts)
     store = ContextStore.load(built.context_store)
+    if not set(VARIANTS) <= set(read_profiles(built.edge_model)):
+        profile_edge(settings, requests=16)
+
+    on_stage("serving prompts at the edge and in the cloud")
     asked = {f"demo-{i}": example for i, example in enumerate(held_out)}
     for request_id, example in asked.items():
         producer.send(settings.topics.prompts, prompt_message(example, request_id, now), example.cell.encode())

@@ -108,10 +108,12 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     assert (prompts["bytes_edge_to_cloud"] > 0) == (prompts["answered_in_cloud"] > 0)
     assert prompts["bytes_edge_to_cloud"] < prompts["bytes_cloud_only"]
     runs = {run["policy"]: run for run in out["policy_runs"]}
-    assert set(runs) == {"bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation"}
+    assert set(runs) == {"bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement"}
     assert all(run["status"] == "ok" for run in runs.values())
     decided = {row["policy"] for row in out["decisions_by_kind"]}
-    assert {"edge_autoscale", "adapter_placement"} <= decided  # the edge link reserves only ahead of a busy forecast
+    assert {"edge_autoscale", "adapter_placement", "model_placement"} <= decided  # the edge link reserves only ahead of a busy forecast
+    [placed] = [d for d in out["decisions"] if d["kind"] == "place_model"]
+    assert placed["target"] == "edge-0" and not placed["quantize"]  # the tiny fp32 model fits the demo site's budget
     assert out["edge_service"]["adapter_placements"] >= 1  # the edge took in its place_adapter decision
     assert figure.is_file() and out["figure"] == str(figure)
 

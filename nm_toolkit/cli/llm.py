@@ -129,25 +129,13 @@ def profile(
     """Measure what serving the configured edge model costs here, fp32 and int8, and write the
     figures into its model card (what the model_placement policy chooses from)."""
     from nm_toolkit.config import load_settings
-    from nm_toolkit.llm.city_qa import build_city_qa_dataset
-    from nm_toolkit.llm.context import ContextStore
-    from nm_toolkit.llm.deployment import LlmPaths, edge_completer
-    from nm_toolkit.llm.netgpt import EdgeRequest
-    from nm_toolkit.llm.profile import profile_completer, record_profiles
+    from nm_toolkit.llm.deployment import LlmPaths
+    from nm_toolkit.llm.profile import profile_edge
 
     settings = load_settings()
     paths = LlmPaths.from_settings(settings)
-    _, held_out = build_city_qa_dataset(ContextStore.load(paths.context_store), 0, requests, seed=0)
-    asked = [EdgeRequest(e.text, e.cell, e.user) for e in held_out]
-    size = batch or settings.llm.max_batch
-    profiles = []
     with console.status("profiling") if not as_json else nullcontext() as status:
-        for variant in ("fp32", "int8"):
-            if status:
-                status.update(f"serving {len(asked)} requests with the {variant} edge model")
-            variant_settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"quantize_edge": variant == "int8"})})
-            profiles.append(profile_completer(edge_completer(variant_settings), asked, size, variant))
-    record_profiles(paths.edge_model, profiles)
+        profiles = profile_edge(settings, requests, batch, on_variant=lambda v: status.update(f"serving {requests} requests with the {v} edge model") if status else None)
     shown = [{"variant": p.variant, "p50 ms": p.p50_ms, "p95 ms": p.p95_ms, "requests/s": p.requests_per_s, "weights MB": p.weights_mb} for p in profiles]
     emit(as_json, {"model": str(paths.edge_model), "profiles": [asdict(p) for p in profiles]}, f"serving {paths.edge_model} (in its card now)", shown)
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nm_toolkit.llm.netgpt import EdgeCompleter, EdgeRequest
-from nm_toolkit.llm.quantize import serialized_mb
+if TYPE_CHECKING:  # the policy that reads cards must not import torch
+    from nm_toolkit.config import Settings
+    from nm_toolkit.llm.netgpt import EdgeCompleter, EdgeRequest
 
 CARD_FILE = "nmt_card.json"
 SERVING_KEY = "serving"
@@ -46,6 +48,8 @@ class ServingProfile:
 
 def profile_completer(completer: EdgeCompleter, requests: Sequence[EdgeRequest], batch: int, variant: str) -> ServingProfile:
     """Serve ``requests`` in batches of ``batch`` (one warm-up batch first) and time each batch."""
+    from nm_toolkit.llm.quantize import serialized_mb
+
     prepared = [completer.prepare(r) for r in requests]
     completer.complete(prepared[:batch])  # warm-up: first-call allocation is not serving cost
     latencies = []
@@ -61,6 +65,26 @@ def profile_completer(completer: EdgeCompleter, requests: Sequence[EdgeRequest],
         requests=len(prepared), machine=f"{platform.machine()} {platform.processor() or platform.system()}",
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
+
+
+def profile_edge(settings: Settings, requests: int, batch: int | None = None, on_variant: Callable[[str], None] = lambda _: None) -> list[ServingProfile]:
+    """The configured edge model served fp32 and int8 on ``requests`` held-out city requests of
+    its context store, in batches of ``batch`` (default ``llm.max_batch``), written into its card."""
+    from nm_toolkit.llm.city_qa import build_city_qa_dataset
+    from nm_toolkit.llm.context import ContextStore
+    from nm_toolkit.llm.deployment import LlmPaths, edge_completer
+    from nm_toolkit.llm.netgpt import EdgeRequest
+
+    paths = LlmPaths.from_settings(settings)
+    _, held_out = build_city_qa_dataset(ContextStore.load(paths.context_store), 0, requests, seed=0)
+    asked = [EdgeRequest(e.text, e.cell, e.user) for e in held_out]
+    profiles = []
+    for variant in VARIANTS:
+        on_variant(variant)
+        llm = settings.llm.model_copy(update={"quantize_edge": variant == "int8"})
+        profiles.append(profile_completer(edge_completer(settings.model_copy(update={"llm": llm})), asked, batch or settings.llm.max_batch, variant))
+    record_profiles(paths.edge_model, profiles)
+    return profiles
 
 
 def record_profiles(model_dir: Path, profiles: Sequence[ServingProfile]) -> None:
