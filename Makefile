@@ -21,9 +21,10 @@ deps: $(DEPS_STAMP)
 install: deps
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
-# With Open vSwitch installed, the demo's reservations also become meters and flows on a private bridge.
+# With Open vSwitch installed (and root: a userspace bridge still opens a tap device), the demo's
+# reservations also become meters and flows on a private bridge.
 demo: install
-	$(VENV)/bin/nmt demo $$(command -v ovs-vswitchd >/dev/null && echo --ovs)
+	$(VENV)/bin/nmt demo $$(command -v ovs-vswitchd >/dev/null && [ "$$(id -u)" = 0 ] && echo --ovs)
 
 # Provision the real services the tests use (Kafka jars from Maven Central, Open vSwitch from
 # Debian, the example plug-in policy package), then run pytest.
