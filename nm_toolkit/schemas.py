@@ -229,9 +229,6 @@ class Reservation(DecisionBase):
     capacity: float = Field(gt=0)
     forecast_peak: float
     series_id: str | None = Field(default=None, description="the forecast series the reservation covers")
-    units_per_value: float = Field(
-        default=1.0, gt=0, description="bandwidth units per unit of the series' value (a count per window becomes a rate)"
-    )
 
 
 class Acl(DecisionBase):

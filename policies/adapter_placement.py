@@ -11,26 +11,13 @@ A site's share of forecast requests ranks its adapters. Observed counts in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
-from nm_toolkit.schemas import Decision, Forecast, PlaceAdapter, split_series_key
+from nm_toolkit.schemas import Decision, PlaceAdapter, split_series_key
 from policies.base import Policy, PolicyContext
 
 DEMAND_REQUESTS = "demand.*.requests"
 ADAPTER_REQUESTS = "adapter.*.requests"
-
-
-def demand_popularity(forecasts: Mapping[str, Forecast], pattern: str = DEMAND_REQUESTS) -> dict[str, dict[str, float]]:
-    """Location -> the middle part of the metric (service class, adapter) -> forecast requests over
-    the horizon, from the series whose metric matches ``pattern`` (``<kind>.<name>.requests``)."""
-    popularity: dict[str, dict[str, float]] = {}
-    for series_id, forecast in forecasts.items():
-        location, metric = split_series_key(series_id)
-        if fnmatchcase(metric, pattern):
-            name = metric.split(".")[1]
-            popularity.setdefault(location, {})[name] = sum(max(0.0, v) for v in forecast.mean)
-    return popularity
 
 
 def popular_adapters(counts: dict[str, float], top_k: int, min_share: float) -> list[tuple[str, float]]:
@@ -53,17 +40,26 @@ class AdapterPlacementPolicy(Policy):
         self.min_share = min_share
         self.adapter_prefix = adapter_prefix
 
+    def adapter_of(self, metric: str) -> str | None:
+        """The adapter whose requests ``metric`` counts: ``adapter.<name>.requests`` names it,
+        ``demand.<class>.requests`` is served by ``<prefix><class>``; None for other metrics."""
+        if fnmatchcase(metric, ADAPTER_REQUESTS):
+            return metric.split(".")[1]
+        if fnmatchcase(metric, DEMAND_REQUESTS):
+            return f"{self.adapter_prefix}{metric.split('.')[1]}"
+        return None
+
     def popularity(self, context: PolicyContext) -> dict[str, dict[str, float]]:
-        """Observed counts where given, else forecast requests per adapter: the sites' own adapter
-        series, plus the demand per service class."""
+        """Observed counts where given, else forecast requests per adapter over the horizon: the
+        sites' own adapter series plus the demand per service class."""
         if context.adapter_popularity:
             return context.adapter_popularity
-        popularity = demand_popularity(context.forecasts, ADAPTER_REQUESTS)
-        for site, classes in demand_popularity(context.forecasts).items():
-            counts = popularity.setdefault(site, {})
-            for service_class, requests in classes.items():
-                adapter = f"{self.adapter_prefix}{service_class}"
-                counts[adapter] = counts.get(adapter, 0.0) + requests
+        popularity: dict[str, dict[str, float]] = {}
+        for series_id, forecast in context.forecasts.items():
+            site, metric = split_series_key(series_id)
+            if (adapter := self.adapter_of(metric)) is not None:
+                counts = popularity.setdefault(site, {})
+                counts[adapter] = counts.get(adapter, 0.0) + sum(max(0.0, v) for v in forecast.mean)
         return popularity
 
     def decide(self, context: PolicyContext) -> list[Decision]:

@@ -13,20 +13,13 @@ import math
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from nm_toolkit.schemas import Decision, Forecast, ScaleCompute, split_series_key
+from nm_toolkit.schemas import Decision, ScaleCompute, split_series_key
 from policies.base import Policy, PolicyContext
 
 
 def replicas_for(peak_demand: float, per_replica: float, headroom: float, low: int, high: int) -> int:
     """Workers that serve ``peak_demand * (1 + headroom)``, clamped to ``[low, high]``."""
     return max(low, min(high, math.ceil(max(0.0, peak_demand) * (1 + headroom) / per_replica)))
-
-
-def peak_rate(forecast: Forecast, per_window: bool) -> float:
-    """The upper bound of ``forecast`` as a rate per second (``per_window``: it counts events per
-    step, so divide by the step)."""
-    peak = max(forecast.upper or forecast.mean)
-    return peak / forecast.step_seconds if per_window else peak
 
 
 class EdgeAutoscalePolicy(Policy):
@@ -51,19 +44,24 @@ class EdgeAutoscalePolicy(Policy):
         self.min_replicas = min_replicas
         self.max_replicas = max_replicas
 
+    def per_second(self, metric: str, step_seconds: float) -> float | None:
+        """What one unit of ``metric`` is in prompts per second: 1 for a rate series, 1 / step for a
+        count per window; None for a metric that is not prompt demand."""
+        if any(fnmatchcase(metric, p) for p in self.rate_metrics):
+            return 1.0
+        if any(fnmatchcase(metric, p) for p in self.count_metrics):
+            return 1.0 / step_seconds
+        return None
+
     def site_rates(self, context: PolicyContext) -> dict[str, tuple[float, list[str]]]:
-        """Per site, the forecast peak prompt rate and the series it adds up."""
+        """Per site, the forecast peak prompt rate (the upper bound) and the series it adds up."""
         rates: dict[str, tuple[float, list[str]]] = {}
         for series_id, forecast in sorted(context.forecasts.items()):
             site, metric = split_series_key(series_id)
-            if any(fnmatchcase(metric, p) for p in self.rate_metrics):
-                rate = peak_rate(forecast, per_window=False)
-            elif any(fnmatchcase(metric, p) for p in self.count_metrics):
-                rate = peak_rate(forecast, per_window=True)
-            else:
+            if (scale := self.per_second(metric, forecast.step_seconds)) is None:
                 continue
             total, series = rates.get(site, (0.0, []))
-            rates[site] = (total + rate, [*series, series_id])
+            rates[site] = (total + scale * max(forecast.upper or forecast.mean), [*series, series_id])
         return rates
 
     def decide(self, context: PolicyContext) -> list[Decision]:

@@ -68,7 +68,6 @@ class BandwidthReservationPolicy(Policy):
                     capacity=capacity,
                     forecast_peak=round(peak, 3),
                     series_id=series_id,
-                    units_per_value=scale,
                     reason=(
                         f"{forecast.model} forecast of {series_id} peaks at {peak:,.1f} "
                         f"({peak / capacity:.0%} of capacity {capacity:,.0f}) within {forecast.horizon} steps"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from nm_toolkit.config import PolicySettings
 from nm_toolkit.schemas import Decision, Forecast
 from policies.intents import NetworkIntent
+
+
+def capacity_of(target: str, capacities: Mapping[str, float], settings: PolicySettings) -> float:
+    """``target``'s capacity: the one measured or given at run time, else ``policy.capacities``,
+    else ``policy.default_capacity``."""
+    return capacities.get(target, settings.capacities.get(target, settings.default_capacity))
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class PolicyContext:
     targets: dict[str, dict[str, str | int]] = field(default_factory=dict)
 
     def capacity_of(self, target: str) -> float:
-        return self.capacities.get(target, self.settings.capacities.get(target, self.settings.default_capacity))
+        return capacity_of(target, self.capacities, self.settings)
 
 
 class Policy(ABC):

@@ -34,24 +34,24 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from forecasting.backtest import rolling_origins
+from forecasting.history import infer_step
 from forecasting.registry import make_model
 from forecasting.service import forecast_message, missing_means_zero
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.controller.service import DecisionController
-from nm_toolkit.errors import UserError
+from nm_toolkit.errors import UserError, validation_reason
 from nm_toolkit.schemas import Decision, PlaceAdapter, Reservation, ScaleCompute, split_series_key
 from policies.adapter_placement import AdapterPlacementPolicy
 from policies.autoscale import EdgeAutoscalePolicy
 from policies.bandwidth import BandwidthReservationPolicy
-from policies.base import Policy
+from policies.base import Policy, capacity_of
 from policies.registry import load_policies
 
 NO_DECISIONS = "no decisions"
@@ -103,8 +103,7 @@ class Variant:
         try:
             policy = type(base.policy).model_validate(base.policy.model_dump() | self.policy)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise VariantError(f"variant {self.name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+            raise VariantError(f"variant {self.name!r}: {validation_reason(exc, limit=1)}") from exc
         params = {name: dict(values) for name, values in base.controller.policy_params.items()}
         for name, values in self.params.items():
             params[name] = params.get(name, {}) | values
@@ -112,16 +111,13 @@ class Variant:
         return base.model_copy(update={"policy": policy, "controller": controller})
 
 
-class RecordingActuator(ControllerAdapter):
-    """Carries nothing out: records what the controller would apply, and when."""
+class WhatIfActuator(ControllerAdapter):
+    """Carries nothing out and reports every decision applied, so that the controller keeps them in
+    force (for the guardrails' refresh and conflict rules) as it would live."""
 
     name = "what-if"
 
-    def __init__(self) -> None:
-        self.applied: list[Decision] = []
-
     def apply(self, decisions: Sequence[Decision]) -> list[Outcome]:
-        self.applied.extend(decisions)
         return [Outcome(d.idempotency_key, d.kind, "applied") for d in decisions]
 
 
@@ -138,9 +134,11 @@ class VariantReplay:
 
 
 def step_seconds_of(frame: pd.DataFrame) -> int:
-    if len(frame.index) < 2:
-        raise UserError("the trace needs at least two time steps: pass a longer trace")
-    return int((frame.index[1] - frame.index[0]).total_seconds())
+    """The trace's sampling step in seconds (a one-line error for a trace too short to have one)."""
+    try:
+        return int(infer_step(pd.DatetimeIndex(frame.index)).total_seconds())
+    except ValueError as exc:
+        raise UserError("the trace needs at least two time steps: pass a longer trace") from exc
 
 
 def default_capacities(frame: pd.DataFrame, policies: Sequence[Policy], factor: float) -> dict[str, float]:
@@ -183,7 +181,7 @@ def replay(
         policies = load_policies(list(policy_names), configured.controller.policy_params)
         replays.append(VariantReplay(variant, policies, configured))
         clock = _TraceClock()
-        controllers.append((clock, DecisionController(configured, policies, [RecordingActuator()], capacities, clock=clock)))
+        controllers.append((clock, DecisionController(configured, policies, [WhatIfActuator()], capacities, clock=clock)))
     forecaster = make_model(model, pd.Timedelta(seconds=step))
     fitted = None
     previous = 0
@@ -255,7 +253,7 @@ def score_reservations(
         in_force = {d.target: d.bandwidth for d in decisions.get(start, ()) if isinstance(d, Reservation)}
         for policy, series_id in covered:
             target = policy.target_of(split_series_key(series_id)[0])
-            capacity = capacities.get(target, settings.policy.capacities.get(target, settings.policy.default_capacity))
+            capacity = capacity_of(target, capacities, settings.policy)
             demand = frame[series_id].to_numpy(dtype=float)[start:end] * policy.units_per_value(step)
             demand = demand[np.isfinite(demand)]
             risky = demand > unreserved_share * capacity
@@ -287,11 +285,8 @@ def score_autoscale(
     rates: dict[str, np.ndarray] = {}
     for series_id in frame.columns:
         site, metric = split_series_key(series_id)
-        values = np.nan_to_num(frame[series_id].to_numpy(dtype=float))
-        if any(fnmatchcase(metric, p) for p in policy.rate_metrics):
-            rates[site] = rates.get(site, 0.0) + values
-        elif any(fnmatchcase(metric, p) for p in policy.count_metrics):
-            rates[site] = rates.get(site, 0.0) + values / step
+        if (scale := policy.per_second(metric, step)) is not None:
+            rates[site] = rates.get(site, 0.0) + scale * np.nan_to_num(frame[series_id].to_numpy(dtype=float))
     overloaded = replica_hours = 0.0
     for start, end in spans(origins, len(frame)):
         replicas = {d.target: d.replicas for d in decisions.get(start, ()) if isinstance(d, ScaleCompute)}
@@ -309,13 +304,10 @@ def score_adapters(
     placers = [p for p in policies if isinstance(p, AdapterPlacementPolicy)]
     if not placers:
         return {}
-    prefix = placers[0].adapter_prefix
     demand = []
     for series_id in frame.columns:
         site, metric = split_series_key(series_id)
-        parts = metric.split(".")
-        if len(parts) == 3 and parts[0] in ("demand", "adapter") and parts[2] == "requests":
-            adapter = f"{prefix}{parts[1]}" if parts[0] == "demand" else parts[1]
+        if (adapter := placers[0].adapter_of(metric)) is not None:
             demand.append((site, adapter, np.nan_to_num(frame[series_id].to_numpy(dtype=float))))
     saved = missed = 0.0
     for start, end in spans(origins, len(frame)):

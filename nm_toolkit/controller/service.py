@@ -14,6 +14,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.schemas import Decision, Forecast
 from policies import Policy, PolicyContext
+from policies.base import capacity_of
 from policies.guardrails import GuardrailReport, Guardrails
 from policies.intents import NetworkIntent
 from policies.registry import PolicyRun, evaluate_policies
@@ -70,8 +71,7 @@ class DecisionController:
         self._in_force: dict[str, Decision] = {}
 
     def _capacity_of(self, target: str) -> float:
-        policy = self.settings.policy
-        return self.capacities.get(target, policy.capacities.get(target, policy.default_capacity))
+        return capacity_of(target, self.capacities, self.settings.policy)
 
     @property
     def in_force(self) -> dict[str, Decision]:
