@@ -85,13 +85,14 @@ def replay_frame(
     producer: Producer,
     topic: str,
     frame: pd.DataFrame,
-    metric: str,
+    metric: str | None,
     *,
     speedup: float | None = None,
     unit: str = "",
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Replay a wide frame one timestamp at a time; ``speedup`` x real time, None = no waiting."""
+    """Replay a wide frame one timestamp at a time; ``speedup`` x real time, None = no waiting.
+    ``metric`` None: the columns are series ids (``SOURCE|METRIC``) (:func:`frame_records`)."""
     step = frame.index.to_series().diff().median() if len(frame) > 1 else pd.Timedelta(0)
     delay = step.total_seconds() / speedup if speedup else 0.0
     n_records = n_messages = 0

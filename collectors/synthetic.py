@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from nm_toolkit.schemas import Location, TelemetryRecord
+from nm_toolkit.schemas import Location, TelemetryRecord, split_series_key
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,17 @@ class SyntheticTelemetry:
         yield from frame_records(self.frame(), self.metric, self.unit)
 
 
-def frame_records(frame: pd.DataFrame, metric: str, unit: str = "") -> Iterator[TelemetryRecord]:
-    """Records of a wide frame (DatetimeIndex x sources), time by time, skipping missing values."""
-    locations = {source: Location(cell=str(source)) for source in frame.columns}
+def frame_records(frame: pd.DataFrame, metric: str | None, unit: str = "") -> Iterator[TelemetryRecord]:
+    """Records of a wide frame (DatetimeIndex x sources), time by time, skipping missing values.
+    ``metric`` None: the columns are series ids (``SOURCE|METRIC``), each naming its own."""
+    keys = {c: (str(c), metric) if metric is not None else split_series_key(str(c)) for c in frame.columns}
+    locations = {column: Location(cell=source) for column, (source, _) in keys.items()}
     for ts, row in zip(frame.index.to_pydatetime(), frame.to_numpy(), strict=True):
-        for source, value in zip(frame.columns, row, strict=True):
+        for column, value in zip(frame.columns, row, strict=True):
             if not np.isnan(value):
+                source, name = keys[column]
                 yield TelemetryRecord.model_construct(
-                    ts=ts, source=str(source), metric=metric, value=float(value), unit=unit, location=locations[source]
+                    ts=ts, source=source, metric=name, value=float(value), unit=unit, location=locations[column]
                 )
 
 

@@ -8,7 +8,8 @@ city. Every hop is a topic and every stage the stream service its own command ru
 prompts -> edge LLM service (grounded completion, routing, privacy guardrail) -> cloud LLM service
 -> answers; prompts -> intent service -> demand series; telemetry (network and the edge's own
 load) -> collector -> forecasts -> policies (bandwidth, edge autoscaling, adapter placement, the
-edge->cloud link) -> guardrails -> decisions topic -> the edge service places its adapters.
+edge->cloud link, model placement) -> guardrails -> decisions topic -> the edge service places its
+adapters (and, with ``--ovs``, the OpenFlow controller sets meters and flows on Open vSwitch).
 
 The models are the toolkit's tiny defaults (``nmt llm build --size tiny``), built on first use
 under ``~/.cache/nm-toolkit/models`` and reused after: the pipeline is real, but seconds-trained
@@ -124,18 +125,6 @@ def edge_load_history(site: str, end: datetime, seed: int) -> pd.DataFrame:
     return frame
 
 
-def send_frame(bus: EmbeddedBus, topic: str, frame: pd.DataFrame, key: str) -> None:
-    """Each row of a wide ``SOURCE|METRIC`` frame as one telemetry message of records, keyed ``key``."""
-    producer = bus.producer()
-    for ts, row in frame.iterrows():
-        records = [
-            {"ts": ts.timestamp(), "source": key.split("|", 1)[0], "metric": key.split("|", 1)[1], "value": float(v)}
-            for key, v in row.items() if pd.notna(v)
-        ]  # fmt: skip
-        producer.send(topic, orjson.dumps({"records": records}), key.encode())
-    producer.flush()
-
-
 def prompt_message(example: CityQAExample, request_id: str, at: datetime) -> bytes:
     return orjson.dumps({
         "request_id": request_id, "text": example.text, "location": example.cell, "user": example.user,
@@ -219,7 +208,7 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
         producer.send(settings.topics.telemetry, bad, b"cell-0000")
     site = settings.llm.edge_site
     load = edge_load_history(site, now, config.seed)
-    send_frame(bus, settings.topics.telemetry, load, site)
+    replay_frame(producer, settings.topics.telemetry, load, None)
 
     on_stage("measuring the edge model's serving cost (first run only)")
     _, _, held_out = city_task(tiny.seed, max(tiny.edge_examples, tiny.cloud_examples), test=config.prompts)
