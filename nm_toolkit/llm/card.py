@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 LOSS_PLOT = "loss_curve.png"
+CARD_JSON = "nmt_card.json"  # the card for programs (README.md is the one for people)
 
 
 def plot_loss(losses: Sequence[float], path: Path, title: str) -> None:
@@ -45,7 +46,7 @@ def loss_table(losses: Sequence[float], rows: int = 10) -> list[tuple[int, float
 def write_card(directory: Path, title: str, summary: str, facts: Mapping[str, Any], losses: Sequence[float]) -> None:
     """README.md (the card people read), ``nmt_card.json`` (the same facts for programs) and the plot."""
     plot_loss(losses, directory / LOSS_PLOT, title)
-    (directory / "nmt_card.json").write_text(json.dumps({**facts, "loss_curve": list(losses)}, indent=1, default=str))
+    (directory / CARD_JSON).write_text(json.dumps({**facts, "loss_curve": list(losses)}, indent=1, default=str))
     lines = [f"# {title}", "", summary, "", "| field | value |", "|---|---|"]
     lines += [f"| {key} | `{json.dumps(value, default=str)}` |" for key, value in facts.items()]
     lines += ["", "## Loss curve", "", f"![loss curve]({LOSS_PLOT})", "", "| step | loss |", "|---:|---:|"]

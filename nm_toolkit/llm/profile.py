@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nm_toolkit.llm.card import CARD_JSON
+
 if TYPE_CHECKING:  # the policy that reads cards must not import torch
     from nm_toolkit.config import Settings
     from nm_toolkit.llm.netgpt import EdgeCompleter, EdgeRequest
 
-CARD_FILE = "nmt_card.json"
 SERVING_KEY = "serving"
 VARIANTS = ("fp32", "int8")
 
@@ -89,7 +90,7 @@ def profile_edge(settings: Settings, requests: int, batch: int | None = None, on
 
 def record_profiles(model_dir: Path, profiles: Sequence[ServingProfile]) -> None:
     """Write ``profiles`` under ``serving`` in the model's card (other variants' figures stay)."""
-    path = model_dir / CARD_FILE
+    path = model_dir / CARD_JSON
     card = json.loads(path.read_text()) if path.is_file() else {}
     card[SERVING_KEY] = {**card.get(SERVING_KEY, {}), **{p.variant: asdict(p) for p in profiles}}
     path.write_text(json.dumps(card, indent=1))
@@ -97,7 +98,7 @@ def record_profiles(model_dir: Path, profiles: Sequence[ServingProfile]) -> None
 
 def read_profiles(model_dir: Path) -> dict[str, ServingProfile]:
     """The measured variants of the model at ``model_dir`` (none when it was never profiled)."""
-    path = model_dir / CARD_FILE
+    path = model_dir / CARD_JSON
     if not path.is_file():
         return {}
     serving = json.loads(path.read_text()).get(SERVING_KEY, {})
