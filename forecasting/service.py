@@ -89,6 +89,17 @@ def missing_means_zero(series_id: str, zero_fill_metrics: Sequence[str]) -> bool
     return any(fnmatchcase(metric, pattern) for pattern in zero_fill_metrics)
 
 
+def fill_event_gaps(frame: pd.DataFrame, zero_fill_metrics: Sequence[str], started: bool | None) -> pd.DataFrame:
+    """Missing windows of event-count series (:func:`missing_means_zero`) are zeros once the series
+    has started: ``started`` None reads that from the frame itself, True says every row is after it."""
+    columns = [c for c in frame.columns if missing_means_zero(str(c), zero_fill_metrics)]
+    if columns:
+        block = frame[columns]
+        after_start = block.notna().cummax() if started is None else started
+        frame[columns] = block.mask(block.isna() & after_start, 0.0)
+    return frame
+
+
 class ForecastService(StreamService):
     """Consume ``series_topic`` in group ``config.group_id``; publish ``forecasts_topic``."""
 
@@ -203,7 +214,7 @@ class ForecastService(StreamService):
             by_step.setdefault(step, []).append(y)
         self._fitted = {}
         for step, columns in by_step.items():
-            frame = self._fill_event_gaps(pd.concat(columns, axis=1, sort=True), started=None)
+            frame = fill_event_gaps(pd.concat(columns, axis=1, sort=True), self.forecast.zero_fill_metrics, started=None)
             model = make_model(self.config.model, pd.Timedelta(seconds=step))
             self._fitted[step] = _Fitted(model.fit_many(frame, cfg.horizon), list(frame.columns), frame.index[-1])
         return self._fitted
@@ -227,20 +238,10 @@ class ForecastService(StreamService):
                 continue
             wide = rows.pivot(index="window_start", columns="series_id", values="value")
             grid = pd.date_range(fitted.last + pd.Timedelta(seconds=step), wide.index[-1], freq=f"{step}s")
-            wide = self._fill_event_gaps(wide.reindex(index=grid, columns=fitted.columns), started=True)
+            wide = fill_event_gaps(wide.reindex(index=grid, columns=fitted.columns), self.forecast.zero_fill_metrics, started=True)
             fitted.model.update(wide)
             fitted.last = grid[-1]
         return self._fitted
-
-    def _fill_event_gaps(self, frame: pd.DataFrame, started: bool | None) -> pd.DataFrame:
-        """Missing windows of event-count series (:func:`missing_means_zero`) are zeros once the series
-        has started: ``started`` None reads that from the frame itself, True says every row is after it."""
-        columns = [c for c in frame.columns if missing_means_zero(str(c), self.forecast.zero_fill_metrics)]
-        if columns:
-            block = frame[columns]
-            after_start = block.notna().cummax() if started is None else started
-            frame[columns] = block.mask(block.isna() & after_start, 0.0)
-        return frame
 
     def stats(self) -> dict[str, float]:
         return asdict(self.counters)

@@ -42,7 +42,7 @@ import pandas as pd
 from forecasting.backtest import rolling_origins
 from forecasting.history import infer_step
 from forecasting.registry import make_model
-from forecasting.service import forecast_message, missing_means_zero
+from forecasting.service import fill_event_gaps, forecast_message
 from nm_toolkit.config import Settings
 from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.controller.service import DecisionController
@@ -172,9 +172,7 @@ def replay(
     """Forecast from every origin (history before it only) and let every variant decide."""
     step = step_seconds_of(frame)
     horizon, level = settings.forecast.horizon, settings.forecast.level
-    zero_fill = [c for c in frame.columns if missing_means_zero(str(c), settings.forecast.zero_fill_metrics)]
-    frame = frame.copy()
-    frame[zero_fill] = frame[zero_fill].fillna(0.0)
+    frame = fill_event_gaps(frame.copy(), settings.forecast.zero_fill_metrics, started=None)  # as the live service does
     replays, controllers = [], []
     for variant in variants:
         configured = variant.settings(settings)
