@@ -66,7 +66,7 @@ def through_service(
 ) -> float:
     """Seconds for a fresh service to handle ``values`` published to ``topic`` (publishing excluded);
     its counters go to ``counts``."""
-    settings = load_settings(state_dir=state_dir, intent={"max_poll_records": 500})
+    settings = load_settings(state_dir=state_dir, intent={"max_poll_records": 500, "user_demand": "keywords"})
     bus = EmbeddedBus(default_partitions=4)
     service = intent_runners(settings, bus, extractor=extractor)
     producer = bus.producer()

@@ -28,7 +28,7 @@ from nm_toolkit.bus.checkpoints import CheckpointStore
 from intent.schema import UserServiceIntent
 from nm_toolkit.bus import Bus
 from nm_toolkit.config import Settings
-from nm_toolkit.schemas import TelemetryRecord
+from nm_toolkit.schemas import TelemetryBatch, TelemetryRecord
 
 
 def demand_metric(service_class: str, measure: str) -> str:
@@ -42,6 +42,16 @@ def demand_records(intent: UserServiceIntent, location: str, at: datetime) -> li
         TelemetryRecord(ts=at, source=location, metric=demand_metric(intent.service_class, "requests"), value=1.0, unit="requests"),
         TelemetryRecord(ts=at, source=location, metric=demand_metric(intent.service_class, "mbps"), value=intent.bandwidth_mbps, unit="Mbit/s"),
     ]
+
+
+def demand_batches(records: list[TelemetryRecord]) -> dict[str, TelemetryBatch]:
+    """One batch per location, its records in event-time order (keyed by location on the demand
+    topic): a batch read from several prompt partitions then reaches the windows in order, not
+    partition after partition."""
+    by_location: dict[str, list[TelemetryRecord]] = {}
+    for record in sorted(records, key=lambda r: r.ts):
+        by_location.setdefault(record.source, []).append(record)
+    return {location: TelemetryBatch(records=batch) for location, batch in by_location.items()}
 
 
 def demand_collector(settings: Settings, bus: Bus) -> TelemetryCollector:

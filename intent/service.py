@@ -1,6 +1,8 @@
 """The intent service: prompts and operator texts in, structured intents and demand series out.
 
-It reads ``topics.prompts`` and ``topics.operator_intents`` in group ``intent.group_id``:
+It reads ``topics.operator_intents`` in group ``intent.group_id``, and ``topics.prompts`` when
+``intent.user_demand`` is ``"keywords"`` (by default the edge LLM service classifies prompts with
+its own model and publishes their intents and demand the same way, :mod:`nm_toolkit.llm.service`):
 
 - a prompt (``{"request_id", "text", "location", "ts"?, ...}``) becomes a user service intent, or
   a clarification request, on ``topics.intent_results`` keyed by request id, and its demand (one
@@ -39,7 +41,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from collectors.service import TelemetryCollector
-from intent.demand import demand_collector, demand_records
+from intent.demand import demand_batches, demand_collector, demand_records
 from intent.evaluation import SpanExtractor
 from intent.methods import load, parse_operator_intents
 from intent.nile import compile_nile, conflict_reason, to_network_intent
@@ -47,9 +49,10 @@ from intent.schema import (
     IntentResult,
     NeedsClarification,
     OperatorIntent,
+    ServiceClass,
     UserServiceIntent,
 )
-from intent.user import infer_user_intent
+from intent.user import service_class, user_intent
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.deadletter import message_origin
@@ -60,7 +63,6 @@ from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import (
     Identifier,
     PromptMessage,
-    TelemetryBatch,
     TelemetryRecord,
     UtcDatetime,
 )
@@ -105,6 +107,25 @@ class IntentRecord(BaseModel):
     conflicts: list[IntentConflict] = Field(default_factory=list)
     event_time: UtcDatetime
     origin: str = Field(description="topic/partition/offset of the message it came from")
+    inferred_by: Literal["keywords", "edge_model"] | None = Field(
+        default=None, description="of a user intent: what chose its service class (the keyword rules or the edge model's own output)"
+    )
+
+
+def user_prompt_intent(
+    request_id: str, text: str, cell: str, kind: ServiceClass | None, inferred_by: Literal["keywords", "edge_model"], at: datetime,
+    message: Message,
+) -> tuple[IntentRecord, list[TelemetryRecord]]:  # fmt: skip
+    """The answer on ``topics.intent_results`` to one user prompt of service class ``kind`` (None: it
+    needs clarification), and its demand records at event time ``at``: what this service does with a
+    prompt, and what the edge LLM service does with the class its model chose."""
+    result = user_intent(request_id, text, cell, kind)
+    records = demand_records(result, cell, at) if isinstance(result, UserServiceIntent) else []
+    status = "inferred" if records else "needs_clarification"
+    record = IntentRecord(
+        request_id=request_id, source="user", status=status, intent=result, event_time=at, origin=message_origin(message), inferred_by=inferred_by
+    )  # fmt: skip
+    return record, records
 
 
 @dataclass
@@ -171,7 +192,7 @@ class IntentService(StreamService):
         self.dead_letter_topic = config.dead_letter_topic
         self.prompts = Topic(prompts_topic, PromptFields)
         self.operator_topic = operator_topic
-        self.inputs = [self.prompts, Topic(operator_topic)]
+        self.inputs = [*([self.prompts] if config.user_demand == "keywords" else []), Topic(operator_topic)]
         self.results_topic = results_topic
         self.intents_topic = intents_topic
         self.outputs = [results_topic, intents_topic, config.demand_topic]
@@ -256,25 +277,18 @@ class IntentService(StreamService):
         cell = prompt.cell
         if cell is None:
             raise Rejected("location has no cell: send 'location' as a cell id or {'cell': ...}")
-        at = prompt.ts or _broker_time(message)
+        at = prompt.ts or broker_time(message)
         if (reason := self.bounds.reason(at)) is not None:
             raise Rejected(reason)
-        result = infer_user_intent(prompt.request_id, text, cell)
-        records = demand_records(result, cell, at) if isinstance(result, UserServiceIntent) else []
-        status = "inferred" if records else "needs_clarification"
-        record = IntentRecord(request_id=prompt.request_id, source="user", status=status, intent=result, event_time=at, origin=message_origin(message))
+        record, records = user_prompt_intent(prompt.request_id, text, cell, service_class(text), "keywords", at, message)
         out.send(self.results_topic, record, record.request_id)
         self.counters.user_intents += bool(records)
         return records
 
     def _send_demand(self, records: list[TelemetryRecord], out: Emitter) -> None:
-        """One message per location, its records in event-time order: a batch read from several
-        prompt partitions then reaches the windows in order, not partition after partition."""
-        by_location: dict[str, list[TelemetryRecord]] = {}
-        for record in sorted(records, key=lambda r: r.ts):
-            by_location.setdefault(record.source, []).append(record)
-        for location, batch in by_location.items():
-            out.send(self.config.demand_topic, TelemetryBatch(records=batch), location)
+        """One message per location (:func:`~intent.demand.demand_batches`)."""
+        for location, batch in demand_batches(records).items():
+            out.send(self.config.demand_topic, batch, location)
         self.counters.demand_records += len(records)
 
     def _operator_message(self, message: Message) -> OperatorMessage:
@@ -299,7 +313,7 @@ class IntentService(StreamService):
             self.counters.replayed += 1
             return previous
         common = {"request_id": request.request_id, "source": "operator", "tenant": request.tenant,
-                  "event_time": _broker_time(message), "origin": message_origin(message)}  # fmt: skip
+                  "event_time": broker_time(message), "origin": message_origin(message)}  # fmt: skip
         if isinstance(result, NeedsClarification):
             self.counters.clarifications += 1
             return IntentRecord(status="needs_clarification", intent=result.model_copy(update={"request_id": request.request_id}), **common)
@@ -326,7 +340,7 @@ class IntentService(StreamService):
         self.checkpoints.close()
 
 
-def _broker_time(message: Message) -> datetime:
+def broker_time(message: Message) -> datetime:
     """When the broker (or producer) stamped the message; now, for a stamp no date can hold."""
     try:
         return datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)

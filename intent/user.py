@@ -44,8 +44,14 @@ def service_class(text: str) -> ServiceClass | None:
 
 
 def infer_user_intent(request_id: str, text: str, location: str | None) -> UserServiceIntent | NeedsClarification:
-    """The service intent of one prompt, or the reason none can be inferred."""
-    kind = service_class(text)
+    """The service intent of one prompt by the keyword rules, or the reason none can be inferred."""
+    return user_intent(request_id, text, location, service_class(text))
+
+
+def user_intent(request_id: str, text: str, location: str | None, kind: ServiceClass | None) -> UserServiceIntent | NeedsClarification:
+    """The service intent of one prompt of class ``kind`` (from the keyword rules or the edge model's
+    own output, :mod:`nm_toolkit.llm.service_class`): the class's typical needs unless the prompt
+    states a rate, a delay or a time window; None: the reason none can be inferred."""
     if kind is None:
         return NeedsClarification(text=text[:2000], reason="no service recognised (video, gaming, AR/VR, voice, download, web)", source="user", request_id=request_id)
     bandwidth, latency = SERVICE_NEEDS[kind]

@@ -209,6 +209,10 @@ class LlmSettings(BaseModel):
     load_interval_s: float = Field(
         default=60.0, ge=0, description="how often the edge and cloud services report their load on the telemetry topic (0: never)"
     )
+    service_class_confidence: float = Field(
+        default=0.8, ge=0, le=1,
+        description="the edge model's service class of a prompt stands from this confidence up; below it the keyword rules decide",
+    )
     adapter_budget: PositiveInt = Field(default=8, description="LoRA adapters an edge site keeps loaded at once (place_adapter decisions fill it)")
     initial_replicas: int = Field(default=1, ge=0, description="edge replicas `nmt llm supervise` runs before any scale_compute decision")
     max_replicas: PositiveInt = Field(default=4, description="the most edge replicas `nmt llm supervise` runs, whatever a decision asks")
@@ -232,6 +236,12 @@ class IntentServiceSettings(BaseModel):
     dead_letter_topic: str = "nmt.intents.dlq"
     default_tenant: str = Field(
         default="operator", description="tenant of operator intents that name none (see controller.guardrails.tenants)"
+    )
+    user_demand: Literal["edge", "keywords"] = Field(
+        default="edge",
+        description="who turns user prompts into service intents and demand: the edge LLM service (the class from "
+        "its model's own output, keyword rules as fallback; this service then leaves the prompts topic alone), or "
+        "this service by keyword rules (for a deployment without an edge LLM service)",
     )
     demand_topic: str = Field(
         default="nmt.intents.demand", description="per-request demand records, keyed by location, that are windowed into series"

@@ -6,7 +6,8 @@ as :class:`~collectors.synthetic.SyntheticNetgptLoad` draws them), then live use
 city. Every hop is a topic and every stage the stream service its own command runs:
 
 prompts -> edge LLM service (grounded completion, routing, privacy guardrail) -> cloud LLM service
--> answers; prompts -> intent service -> demand series; telemetry (network and the edge's own
+-> answers; the edge's service class of each prompt (its model's own output) -> service intents and
+demand -> the intent service's demand collector -> demand series; telemetry (network and the edge's own
 load) -> collector -> forecasts -> policies (bandwidth, edge autoscaling, adapter placement, the
 edge->cloud link, model placement) -> guardrails -> decisions topic -> the edge service places its
 adapters (and, with ``--ovs``, the OpenFlow controller sets meters and flows on Open vSwitch).
@@ -244,11 +245,12 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     edge_stats = edge.stats_dict()
     for runner in (edge, cloud, *intents.runners):
         runner.close()
-    intents_seen = intents.service.counters
+    classified = edge_stats["classified_by_model"] + edge_stats["classified_by_keywords"]
     summary = CityDayReport(
         loop=report,
         prompts=score_answers(answers, asked, store) | {
-            "service_intents_inferred": intents_seen.user_intents, "needing_clarification": intents_seen.messages - intents_seen.user_intents,
+            "service_intents_inferred": edge_stats["service_intents"], "needing_clarification": classified - edge_stats["service_intents"],
+            "service_class_by_edge_model": edge_stats["classified_by_model"], "service_class_by_keywords": edge_stats["classified_by_keywords"],
         },  # fmt: skip
         decisions=decision_rows(report, edge_stats),
         edge=edge_stats,

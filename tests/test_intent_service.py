@@ -37,7 +37,10 @@ def extractor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def service_settings(state_dir: Path, extractor_dir: Path, max_poll_records: int = 500, **overrides: object) -> Settings:
-    intent = {"extractor_dir": extractor_dir, "allowed_lateness_seconds": 0.0, "max_text_chars": 200, "max_poll_records": max_poll_records}
+    intent = {
+        "extractor_dir": extractor_dir, "allowed_lateness_seconds": 0.0, "max_text_chars": 200, "max_poll_records": max_poll_records,
+        "user_demand": "keywords",  # prompts are this service's to classify (no edge LLM service here)
+    }  # fmt: skip
     return load_settings(state_dir=state_dir, intent=intent, **overrides)
 
 
@@ -324,7 +327,7 @@ def test_cli_serve_on_the_kafka_broker(kafka_bootstrap: str, tmp_path: Path, ext
         "NMT_TOPICS__INTENTS": f"{tag}.intents", "NMT_TOPICS__INTENT_RESULTS": f"{tag}.results", "NMT_TOPICS__SERIES": f"{tag}.series",
         "NMT_INTENT__GROUP_ID": f"intent-{tag}", "NMT_INTENT__DEMAND_TOPIC": f"{tag}.demand",
         "NMT_INTENT__DEAD_LETTER_TOPIC": f"{tag}.dlq", "NMT_INTENT__EXTRACTOR_DIR": str(extractor_dir),
-        "NMT_INTENT__ALLOWED_LATENESS_SECONDS": "0",
+        "NMT_INTENT__ALLOWED_LATENESS_SECONDS": "0", "NMT_INTENT__USER_DEMAND": "keywords",
     }  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)

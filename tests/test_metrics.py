@@ -104,7 +104,7 @@ def test_forecast_intent_and_decision_services_serve_their_counts(kafka_bootstra
         state_dir=tmp_path, bus={"kind": "kafka", "bootstrap_servers": kafka_bootstrap},
         topics={name: f"{tag}.{name}" for name in ("series", "forecasts", "decisions", "intents", "intent_results", "prompts", "operator_intents")},
         forecast={"min_history": 24, "horizon": 6}, forecast_service={"group_id": f"f-{tag}", "model": "seasonal_mean", "dead_letter_topic": f"{tag}.fdlq"},
-        intent={"group_id": f"i-{tag}", "extractor_dir": extractor_dir, "demand_topic": f"{tag}.demand", "dead_letter_topic": f"{tag}.idlq"},
+        intent={"group_id": f"i-{tag}", "extractor_dir": extractor_dir, "demand_topic": f"{tag}.demand", "dead_letter_topic": f"{tag}.idlq", "user_demand": "keywords"},
         controller={"group_id": f"d-{tag}", "adapter": "kafka", "dead_letter_topic": f"{tag}.ddlq", "interval_seconds": 30},
         policy={"capacities": {"cell-0000": 100.0}},
     )  # fmt: skip

@@ -334,6 +334,7 @@ def intent_run(bootstrap: str, root: Path, bus: KafkaBus, extractor_dir: Path) -
         "NMT_INTENT__DEAD_LETTER_TOPIC": dlq,
         "NMT_INTENT__EXTRACTOR_DIR": str(extractor_dir),
         "NMT_INTENT__ALLOWED_LATENESS_SECONDS": "0",
+        "NMT_INTENT__USER_DEMAND": "keywords",  # the prompts are the intent service's to classify here
         **{f"NMT_TOPICS__{k.upper()}": v for k, v in topics.items()},
     }
     return Run(

@@ -32,6 +32,7 @@ from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
 from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.offline import load_causal_lm
+from nm_toolkit.llm.service_class import SERVICE_CLASS_ADAPTER, train_service_class_adapter
 
 EDGE_ADAPTER = "completion"
 TINY_CORPUS = CorpusConfig(user_prompts=200, intents=100, telemetry=100, contexts=100, vocabulary_repeats=1)
@@ -47,6 +48,8 @@ class BuildConfig:
     cloud_lora: LoraTrainConfig = CLOUD_LORA
     edge_examples: int = 1500
     cloud_examples: int = 800
+    service_class_lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, epochs=3.0, learning_rate=5e-3))
+    service_class_examples: int = 1000
     seed: int = 0
 
 
@@ -61,6 +64,8 @@ SIZES: dict[str, BuildConfig] = {
         cloud_lora=LoraTrainConfig(rank=4, alpha=8, epochs=0.2, learning_rate=2e-3, batch_size=8, max_length=192),
         edge_examples=64,
         cloud_examples=32,
+        service_class_lora=LoraTrainConfig(rank=4, alpha=8, epochs=0.5, learning_rate=1e-2, batch_size=8),
+        service_class_examples=64,
     ),
 }
 
@@ -84,15 +89,34 @@ def build_edge(
         else:
             save_initialised(edge_dir, *initialise_model(init))
     pairs = edge_pairs(train)
-    fingerprint = json.loads(json.dumps({"lora": asdict(lora), "train": len(pairs), "first": pairs[0]}))
-    card_file = registry.path(EDGE_ADAPTER) / ADAPTER_CARD
-    if card_file.is_file() and json.loads(card_file.read_text()).get("config") == fingerprint:
+    fingerprint = _fingerprint({"lora": asdict(lora), "train": len(pairs), "first": pairs[0]})
+    if _built_with(registry, EDGE_ADAPTER, fingerprint):
         return None
     model, tokenizer = load_causal_lm(edge_dir)
     tuner = LoraFineTuner(lora).fit(model, tokenizer, pairs, EDGE_ADAPTER)
     card = AdapterCard(EDGE_ADAPTER, COMPLETION_TASK, str(edge_dir), train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1), config=fingerprint)
     registry.save(tuner.model_, card, tuner.losses_)
     return card
+
+
+def build_service_class(edge_dir: Path, registry: AdapterRegistry, lora: LoraTrainConfig, examples: int, seed: int) -> AdapterCard | None:
+    """The edge's service-class adapter (:mod:`nm_toolkit.llm.service_class`) on the edge base; None
+    when it is already built with this config."""
+    fingerprint = _fingerprint({"lora": asdict(lora), "examples": examples, "seed": seed})
+    if _built_with(registry, SERVICE_CLASS_ADAPTER, fingerprint):
+        return None
+    return train_service_class_adapter(edge_dir, registry, lora, examples, seed, fingerprint)
+
+
+def _fingerprint(config: dict[str, object]) -> dict[str, object]:
+    """``config`` as it reads back from an adapter card (JSON: tuples become lists)."""
+    return json.loads(json.dumps(config))
+
+
+def _built_with(registry: AdapterRegistry, name: str, fingerprint: dict[str, object]) -> bool:
+    """Whether adapter ``name`` of ``registry`` was trained with ``fingerprint`` (its card's config)."""
+    card_file = registry.path(name) / ADAPTER_CARD
+    return card_file.is_file() and json.loads(card_file.read_text()).get("config") == fingerprint
 
 
 def build_cloud(
@@ -130,6 +154,8 @@ def build_netgpt(root: Path, config: BuildConfig, on_stage: Callable[[str], None
         store.save(built.context_store)
     on_stage("edge model and completion adapter")
     build_edge(built.edge_model, AdapterRegistry(built.adapters_dir), train[: config.edge_examples], replace(config.edge_init, seed=config.seed), config.edge_lora)
+    on_stage("edge service-class adapter")
+    build_service_class(built.edge_model, AdapterRegistry(built.adapters_dir), config.service_class_lora, config.service_class_examples, config.seed)
     on_stage("cloud model and tenant adapters")
     build_cloud(built.cloud_model, AdapterRegistry(built.cloud_adapters_dir), train[: config.cloud_examples], store,
                 replace(config.cloud_init, seed=config.seed), config.cloud_lora)  # fmt: skip

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from intent.demand import demand_batches
+from intent.service import broker_time, user_prompt_intent
 from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.deadletter import one_line
 from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, StreamService, Topic
@@ -47,6 +49,7 @@ from nm_toolkit.llm.netgpt import COMPLETION_TASK, EdgeCompleter, EdgeRequest, P
 from nm_toolkit.llm.placement import AdapterPlacement, live_decisions
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, EgressPolicy, check_egress
 from nm_toolkit.llm.router import LinkMonitor, RouteDecision, RouterConfig, route
+from nm_toolkit.llm.service_class import ServiceClassifier
 from nm_toolkit.schemas import Identifier, PlaceAdapter, PromptMessage
 
 if TYPE_CHECKING:
@@ -87,6 +90,9 @@ class EdgeServiceStats:
     adapter_loads: int = 0
     adapter_unloads: int = 0
     placement_failures: int = 0
+    service_intents: int = 0  # prompts whose service intent (and demand) this service published
+    classified_by_model: int = 0  # ... their class from the edge model's own output
+    classified_by_keywords: int = 0  # ... from the keyword rules (the model unsure, or not loaded)
     link_rtt_ms: float = 0.0
     link_bandwidth_mbps: float = 0.0
     cloud_queue: int = 0
@@ -133,8 +139,17 @@ class EdgeService(StreamService):
         decisions_topic: str | None = None,
         registry: AdapterRegistry | None = None,
         adapter_budget: int = 8,
+        classifier: ServiceClassifier | None = None,
+        demand_topic: str | None = None,
+        intent_results_topic: str | None = None,
     ) -> None:
+        """``classifier`` with ``demand_topic`` and ``intent_results_topic``: every prompt's service
+        intent (its class from the edge model's own output) and demand are published as the intent
+        service would publish them (``intent.user_demand = "edge"``); without them, none are."""
         self.completer = completer
+        self.classifier = classifier if demand_topic and intent_results_topic else None
+        self.demand_topic = demand_topic
+        self.intent_results_topic = intent_results_topic
         self.prompts = Topic(prompts_topic, PromptMessage)
         self.status = Topic(status_topic, ProbeEcho)
         # place_adapter decisions: a table, so that a restart knows what is placed (until it expires)
@@ -146,6 +161,8 @@ class EdgeService(StreamService):
         self.cloud_topic = cloud_topic
         self.telemetry_topic = telemetry_topic
         self.outputs = [answers_topic, cloud_topic, *([telemetry_topic] if telemetry_topic else [])]
+        if self.classifier is not None:
+            self.outputs += [demand_topic, intent_results_topic]
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
         self.edge = edge
@@ -264,6 +281,7 @@ class EdgeService(StreamService):
             for v in valid:
                 self._reject(v.message, v.request.request_id, f"generation failed: {type(exc).__name__}: {exc}", out)
             return
+        self._publish_intents([v for v in valid if v.prepared.task == COMPLETION_TASK], out)
         link = self.monitor.estimate()
         for v, generation in zip(valid, generations, strict=True):
             self.counters.requests += 1
@@ -297,6 +315,34 @@ class EdgeService(StreamService):
                 decision = RouteDecision("edge", f"privacy guardrail kept it at the edge: {'; '.join(violations)}", decision.expected_cloud_s)
             text = edge_answer(generation.choice.chosen, v.request.tenant) if isinstance(generation, GroundedGeneration) else generation.text
             self._answer(v, out, text, decision, generation, confidence)
+
+    def _publish_intents(self, valid: list[_Valid], out: Emitter) -> None:
+        """Each user prompt's service intent on the intent-results topic and its demand on the demand
+        topic, the class chosen by the edge model (keyword rules when it is unsure); when the model
+        fails on the batch, the keyword rules classify it (the prompts are answered all the same)."""
+        if self.classifier is None or not valid:
+            return
+        texts = [v.request.text for v in valid]
+        try:
+            choices = self.classifier.classify(texts)
+        except FATAL_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - demand must not stop serving
+            log.exception("service classes by keyword rules: the edge model failed on a batch of %d", len(valid))
+            choices = ServiceClassifier(None).classify(texts)
+        demand = []
+        for v, choice in zip(valid, choices, strict=True):
+            at = v.request.ts or broker_time(v.message)
+            record, records = user_prompt_intent(
+                v.request.request_id, v.request.text, v.prepared.context.cell.cell, choice.service_class, choice.source, at, v.message
+            )  # fmt: skip
+            out.send(self.intent_results_topic, record, record.request_id)  # type: ignore[arg-type]
+            demand += records
+            self.counters.service_intents += bool(records)
+            self.counters.classified_by_model += choice.source == "edge_model"
+            self.counters.classified_by_keywords += choice.source == "keywords"
+        for location, batch in demand_batches(demand).items():
+            out.send(self.demand_topic, batch, location)  # type: ignore[arg-type]
 
     def _cloud_request(self, v: _Valid, completed: str) -> CloudRequest:
         arrived = v.message.timestamp_ms
@@ -405,6 +451,9 @@ def edge_service(settings: Settings, completer: EdgeCompleter, registry: Adapter
         decisions_topic=settings.topics.decisions,
         registry=registry,
         adapter_budget=cfg.adapter_budget,
+        classifier=ServiceClassifier(completer.lm, min_confidence=cfg.service_class_confidence),
+        demand_topic=settings.intent.demand_topic if settings.intent.user_demand == "edge" else None,
+        intent_results_topic=settings.topics.intent_results,
     )
 
 
