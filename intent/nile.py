@@ -58,7 +58,7 @@ def compile_nile(intent: OperatorIntent, name: str | None = None) -> str:
     subjects = [_call("service", entity_name(s)) for s in intent.service] + [_call("traffic", entity_name(t)) for t in intent.traffic] + [
         _call("protocol", entity_name(p)) for p in intent.protocol
     ]
-    scope = [_call("endpoint", entity_name(t)) for t in intent.target] + [_call("group", entity_name(g)) for g in intent.group]
+    scope = [_scope_call(s) for s in (*intent.target, *intent.group)]
     if intent.action in ("allow", "block"):
         if scope:
             parts.append("for " + ", ".join(scope))
@@ -76,6 +76,23 @@ def compile_nile(intent: OperatorIntent, name: str | None = None) -> str:
     if intent.start and intent.end:
         parts.append(f"start {_call('hour', intent.start)} end {_call('hour', intent.end)}")
     return f"define intent {name or intent_name(intent)}: " + " ".join(parts)
+
+
+def is_population(span: str) -> bool:
+    """Whether ``span`` names people or hosts ("for all students", "guest users", "Staff members"):
+    its last word, as :func:`entity_name` keeps it, is in the lexicon's ``group`` class."""
+    from intent.lexicon import word_classes
+
+    words = entity_name(span).split()
+    return bool(words) and "group" in word_classes(words[-1])
+
+
+def _scope_call(span: str) -> str:
+    """``group('students')`` for a population, ``endpoint('dorms')`` for a place, whichever entity
+    type the extractor gave the span: the labelled data calls "students" a ``target`` after a
+    preposition and a ``group`` as a clause's subject (48 to 3 in the alpha file), while Nile has
+    one meaning for it, so the compiled intent must not depend on which label a tagger picked."""
+    return _call("group" if is_population(span) else "endpoint", entity_name(span))
 
 
 def _metric_kind(text: str) -> str:

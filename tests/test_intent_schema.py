@@ -107,11 +107,27 @@ def test_nile_compilation_of_known_intents() -> None:
     assert compile_nile(intent, "q") == "define intent q: for endpoint('dorms') set quota('max', '10', 'gb/wk')"  # type: ignore[arg-type]
     acl = structure(TEXT, spans_of(TEXT, operation="block", service="netflix traffic", target="for students", start="from 6pm", end="to 11pm"))
     assert compile_nile(acl) == (  # type: ignore[arg-type]
-        "define intent blockNetflix: for endpoint('students') block service('netflix') start hour('18:00') end hour('23:00')"
+        "define intent blockNetflix: for group('students') block service('netflix') start hour('18:00') end hour('23:00')"
     )
     negated = "social media traffic must not be blocked"
     allow = structure(negated, spans_of(negated, traffic="social media", operation="must not be blocked"))
     assert compile_nile(allow) == "define intent allowSocialMedia: allow traffic('social media')"  # type: ignore[arg-type]
+
+
+def test_a_population_compiles_to_one_nile_group_whichever_label_it_got() -> None:
+    """The alpha file labels "students" a target after a preposition and a group as a clause's
+    subject (issue 14); Nile has one meaning for it."""
+    from intent.nile import is_population
+
+    text = "Let Students use ssh"
+    as_group = structure(text, [Span("operation", 0, 3, "Let"), Span("group", 4, 12, "Students"), Span("protocol", 17, 20, "ssh")])
+    as_target = structure(text, [Span("operation", 0, 3, "Let"), Span("target", 4, 12, "Students"), Span("protocol", 17, 20, "ssh")])
+    assert isinstance(as_group, OperatorIntent) and isinstance(as_target, OperatorIntent)
+    assert compile_nile(as_group, "i") == compile_nile(as_target, "i") == "define intent i: for group('students') allow protocol('ssh')"
+    assert is_population("for all Staff members") and is_population("from guest users")
+    assert not is_population("at dorms") and not is_population("to students labs") and not is_population("for the gateway")
+    places = OperatorIntent(text="x", action="block", service=["netflix"], target=["at dorms"], group=["the labs"])
+    assert compile_nile(places, "p") == "define intent p: for endpoint('dorms'), endpoint('labs') block service('netflix')"
 
 
 def op(action: str, **fields: object) -> OperatorIntent:
