@@ -49,7 +49,7 @@ class BuildConfig:
     edge_examples: int = 1500
     cloud_examples: int = 800
     service_class_lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, epochs=3.0, learning_rate=5e-3))
-    service_class_examples: int = 1000
+    service_class_examples: int = 2000
     seed: int = 0
 
 

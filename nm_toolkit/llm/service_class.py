@@ -93,7 +93,10 @@ _ACTIVITIES: dict[ServiceClass | None, tuple[tuple[str, ...], tuple[str, ...]]] 
 }  # fmt: skip
 
 _FRAMES: tuple[tuple[str, ...], tuple[str, ...]] = (
-    ("I want to {a}", "{a} please", "can I {a} here?", "help me {a}", "I need to {a} now", "{a}", "let me {a}"),
+    ("I want to {a}", "{a} please", "can I {a} here?", "help me {a}", "I need to {a} now", "{a}", "let me {a}",
+     "could you help me {a}", "trying to {a}", "I'd like to {a} later", "want to {a} on my phone", "{a} from home",
+     "we will {a} this evening", "is it possible to {a}?", "my kids want to {a}", "time to {a}", "{a} right now",
+     "will the signal let me {a}?", "I am on the train and want to {a}", "quickly {a}"),
     ("is the network good enough to {a}?", "about to {a}", "planning to {a} tonight", "how fast can I {a}?", "going to {a} soon"),
 )
 _BARE_FRAMES: tuple[tuple[str, ...], tuple[str, ...]] = (("{a}", "{a}!"), ("{a}?", "well, {a}"))  # for greetings
