@@ -12,9 +12,17 @@ service/protocol/middlebox lists were added for operator text the labelled file 
 in "to ensure students from the labs are not ...") from the object of a preposition ("to students").
 :data:`SUBSTITUTES` names the classes whose words :mod:`intent.augment` may swap for one another
 inside a labelled span.
+
+A class should mean what it says: a word is left out of a class it seldom has in operators' text
+("limit" is a constraint, not a ``qos_metric``; "gateway" an endpoint, not a ``middlebox``), since the
+taggers learn one weight per class and a mixed class teaches them little about its other words
+(grouped micro-F1, bench/RESULTS.md issue 14). :data:`TERMS` lists whole names of network things,
+one or more words, by entity type.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 WORD_CLASSES: dict[str, frozenset[str]] = {
     "protocol": frozenset(
@@ -25,7 +33,7 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
     "middlebox": frozenset(
         "firewall firewalls dpi nat ids ips proxy cache monitor monitoring shaper shaping balancer balancing scanner "
         "filter inspection inspector accelerator optimizer waf translation detection prevention parental honeypot "
-        "sniffer analyzer analyser gateway router loadbalancer ddos scrubber sandbox antivirus antimalware "
+        "sniffer analyzer analyser loadbalancer ddos scrubber sandbox antivirus antimalware "
         "middlebox middleboxes packet deep intrusion load captive portal compression wan dlp".split()
     ),
     "unit": frozenset(
@@ -39,7 +47,8 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
     "verb_add": frozenset("add install include setup set put deploy insert place define provide create configure".split()),
     "verb_remove": frozenset("remove uninstall dismiss delete disable unset clear revoke".split()),
     "verb_qos": frozenset("limit limited throttle throttled cap capped reduce increase prioritize guarantee restrict download upload".split()),
-    "qos_metric": frozenset("bandwidth quota rate latency jitter throughput usage speed limit limits quotas data consumption".split()),
+    # "limit" is left out: the verb or noun of a constraint ("limit the bandwidth"), seldom the metric
+    "qos_metric": frozenset("bandwidth quota quotas rate rates latency jitter throughput usage speed data consumption allowance".split()),
     "service": frozenset(
         "youtube netflix facebook skype email e-mail spotify twitter instagram whatsapp bittorrent torrent steam "
         "zoom teams hulu twitch tiktok dropbox google gmail amazon prime disney hbo linkedin reddit wikipedia slack "
@@ -58,7 +67,7 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
     "place": frozenset(
         "labs lab laboratory laboratories dorms dorm dormitory dormitories library libraries campus building buildings "
         "classroom classrooms office offices department departments servers server gateway database databases "
-        "internet network networks racks rack datacenter data center cafeteria hall halls floor wing subnet subnets "
+        "internet network networks racks rack datacenter cafeteria hall halls floor wing subnet subnets "
         "vlan wifi wi-fi lan dmz cloud edge backbone core hospital clinic auditorium gym stadium residence "
         "residences headquarters branch site sites room rooms store printers printer cameras camera sensors sensor "
         "projectors projector kiosks kiosk".split()
@@ -76,6 +85,72 @@ WORD_CLASSES: dict[str, frozenset[str]] = {
     "determiner": frozenset("all the every each any some our their its a an these those this".split()),
     "time_prep": frozenset("from to until till between and during starting start finish interval at".split()),
 }
+
+
+# Whole names of network things, one or more words, by the entity type they name: a span that is
+# exactly one of them ("traffic shaper", "download rate") is that kind of thing, whatever the
+# single words say apart ("traffic" is mostly traffic, "download" mostly a constraint). The
+# span taggers and the CRF read them as gazetteer features (:func:`term_matches`), and
+# :mod:`intent.augment` puts them into labelled spans of their type. Generic terms of the trade,
+# not texts of the labelled file.
+TERMS: dict[str, frozenset[str]] = {
+    "middlebox": frozenset(
+        (
+            "firewall", "firewalls", "dpi", "nat", "ids", "ips", "proxy", "cache", "monitor", "shaper", "balancer",
+            "loadbalancer", "scanner", "filter", "waf", "sniffer", "analyzer", "honeypot", "sandbox", "antivirus",
+            "accelerator", "optimizer", "scrubber", "inspection", "middlebox", "middleboxes",
+            "traffic shaper", "traffic shaping", "deep packet inspection", "packet inspection", "intrusion detection",
+            "intrusion detection system", "intrusion prevention", "intrusion prevention system", "load balancer",
+            "load balancing", "address translation", "network address translation", "parental control",
+            "parental controls", "packet filter", "packet filtering", "content filter", "web filter", "url filter",
+            "spam filter", "traffic monitor", "network monitor", "email scanner", "virus scanner", "malware scanner",
+            "tcp accelerator", "wan optimizer", "wan optimization", "web proxy", "reverse proxy", "web cache",
+            "application firewall", "web application firewall", "rate limiter", "ddos protection", "ddos scrubber",
+            "captive portal", "data loss prevention", "ssl inspection", "packet sniffer", "traffic analyzer",
+        )
+    ),
+    "qos_metric": frozenset(
+        (
+            "bandwidth", "quota", "quotas", "rate", "latency", "jitter", "throughput", "usage", "speed",
+            "download rate", "upload rate", "download speed", "upload speed", "download limit", "upload limit",
+            "bandwidth limit", "bandwidth cap", "data cap", "data plan", "data quota", "rate limit", "rate limits",
+            "rate limiting", "network usage", "data usage", "bandwidth usage", "bandwidth consumption",
+            "bandwidth rate", "transfer rate", "bit rate", "packet loss", "round trip time", "data allowance",
+        )
+    ),
+    "traffic": frozenset(
+        (
+            "social media", "video streaming", "music streaming", "peer to peer", "file sharing", "online gaming",
+            "voice over ip", "video calls", "video conferencing", "web browsing", "streaming traffic", "p2p traffic",
+        )
+    ),
+    "service": frozenset(
+        ("google drive", "google meet", "amazon prime", "prime video", "microsoft teams", "apple music", "disney plus", "youtube music")
+    ),
+}
+TERM_TYPES: tuple[str, ...] = tuple(TERMS)
+_TERM_WORDS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {}
+for _kind, _terms in TERMS.items():
+    for _term in _terms:
+        _words = tuple(_term.split())
+        _TERM_WORDS[_words[0]] = (*_TERM_WORDS.get(_words[0], ()), (_words, _kind))
+
+
+def term_matches(words: Sequence[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, type)`` of each :data:`TERMS` name in the lower-case ``words``, longest first
+    and left to right, never overlapping ("deep packet inspection", not "packet inspection")."""
+    out, i = [], 0
+    while i < len(words):
+        found = max(
+            ((len(t), kind) for t, kind in _TERM_WORDS.get(words[i], ()) if tuple(words[i : i + len(t)]) == t),
+            default=None,
+        )
+        if found:
+            out.append((i, i + found[0], found[1]))
+            i += found[0]
+        else:
+            i += 1
+    return out
 
 
 # classes whose words may stand for one another inside a span of the same type (intent.augment)

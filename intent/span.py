@@ -6,8 +6,9 @@ blocked" one operation. A BIO tagger decides each edge from the tokens around it
 of up to ``max_span_tokens_`` tokens (the longest labelled span seen in training) is one candidate,
 described as a whole: its text, first and last word, length, the words just outside it, the last
 preposition before it in its clause, whether it opens a clause and comes before an auxiliary (a
-subject: "students shall ..."), the :mod:`intent.lexicon` classes of its words and the
-:mod:`intent.embed` clusters of its words and neighbours. Each entity type has one
+subject: "students shall ..."), the :mod:`intent.lexicon` classes of its words, whether it is, holds,
+is part of or cuts a name of a network thing (:data:`intent.lexicon.TERMS`: "traffic shaper",
+"download rate") and the :mod:`intent.embed` clusters of its words and neighbours. Each entity type has one
 weight per feature; a candidate's score for a type says how much better it is as that entity than
 as unlabelled tokens (which score 0), and decoding is the best non-overlapping set of spans
 (:func:`best_segmentation`). Two objectives learn the weights:
@@ -40,7 +41,7 @@ from sklearn.linear_model import LogisticRegression
 
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
 from intent.embed import word_cluster
-from intent.lexicon import word_classes
+from intent.lexicon import term_matches, word_classes
 from intent.saved import read_config, write_config
 from intent.tagger import CLAUSE_PUNCTUATION, PREPOSITIONS, Features, last_prepositions, stem, token_shape
 from nm_toolkit.errors import UserError
@@ -85,6 +86,7 @@ class SentenceView:
     last_prep: tuple[str, ...]  # the last preposition before each token
     glued: tuple[bool, ...]  # glued[k]: token k ends where token k + 1 starts ("5gbps")
     title: tuple[bool, ...]
+    terms: tuple[tuple[int, int, str], ...]  # intent.lexicon.term_matches: names of network things
 
     @classmethod
     def of(cls, tokens: Sequence[Token]) -> SentenceView:
@@ -98,6 +100,7 @@ class SentenceView:
             last_prep=tuple(last_prepositions(words)),
             glued=tuple(a.end == b.start for a, b in zip(tokens, tokens[1:], strict=False)),
             title=tuple(t.text[:1].isupper() for t in tokens),
+            terms=tuple(term_matches(words)),
         )
 
 
@@ -154,6 +157,15 @@ def span_features(view: SentenceView, i: int, j: int) -> Features:
         f.update({f"opens_clause|first_class={c}": 1.0 for c in view.classes[i]})
     if j < n and "auxiliary" in view.classes[j]:
         f["then_auxiliary"] = 1.0
+    for a, b, kind in view.terms:
+        if (a, b) == (i, j):
+            f[f"term={kind}"] = 1.0
+        elif a <= i and j <= b:
+            f[f"part_of_term={kind}"] = 1.0
+        elif i <= a and b <= j:
+            f[f"has_term={kind}"] = 1.0
+        elif a < j and i < b:
+            f["cuts_term"] = 1.0
     f[f"first_cluster={view.clusters[i]}"] = 1.0
     f[f"last_cluster={view.clusters[j - 1]}"] = 1.0
     f[f"before_cluster={view.clusters[i - 1] if i else '<s>'}"] = 1.0

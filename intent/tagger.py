@@ -1,7 +1,8 @@
 """A scikit-learn-style entity tagger that needs no LLM: a linear-chain CRF over BIO tags.
 
 Each token is described by its word, stem, shape, affixes, its neighbours within a window, the
-general networking word classes of :mod:`intent.lexicon`, the pretrained-embedding clusters of
+general networking word classes of :mod:`intent.lexicon`, its place in a name of a network thing
+(:data:`intent.lexicon.TERMS`), the pretrained-embedding clusters of
 :mod:`intent.embed` (the word and its neighbours), and the last preposition before it
 ("from"/"to"/"for"/"between"...): in the Nile data that preposition is what separates an origin from
 a destination or a target, and a start from an end. The CRF (CRFsuite, L-BFGS with elastic-net
@@ -10,7 +11,9 @@ token by token; only BIO-consistent paths survive :func:`intent.data.decode_span
 
 No gazetteer of training spans: a feature "this n-gram was labelled X in training" is perfectly
 predictive on the training sentences themselves, so the CRF leans on it and then misses every span
-it has not seen verbatim (measured in bench/RESULTS.md, "Intent extraction").
+it has not seen verbatim (measured in bench/RESULTS.md, "Intent extraction"). The names of
+:data:`intent.lexicon.TERMS` are another matter: a generic list written apart from the labelled
+file, most of whose names no training sentence holds until augmentation puts them into spans.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sklearn_crfsuite
 
 from intent.data import LabelledIntent, Span, Token, bio_tags, decode_spans, tokenize
 from intent.embed import word_cluster
-from intent.lexicon import word_classes
+from intent.lexicon import term_matches, word_classes
 from intent.saved import read_config, write_config
 from nm_toolkit.errors import UserError
 
@@ -94,6 +97,9 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
     classes = [word_classes(word) for word in words]
     clusters = [word_cluster(word) for word in words]
     n = len(words)
+    in_term: dict[int, str] = {}  # token -> "middlebox|B": its place in a name of intent.lexicon.TERMS
+    for a, b, kind in term_matches(words):
+        in_term.update({k: f"{kind}|{'B' if k == a else 'I'}" for k in range(a, b)})
     out: list[Features] = []
     for i, (word, last_prep) in enumerate(zip(words, last_prepositions(words), strict=True)):
         text = tokens[i].text
@@ -125,6 +131,8 @@ def token_features(tokens: Sequence[Token], config: TaggerConfig = TaggerConfig(
         f[f"bigram+={word}|{words[i + 1] if i + 1 < n else '</s>'}"] = 1.0
         f[f"last_prep={last_prep}"] = 1.0
         f.update({f"cluster{d:+d}={clusters[i + d]}": 1.0 for d in (-1, 0, 1) if 0 <= i + d < n})
+        if i in in_term:
+            f[f"term={in_term[i]}"] = 1.0
         f[f"w={word}|last_prep={last_prep}"] = 1.0
         f.update({f"class={c}|last_prep={last_prep}": 1.0 for c in classes[i]})
         out.append(f)

@@ -1,0 +1,47 @@
+"""Issue 14: names of network things (intent.lexicon.TERMS) as gazetteer features, and lexicon
+classes that mean what they say."""
+
+from __future__ import annotations
+
+from intent.data import LabelledIntent, Span, tokenize
+from intent.lexicon import term_matches, word_classes
+
+
+def labelled(text: str, *parts: tuple[str, str]) -> LabelledIntent:
+    spans = []
+    for kind, value in parts:
+        start = text.index(value)
+        spans.append(Span(kind, start, start + len(value), value))
+    return LabelledIntent(text, tuple(spans))
+
+
+def test_term_matches_take_the_longest_name_left_to_right() -> None:
+    words = "add deep packet inspection and a traffic shaper , cap the download rate".split()
+    assert term_matches(words) == [(1, 4, "middlebox"), (6, 8, "middlebox"), (11, 13, "qos_metric")]
+    assert term_matches("block all traffic".split()) == []
+
+
+def test_lexicon_classes_do_not_mix_constraints_places_and_middleboxes() -> None:
+    """"limit" is a constraint 21 times in the alpha file and a metric twice; "gateway" an endpoint
+    every time; "data" was a place through "data center" split into words."""
+    assert "qos_metric" not in word_classes("limit") and "verb_qos" in word_classes("limit")
+    assert "middlebox" not in word_classes("gateway") and "place" in word_classes("gateway")
+    assert "place" not in word_classes("data") and "place" not in word_classes("center")
+    assert "qos_metric" in word_classes("quota")
+
+
+def test_span_and_token_features_mark_names_of_network_things() -> None:
+    from intent.span import SentenceView, span_features
+    from intent.tagger import token_features
+
+    tokens = tokenize("add a traffic shaper for the dorms")
+    view = SentenceView.of(tokens)
+    assert view.terms == ((2, 4, "middlebox"),)
+    assert "term=middlebox" in span_features(view, 2, 4)
+    assert "part_of_term=middlebox" in span_features(view, 3, 4)
+    assert "has_term=middlebox" in span_features(view, 1, 4)
+    assert "cuts_term" in span_features(view, 3, 5)
+    features = token_features(tokens)
+    assert "term=middlebox|B" in features[2] and "term=middlebox|I" in features[3]
+    assert not any(name.startswith("term=") for name in features[5])
+
