@@ -11,6 +11,9 @@ the span change):
 - **lexicon**: each word of the span that belongs to one of the :data:`intent.lexicon.SUBSTITUTES`
   classes (services, protocols, group nouns, places, days) by another word of that class, so values
   from outside the training file ("visitors", "library", "hulu") appear in labelled contexts;
+- **terms**: a span that is exactly a name of :data:`intent.lexicon.TERMS` of its type ("firewall"
+  as a middlebox, "bandwidth" as a QoS metric) by another name of that type ("load balancer",
+  "download rate"), so multi-word names of network things appear in labelled contexts;
 - **numbers**: a ``qos_value`` by another number, an hour of ``start``/``end`` by another hour.
 
 An intent with a span of a rare type (fewer than ``rare_below`` labelled spans in training:
@@ -32,13 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from intent.data import LabelledIntent, Span
-from intent.lexicon import SUBSTITUTES, WORD_CLASSES
+from intent.lexicon import SUBSTITUTES, TERMS, WORD_CLASSES
 
 _WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)?")
 _HOUR = re.compile(r"\b(\d{1,2})(:\d{2})?(\s*(?:am|pm))?\b", re.IGNORECASE)
 _NUMBER = re.compile(r"^\d+(?:[.,]\d+)?$")
 # the substitutable words, by class, as sorted lists (a stable order makes the choices reproducible)
 _POOLS: dict[str, list[str]] = {name: sorted(w for w in WORD_CLASSES[name] if " " not in w) for name in SUBSTITUTES}
+_TERM_POOLS: dict[str, list[str]] = {kind: sorted(terms) for kind, terms in TERMS.items()}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def _new_value(span: Span, rng: random.Random, by_type: dict[str, list[str]], co
     others = by_type.get(span.type, [])
     if others and rng.random() < config.p_swap:
         return rng.choice(others)
+    if span.text.lower() in TERMS.get(span.type, ()) and rng.random() < config.p_word:
+        return _match_case(rng.choice(_TERM_POOLS[span.type]), span.text)
     return _respell_words(span.text, rng, config.p_word)
 
 

@@ -1,10 +1,11 @@
-"""Issue 14: names of network things (intent.lexicon.TERMS) as gazetteer features, and lexicon
-classes that mean what they say."""
+"""Issue 14: names of network things (intent.lexicon.TERMS) as gazetteer features and augmentation
+values."""
 
 from __future__ import annotations
 
+from intent.augment import AugmentConfig, augment
 from intent.data import LabelledIntent, Span, tokenize
-from intent.lexicon import term_matches, word_classes
+from intent.lexicon import TERMS, term_matches, word_classes
 
 
 def labelled(text: str, *parts: tuple[str, str]) -> LabelledIntent:
@@ -44,4 +45,13 @@ def test_span_and_token_features_mark_names_of_network_things() -> None:
     features = token_features(tokens)
     assert "term=middlebox|B" in features[2] and "term=middlebox|I" in features[3]
     assert not any(name.startswith("term=") for name in features[5])
+
+
+def test_augmentation_puts_other_names_of_the_type_into_a_span() -> None:
+    intents = [labelled("add a firewall for the dorms", ("operation", "add"), ("middlebox", "firewall"), ("target", "for the dorms"))]
+    out = augment(intents, AugmentConfig(copies=30, p_swap=0.0, p_word=1.0, rare_below=0))
+    boxes = {s.text for item in out[1:] for s in item.spans if s.type == "middlebox"}
+    assert len(boxes) > 10 and boxes <= TERMS["middlebox"] and any(" " in box for box in boxes)
+    for item in out:
+        assert all(item.text[s.start : s.end] == s.text for s in item.spans)
 
