@@ -218,14 +218,16 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
         profile_edge(settings, requests=16)
 
     on_stage("serving prompts at the edge and in the cloud")
+    # every service is up (models loaded, the intent extractor trained on first use) before the
+    # prompts arrive: a prompt that waits longer than llm.request_timeout_s is answered with an error
+    edge = StreamRunner(bus, edge_service(settings, edge_completer(settings)))
+    cloud = StreamRunner(bus, cloud_service(settings, cloud_responder(settings)))
+    intents = intent_runners(settings, bus)
+    answers_reader = bus.consumer([settings.topics.answers], "nmt-demo-answers")
     asked = {f"demo-{i}": example for i, example in enumerate(held_out)}
     for request_id, example in asked.items():
         producer.send(settings.topics.prompts, prompt_message(example, request_id, now), example.cell.encode())
     producer.flush()
-    answers_reader = bus.consumer([settings.topics.answers], "nmt-demo-answers")
-    edge = StreamRunner(bus, edge_service(settings, edge_completer(settings)))
-    cloud = StreamRunner(bus, cloud_service(settings, cloud_responder(settings)))
-    intents = intent_runners(settings, bus)
     run_until_idle([edge, cloud, *intents.runners], 0.5)
     edge.finish()  # its load report of the hour so far
     edge.commit()
