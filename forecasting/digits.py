@@ -2,16 +2,19 @@
 
 Each window is divided by a high quantile of its own values, so that cells with ten or ten
 thousand events read alike; values are then written at ``precision`` decimals with the decimal
-point dropped and zero-padded to a fixed width (0.42 -> ``042``), separated by spaces.
+point dropped. Two spellings, one per kind of tokenizer, each checked against the tokenizer
+(``fits``) before a model reads it:
 
-Tokenisation is a stable digit grouping: every fixed-width value is one token, as GPT-4's
-tokenizer groups digits in threes. A byte-pair tokenizer trained on text merges digits into
-corpus-dependent chunks (``"42"`` one token, ``"103"`` two), so a model would see the same value
-spelt differently from one series to the next. LLMTime's own fix, one token per digit, was tried
-here first: after 300 pre-training and 30 tuning steps a tiny model still wrote no parseable
-sample for any of four Milan cells, and with a value taking about four tokens a 256-token context
-cannot hold the week of history that carries the weekly cycle. A value per token is also how Chronos (Ansari et al., 2024) tokenises series:
-the model's next-token distribution is a distribution over quantised values.
+- :class:`SpacedDigitCodec`, for the serving edge model's byte-level BPE tokenizer: LLMTime's own
+  spelling, one digit at a time with a space before each and a comma after each value
+  (0.42 -> `` 4 2,``). A BPE tokenizer merges runs of digits into corpus-dependent chunks
+  (``"42"`` one token, ``"105"`` two), so a model would see the same value spelt differently from
+  one series to the next; a space before every digit makes GPT-2's pre-tokenizer cut each digit
+  on its own, so every value is spelt by the same tokens wherever it stands (about three tokens a
+  value: a 256-token model reads two to three days, not a week).
+- :class:`DigitCodec`, for a base built with its own vocabulary (``forecasting.llm.build_digit_base``):
+  zero-padded fixed-width values (0.42 -> ``042``), one token each, as Chronos (Ansari et al.,
+  2024) tokenises series, so a week of hourly values fits a 256-token context.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from nm_toolkit.llm.tokenizer import END_OF_TEXT, PAD
 
@@ -30,10 +33,11 @@ DELIMITER = " "
 
 @dataclass(frozen=True)
 class DigitCodec:
-    """How values become digit text: ``precision`` decimals after dividing by the ``alpha`` quantile.
+    """How values become digit text: ``precision`` decimals after dividing by the ``alpha`` quantile,
+    each value one fixed-width field of ``precision + 1`` digits.
 
-    Values are written with ``precision + 1`` digits, so they span 0 to just under 10 times the
-    scale; values outside that range (negative, or a burst ten times the usual peak) are clipped.
+    Values span 0 to just under 10 times the scale; values outside that range (negative, or a
+    burst ten times the usual peak) are clipped.
     """
 
     precision: int = 2
@@ -52,11 +56,14 @@ class DigitCodec:
                 return float(candidate)
         return 1.0
 
+    def units(self, values: np.ndarray, scale: float) -> np.ndarray:
+        """``values / scale`` in units of the last decimal, clipped to what ``width`` digits hold."""
+        top = 10**self.width - 1
+        return np.clip(np.rint(np.asarray(values, dtype=float) / scale * 10**self.precision), 0, top).astype(np.int64)
+
     def encode(self, values: np.ndarray, scale: float) -> str:
         """``values / scale`` at ``precision`` decimals, point dropped, zero-padded, space-separated."""
-        top = 10**self.width - 1
-        units = np.clip(np.rint(np.asarray(values, dtype=float) / scale * 10**self.precision), 0, top).astype(np.int64)
-        return DELIMITER.join(f"{u:0{self.width}d}" for u in units)
+        return DELIMITER.join(f"{u:0{self.width}d}" for u in self.units(values, scale))
 
     def decode(self, text: str, scale: float, count: int) -> np.ndarray | None:
         """The first ``count`` values of ``text``, or None when it does not hold that many well-formed ones.
@@ -70,6 +77,10 @@ class DigitCodec:
             return None
         return np.array([int(f) for f in fields], dtype=float) * scale / 10**self.precision
 
+    def token_costs(self, tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+        """Tokens each unit value takes (index: the unit): one each, once :meth:`fits` holds."""
+        return np.ones(10**self.width, dtype=np.int64)
+
     def tokenizer(self) -> PreTrainedTokenizerFast:
         """One token per fixed-width value, plus end-of-text and padding (left, for batched generation)."""
         values = [f"{u:0{self.width}d}" for u in range(10**self.width)]
@@ -81,8 +92,57 @@ class DigitCodec:
             padding_side="left",
         )
 
-    def fits(self, tokenizer: PreTrainedTokenizerFast) -> bool:
+    def fits(self, tokenizer: PreTrainedTokenizerBase) -> bool:
         """Whether ``tokenizer`` spells every value this codec writes as exactly one token of its own."""
         probe = self.encode(np.linspace(0, 10 - 10**-self.precision, 10**self.width), 1.0)
         ids = tokenizer(probe, add_special_tokens=False).input_ids
         return len(ids) == 10**self.width and len(set(ids)) == len(ids) and tokenizer.unk_token_id not in ids
+
+
+SEPARATOR = ","
+
+
+@dataclass(frozen=True)
+class SpacedDigitCodec(DigitCodec):
+    """LLMTime's spelling for a text model's tokenizer: no leading zeros, a space before every digit,
+    a comma after every value (``[0.42, 1.05, 0.07]`` at scale 1 -> `` 4 2, 1 0 5, 7,``)."""
+
+    def field(self, unit: int) -> str:
+        return "".join(f" {d}" for d in str(int(unit))) + SEPARATOR
+
+    def encode(self, values: np.ndarray, scale: float) -> str:
+        return "".join(self.field(u) for u in self.units(values, scale))
+
+    def decode(self, text: str, scale: float, count: int) -> np.ndarray | None:
+        """The first ``count`` comma-terminated values of ``text``, or None when it does not hold that
+        many well-formed ones (digits with single spaces between them; more digits than ``width``
+        hold are clipped, as :meth:`encode` clips)."""
+        fields = text.split(SEPARATOR)[:-1][:count]  # what follows the last comma may be cut short
+        number = re.compile(r"\d( \d)*")
+        if len(fields) < count or not all(number.fullmatch(f.strip()) for f in fields):
+            return None
+        units = np.minimum([int(f.replace(" ", "")) for f in fields], 10**self.width - 1)
+        return units.astype(float) * scale / 10**self.precision
+
+    def token_costs(self, tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+        fields = [self.field(u) for u in range(10**self.width)]
+        return np.array([len(ids) for ids in tokenizer(fields, add_special_tokens=False).input_ids], dtype=np.int64)
+
+    def fits(self, tokenizer: PreTrainedTokenizerBase) -> bool:
+        """Whether ``tokenizer`` spells every value the same way wherever it stands: the tokens of a
+        run of values are the tokens of each value on its own, one after the other, and they decode
+        back to the text (no unknown tokens, no merges across a digit or a value)."""
+        fields = [self.field(u) for u in range(10**self.width)]
+        alone = tokenizer(fields, add_special_tokens=False).input_ids
+        together = tokenizer("".join(fields), add_special_tokens=False).input_ids
+        flat = [i for ids in alone for i in ids]
+        return together == flat and tokenizer.unk_token_id not in flat and tokenizer.decode(flat) == "".join(fields)
+
+
+def codec_for(tokenizer: PreTrainedTokenizerBase, precision: int = 2, alpha: float = 0.95) -> DigitCodec:
+    """The spelling ``tokenizer`` reads consistently: a value per token when its vocabulary has one,
+    else LLMTime's spaced digits; None of the two -> ValueError."""
+    for codec in (DigitCodec(precision, alpha), SpacedDigitCodec(precision, alpha)):
+        if codec.fits(tokenizer):
+            return codec
+    raise ValueError("the tokenizer spells digits inconsistently in both the fixed-width and the spaced-digit text")

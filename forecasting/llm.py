@@ -1,24 +1,31 @@
-"""Trend forecasts from the edge language model: LLMTime's digit text, one LoRA adapter across many series.
+"""Trend forecasts from the serving edge model: LLMTime's digit text and one "trend" LoRA adapter.
 
-NetGPT's claim is that an edge LLM predicts trends as a by-product. Here the edge model reads the
-last ``context_points`` values of a series as digit text (:mod:`forecasting.digits`) and writes the
-next ``chunk_points``; a horizon longer than a chunk is reached chunk by chunk, each sample path
-continuing from its own earlier chunks. One adapter is tuned across windows of every series given
-(a global model, like :class:`~forecasting.gbm.GlobalGBM`); the forecast is the median of
-``samples`` sampled paths and the interval their quantiles. Samples that do not parse are dropped;
-a series left with none falls back to the daily seasonal naive and says so.
+NetGPT's claim is that an edge LLM predicts trends as a by-product. Here the edge model (the GPT-2
+the prompt service serves, ``llm.edge_model``) reads the last values of a series as digit text
+(:mod:`forecasting.digits`: LLMTime's spaced digits, which its byte-level BPE tokenizer spells
+consistently) and writes the next ``chunk_points``; a horizon longer than a chunk is reached chunk
+by chunk, each sample path continuing from its own earlier chunks. The context is the last
+``context_points`` values, cut to what the model's positions hold next to a chunk. One adapter is
+tuned across windows of every series given (a global model, like
+:class:`~forecasting.gbm.GlobalGBM`); the forecast is the median of ``samples`` sampled paths and
+the interval their quantiles. Samples that do not parse are dropped; a series left with none falls
+back to the daily seasonal naive and says so.
 
-The base is a checkpoint directory whose tokenizer spells each fixed-width value as one token, or,
-by default, an edge-sized GPT-2 built here with that tokenizer and pre-trained on synthetic
-seasonal traffic (:func:`build_digit_base`): no text model can be downloaded, and a text model's
-byte-pair tokenizer splits digits inconsistently.
+The adapter is trained once (:func:`train_trend_adapter`, ``nmt forecast train-trend``) and saved
+with the edge's other adapters (an :class:`~nm_toolkit.llm.lora.AdapterRegistry` card of task
+``trend_forecast``), so one base serves completion and trend. A forecaster given ``adapter`` never
+tunes: ``fit`` loads the adapter and reads the history, ``update`` appends to it, so the forecast
+service's refits cost a load, not a training run.
+
+``base_model`` None builds a separate digit-vocabulary GPT-2 instead, pre-trained on synthetic
+seasonal traffic (:func:`build_digit_base`), whose one token per value lets it read a whole week;
+``bench/trend_lora.py`` measures the two side by side.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -33,20 +40,20 @@ from sklearn.base import clone
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from collectors.synthetic import SyntheticTelemetry
-from forecasting.base import Forecaster, PointForecast, future_index, steps_per
-from forecasting.digits import DigitCodec
+from forecasting.base import Forecaster, ManyFitted, PointForecast, future_index, steps_per
+from forecasting.digits import DigitCodec, codec_for
 from forecasting.history import DAY, clean_history, infer_step, regular_grid
 from forecasting.naive import SeasonalNaive
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.init import seed_everything
-from nm_toolkit.llm.lora import LoraFineTuner, LoraTrainConfig
+from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
 from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.presets import PRESETS, transformers_config
 from nm_toolkit.llm.training import encode_pair, train
 
-ADAPTER = "forecast"
-PARAMS_FILE = "llm_forecaster.json"
+ADAPTER = "trend"  # the adapter's name in the model and in the edge's adapter registry
+TREND_TASK = "trend_forecast"
 GENERATION_ROWS = 256  # sample paths per generate call: bounds the KV cache when many series are forecast
 
 
@@ -120,15 +127,18 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 class LlmForecaster(Forecaster):
-    """LLMTime-style forecasts from a LoRA-tuned edge model; see the module docstring.
+    """LLMTime-style forecasts from a LoRA-tuned language model; see the module docstring.
 
-    ``base_model``: checkpoint directory (None: :func:`build_digit_base` with ``preset`` and
-    ``base_steps``). ``adapter``: a directory :meth:`save_pretrained` wrote; when given, ``fit``
-    reuses that adapter instead of tuning one. Tuning uses at most ``max_windows`` (context, next
-    chunk) windows, their origins ``window_stride`` steps apart, for ``epochs`` passes.
+    ``base_model``: checkpoint directory, such as the serving edge model (None: a digit-vocabulary
+    base, :func:`build_digit_base` with ``preset`` and ``base_steps``). ``adapter``: a trend
+    adapter's directory (:meth:`save_adapter`); when given, ``fit`` loads it and never tunes.
+    Tuning uses at most ``max_windows`` (context, next chunk) windows, their origins
+    ``window_stride`` steps apart, for ``epochs`` passes; ``train_embeddings`` also trains the
+    embedding rows of the digit and comma tokens, which a text model's corpus holds few of.
     """
 
     name = "llm"
+    incremental = True  # update() appends to the history; the adapter is not tuned again
 
     def __init__(
         self,
@@ -148,6 +158,7 @@ class LlmForecaster(Forecaster):
         window_stride: int = 6,
         batch_size: int = 16,
         learning_rate: float = 3e-3,
+        train_embeddings: bool = False,
         seed: int = 0,
         n_threads: int | None = 1,
     ) -> None:
@@ -167,6 +178,7 @@ class LlmForecaster(Forecaster):
         self.window_stride = window_stride
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.train_embeddings = train_embeddings
         self.seed = seed
         self.n_threads = n_threads
 
@@ -174,71 +186,93 @@ class LlmForecaster(Forecaster):
     def fit(self, y: pd.Series) -> Self:
         return self._fit_frame(y.to_frame(name=y.name if y.name is not None else "y"))
 
+    def update(self, new_points: pd.Series | pd.DataFrame) -> Self:
+        """Append the points that followed the fitted history; the model and adapter stay as they are."""
+        new = new_points.to_frame(name=self.frame_.columns[0]) if isinstance(new_points, pd.Series) else new_points
+        frame = pd.concat([self.frame_, new.rename(columns=str).astype(float)])
+        if not hasattr(self, "lm_"):  # every series was too short for the model: fit it now that they may not be
+            return self._fit_frame(frame)
+        self._read_history(frame)
+        return self
+
     def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
         return next(iter(self._predict_frame(horizon, level).values()))
+
+    def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> ManyFitted:
+        """One model (one load or one tuning) for every column: sampled together, not series by series."""
+        return _LlmMany(clone(self)._fit_frame(frame))
 
     def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
         return clone(self)._fit_frame(frame)._predict_frame(horizon, level)
 
-    # -- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the adapter, the base when it was built here, and the parameters to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.lm_.model.save_pretrained(directory / "adapter", selected_adapters=[ADAPTER])
-        nested = directory / "adapter" / ADAPTER  # peft nests a non-default adapter name
-        adapter_dir = nested if nested.is_dir() else directory / "adapter"
-        params = {k: v for k, v in self.get_params().items() if k not in ("base_model", "adapter")}
+    # -- persistence: the edge's adapter registry ----------------------------------------------
+    def save_adapter(self, adapters_dir: str | Path) -> AdapterCard:
+        """Save the tuned adapter as ``trend`` in the adapter registry at ``adapters_dir``, its card
+        holding this forecaster's parameters; the base must be a checkpoint directory."""
         if self.base_model is None:
-            base = copy.deepcopy(self.lm_.model).unload()
-            base.save_pretrained(directory / "base", safe_serialization=True)
-            self.lm_.tokenizer.save_pretrained(directory / "base")
-            params["base_model"] = "base"
-        else:
-            params["base_model"] = str(Path(self.base_model).resolve())
-        params["adapter"] = str(adapter_dir.relative_to(directory))
-        (directory / PARAMS_FILE).write_text(json.dumps(params, indent=1))
-        return directory
+            raise UserError("only an adapter of a saved base can join an adapter registry: pass base_model (the edge model)")
+        params = {k: v for k, v in self.get_params().items() if k not in ("base_model", "adapter", "n_threads")}
+        card = AdapterCard(
+            ADAPTER, TREND_TASK, str(Path(self.base_model).resolve()), train_examples=getattr(self, "train_windows_", 0),
+            train_seconds=round(getattr(self, "train_seconds_", 0.0), 1), config={"forecaster": params},
+        )
+        AdapterRegistry(Path(adapters_dir)).save(self.lm_.model, card, self.losses_)
+        return card
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> LlmForecaster:
-        """The forecaster :meth:`save_pretrained` wrote; its ``fit`` reuses the saved adapter."""
-        directory = Path(directory)
-        path = directory / PARAMS_FILE
-        if not path.is_file():
-            raise UserError(f"{directory} holds no saved LLM forecaster ({PARAMS_FILE} missing): save one with save_pretrained")
-        params = json.loads(path.read_text())
-        params["base_model"] = str(directory / params["base_model"]) if params["base_model"] == "base" else params["base_model"]
-        params["adapter"] = str(directory / params["adapter"])
-        return cls(**params)
+    def from_adapter(cls, adapters_dir: str | Path, base_model: str | Path | None = None, **overrides: object) -> LlmForecaster:
+        """The forecaster of the trend adapter in ``adapters_dir`` (on ``base_model``, default the base
+        its card names); its ``fit`` loads the adapter and never tunes."""
+        registry = AdapterRegistry(Path(adapters_dir))
+        if not (registry.path(ADAPTER) / "adapter_config.json").is_file():
+            raise UserError(f"no trend adapter in {adapters_dir}: train one with `nmt forecast train-trend --input FILE`")
+        card = registry.card(ADAPTER)
+        if card.task != TREND_TASK:
+            raise UserError(f"adapter {ADAPTER!r} in {adapters_dir} is for task {card.task!r}: retrain it with `nmt forecast train-trend`")
+        params = {**card.config["forecaster"], **overrides}  # type: ignore[dict-item]
+        return cls(base_model=base_model or card.base, adapter=registry.path(ADAPTER), **params)
 
     # -- fitting -------------------------------------------------------------------------------
-    def _codec(self) -> DigitCodec:
-        return DigitCodec(precision=self.precision, alpha=self.alpha)
-
     def load_base(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """A fresh copy of the base model and its tokenizer, building (once per process) or loading it."""
-        window = self.context_points + self.chunk_points
+        """A fresh copy of the base model and its tokenizer, building (once per process) or loading it;
+        sets the digit spelling the tokenizer reads (``codec_``) and the token budgets."""
         if self.base_model is None:
+            codec = DigitCodec(precision=self.precision, alpha=self.alpha)
             model, tokenizer, self.base_losses_ = _shared_digit_base(
-                self.preset, self.base_steps, window, self._codec(), self.batch_size, self.learning_rate, self.seed
+                self.preset, self.base_steps, self.context_points + self.chunk_points, codec, self.batch_size,
+                self.learning_rate, self.seed,
             )
-            return copy.deepcopy(model), tokenizer  # LoRA layers are injected in place: keep the shared base clean
-        model, tokenizer = load_causal_lm(Path(self.base_model))
-        if not self._codec().fits(tokenizer):
-            raise UserError(
-                f"the tokenizer of {self.base_model} does not spell each {self.precision + 1}-digit value as one token: "
-                "build a base with forecasting.llm.build_digit_base (same precision) or leave base_model unset"
-            )
+            model = copy.deepcopy(model)  # LoRA layers are injected in place: keep the shared base clean
+        else:
+            model, tokenizer = load_causal_lm(Path(self.base_model))
+            try:
+                codec = codec_for(tokenizer, self.precision, self.alpha)
+            except ValueError as exc:
+                raise UserError(f"{self.base_model}: {exc}: use a model with a byte-level BPE tokenizer or leave base_model unset") from exc
+        self.codec_ = codec
+        self.costs_ = codec.token_costs(tokenizer)
+        # every token the spelling uses, and end of text; sampling is held to these (LLMTime's logit bias)
+        spelling = codec.encode(np.arange(10**codec.width) / 10**codec.precision, 1.0)
+        allowed = {*tokenizer(spelling, add_special_tokens=False).input_ids, tokenizer.eos_token_id}
+        self.suppressed_ = tuple(i for i in range(model.config.vocab_size) if i not in allowed)
+        self.max_new_tokens_ = self.chunk_points * int(self.costs_.max())
         positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
-        if positions <= window:
+        self.prompt_tokens_ = positions - self.max_new_tokens_ - 1  # - 1: end of text after the chunk
+        if self.prompt_tokens_ < self.max_new_tokens_:
             raise UserError(
-                f"{self.base_model} reads at most {positions} tokens, too few for {window} values of digit text: "
-                "lower context_points or build a base with a longer context"
+                f"{self.base_model or 'the digit base'} reads at most {positions} tokens: a {self.chunk_points}-point chunk "
+                f"({self.max_new_tokens_} tokens) leaves too little context; lower chunk_points"
             )
         return model, tokenizer
 
-    def _fit_frame(self, frame: pd.DataFrame) -> Self:
+    def _prompt(self, context: np.ndarray, scale: float) -> str:
+        """The last values of ``context`` (at most ``context_points``) that fit the prompt's tokens, as text."""
+        context = context[-self.context_points :]
+        costs = self.costs_[self.codec_.units(context, scale)][::-1].cumsum()
+        keep = int(np.searchsorted(costs, self.prompt_tokens_, side="right"))
+        return self.codec_.encode(context[len(context) - keep :], scale)
+
+    def _read_history(self, frame: pd.DataFrame) -> None:
         frame = regular_grid(frame.astype(float)).rename(columns=str)
         self.step_ = infer_step(pd.DatetimeIndex(frame.index))
         self.frame_ = frame
@@ -251,6 +285,9 @@ class LlmForecaster(Forecaster):
                 continue
             clean, self.notes_[key] = clean_history(frame[key])
             self.histories_[key] = clean.to_numpy()
+
+    def _fit_frame(self, frame: pd.DataFrame) -> Self:
+        self._read_history(frame)
         window = self.context_points + self.chunk_points
         if self.adapter is None and all(len(h) < window for h in self.histories_.values()):
             note = f"no series has the {window} points of one tuning window: seasonal-naive fallback"
@@ -271,7 +308,7 @@ class LlmForecaster(Forecaster):
 
     def _training_pairs(self) -> list[tuple[str, str]]:
         """(context, next chunk) digit-text pairs from every series, at most ``max_windows``, seeded."""
-        codec, c, k = self._codec(), self.context_points, self.chunk_points
+        c, k = self.context_points, self.chunk_points
         origins = [(key, o) for key, h in self.histories_.items() for o in range(c, len(h) - k + 1, self.window_stride)]
         rng = np.random.default_rng(self.seed)
         chosen = rng.choice(len(origins), size=min(self.max_windows, len(origins)), replace=False)
@@ -279,8 +316,8 @@ class LlmForecaster(Forecaster):
         for i in sorted(chosen):
             key, o = origins[i]
             context, target = self.histories_[key][o - c : o], self.histories_[key][o : o + k]
-            scale = codec.scale(context)
-            pairs.append((codec.encode(context, scale), codec.encode(target, scale)))
+            scale = self.codec_.scale(context)
+            pairs.append((self._prompt(context, scale), self.codec_.encode(target, scale)))
         return pairs
 
     def _tune(self, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PeftModel:
@@ -288,34 +325,33 @@ class LlmForecaster(Forecaster):
         positions = getattr(base.config, "n_positions", None) or base.config.max_position_embeddings
         config = LoraTrainConfig(
             rank=self.rank, alpha=2 * self.rank, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, max_length=positions, seed=self.seed,
+            learning_rate=self.learning_rate, max_length=positions, seed=self.seed, train_target_embeddings=self.train_embeddings,
         )
         tuner = LoraFineTuner(config).fit(base, tokenizer, pairs, adapter_name=ADAPTER)
         self.losses_ = tuner.losses_
         self.train_windows_ = tuner.examples_
+        self.train_seconds_ = tuner.seconds_
         return tuner.model_
 
     # -- forecasting ---------------------------------------------------------------------------
     def _sample_paths(self, horizon: int) -> dict[str, np.ndarray]:
         """``(surviving samples, horizon)`` paths per series; a path whose text fails to parse is dropped."""
-        codec, keys = self._codec(), list(self.histories_)
-        if not keys:
+        if not self.histories_:
             return {}
+        codec, keys = self.codec_, list(self.histories_)
         scales = {key: codec.scale(self.histories_[key][-self.context_points :]) for key in keys}
         paths = {key: [np.empty(0) for _ in range(self.samples)] for key in keys}
         limits = GenerationLimits(
-            max_new_tokens=self.chunk_points, min_new_tokens=self.chunk_points, timeout_s=3600.0, do_sample=True,
-            temperature=self.temperature, top_k=0,
+            # no end of text before the chunk's worst-case length: a sample is never cut short of its values
+            max_new_tokens=self.max_new_tokens_, min_new_tokens=self.max_new_tokens_, timeout_s=3600.0,
+            do_sample=True, temperature=self.temperature, top_k=0, suppress_tokens=self.suppressed_,
         )
         for start in range(0, horizon, self.chunk_points):
             count = min(self.chunk_points, horizon - start)
             rows = [(key, s) for key in keys for s, path in enumerate(paths[key]) if path is not None]
             if not rows:
                 break
-            prompts = [
-                codec.encode(np.concatenate([self.histories_[key], paths[key][s]])[-self.context_points :], scales[key])
-                for key, s in rows
-            ]
+            prompts = [self._prompt(np.concatenate([self.histories_[key], paths[key][s]]), scales[key]) for key, s in rows]
             texts = []
             with _torch_threads(self.n_threads):
                 for first in range(0, len(prompts), GENERATION_ROWS):
@@ -346,3 +382,33 @@ class LlmForecaster(Forecaster):
             out[key] = SeasonalNaive(day).fit(self.frame_[key]).predict(horizon, level).with_note(note)
         self.fallbacks_ = len(fallback)
         return {c: out[c] for c in self.frame_.columns}
+
+
+class _LlmMany(ManyFitted):
+    """An :class:`LlmForecaster` fitted on many series, advanced by appending rows."""
+
+    def __init__(self, fitted: LlmForecaster) -> None:
+        self.fitted = fitted
+
+    def update(self, new_points: pd.DataFrame) -> _LlmMany:
+        self.fitted.update(new_points)
+        return self
+
+    def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
+        return self.fitted._predict_frame(horizon, level)
+
+
+# How the edge's trend adapter is trained unless told otherwise (bench/trend_lora.py compares settings):
+# the context is what a 256-position model holds next to a day-long chunk at one decimal
+EDGE_TREND: dict[str, object] = {"context_points": 72, "chunk_points": 24, "precision": 1, "learning_rate": 1e-2, "train_embeddings": True}
+
+
+def train_trend_adapter(frame: pd.DataFrame, edge_model: str | Path, adapters_dir: str | Path, **params: object) -> tuple[AdapterCard, LlmForecaster]:
+    """Tune the trend adapter on ``edge_model`` over windows of every series in ``frame`` (``params``
+    over :data:`EDGE_TREND`) and save it with the edge's adapters: the one-off training that the
+    forecast service then only loads."""
+    forecaster = LlmForecaster(base_model=edge_model, **{**EDGE_TREND, **params})._fit_frame(frame)  # type: ignore[arg-type]
+    if not hasattr(forecaster, "lm_"):
+        window = forecaster.context_points + forecaster.chunk_points
+        raise UserError(f"no series has the {window} points of one training window: pass a longer file or lower --context-points")
+    return forecaster.save_adapter(adapters_dir), forecaster

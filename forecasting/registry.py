@@ -85,12 +85,17 @@ def _auto_candidates(day: int, week: int) -> list[Forecaster]:
 
 
 def _llm(day: int, week: int) -> Forecaster:
-    """The edge LLM reads a week and writes a day at a time (on finer data, as many steps as fit its
-    context). Imported here, not at the top: torch and transformers add seconds to every start of
-    the CLI and the forecast service, which need them only when this model is chosen."""
+    """The serving edge model (``llm.edge_model``) with its trend adapter from ``llm.adapters_dir``,
+    trained once by ``nmt forecast train-trend``: fitting loads it, never tunes it. Its context and
+    chunk are the ones it was trained with. Imported here, not at the top: torch and transformers
+    add seconds to every start of the CLI and the forecast service, which need them only when this
+    model is chosen."""
     from forecasting.llm import LlmForecaster
+    from nm_toolkit.config import load_settings
+    from nm_toolkit.llm.deployment import LlmPaths
 
-    return LlmForecaster(context_points=min(week, 168), chunk_points=min(day, 24))
+    paths = LlmPaths.from_settings(load_settings())
+    return LlmForecaster.from_adapter(paths.adapters_dir, paths.edge_model)
 
 
 BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
@@ -110,7 +115,8 @@ BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
     "holt": lambda day, week: _short("holt"),
     "auto_short": lambda day, week: _auto_short(),
     "auto": lambda day, week: _auto(_auto_candidates(day, week)),
-    # the LLM joins automatic selection as one more candidate: a series gets it only where it wins validation
+    # the edge LLM's trend adapter joins automatic selection as one more candidate: a series gets it only
+    # where it has the lowest validation MASE (the adapter is loaded for each fold, not tuned)
     "auto_llm": lambda day, week: _auto([*_auto_candidates(day, week), _llm(day, week)]),
 }
 MODEL_NAMES = tuple(BUILDERS)

@@ -74,7 +74,7 @@ class AutoSelect(Forecaster):
         chosen = {}
         for series, i in zip(filled.index, best, strict=True):
             mase = filled.loc[series].iloc[i]
-            chosen[str(series)] = (int(i), f"auto-selected over {len(origins)} folds (MASE {mase:.3f})")
+            chosen[str(series)] = (int(i), f"auto-selected {named[str(i)].name} over {len(origins)} folds (MASE {mase:.3f})")
         return chosen
 
     def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:

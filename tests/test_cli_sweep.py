@@ -153,6 +153,9 @@ SWEEP: tuple[Case, ...] = (
     Case(("forecast", "plot", "-s", "10000", "-o", "{fresh}.png"), setup=stored_forecasts),
     Case(("forecast", "list",), setup=stored_forecasts),
     Case(("forecast", "serve", "--idle-exit", "1"), setup=stored_forecasts, kafka=True),  # the store holds file series too
+    Case(("forecast", "train-trend", "-i", str(MILAN), "--max-windows", "8", "--context-points", "24", "--chunk-points", "6"), llms=True,
+         env=(("NMT_LLM__ADAPTERS_DIR", "{ws}/trend-adapters"),)),  # apart from the adapters the llm commands load
+    Case(("forecast", "train-trend", "-i", str(MILAN)), error="nmt llm build"),
     Case(("policy", "list")),
     Case(("policy", "test", "-p", "bandwidth_reservation", "--context", "{ws}/context.json"), setup=policy_context),
     Case(("policy", "backtest", "--input", str(MILAN), "--warmup-days", "18", "--model", "seasonal_mean", "-v", "headroom=0.3")),

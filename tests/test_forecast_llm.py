@@ -1,4 +1,5 @@
-"""The LLM trend forecaster: digit text both ways, the estimator contract, persistence and the CLI.
+"""The LLM trend forecaster on its digit-vocabulary base: digit text both ways, the estimator
+contract, persistence and the CLI (the serving edge model's trend adapter: tests/test_forecast_trend.py).
 
 Every model here is the tiny preset trained for a few dozen steps: these tests check behaviour
 (shapes, ordering, determinism, what is dropped and what falls back), not accuracy, which
@@ -18,8 +19,8 @@ from typer.testing import CliRunner
 
 from forecasting import registry
 from forecasting.data import load_series_frame
-from forecasting.digits import DigitCodec
-from forecasting.llm import LlmForecaster
+from forecasting.digits import DigitCodec, SpacedDigitCodec
+from forecasting.llm import LlmForecaster, build_digit_base
 from nm_toolkit.cli import app
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.tokenizer import train_bpe_tokenizer
@@ -93,11 +94,17 @@ def test_fit_predict_shapes_ordered_intervals_and_seeded_reproducibility(week: p
 
 def test_saved_adapter_round_trips_to_the_same_forecast(week: pd.DataFrame, tmp_path: Path) -> None:
     series = week.iloc[:, 0]
-    fitted = LlmForecaster(**TINY).fit(series)
+    with pytest.raises(UserError, match="pass base_model"):  # a base built in the process has no directory to name
+        LlmForecaster(**TINY).fit(series).save_adapter(tmp_path / "adapters")
+    model, tokenizer, _ = build_digit_base("tiny", 30, 60, seed=3)
+    model.save_pretrained(tmp_path / "digits")
+    tokenizer.save_pretrained(tmp_path / "digits")
+    fitted = LlmForecaster(**{**TINY, "base_model": tmp_path / "digits"}).fit(series)
+    assert isinstance(fitted.codec_, DigitCodec) and not isinstance(fitted.codec_, SpacedDigitCodec)
     expected = fitted.predict(12)
-    fitted.save_pretrained(tmp_path / "llm")
-    restored = LlmForecaster.from_pretrained(tmp_path / "llm")
-    assert restored.base_model == str(tmp_path / "llm" / "base") and restored.adapter is not None
+    card = fitted.save_adapter(tmp_path / "adapters")
+    assert card.base == str((tmp_path / "digits").resolve())
+    restored = LlmForecaster.from_adapter(tmp_path / "adapters")
     got = restored.fit(series).predict(12)
     assert restored.losses_ == []  # the saved adapter was reused, not tuned again
     np.testing.assert_allclose(got.mean, expected.mean)
@@ -111,8 +118,8 @@ def test_short_series_fall_back_and_base_checks_are_one_line_errors(week: pd.Dat
     assert "fallback" in forecasts[str(frame.columns[1])].note and forecasts[str(frame.columns[0])].model == "llm"
     too_short = LlmForecaster(**TINY).forecast_many(week.iloc[:50], 12)  # 50 points < 48 + 12 of a tuning window
     assert all("tuning window: seasonal-naive fallback" in fc.note and fc.model == "seasonal_naive" for fc in too_short.values())
-    with pytest.raises(UserError, match="no saved LLM forecaster"):
-        LlmForecaster.from_pretrained(tmp_path)
+    with pytest.raises(UserError, match="no trend adapter"):
+        LlmForecaster.from_adapter(tmp_path)
     with pytest.raises(UserError, match="no model directory"):
         LlmForecaster(**{**TINY, "base_model": tmp_path / "missing"}).fit(week.iloc[:, 0])
 
@@ -128,11 +135,3 @@ def test_cli_backtest_runs_the_llm_next_to_a_baseline(monkeypatch: pytest.Monkey
     models = {m["model"]: m for m in json.loads(result.output)["models"]}
     assert set(models) == {"llm", "snaive_daily"}
     assert 0 < models["llm"]["mase"] < 10 and 0 <= models["llm"]["coverage"] <= 1 and models["llm"]["seconds_per_series"] > 0
-
-
-def test_registry_sizes_the_llm_to_the_sampling_step() -> None:
-    hourly = registry.make_model("llm", pd.Timedelta(hours=1))
-    assert (hourly.context_points, hourly.chunk_points) == (168, 24)
-    five_minutes = registry.make_model("llm", pd.Timedelta(minutes=5))
-    assert (five_minutes.context_points, five_minutes.chunk_points) == (168, 24)
-    assert "llm" in [type(c).name for c in registry.make_model("auto_llm", pd.Timedelta(hours=1)).candidates]

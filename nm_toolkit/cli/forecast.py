@@ -236,6 +236,42 @@ def list_(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> Non
     emit(as_json, {"store": str(path), "series": rows}, f"forecast store {path}", rows)
 
 
+@app.command("train-trend")
+def train_trend(
+    input: Path = InputOption,
+    series: str | None = typer.Option(None, help="comma-separated series (columns) to train on (default: all)"),
+    context_points: int | None = typer.Option(None, help="values the model reads, at most (default 72; cut to what its positions hold)"),
+    chunk_points: int | None = typer.Option(None, help="values it writes per generation (default 24); longer horizons go chunk by chunk"),
+    max_windows: int = typer.Option(2400, help="at most this many (context, next chunk) training windows"),
+    epochs: float = typer.Option(1.0, help="passes over the windows"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Train the edge model's trend adapter once, on a file's series; forecasts then only load it.
+
+    The adapter is saved as `trend` with the edge's other adapters (llm.adapters_dir), on the
+    serving edge model (llm.edge_model); the forecast models `llm` and `auto_llm` use it."""
+    from forecasting.data import load_series_frame
+    from forecasting.llm import train_trend_adapter
+    from nm_toolkit.llm.deployment import LlmPaths
+
+    sizes = {"context_points": context_points, "chunk_points": chunk_points, "max_windows": max_windows, "epochs": epochs}
+    for name, value in sizes.items():
+        _positive(value, "--" + name.replace("_", "-"))
+    paths = LlmPaths.from_settings(settings_from(config))
+    if not (paths.edge_model / "config.json").is_file():
+        raise UserError(f"no edge model at {paths.edge_model}: build one with `nmt llm build` or set llm.edge_model")
+    frame, _ = load_series_frame(input, _split_names(series))
+    with err_console.status(f"training the trend adapter on {frame.shape[1]} series...") if not as_json else nullcontext():
+        card, fitted = train_trend_adapter(frame, paths.edge_model, paths.adapters_dir, **{k: v for k, v in sizes.items() if v is not None})
+    data = {
+        "adapter": str(paths.adapters_dir / card.name), "task": card.task, "base": card.base, "series": frame.shape[1],
+        "windows": card.train_examples, "steps": len(fitted.losses_), "final_loss": round(fitted.losses_[-1], 4),
+        "train_seconds": card.train_seconds,
+    }
+    emit(as_json, data, "trend adapter")
+
+
 @app.command()
 def serve(
     config: Path | None = ConfigOption,

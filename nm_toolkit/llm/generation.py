@@ -35,6 +35,7 @@ class GenerationLimits:
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 50
+    suppress_tokens: tuple[int, ...] = ()  # never written (a trend forecast writes digits and commas only)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class AdapterLM:
         config = GenerationConfig(
             max_new_tokens=limits.max_new_tokens, min_new_tokens=limits.min_new_tokens or None, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
             top_k=limits.top_k if limits.do_sample else None, top_p=None, use_cache=True, max_time=limits.timeout_s,
+            suppress_tokens=list(limits.suppress_tokens) or None,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=None,
         )
         extra = {"adapter_names": names} if isinstance(self.model, PeftModel) else {}
