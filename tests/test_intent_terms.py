@@ -55,3 +55,18 @@ def test_augmentation_puts_other_names_of_the_type_into_a_span() -> None:
     for item in out:
         assert all(item.text[s.start : s.end] == s.text for s in item.spans)
 
+
+
+def test_a_span_tagger_finds_whole_middlebox_names_the_labelled_slice_never_shows() -> None:
+    """The slice's middleboxes are DPI, monitor and traffic shaper; trained on it, the tagger
+    before TERMS read no middlebox at all in these sentences."""
+    from pathlib import Path
+
+    from intent.augment import AugmentedExtractor
+    from intent.data import load_intents
+    from intent.span import SpanIntentTagger, SpanTaggerConfig
+
+    tagger = AugmentedExtractor(SpanIntentTagger(SpanTaggerConfig(objective="per_span"))).fit(load_intents(Path(__file__).parent / "data" / "nile_intents_slice.json"))
+    texts = ["Add an intrusion prevention system from the Internet to the Labs", "please add a load balancer to the servers"]
+    found = [[s.text for s in spans if s.type == "middlebox"] for spans in tagger.predict_spans(texts)]  # type: ignore[attr-defined]
+    assert found == [["intrusion prevention system"], ["load balancer"]]
