@@ -2,8 +2,10 @@
 
 Held-out districts and phrasings of :func:`nm_toolkit.llm.city_qa.build_city_qa_dataset` ("nearest"
 and "open" requests, two tenants). One edge model (GPT-2, LoRA on the two-kind completed prompts,
-grounded ranked choice) and one cloud model (LLaMA, one LoRA adapter per tenant trained on the
-city task in all three question forms). Rows:
+grounded ranked choice) and one cloud base (LLaMA) with two sets of adapters, one per tenant each,
+trained for the same number of steps on the questions each deployment is asked: NetGPT's on the
+completed prompts, a cloud-only deployment's on the words alone and the words with the raw
+location context (``city_qa.NETGPT_FORMS`` / ``CLOUD_ONLY_FORMS``). Rows:
 
 (a) edge alone: :func:`~nm_toolkit.llm.city_qa.edge_answer` of the grounded choice;
 (b) cloud alone, the user's words and the time of day only (no location);
@@ -38,6 +40,7 @@ import torch
 from nm_toolkit.llm.city_qa import (
     CLOUD_INIT,
     CLOUD_LORA,
+    CLOUD_ONLY_FORMS,
     LOCAL_KINDS,
     TENANTS,
     CityQAExample,
@@ -49,6 +52,7 @@ from nm_toolkit.llm.city_qa import (
     expected_place,
     names_place,
     short_question,
+    train_cloud_adapters,
 )
 from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
@@ -61,6 +65,9 @@ from nm_toolkit.llm.metrics import rouge_l
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest, _at
 from nm_toolkit.llm.privacy import check_egress
 from nm_toolkit.llm.router import LinkEstimate, RouterConfig, route
+
+
+CLOUD_ONLY_ADAPTERS = "adapters-cloud-only"  # under the cloud base: the baselines' adapters
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,13 @@ def ensure_models(work: Path, args: argparse.Namespace, train: Sequence[CityQAEx
     started = time.perf_counter()
     cloud_init = replace(CLOUD_INIT, steps=args.cloud_steps, intents_file=args.intents)
     cards = build_cloud(work / "cloud", AdapterRegistry(work / "cloud" / "adapters"), train[: args.cloud_train], store, cloud_init, CLOUD_LORA)
+    cards += train_cloud_adapters(work / "cloud", AdapterRegistry(work / "cloud" / CLOUD_ONLY_ADAPTERS), train[: args.cloud_train], store, CLOUD_LORA,
+                                  forms=CLOUD_ONLY_FORMS)  # fmt: skip
     base = json.loads((work / "cloud" / "nmt_card.json").read_text())
     print(f"cloud base: {base['preset']} {base['arch']}, {base['parameters']:,} parameters, {base['init_config']['steps']} steps "
           f"in {base['train_seconds']:.0f} s, final loss {base['final_loss']}; cloud stage {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
     for card in cards:
-        print(f"cloud adapter {card.name}: {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
+        print(f"cloud adapter {card.name} ({card.config.get('forms')}): {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
 
 
 def batched(items: Sequence, size: int, work: Callable[[Sequence], list]) -> tuple[list, list[float]]:
@@ -140,7 +149,9 @@ def main() -> int:
 
     edge_lm = AdapterLM.load(work / "edge", AdapterRegistry(work / "edge-adapters"), [EDGE_ADAPTER])
     completer = EdgeCompleter(edge_lm, store)
-    cloud = CloudResponder(AdapterLM.load(work / "cloud", AdapterRegistry(work / "cloud" / "adapters")), GenerationLimits(max_new_tokens=48, timeout_s=600))
+    limits = GenerationLimits(max_new_tokens=48, timeout_s=600)
+    cloud = CloudResponder(AdapterLM.load(work / "cloud", AdapterRegistry(work / "cloud" / "adapters")), limits)
+    cloud_only = CloudResponder(AdapterLM.load(work / "cloud", AdapterRegistry(work / "cloud" / CLOUD_ONLY_ADAPTERS)), limits)
     tenants = [e.tenant for e in test]
     contexts = [example_context(store, e) for e in test]
     references = [example_reference(store, e) for e in test]
@@ -150,9 +161,9 @@ def main() -> int:
     def edge_choose(chunk: Sequence[CityQAExample]) -> list[GroundedChoice]:
         return completer.choose([completer.prepare(EdgeRequest(e.text, e.cell, e.user, _at(e.time_of_day), adapter=EDGE_ADAPTER)) for e in chunk])
 
-    def ask(questions: Sequence[str], who: Sequence[str]) -> tuple[list[str], list[float]]:
+    def ask(questions: Sequence[str], who: Sequence[str], responder: CloudResponder = cloud) -> tuple[list[str], list[float]]:
         pairs = list(zip(questions, who, strict=True))
-        answers, seconds = batched(pairs, args.batch, lambda chunk: [g.text for g in cloud.respond([q for q, _ in chunk], [t for _, t in chunk])])
+        answers, seconds = batched(pairs, args.batch, lambda chunk: [g.text for g in responder.respond([q for q, _ in chunk], [t for _, t in chunk])])
         return answers, seconds
 
     def link_s(sent: Sequence[int]) -> list[float]:
@@ -179,14 +190,14 @@ def main() -> int:
     rows = [row("(a) edge alone", [edge_answer(c, t) for c, t in zip(chosen, tenants, strict=True)], [False] * len(test), [0] * len(test), edge_s, 0)]
 
     shorts = [short_question(e.text, e.time_of_day) for e in test]
-    answers, seconds = ask(shorts, tenants)
+    answers, seconds = ask(shorts, tenants, cloud_only)
     sent = [len(q.encode()) for q in shorts]
     rows.append(row("(b) cloud alone, words only", answers, [True] * len(test), sent,
                     [s + l for s, l in zip(seconds, link_s(sent), strict=True)], leaks(shorts, everyone)))  # fmt: skip
     print(f"  {rows[-1].method} done", flush=True)
 
     payloads = [cloud_only_payload(e.text, c) for e, c in zip(test, contexts, strict=True)]
-    answers, seconds = ask([context_question(e.text, c) for e, c in zip(test, contexts, strict=True)], tenants)
+    answers, seconds = ask([context_question(e.text, c) for e, c in zip(test, contexts, strict=True)], tenants, cloud_only)
     sent = [len(p) for p in payloads]
     rows.append(row("(c) cloud alone, raw location context", answers, [True] * len(test), sent,
                     [s + l for s, l in zip(seconds, link_s(sent), strict=True)], leaks(payloads, everyone)))  # fmt: skip

@@ -15,6 +15,8 @@ from nm_toolkit.llm.city_qa import (
     CITY_QA_TASK,
     DEFAULT_TENANT,
     LOCAL_KINDS,
+    CLOUD_ONLY_FORMS,
+    NETGPT_FORMS,
     TENANTS,
     answer_score,
     build_city_qa_dataset,
@@ -133,6 +135,14 @@ def test_cloud_responder_answers_with_each_tenants_adapter(city, split, tmp_path
         assert [c.name for c in cards] == list(TENANTS) and all(c.task == CITY_QA_TASK for c in cards)
         again = train_cloud_adapters(tmp_path / "cloud", registry, train[:60], city, config)
         assert again == cards  # cached: same config and data, nothing retrained
+        # NetGPT's adapters learn the completed prompts only; a cloud-only deployment's the other two
+        # forms, for the same number of steps (the epochs are shared among its forms)
+        per_tenant = {t: sum(e.tenant == t for e in train[:60]) for t in TENANTS}
+        assert [(c.train_examples, c.config["forms"]) for c in cards] == [(per_tenant[t], list(NETGPT_FORMS)) for t in TENANTS]
+        other = train_cloud_adapters(tmp_path / "cloud", AdapterRegistry(tmp_path / "only"), train[:60], city, config, forms=CLOUD_ONLY_FORMS)
+        assert [(c.train_examples, c.config["forms"], c.config["lora"]["epochs"]) for c in other] == [
+            (2 * per_tenant[t], list(CLOUD_ONLY_FORMS), config.epochs / 2) for t in TENANTS
+        ]
         cloud = CloudResponder(AdapterLM.load(tmp_path / "cloud", registry), GenerationLimits(max_new_tokens=3))
         out = cloud.answer([e.completed for e in test[:3]], ["brief", "walk", None])
         assert [g.adapter for g in out] == ["brief", "walk", DEFAULT_TENANT] and all(g.new_tokens <= 3 for g in out)
