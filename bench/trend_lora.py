@@ -45,8 +45,9 @@ def trained(adapters: Path, base: Path, frame: pd.DataFrame, params: dict[str, o
     """Train the trend adapter on ``base`` unless ``adapters`` holds one; (seconds, windows, last loss)."""
     if (adapters / ADAPTER / "adapter_config.json").is_file():
         card = AdapterRegistry(adapters).card(ADAPTER)
+        loss = json.loads((adapters / ADAPTER / "nmt_card.json").read_text())["loss_curve"][-1]
         print(f"  reusing {adapters / ADAPTER} ({card.train_examples} windows, {card.train_seconds:.0f} s when trained)", flush=True)
-        return card.train_seconds, card.train_examples, float("nan")
+        return card.train_seconds, card.train_examples, loss
     card, forecaster = train_trend_adapter(frame, base, adapters, **params)
     print(f"  trained {adapters / ADAPTER}: {card.train_examples} windows, {len(forecaster.losses_)} steps, "
           f"loss {forecaster.losses_[0]:.3f} -> {forecaster.losses_[-1]:.3f}, {card.train_seconds:.0f} s", flush=True)

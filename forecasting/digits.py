@@ -10,8 +10,8 @@ point dropped. Two spellings, one per kind of tokenizer, each checked against th
   (0.42 -> `` 4 2,``). A BPE tokenizer merges runs of digits into corpus-dependent chunks
   (``"42"`` one token, ``"105"`` two), so a model would see the same value spelt differently from
   one series to the next; a space before every digit makes GPT-2's pre-tokenizer cut each digit
-  on its own, so every value is spelt by the same tokens wherever it stands (about three tokens a
-  value: a 256-token model reads two to three days, not a week).
+  on its own, so every value is spelt by the same tokens wherever it stands (two to three tokens a
+  value: a 256-token model reads about three days next to a day-long chunk, not a week).
 - :class:`DigitCodec`, for a base built with its own vocabulary (``forecasting.llm.build_digit_base``):
   zero-padded fixed-width values (0.42 -> ``042``), one token each, as Chronos (Ansari et al.,
   2024) tokenises series, so a week of hourly values fits a 256-token context.
