@@ -74,11 +74,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-windows", type=int, default=2400)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--edge-context", type=int, default=72, help="at most this many values, cut to the edge model's 256 positions")
-    parser.add_argument("--edge-chunk", type=int, default=12)
-    parser.add_argument("--edge-precision", type=int, default=2, help="decimals of value / scale in the edge's digit text")
-    parser.add_argument("--edge-lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=3e-3, help="the digit model's LoRA learning rate")
+    # the edge adapter's own settings default to forecasting.llm.EDGE_TREND, as `nmt forecast train-trend` trains it
+    parser.add_argument("--edge-context", type=int, help="at most this many values, cut to what the edge model's positions hold")
+    parser.add_argument("--edge-chunk", type=int)
+    parser.add_argument("--edge-precision", type=int, help="decimals of value / scale in the edge's digit text")
+    parser.add_argument("--edge-lr", type=float)
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of both LLMs")
     parser.add_argument("--digit-base-steps", type=int, default=300)
     parser.add_argument("--no-digits", action="store_true", help="leave the digit-vocabulary model out")
@@ -104,9 +105,9 @@ def main() -> int:
     print(f"\ntraining the trend adapters once, on days 1-{args.train_days} of {training.shape[1]} cells", flush=True)
     costs: dict[str, tuple[float, int, float]] = {}
     models = {name: make_model(name, step) for name in BASELINES}
-    costs["llm_edge"] = trained(work / "edge-adapters", edge, training,
-                                {**common, "context_points": args.edge_context, "chunk_points": args.edge_chunk, "precision": args.edge_precision,
-                                 "learning_rate": args.edge_lr, "train_embeddings": True})
+    edge_params = {"context_points": args.edge_context, "chunk_points": args.edge_chunk, "precision": args.edge_precision, "learning_rate": args.edge_lr}
+    common_edge = {k: v for k, v in common.items() if k != "learning_rate"}
+    costs["llm_edge"] = trained(work / "edge-adapters", edge, training, {**common_edge, **{k: v for k, v in edge_params.items() if v is not None}})
     # the registry's `llm` and `auto_llm` read the edge model and its adapters from the settings
     os.environ.update({"NMT_LLM__EDGE_MODEL": str(edge), "NMT_LLM__ADAPTERS_DIR": str(work / "edge-adapters")})
     models["llm_edge"] = make_model("llm", step).set_params(temperature=args.temperature)
