@@ -3,13 +3,15 @@
 Protocol (Ferreira et al., IEEE Access 2023): train on the first 55 days, forecast the next 7
 (168 hours); MASE uses the in-sample daily seasonal naive as its yardstick, averaged over cells.
 SARIMA costs seconds per series, so it runs on the first ``--sarima-cells`` cells only, and every
-model is also reported on that subset. The edge LLM forecaster (LoRA-tuned on digit text) costs
-more again: it runs on the first ``--llm-cells`` cells, next to every other model on the same cells
-(the SARIMA subset when the counts match); its base's one-off pre-training is timed on its own line.
+model is also reported on that subset. The ``llm`` model (the serving edge model with its ``trend``
+adapter, :mod:`forecasting.llm`) costs more again: with ``--llm-cells N`` it runs on the first N
+cells, next to every other model on the same cells (the SARIMA subset when the counts match). It
+needs the adapter trained first (``nmt forecast train-trend`` on days 1-55 only, or the score
+leaks); ``bench/trend_lora.py`` trains it that way and compares it with the digit-vocabulary model.
 A second table scores the cheap models on the week
 *before* the test week (days 48-55), so the choice of default model is not made on the test set.
 
-    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 15]
+    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 0]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def llm_sample_failures(scores: pd.DataFrame) -> tuple[int, int]:
 
 
 def pretrain_llm_base(step: pd.Timedelta) -> float:
-    """Build the LLM's base once (the backtest's fit then reuses it) and return the seconds it took."""
+    """Load the LLM's base once (the backtest's fit then reuses it) and return the seconds it took."""
     started = time.perf_counter()
     make_model("llm", step).load_base()
     return time.perf_counter() - started
@@ -60,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sarima-cells", type=int, default=15)
-    parser.add_argument("--llm-cells", type=int, default=15, help="0 leaves the LLM forecaster out")
+    parser.add_argument("--llm-cells", type=int, default=0, help="cells the llm model (edge model + trained trend adapter) runs on; 0 leaves it out")
     args = parser.parse_args()
     frame, step = load_series_frame(args.data)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
