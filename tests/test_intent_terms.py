@@ -4,16 +4,9 @@ values."""
 from __future__ import annotations
 
 from intent.augment import AugmentConfig, augment
-from intent.data import LabelledIntent, Span, tokenize
+from intent.data import tokenize
 from intent.lexicon import TERMS, term_matches, word_classes
-
-
-def labelled(text: str, *parts: tuple[str, str]) -> LabelledIntent:
-    spans = []
-    for kind, value in parts:
-        start = text.index(value)
-        spans.append(Span(kind, start, start + len(value), value))
-    return LabelledIntent(text, tuple(spans))
+from tests.test_intent_grouped import labelled
 
 
 def test_term_matches_take_the_longest_name_left_to_right() -> None:

@@ -87,16 +87,20 @@ def test_the_model_decides_when_confident_and_the_rules_take_over_below_the_thre
     assert report.examples == 24 and report.keywords == pytest.approx(sum(keyword_class(t) == k for t, k in labelled_prompts(24, "held_out")) / 24)
 
 
-def test_the_edge_service_publishes_each_prompts_service_intent_and_demand_keyed_by_cell(
-    tiny_llms: Path, edge_with_classifier: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture()
+def edge_env(tiny_llms: Path, edge_with_classifier: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Settings of an edge service on the tiny models with both adapters; returns a cell of its city."""
     monkeypatch.setenv("NMT_LLM__EDGE_MODEL", str(tiny_llms / "edge"))
     monkeypatch.setenv("NMT_LLM__CONTEXT_STORE", str(tiny_llms / "context.json"))
     monkeypatch.setenv("NMT_LLM__ADAPTERS_DIR", str(edge_with_classifier / "adapters"))
     monkeypatch.setenv("NMT_LLM__MAX_NEW_TOKENS", "4")
+    return sorted(json.loads((tiny_llms / "context.json").read_text())["cells"], key=lambda c: c["cell"])[0]["cell"]
+
+
+def test_the_edge_service_publishes_each_prompts_service_intent_and_demand_keyed_by_cell(edge_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NMT_LLM__SERVICE_CLASS_CONFIDENCE", "1.0")  # the rules decide where they can: a known outcome
     settings = load_settings()
-    cell = sorted(json.loads((tiny_llms / "context.json").read_text())["cells"], key=lambda c: c["cell"])[0]["cell"]
+    cell = edge_env
     bus = EmbeddedBus()
     producer = bus.producer()
     texts = {"r1": "watch the match live", "r2": "download a large file", "r3": "hello", "r4": "stream a movie in 4k at 25 mbps"}
@@ -125,14 +129,11 @@ def test_the_edge_service_publishes_each_prompts_service_intent_and_demand_keyed
 
 
 def test_with_keyword_demand_the_edge_publishes_no_intents_and_the_intent_service_reads_the_prompts(
-    tiny_llms: Path, edge_with_classifier: Path, monkeypatch: pytest.MonkeyPatch
+    edge_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NMT_LLM__EDGE_MODEL", str(tiny_llms / "edge"))
-    monkeypatch.setenv("NMT_LLM__CONTEXT_STORE", str(tiny_llms / "context.json"))
-    monkeypatch.setenv("NMT_LLM__ADAPTERS_DIR", str(edge_with_classifier / "adapters"))
     monkeypatch.setenv("NMT_INTENT__USER_DEMAND", "keywords")
     settings = load_settings()
-    cell = sorted(json.loads((tiny_llms / "context.json").read_text())["cells"], key=lambda c: c["cell"])[0]["cell"]
+    cell = edge_env
     bus = EmbeddedBus()
     bus.producer().send(settings.topics.prompts, json.dumps({"request_id": "r1", "text": "watch the match live", "location": cell}).encode())
     edge = StreamRunner(bus, edge_service(settings, edge_completer(settings)))
