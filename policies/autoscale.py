@@ -1,10 +1,12 @@
-"""Edge-compute autoscaling from forecast prompt demand: enough edge-LLM workers at each site
-for the forecast peak, plus headroom.
+"""LLM-compute autoscaling from forecast demand: enough workers at each site for the forecast
+peak, plus headroom.
 
-Demand comes from the running system: the intent service windows every prompt into
-``LOCATION|demand.<class>.requests`` series (requests per window), and the edge services report
-``SITE|prompts`` (prompts per window) of their own; the forecasting service forecasts both. A
-rate series such as ``SITE|prompts_per_s`` is read as it is.
+Demand comes from the running system: the edge service windows every prompt into
+``LOCATION|demand.<class>.requests`` series (requests per window) and reports ``SITE|prompts``
+(prompts per window) of its own; the cloud service reports ``CLOUD|requests`` (the escalated
+requests it answered per window). The forecasting service forecasts them all. A rate series such
+as ``SITE|prompts_per_s`` is read as it is. :class:`EdgeAutoscalePolicy` scales the edge sites,
+:class:`CloudAutoscalePolicy` the cloud (one rule, other series and another capacity per replica).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class EdgeAutoscalePolicy(Policy):
     that covers the upper bound of the forecast."""
 
     name = "edge_autoscale"
+    demand = "prompts"  # what the reason calls the forecast demand
 
     def __init__(
         self,
@@ -74,9 +77,32 @@ class EdgeAutoscalePolicy(Policy):
                     target=site,
                     replicas=replicas,
                     reason=(
-                        f"forecast prompts at {site} peak at {rate:,.3f}/s ({', '.join(series)}); "
+                        f"forecast {self.demand} at {site} peak at {rate:,.3f}/s ({', '.join(series)}); "
                         f"{self.prompts_per_replica:g}/s per replica with {self.headroom:.0%} headroom"
                     ),
                 )
             )
         return decisions
+
+
+class CloudAutoscalePolicy(EdgeAutoscalePolicy):
+    """Cloud-LLM replicas from the cloud service's own forecast load (``CLOUD|requests``, the
+    requests it answered per window): the edge's rule with the cloud's series and the requests one
+    cloud replica answers per second (``prompts_per_replica``: measure yours, for example with
+    ``bench/serving.py``). No process of the toolkit runs cloud replicas: the ``scale_compute``
+    decision (target: the cloud site, ``llm.cloud_site``) is on the decisions topic for the
+    orchestrator that does."""
+
+    name = "cloud_autoscale"
+    demand = "cloud requests"
+
+    def __init__(
+        self,
+        rate_metrics: Sequence[str] = ("requests_per_s",),
+        count_metrics: Sequence[str] = ("requests",),
+        prompts_per_replica: float = 10.0,
+        headroom: float = 0.2,
+        min_replicas: int = 1,
+        max_replicas: int = 16,
+    ) -> None:
+        super().__init__(rate_metrics, count_metrics, prompts_per_replica, headroom, min_replicas, max_replicas)

@@ -11,7 +11,7 @@ from nm_toolkit.config import PolicySettings
 from nm_toolkit.schemas import Acl, QosQueue, RateLimit, Reservation, ScaleCompute
 from policies import Policy, PolicyContext
 from policies.adapter_placement import AdapterPlacementPolicy, popular_adapters
-from policies.autoscale import EdgeAutoscalePolicy, replicas_for
+from policies.autoscale import CloudAutoscalePolicy, EdgeAutoscalePolicy, replicas_for
 from policies.bandwidth import BandwidthReservationPolicy
 from policies.intent_qos_acl import IntentQosAclPolicy
 from policies.intents import NetworkIntent
@@ -69,6 +69,21 @@ def test_autoscaling_covers_forecast_prompt_peak() -> None:
     })
     (decision,) = EdgeAutoscalePolicy().decide(ctx)
     assert isinstance(decision, ScaleCompute) and decision.target == "edge-a" and decision.replicas == 6
+
+
+def test_cloud_autoscaling_reads_the_cloud_services_own_requests_and_nothing_of_the_edge() -> None:
+    ctx = context(forecasts={
+        "cloud|requests": forecast("cloud|requests", [36_000.0, 90_000.0]),  # per hour: 10 and 25 requests/s
+        "cloud|tokens": forecast("cloud|tokens", [4e6, 4e6]),
+        "cloud|adapter.walk.requests": forecast("cloud|adapter.walk.requests", [90_000.0, 90_000.0]),
+        "edge-a|prompts": forecast("edge-a|prompts", [36_000.0, 36_000.0]),
+    })  # fmt: skip
+    (decision,) = CloudAutoscalePolicy().decide(ctx)
+    assert isinstance(decision, ScaleCompute) and decision.target == "cloud" and decision.policy == "cloud_autoscale"
+    assert decision.replicas == 3  # 25/s * 1.2 / 10 per replica
+    assert "forecast cloud requests at cloud" in decision.reason and "cloud|requests" in decision.reason
+    (edge,) = EdgeAutoscalePolicy().decide(ctx)  # the edge's rule leaves the cloud's series alone
+    assert edge.target == "edge-a"
 
 
 def test_adapter_placement_takes_popular_adapters_per_site() -> None:
