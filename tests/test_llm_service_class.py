@@ -65,6 +65,8 @@ def test_the_model_reads_the_words_and_the_rules_reading_never_the_location() ->
     text = classifier_input("  download   the new game ")
     assert text.startswith("user request: download the new game\n") and LABELS["gaming"] in text
     assert "cell" not in text
+    long = classifier_input("stream " * 500)  # the edge's longest prompts still fit its positions
+    assert len(long) < 500 and long.endswith("service class:") and LABELS["video"] in long
 
 
 def test_without_the_adapter_the_keyword_rules_decide() -> None:

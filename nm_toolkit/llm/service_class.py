@@ -5,7 +5,8 @@ network's popularity prediction (``demand.<class>.*`` series). Keyword rules
 (:func:`intent.user.service_class`) read words, not requests: "download the new game" is a bulk
 download, not gaming; "watch the match" is video. Here the edge model writes the class as a
 structured field, constrained to the allowed labels: every label (:data:`LABELS`) is scored as the
-continuation of :func:`classifier_input` under the ``service_class`` LoRA adapter on the edge base,
+continuation of :func:`classifier_input` (the user's words and the keyword rules' reading of them,
+which the model learns to follow or overrule) under the ``service_class`` LoRA adapter on the edge base,
 all labels of a batch in one pass over a shared KV cache
 (:meth:`~nm_toolkit.llm.generation.AdapterLM.shared_prefix_logprobs`), and the softmax over their
 scores is the model's confidence. Below ``min_confidence``, or when the adapter is not loaded, the
@@ -39,6 +40,7 @@ from nm_toolkit.llm.offline import load_causal_lm
 SERVICE_CLASS_TASK = "service_class"
 SERVICE_CLASS_ADAPTER = "service_class"
 Split = Literal["train", "held_out"]
+MAX_INPUT_CHARS = 400  # of the user's words the model reads: the rest would not fit an edge model's positions
 ClassSource = Literal["edge_model", "keywords"]
 
 # The words the model writes for each class (None: no network service implied); short, distinct, and
@@ -116,7 +118,8 @@ def classifier_input(text: str) -> str:
     """What the edge model reads before it writes the class: the user's words (no location) and the
     keyword rules' reading of them, which the model learns to follow or overrule."""
     rules = keyword_service_class(text)
-    return f"user request: {' '.join(text.split())}\nkeywords say:{LABELS[rules]}\nservice class:"
+    words = " ".join(text.split())[:MAX_INPUT_CHARS]
+    return f"user request: {words}\nkeywords say:{LABELS[rules]}\nservice class:"
 
 
 def labelled_prompts(count: int, split: Split = "train", seed: int = 0) -> list[tuple[str, ServiceClass | None]]:
@@ -150,7 +153,7 @@ class ServiceClassifier:
     answer stands). ``adapter``: the class adapter's name in ``lm`` (not loaded: keywords only).
     """
 
-    def __init__(self, lm: AdapterLM | None, adapter: str = SERVICE_CLASS_ADAPTER, min_confidence: float = 0.5) -> None:
+    def __init__(self, lm: AdapterLM | None, adapter: str = SERVICE_CLASS_ADAPTER, min_confidence: float = 0.8) -> None:
         self.lm = lm
         self.adapter = adapter
         self.min_confidence = min_confidence
