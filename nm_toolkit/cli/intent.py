@@ -141,8 +141,8 @@ def serve(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Serve the prompts and operator-intents topics until Ctrl-C: answers, network intents and
-    demand series out."""
+    """Serve the operator-intents topic until Ctrl-C (and the prompts topic with
+    intent.user_demand = keywords): answers, network intents and demand series out."""
     from intent.service import intent_runners
     from nm_toolkit.bus import bus_from_settings
 
@@ -151,8 +151,12 @@ def serve(
     runners = intent_runners(settings, bus)  # a missing extractor fails here, with the fix
     if not as_json:
         topics = settings.topics
+        prompts = (
+            f"{topics.prompts} (by keyword rules)" if settings.intent.user_demand == "keywords"
+            else f"the edge service's demand on {settings.intent.demand_topic} (prompts are the edge's: intent.user_demand = edge)"
+        )  # fmt: skip
         console.print(
-            f"serving {topics.prompts} + {topics.operator_intents} -> {topics.intent_results}, "
+            f"serving {topics.operator_intents} + {prompts} -> {topics.intent_results}, "
             f"network intents -> {topics.intents}, demand series -> {topics.series} (Ctrl-C stops)"
         )
     run_service(runners.runners, settings, stop_on_signals(), idle_exit_s=idle_exit, max_messages=max_records, metrics_port=metrics_port)
