@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -51,13 +50,6 @@ def llm_sample_failures(scores: pd.DataFrame) -> tuple[int, int]:
     return dropped, int(notes.str.contains("seasonal-naive fallback").sum())
 
 
-def pretrain_llm_base(step: pd.Timedelta) -> float:
-    """Load the LLM's base once (the backtest's fit then reuses it) and return the seconds it took."""
-    started = time.perf_counter()
-    make_model("llm", step).load_base()
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -68,7 +60,6 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     subset = frame.iloc[:, : args.sarima_cells]
     with_llm = ("llm",) if args.llm_cells == args.sarima_cells else ()
-    base_seconds = pretrain_llm_base(step) if args.llm_cells else 0.0
     test_all = score(frame, step, ALL_CELL_MODELS, 55)
     test_subset = score(subset, step, ALL_CELL_MODELS + ("sarima",) + with_llm, 55)
     test_llm = score(frame.iloc[:, : args.llm_cells], step, ALL_CELL_MODELS + ("llm",), 55) if args.llm_cells and not with_llm else None
@@ -83,9 +74,8 @@ def main() -> None:
         print(test_llm.round(3).to_string())
     if args.llm_cells:
         scored = test_llm if test_llm is not None else test_subset
-        print(f"\nLLM base pre-training (once, shared by every series): {base_seconds:.0f} s; "
-              f"LLM seconds_per_series above cover LoRA tuning and sampling; "
-              f"malformed samples dropped: {scored.attrs['llm_dropped']}, series on seasonal-naive fallback: {scored.attrs['llm_fallbacks']}")
+        print(f"\nLLM seconds_per_series above cover loading the edge model with its trend adapter (trained once, "
+              f"not here) and sampling; malformed samples dropped: {scored.attrs['llm_dropped']}, series on seasonal-naive fallback: {scored.attrs['llm_fallbacks']}")
     print("\n## Validation week (train days 1-48, score days 49-55), all cells: the default model is chosen here")
     print(validation.round(3).to_string())
 

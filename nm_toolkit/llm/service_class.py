@@ -129,10 +129,10 @@ def labelled_prompts(count: int, split: Split = "train", seed: int = 0) -> list[
     side = 0 if split == "train" else 1
     place_frames = (TRAIN_FRAMES + OPEN_TRAIN_FRAMES) if side == 0 else (TEST_FRAMES + OPEN_TEST_FRAMES)
     nouns = [noun for words in POI_CATEGORIES.values() for noun in words]
-    kinds = list(_ACTIVITIES)
+    turns: list[ServiceClass | None | Literal["place"]] = [*_ACTIVITIES, "place"]  # the classes in turn, then a place request
     out: list[tuple[str, ServiceClass | None]] = []
     for i in range(count):
-        kind = kinds[i % (len(kinds) + 1)] if i % (len(kinds) + 1) < len(kinds) else "place"
+        kind = turns[i % len(turns)]
         if kind == "place":
             out.append((rng.choice(place_frames).format(noun=rng.choice(nouns)), "web"))
             continue
