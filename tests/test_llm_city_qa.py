@@ -15,6 +15,7 @@ from nm_toolkit.llm.city_qa import (
     CITY_QA_TASK,
     DEFAULT_TENANT,
     LOCAL_KINDS,
+    CLOUD_FORMS,
     CLOUD_ONLY_FORMS,
     NETGPT_FORMS,
     TENANTS,
@@ -68,6 +69,26 @@ def test_split_holds_out_districts_and_phrasings_with_both_kinds_and_tenants(cit
     pairs = cloud_pairs(test[:5], city)
     assert len(pairs) == 15 and all(p.startswith("question: ") and p.endswith("\nanswer:") and a == " " + e.answer
                                     for (p, a), e in zip(pairs, [e for e in test[:5] for _ in range(3)], strict=True))  # fmt: skip
+
+
+def test_renamed_pairs_carry_one_invented_name_in_question_and_answer(city, split) -> None:
+    train, _ = split
+    examples = [e for e in train if e.tenant == "walk"][:40]
+    plain, renamed = cloud_pairs(examples, city, CLOUD_FORMS), cloud_pairs(examples, city, CLOUD_FORMS, renamed=0.5, seed=3)
+    assert cloud_pairs(examples, city, CLOUD_FORMS, renamed=0.5, seed=3) == renamed  # reproducible
+    changed = 0
+    for (prompt, answer), (old_prompt, old_answer), e in zip(renamed, plain, [e for e in examples for _ in CLOUD_FORMS], strict=True):
+        place = expected_place(city, e).name
+        if (prompt, answer) == (old_prompt, old_answer):
+            assert answer.startswith(f" {place}")
+            continue
+        changed += 1
+        name = answer[1:].split(" is ")[0]
+        assert name != place and not names_place(answer, expected_place(city, e))
+        assert names_place(answer, replace(expected_place(city, e), name=name))
+        # the place's name changes everywhere it stood in the question, nothing else does
+        assert old_prompt.count(place) == prompt.count(name) and prompt.replace(name, place) == old_prompt
+    assert 0.3 < changed / len(plain) < 0.7
 
 
 def test_references_and_scores(city, split) -> None:

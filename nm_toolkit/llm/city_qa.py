@@ -44,7 +44,7 @@ from nm_toolkit.llm.completion_data import (
     build_completion_dataset,
     nearest_by_category,
 )
-from nm_toolkit.llm.context import ContextStore, LocationContext, PointOfInterest
+from nm_toolkit.llm.context import ContextStore, LocationContext, PointOfInterest, invented_place_name
 from nm_toolkit.llm.grounding import Candidate
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
@@ -239,10 +239,21 @@ def edge_pairs(examples: Sequence[CityQAExample]) -> list[tuple[str, str]]:
 
 
 def cloud_pairs(
-    examples: Sequence[CityQAExample], store: ContextStore, forms: Sequence[str] = CLOUD_FORMS
+    examples: Sequence[CityQAExample], store: ContextStore, forms: Sequence[str] = CLOUD_FORMS, renamed: float = 0.0, seed: int = 0
 ) -> list[tuple[str, str]]:
-    """(cloud prompt, reference answer) pairs, one per example and form."""
-    return [(cloud_prompt(cloud_question(e, form, store)), " " + e.answer) for e in examples for form in forms]
+    """(cloud prompt, reference answer) pairs, one per example and form. In a share ``renamed`` of
+    them the example's place gets an invented name (:func:`~nm_toolkit.llm.context.invented_place_name`),
+    the same in the question and the answer."""
+    rng = random.Random(seed)
+    pairs = []
+    for e in examples:
+        for form in forms:
+            prompt, answer = cloud_prompt(cloud_question(e, form, store)), " " + e.answer
+            if renamed and rng.random() < renamed:
+                name, pattern = invented_place_name(rng), _place_pattern(expected_place(store, e).name)
+                prompt, answer = re.sub(pattern, name, prompt), re.sub(pattern, name, answer)
+            pairs.append((prompt, answer))
+    return pairs
 
 
 # -- the default cloud model: a LLaMA base and one LoRA adapter per tenant --------------------------
@@ -254,6 +265,11 @@ def cloud_pairs(
 # in 27 of 60.
 CLOUD_INIT = InitConfig(arch="llama", preset="edge", steps=200, seed=0)
 CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=20.0, learning_rate=5e-3, max_length=320, train_target_embeddings=True)
+# Share of the cloud's training pairs whose place is renamed. A city's place names recur in its
+# requests (every request of a cell names the same nearest pharmacy), so an adapter can learn them
+# by heart from the district and category and never learn to read them from its prompt, which is
+# all it can do in a district it has not seen. Invented names take that shortcut away.
+RENAMED_SHARE = 0.75
 
 
 def build_cloud_base(directory: Path, config: InitConfig = CLOUD_INIT) -> bool:
@@ -274,16 +290,19 @@ def train_cloud_adapters(
     config: LoraTrainConfig = CLOUD_LORA,
     tenants: Sequence[str] = TENANTS,
     forms: Sequence[str] = NETGPT_FORMS,
+    renamed: float = RENAMED_SHARE,
 ) -> list[AdapterCard]:
     """One :data:`CITY_QA_TASK` adapter per tenant, named after it, fitted on that tenant's examples
     in each of ``forms`` (the questions the deployment is asked; ``config.epochs`` is divided among
-    them, so that every deployment's adapter trains for the same number of steps). An adapter whose
-    card records the same config and data is kept (re-runs are fast)."""
+    them, so that every deployment's adapter trains for the same number of steps), a share
+    ``renamed`` of them with an invented place name (:func:`cloud_pairs`). An adapter whose card
+    records the same config and data is kept (re-runs are fast)."""
     cards = []
     config = replace(config, epochs=config.epochs / len(forms))
     for tenant in tenants:
-        pairs = cloud_pairs([e for e in examples if e.tenant == tenant], store, forms)
-        fingerprint = json.loads(json.dumps({"lora": asdict(config), "forms": list(forms), "pairs": len(pairs), "first": pairs[0] if pairs else None}))
+        pairs = cloud_pairs([e for e in examples if e.tenant == tenant], store, forms, renamed)
+        fingerprint = json.loads(json.dumps({"lora": asdict(config), "forms": list(forms), "renamed": renamed, "pairs": len(pairs),
+                                             "first": pairs[0] if pairs else None}))  # fmt: skip
         if (registry.path(tenant) / ADAPTER_CARD).is_file():
             card = registry.card(tenant)
             if card.task == CITY_QA_TASK and card.config == fingerprint:

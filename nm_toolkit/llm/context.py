@@ -50,6 +50,11 @@ _SURNAMES = (
     "Greco", "Bruno", "Gallo", "Conti", "Costa", "Giordano", "Mancini", "Rizzo", "Lombardi", "Moretti",
     "Barbieri", "Fontana", "Santoro", "Mariani", "Rinaldi", "Caruso", "Ferrara", "Galli", "Martini", "Leone",
 )
+_SYLLABLES = (
+    "ba", "be", "bo", "ca", "ce", "co", "da", "di", "do", "fa", "fe", "fi", "ga", "gi", "go", "la", "le",
+    "li", "lo", "ma", "me", "mi", "mo", "na", "ne", "ni", "pa", "pe", "po", "ra", "re", "ri", "ro", "sa",
+    "se", "si", "ta", "te", "ti", "to", "va", "ve", "vi", "za", "zo", "ur", "an", "el", "os",
+)
 ROLES = ("student", "commuter", "tourist", "office worker", "retiree", "parent", "night shift nurse", "runner")
 PREFERENCES = (
     "prefers vegetarian options", "pays by card only", "needs step-free access", "likes quiet places",
@@ -143,6 +148,20 @@ class ContextStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a location context store ({exc}): rebuild it with `nmt llm dataset`") from exc
         return cls({c.cell: c for c in cells}, {p.user: p for p in profiles})
+
+
+def invented_place_name(rng: random.Random) -> str:
+    """A place name :func:`synthetic_city` never draws from its category: any category's name word
+    or an invented word, then a surname or another invented word, sometimes a number. A model
+    trained on such names cannot answer from memory what a place is called; it must copy the name
+    from its input, as it must for the places of a city it has never seen."""
+
+    def word() -> str:
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize()
+
+    parts = [part for names in _NAME_PARTS.values() for part in names]
+    name = f"{rng.choice(parts) if rng.random() < 0.5 else word()} {rng.choice(_SURNAMES) if rng.random() < 0.5 else word()}"
+    return f"{name} {rng.randrange(2, 99)}" if rng.random() < 0.3 else name
 
 
 def synthetic_city(
