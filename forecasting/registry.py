@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from forecasting.base import Forecaster
+    from nm_toolkit.config import Settings
 
 DEFAULT_MODEL = "ensemble"
 
@@ -84,40 +85,41 @@ def _auto_candidates(day: int, week: int) -> list[Forecaster]:
     return [_seasonal_naive(week), _seasonal_mean(day), _gbm(), _ensemble(day, week)]
 
 
-def _llm(day: int, week: int) -> Forecaster:
-    """The serving edge model (``llm.edge_model``) with its trend adapter from ``llm.adapters_dir``,
-    trained once by ``nmt forecast train-trend``: fitting loads it, never tunes it. Its context and
-    chunk are the ones it was trained with. Imported here, not at the top: torch and transformers
-    add seconds to every start of the CLI and the forecast service, which need them only when this
-    model is chosen."""
+def _llm(settings: Settings | None) -> Forecaster:
+    """The serving edge model (``llm.edge_model`` of ``settings``, default: the settings file and
+    ``NMT_*`` variables) with its trend adapter from ``llm.adapters_dir``, trained once by
+    ``nmt forecast train-trend``: fitting loads it, never tunes it. Its context and chunk are the
+    ones it was trained with. Imported here, not at the top: torch and transformers add seconds to
+    every start of the CLI and the forecast service, which need them only when this model is chosen."""
     from forecasting.llm import LlmForecaster
     from nm_toolkit.config import load_settings
     from nm_toolkit.llm.deployment import LlmPaths
 
-    paths = LlmPaths.from_settings(load_settings())
+    paths = LlmPaths.from_settings(settings or load_settings())
     return LlmForecaster.from_adapter(paths.adapters_dir, paths.edge_model)
 
 
-BUILDERS: dict[str, Callable[[int, int], Forecaster]] = {
-    "snaive_daily": lambda day, week: _seasonal_naive(day),
-    "snaive_weekly": lambda day, week: _seasonal_naive(week),
-    "seasonal_mean": lambda day, week: _seasonal_mean(day),
-    "ets": lambda day, week: _ets(day),
-    "sarima": lambda day, week: _sarima(day),
-    "gbm": lambda day, week: _gbm(),
+# (steps per day, steps per week, the settings an LLM model's paths come from) -> model
+BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
+    "snaive_daily": lambda day, week, settings: _seasonal_naive(day),
+    "snaive_weekly": lambda day, week, settings: _seasonal_naive(week),
+    "seasonal_mean": lambda day, week, settings: _seasonal_mean(day),
+    "ets": lambda day, week, settings: _ets(day),
+    "sarima": lambda day, week, settings: _sarima(day),
+    "gbm": lambda day, week, settings: _gbm(),
     # the last hour's values as features (12 at 5 minutes, at least the last 3): for horizons of minutes to an hour
-    "gbm_short": lambda day, week: _gbm(recent_lags=max(3, day // 24)),
-    "ensemble": _ensemble,
-    "llm": _llm,
-    "last_value": lambda day, week: _short("last_value"),
-    "drift": lambda day, week: _short("drift"),
-    "ses": lambda day, week: _short("ses"),
-    "holt": lambda day, week: _short("holt"),
-    "auto_short": lambda day, week: _auto_short(),
-    "auto": lambda day, week: _auto(_auto_candidates(day, week)),
+    "gbm_short": lambda day, week, settings: _gbm(recent_lags=max(3, day // 24)),
+    "ensemble": lambda day, week, settings: _ensemble(day, week),
+    "llm": lambda day, week, settings: _llm(settings),
+    "last_value": lambda day, week, settings: _short("last_value"),
+    "drift": lambda day, week, settings: _short("drift"),
+    "ses": lambda day, week, settings: _short("ses"),
+    "holt": lambda day, week, settings: _short("holt"),
+    "auto_short": lambda day, week, settings: _auto_short(),
+    "auto": lambda day, week, settings: _auto(_auto_candidates(day, week)),
     # the edge LLM's trend adapter joins automatic selection as one more candidate: a series gets it only
     # where it has the lowest validation MASE (the adapter is loaded for each fold, not tuned)
-    "auto_llm": lambda day, week: _auto([*_auto_candidates(day, week), _llm(day, week)]),
+    "auto_llm": lambda day, week, settings: _auto([*_auto_candidates(day, week), _llm(settings)]),
 }
 MODEL_NAMES = tuple(BUILDERS)
 
@@ -126,11 +128,12 @@ class UnknownModelError(UserError):
     """A model name that is not in the registry."""
 
 
-def make_model(name: str, step: pd.Timedelta) -> Forecaster:
-    """The model called ``name`` with its seasons measured in steps of ``step``."""
+def make_model(name: str, step: pd.Timedelta, settings: Settings | None = None) -> Forecaster:
+    """The model called ``name`` with its seasons measured in steps of ``step``; ``settings`` say
+    where the LLM models find the edge model and its adapters (default: :func:`load_settings`)."""
     from forecasting.base import steps_per
     from forecasting.history import DAY, WEEK
 
     if name not in BUILDERS:
         raise UnknownModelError(f"unknown model {name!r}: choose from {', '.join(MODEL_NAMES)}")
-    return BUILDERS[name](steps_per(DAY, step), steps_per(WEEK, step))
+    return BUILDERS[name](steps_per(DAY, step), steps_per(WEEK, step), settings)

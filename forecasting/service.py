@@ -114,8 +114,10 @@ class ForecastService(StreamService):
         forecasts_topic: str,
         store: ForecastStore,
         bounds: EventTimeBounds = EventTimeBounds(),
+        settings: Settings | None = None,
     ) -> None:
         self.config = config
+        self.settings = settings  # where an LLM model finds the edge model (default: the settings file)
         self.forecast = forecast
         self.group_id = config.group_id
         self.dead_letter_topic = config.dead_letter_topic
@@ -132,7 +134,7 @@ class ForecastService(StreamService):
         self._skipped: dict[str, str] = {}
         self._rounds_since_refit = 0
         # an unknown model name fails here, not hours later
-        self._incremental = make_model(config.model, pd.Timedelta(hours=1)).incremental
+        self._incremental = make_model(config.model, pd.Timedelta(hours=1), settings).incremental
 
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         """Store the windows; dead-letter what is not a usable one."""
@@ -215,7 +217,7 @@ class ForecastService(StreamService):
         self._fitted = {}
         for step, columns in by_step.items():
             frame = fill_event_gaps(pd.concat(columns, axis=1, sort=True), self.forecast.zero_fill_metrics, started=None)
-            model = make_model(self.config.model, pd.Timedelta(seconds=step))
+            model = make_model(self.config.model, pd.Timedelta(seconds=step), self.settings)
             self._fitted[step] = _Fitted(model.fit_many(frame, cfg.horizon), list(frame.columns), frame.index[-1])
         return self._fitted
 
@@ -262,4 +264,5 @@ def forecast_service(settings: Settings, bus: Bus) -> ForecastService:
         forecasts_topic=settings.topics.forecasts,
         store=ForecastStore(path if bus.durable else None),
         bounds=EventTimeBounds.from_settings(settings.collector.min_timestamp, settings.collector.max_future_seconds),
+        settings=settings,
     )

@@ -180,7 +180,7 @@ def replay(
         replays.append(VariantReplay(variant, policies, configured))
         clock = _TraceClock()
         controllers.append((clock, DecisionController(configured, policies, [WhatIfActuator()], capacities, clock=clock)))
-    forecaster = make_model(model, pd.Timedelta(seconds=step))
+    forecaster = make_model(model, pd.Timedelta(seconds=step), settings)
     fitted = None
     previous = 0
     with _quiet(logging.getLogger(DecisionController.__module__)):  # rejections are counted, not warned per round

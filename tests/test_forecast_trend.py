@@ -114,6 +114,9 @@ def test_registry_llm_is_the_edge_model_with_its_trained_trend_adapter(
     monkeypatch.setenv("NMT_LLM__ADAPTERS_DIR", str(tmp_path / "none-yet"))
     with pytest.raises(UserError, match="nmt forecast train-trend"):
         make_model("llm", pd.Timedelta(hours=1))
+    # settings handed in (a --config file's) say where the adapter is, not the process's environment
+    given = load_settings(llm={"edge_model": str(tiny_llms / "edge"), "adapters_dir": str(trend[0])})
+    assert make_model("llm", pd.Timedelta(hours=1), given).adapter == trend[0] / ADAPTER  # type: ignore[attr-defined]
     monkeypatch.setenv("NMT_LLM__ADAPTERS_DIR", str(trend[0]))
     llm = make_model("llm", pd.Timedelta(hours=1))
     assert isinstance(llm, LlmForecaster) and llm.adapter == trend[0] / ADAPTER and llm.base_model == tiny_llms / "edge"

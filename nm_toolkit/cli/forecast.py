@@ -49,11 +49,11 @@ def _split_names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
-def _models(names: list[str], step: pd.Timedelta) -> dict[str, Forecaster]:
+def _models(names: list[str], step: pd.Timedelta, settings: Settings) -> dict[str, Forecaster]:
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
         raise UserError(f"unknown model {', '.join(unknown)}: choose from {', '.join(MODEL_NAMES)}")
-    return {n: make_model(n, step) for n in names}
+    return {n: make_model(n, step, settings) for n in names}
 
 
 def _store(settings: Settings) -> ForecastStore:
@@ -77,6 +77,7 @@ def backtest(
     models: str = typer.Option(DEFAULT_BACKTEST_MODELS, help=f"comma-separated, from: {', '.join(MODEL_NAMES)}"),
     series: str | None = typer.Option(None, help="comma-separated series (columns) to use (default: all)"),
     level: float = typer.Option(0.9, min=0.01, max=0.99, help="nominal level of the prediction intervals"),
+    config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score models by backtest: MAE, RMSE, MASE (daily seasonal scale), sMAPE, interval coverage."""
@@ -99,7 +100,7 @@ def backtest(
         origins = rolling_origins(len(frame), train, h, step or h) if rolling else fixed_origin(len(frame), train, h)
     except ValueError as exc:
         raise UserError(f"{input}: {exc}") from exc
-    chosen = _models(_split_names(models), sampling)
+    chosen = _models(_split_names(models), sampling, settings_from(config))
     with Progress(console=err_console, transient=True, disable=as_json) as progress:
         task = progress.add_task("backtesting", total=len(origins) * len(chosen))
         result = run_backtest(
@@ -143,7 +144,7 @@ def predict(
     history = frame[frame.index < cutoff] if cutoff else frame
     if len(history) < 2:
         raise UserError(f"--at {at} leaves {len(history)} rows of {input} before it: pick a later time")
-    forecaster = _models([model], sampling)[model]
+    forecaster = _models([model], sampling, settings)[model]
     h = horizon or settings.forecast.horizon
     with err_console.status(f"forecasting {frame.shape[1]} series with {model}...") if not as_json else nullcontext():
         results = forecaster.forecast_many(history, h, settings.forecast.level)
