@@ -295,16 +295,12 @@ def train_cloud_adapters(
     """One :data:`CITY_QA_TASK` adapter per tenant, named after it, fitted on that tenant's examples
     in each of ``forms`` (the questions the deployment is asked; ``config.epochs`` is divided among
     them, so that every deployment's adapter trains for the same number of steps), a share
-    ``renamed`` of them with an invented place name (:func:`cloud_pairs`), drawn afresh for every
-    epoch: a name that stayed with its question through all epochs could be learnt by heart. An
-    adapter whose card records the same config and data is kept (re-runs are fast)."""
+    ``renamed`` of them with an invented place name (:func:`cloud_pairs`). An adapter whose card
+    records the same config and data is kept (re-runs are fast)."""
     cards = []
-    epochs = config.epochs / len(forms)
-    draws = max(1, round(epochs)) if renamed else 1
-    config = replace(config, epochs=epochs / draws)
+    config = replace(config, epochs=config.epochs / len(forms))
     for tenant in tenants:
-        mine = [e for e in examples if e.tenant == tenant]
-        pairs = [pair for draw in range(draws) for pair in cloud_pairs(mine, store, forms, renamed, seed=draw)]
+        pairs = cloud_pairs([e for e in examples if e.tenant == tenant], store, forms, renamed)
         fingerprint = json.loads(json.dumps({"lora": asdict(config), "forms": list(forms), "renamed": renamed, "pairs": len(pairs),
                                              "first": pairs[0] if pairs else None}))  # fmt: skip
         if (registry.path(tenant) / ADAPTER_CARD).is_file():
