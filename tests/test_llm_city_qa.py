@@ -3,7 +3,7 @@ candidates, the privacy of completed prompts, and the cloud's per-tenant adapter
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import (
     CITY_QA_TASK,
+    CLOUD_COPY_HEAD,
     DEFAULT_TENANT,
     LOCAL_KINDS,
     CLOUD_FORMS,
@@ -165,6 +166,8 @@ def test_cloud_responder_answers_with_each_tenants_adapter(city, split, tmp_path
             (2 * per_tenant[t], list(CLOUD_ONLY_FORMS), config.epochs / 2) for t in TENANTS
         ]
         cloud = CloudResponder(AdapterLM.load(tmp_path / "cloud", registry), GenerationLimits(max_new_tokens=3))
+        assert sorted(cloud.lm.copy_heads) == sorted(TENANTS)  # each adapter's copy head was fitted, saved and loaded with it
+        assert cards[0].config["copy_head"] == asdict(CLOUD_COPY_HEAD)
         out = cloud.answer([e.completed for e in test[:3]], ["brief", "walk", None])
         assert [g.adapter for g in out] == ["brief", "walk", DEFAULT_TENANT] and all(g.new_tokens <= 3 for g in out)
         assert len(cloud.answer([test[0].completed])) == 1  # tenants are optional

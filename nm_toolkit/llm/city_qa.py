@@ -45,6 +45,7 @@ from nm_toolkit.llm.completion_data import (
     nearest_by_category,
 )
 from nm_toolkit.llm.context import ContextStore, LocationContext, PointOfInterest, invented_place_name
+from nm_toolkit.llm.copy_head import CopyHeadConfig, copy_head_facts, fit_copy_head
 from nm_toolkit.llm.grounding import Candidate
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
@@ -270,6 +271,9 @@ CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=20.0, learning_rate=5e-3,
 # by heart from the district and category and never learn to read them from its prompt, which is
 # all it can do in a district it has not seen. Invented names take that shortcut away.
 RENAMED_SHARE = 0.75
+# Each tenant adapter gets a copy head (nm_toolkit.llm.copy_head), trained on its pairs after it:
+# the small base cannot copy a name it has not seen, the head can (bench/RESULTS.md, session 8).
+CLOUD_COPY_HEAD = CopyHeadConfig()
 
 
 def build_cloud_base(directory: Path, config: InitConfig = CLOUD_INIT) -> bool:
@@ -291,18 +295,20 @@ def train_cloud_adapters(
     tenants: Sequence[str] = TENANTS,
     forms: Sequence[str] = NETGPT_FORMS,
     renamed: float = RENAMED_SHARE,
+    copy_head: CopyHeadConfig | None = CLOUD_COPY_HEAD,
 ) -> list[AdapterCard]:
     """One :data:`CITY_QA_TASK` adapter per tenant, named after it, fitted on that tenant's examples
     in each of ``forms`` (the questions the deployment is asked; ``config.epochs`` is divided among
     them, so that every deployment's adapter trains for the same number of steps), a share
-    ``renamed`` of them with an invented place name (:func:`cloud_pairs`). An adapter whose card
-    records the same config and data is kept (re-runs are fast)."""
+    ``renamed`` of them with an invented place name (:func:`cloud_pairs`), and with a copy head
+    fitted on the same pairs after it unless ``copy_head`` is None. An adapter whose card records
+    the same config and data is kept (re-runs are fast)."""
     cards = []
     config = replace(config, epochs=config.epochs / len(forms))
     for tenant in tenants:
         pairs = cloud_pairs([e for e in examples if e.tenant == tenant], store, forms, renamed)
         fingerprint = json.loads(json.dumps({"lora": asdict(config), "forms": list(forms), "renamed": renamed, "pairs": len(pairs),
-                                             "first": pairs[0] if pairs else None}))  # fmt: skip
+                                             "copy_head": asdict(copy_head) if copy_head else None, "first": pairs[0] if pairs else None}))  # fmt: skip
         if (registry.path(tenant) / ADAPTER_CARD).is_file():
             card = registry.card(tenant)
             if card.task == CITY_QA_TASK and card.config == fingerprint:
@@ -311,6 +317,9 @@ def train_cloud_adapters(
         model, tokenizer = load_causal_lm(base_dir)
         tuner = LoraFineTuner(config).fit(model, tokenizer, pairs, tenant)
         card = AdapterCard(tenant, CITY_QA_TASK, str(base_dir), train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1), config=fingerprint)
-        registry.save(tuner.model_, card, tuner.losses_)
+        head = fit_copy_head(tuner.model_, tokenizer, pairs, copy_head) if copy_head is not None else None
+        directory = registry.save(tuner.model_, card, tuner.losses_)
+        if head is not None:
+            head[0].save(directory, copy_head_facts(copy_head, head[1], len(pairs)))
         cards.append(card)
     return cards
