@@ -102,5 +102,5 @@ def test_a_fitted_head_copies_names_the_base_never_saw(cloud: AdapterLM) -> None
     answers = lm.generate([p for p, _ in held_out], limits=GenerationLimits(max_new_tokens=8))
     copied = sum(g.text.startswith(name.strip()) for g, (_, name) in zip(answers, held_out, strict=True))
     alone = sum(g.text.startswith(name.strip()) for g, (_, name) in zip(cloud.generate([p for p, _ in held_out], limits=GenerationLimits(max_new_tokens=8)), held_out, strict=True))
-    # the test's base had 5 steps of pre-training: 22 of 40 copied (the bench's cloud base: 94 %); alone it copies none
+    # the test's base had 5 steps of pre-training: 22 of 40 copied (the bench's cloud base: 90 %); alone it copies none
     assert copied >= 0.4 * len(held_out) and alone == 0, (copied, alone)

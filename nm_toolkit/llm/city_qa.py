@@ -263,7 +263,8 @@ def cloud_pairs(
 # in about 10 on one CPU core shared with other work (measured 2026-11-26); tests use preset "tiny".
 # Copying the place from the completed prompt takes long training: 150 steps at 2e-3 named the
 # place in 0 of 60 held-out prompts, 500 steps at 5e-3 with the answer tokens' embeddings trained
-# in 27 of 60; with :data:`RENAMED_SHARE` of the names invented, in 100 of 200 (bench/RESULTS.md).
+# in 27 of 60; with :data:`RENAMED_SHARE` of the names invented, in 100 of 200, and with a copy head
+# as well in 180 of 200 (bench/RESULTS.md, session 8).
 CLOUD_INIT = InitConfig(arch="llama", preset="edge", steps=200, seed=0)
 CLOUD_LORA = LoraTrainConfig(rank=32, alpha=64, epochs=20.0, learning_rate=5e-3, max_length=320, train_target_embeddings=True)
 # Share of the cloud's training pairs whose place is renamed. A city's place names recur in its
