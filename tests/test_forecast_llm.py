@@ -126,7 +126,7 @@ def test_short_series_fall_back_and_base_checks_are_one_line_errors(week: pd.Dat
 
 def test_cli_backtest_runs_the_llm_next_to_a_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
     # the registered edge-sized model trains for minutes; the CLI path is the same with the tiny preset
-    monkeypatch.setitem(registry.BUILDERS, "llm", lambda day, week: LlmForecaster(**TINY))
+    monkeypatch.setitem(registry.BUILDERS, "llm", lambda day, week, settings: LlmForecaster(**TINY))
     result = CliRunner().invoke(
         app, ["forecast", "backtest", "--input", str(DATA), "--train-days", "7", "--horizon", "24",
               "--models", "llm,snaive_daily", "--series", "10,1001", "--json"],

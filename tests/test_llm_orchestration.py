@@ -43,7 +43,8 @@ def test_edge_load_drives_a_scale_decision_the_supervisor_carries_out(tiny_llms:
     history = []
     for hour in range(8 * 24, 0, -1):
         at = now - timedelta(hours=hour)
-        count = 15_000 + 15_000 * math.sin(2 * math.pi * at.hour / 24)
+        # the daily peak falls 3 hours after now, inside the 6-hour horizon whatever the time of day the test runs
+        count = 15_000 + 15_000 * math.cos(2 * math.pi * (at.hour - now.hour - 3) / 24)
         history.append({"ts": at.timestamp(), "source": site, "metric": "prompts", "value": round(count)})
     producer.send(settings.topics.telemetry, orjson.dumps({"records": history}), site.encode())
     # and the live edge service reporting its own load on top
