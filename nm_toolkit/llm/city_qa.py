@@ -318,9 +318,10 @@ def train_cloud_adapters(
         model, tokenizer = load_causal_lm(base_dir)
         tuner = LoraFineTuner(config).fit(model, tokenizer, pairs, tenant)
         card = AdapterCard(tenant, CITY_QA_TASK, str(base_dir), train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1), config=fingerprint)
-        head = fit_copy_head(tuner.model_, tokenizer, pairs, copy_head) if copy_head is not None else None
+        fitted = fit_copy_head(tuner.model_, tokenizer, pairs, copy_head) if copy_head is not None else None
         directory = registry.save(tuner.model_, card, tuner.losses_)
-        if head is not None:
-            head[0].save(directory, copy_head_facts(copy_head, head[1], len(pairs)))
+        if fitted is not None:
+            head, head_losses = fitted
+            head.save(directory, copy_head_facts(copy_head, head_losses, len(pairs)))
         cards.append(card)
     return cards

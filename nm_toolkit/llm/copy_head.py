@@ -117,7 +117,8 @@ def fit_copy_head(
             if prompt_len == 0 or prompt_len == len(ids):
                 continue
             logits, hidden = last_hidden(model, torch.tensor([ids]))
-            examples.append((logits[0].float(), hidden[0], torch.tensor(ids), prompt_len))
+            # only the positions that predict the answer: a vocabulary-wide row per prompt token is most of the memory
+            examples.append((logits[0, prompt_len - 1 : -1].float(), hidden[0], torch.tensor(ids), prompt_len))
     if not examples:
         raise ValueError("no pair has both a prompt and an answer within max_length to train a copy head on")
     head = CopyHead(examples[0][1].shape[-1], config.dim)
@@ -130,9 +131,8 @@ def fit_copy_head(
         for j in order:
             logits, hidden, ids, p = examples[j]
             steps = len(ids) - p  # positions p-1 .. len-2 predict the answer tokens
-            at = slice(p - 1, len(ids) - 1)
             keys = head.keys(hidden[:p])[None].expand(steps, -1, -1)
-            log_p = head.log_probs(logits[at], hidden[at], keys, ids[:p][None].expand(steps, -1), torch.ones((steps, p), dtype=torch.bool))
+            log_p = head.log_probs(logits, hidden[p - 1 : -1], keys, ids[:p][None].expand(steps, -1), torch.ones((steps, p), dtype=torch.bool))
             loss = -log_p.gather(1, ids[p:, None]).mean()
             optimiser.zero_grad()
             loss.backward()
