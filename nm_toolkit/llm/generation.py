@@ -65,36 +65,30 @@ class AdapterLM:
     ) -> AdapterLM:
         """The base checkpoint with ``adapters`` (default: every adapter in ``registry``) loaded;
         ``quantize``: int8 base weights under float adapters (:mod:`nm_toolkit.llm.quantize`)."""
-        model, tokenizer = load_causal_lm(base_dir)
-        if registry is None:
-            return cls(quantize_dynamic_int8(model) if quantize else model, tokenizer)
-        cards = [registry.card(name) for name in adapters] if adapters is not None else registry.cards()
-        heads = {}
-        for card in cards:
-            path = registry.path(card.name)
-            if not isinstance(model, PeftModel):
-                model = PeftModel.from_pretrained(model, path, adapter_name=card.name, is_trainable=False)
-            else:
-                model.load_adapter(path, adapter_name=card.name, is_trainable=False)
-            if (head := CopyHead.load(path)) is not None:
-                heads[card.name] = head
-        model.eval()
-        return cls(quantize_dynamic_int8(model) if quantize else model, tokenizer, cards, heads)
+        lm = cls(*load_causal_lm(base_dir))
+        if registry is not None:
+            for card in [registry.card(name) for name in adapters] if adapters is not None else registry.cards():
+                lm._attach(card, registry.path(card.name))
+        if quantize:
+            lm.model = quantize_dynamic_int8(lm.model)
+        return lm
 
     def add_adapter(self, registry: AdapterRegistry, name: str) -> None:
         """Load adapter ``name`` from ``registry`` next to those already loaded. Call it between
         batches (no request in flight); a loaded adapter is left as it is."""
-        if name in self.cards:
-            return
-        card, path = registry.card(name), registry.path(name)
+        if name not in self.cards:
+            self._attach(registry.card(name), registry.path(name))
+
+    def _attach(self, card: AdapterCard, path: Path) -> None:
+        """Load the adapter of ``card`` from ``path`` into the model, with the copy head saved beside it if any."""
         if isinstance(self.model, PeftModel):
-            self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+            self.model.load_adapter(path, adapter_name=card.name, is_trainable=False)
         else:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=card.name, is_trainable=False)
         self.model.eval()
-        self.cards[name] = card
+        self.cards[card.name] = card
         if (head := CopyHead.load(path)) is not None:
-            self.copy_heads[name] = head
+            self.copy_heads[card.name] = head
 
     def remove_adapter(self, name: str) -> None:
         """Unload adapter ``name`` (its memory is freed); between batches, as :meth:`add_adapter`."""
