@@ -74,6 +74,16 @@ def test_greedy_outputs_equal_one_at_a_time_generate(tokenizer, arch: str) -> No
     assert ContinuousBatcher(lm).generate_all(PROMPTS, limits=LIMITS) == expected
 
 
+def test_suppressed_tokens_are_never_written_as_in_generate(tokenizer) -> None:
+    lm = random_lm(tokenizer, "gpt2")
+    free = one_at_a_time(lm, PROMPTS, [BASE] * len(PROMPTS), LIMITS)
+    written = sorted({t for g in free for t in tokenizer(g.text, add_special_tokens=False).input_ids})[:20]
+    limits = [dataclasses.replace(lim, suppress_tokens=tuple(written)) for lim in LIMITS]
+    expected = one_at_a_time(lm, PROMPTS, [BASE] * len(PROMPTS), limits)
+    assert expected != free  # the suppression changed what the model writes
+    assert ContinuousBatcher(lm, BatcherConfig(max_batch_size=3, max_prefill=2)).generate_all(PROMPTS, limits=limits) == expected
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_mixed_lora_adapters_in_one_running_batch(tokenizer, arch: str) -> None:
     lm = random_lm(tokenizer, arch, ("north", "south"))

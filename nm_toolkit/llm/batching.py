@@ -317,9 +317,10 @@ class ContinuousBatcher:
         return done
 
     def _choose(self, scores: torch.Tensor, row: _Request) -> int:
-        if len(row.tokens) < row.limits.min_new_tokens:
+        banned = list(row.limits.suppress_tokens) + ([self._eos] if len(row.tokens) < row.limits.min_new_tokens else [])
+        if banned:
             scores = scores.clone()
-            scores[self._eos] = -float("inf")
+            scores[banned] = -float("inf")
         if not row.limits.do_sample:
             return int(scores.argmax())
         scores = scores / row.limits.temperature
