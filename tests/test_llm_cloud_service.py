@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from nm_toolkit.bus import EmbeddedBus
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
-from nm_toolkit.llm.city_qa import cloud_prompt
 from nm_toolkit.llm.cloud_service import CloudService
-from nm_toolkit.llm.copy_head import CopyHead
-from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
+from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.netgpt import CloudResponder
 
 
@@ -84,28 +80,3 @@ def test_offsets_are_held_at_the_first_request_still_generating(tiny_llms: Path)
     assert consumer.committed(("cloud", 0)) == 3
     assert len(bus.messages("answers")) == 3
     runner.close()
-
-
-def test_the_service_answers_through_its_adapters_copy_head(tiny_llms: Path) -> None:
-    lm = AdapterLM.load(tiny_llms / "cloud")
-    torch.manual_seed(3)
-    head = CopyHead(lm.model.config.hidden_size, dim=16)
-    with torch.no_grad():
-        head.gate.bias.fill_(4.0)  # mostly copying, with a peaked attention: the answers differ from the model's own
-        head.query.weight.mul_(30.0)
-    lm.copy_heads[BASE] = head.eval()
-    bus = EmbeddedBus()
-    producer = bus.producer()
-    for i in range(5):
-        producer.send("cloud", request(i), f"k{i}".encode())
-    runner = StreamRunner(bus, service(tiny_llms, lm=lm))
-    run_until_idle([runner])
-    runner.finish()
-    runner.commit()
-    runner.close()
-    answers = {a["request_id"]: a["answer"] for a in (json.loads(m.value) for m in bus.messages("answers")) if a["status"] == "ok"}
-    questions = [json.loads(request(i))["text"] for i in range(5)]
-    limits = GenerationLimits(max_new_tokens=6)
-    assert answers == {f"c-{i}": g.text for i, g in enumerate(lm.generate([cloud_prompt(q) for q in questions], limits=limits))}
-    plain = AdapterLM.load(tiny_llms / "cloud").generate([cloud_prompt(q) for q in questions], limits=limits)
-    assert list(answers.values()) != [g.text for g in plain]

@@ -24,10 +24,6 @@ mixed-adapter batches), as in :meth:`AdapterLM.generate`.
 Requests sharing a long prompt prefix (a system prompt, one site's location context) can reuse its
 KV cache: :meth:`ContinuousBatcher.add_prefix` runs the prefix once per adapter and a prompt whose
 tokens start with it is prefilled only from where the prefix ends.
-
-A row whose adapter has a copy head (:mod:`nm_toolkit.llm.copy_head`) keeps its prompt's keys from
-the prefill and picks each token from the head's mixed distribution; such rows are prefilled in
-full (the head reads every prompt position's hidden state, which a reused prefix does not give).
 """
 
 from __future__ import annotations
@@ -83,7 +79,6 @@ class _Request:
     tokens: list[int] = field(default_factory=list)
     done: bool = False  # finished and reported; leaves the batch at the next :meth:`ContinuousBatcher._retire`
     column: int = 0  # the slab column of its first cached token (columns before it are padding for this row)
-    copy: tuple[torch.Tensor, torch.Tensor] | None = None  # its adapter's copy head: the prompt's keys and token ids
 
 
 @dataclass
@@ -177,7 +172,6 @@ class ContinuousBatcher:
         cfg = base.config
         self._context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024)
         self._eos = lm.tokenizer.eos_token_id
-        self._heads = lm.copy_heads
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
@@ -255,44 +249,21 @@ class ContinuousBatcher:
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, names: list[str], cache: Cache | None
-    ) -> tuple[torch.Tensor, Cache, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, Cache]:
         """Next-token logits of every row (only the last position goes through the LM head: a
-        prefill's other positions would cost a vocabulary-wide matmul each), the cache, and the last
-        hidden states of every position where a copy head will read them (else None)."""
+        prefill's other positions would cost a vocabulary-wide matmul each) and the cache."""
         extra = {"adapter_names": names} if self._peft else {}
         if cache is not None:
             extra[self._cache_kw] = cache
-        heads = any(n in self._heads for n in names)
-        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, output_hidden_states=heads, **extra)
-        return out.logits[:, -1].float(), (out.cache if self._cache_kw == "cache" else out.past_key_values), out.hidden_states[-1] if heads else None
+        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
+        return out.logits[:, -1].float(), (out.cache if self._cache_kw == "cache" else out.past_key_values)
 
-    def _run(self, first: int, last: int, read: int, ids: torch.Tensor, positions: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, first: int, last: int, read: int, ids: torch.Tensor, positions: torch.Tensor, names: list[str]) -> torch.Tensor:
         """Forward ``ids`` for slab rows ``[first, last)`` over their past columns ``[read, end - width)``, writing the new keys up to ``end``."""
         w = self._slab.window
         w.first, w.last, w.read, w.write = first, last, read, self._end - ids.shape[1]
         mask = self._mask[first:last, read : self._end].contiguous()  # the model reshapes it, so it cannot be a strided view
-        logits, _, hidden = self._forward(ids, mask, positions, names, self._slab)
-        return logits, hidden
-
-    def _copied(self, rows: Sequence[_Request], logits: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        """``logits`` with the rows whose adapter has a copy head replaced by the head's log-probabilities
-        (:mod:`nm_toolkit.llm.copy_head`); one pass per such adapter over its rows, prompts padded."""
-        if hidden is None:
-            return logits
-        for adapter, head in self._heads.items():
-            index = [i for i, r in enumerate(rows) if r.adapter == adapter and r.copy is not None]
-            if not index:
-                continue
-            prompts = [rows[i].copy for i in index]
-            width = max(len(ids) for _, ids in prompts)
-            keys = torch.zeros((len(index), width, head.dim))
-            ids = torch.zeros((len(index), width), dtype=torch.long)
-            valid = torch.zeros((len(index), width), dtype=torch.bool)
-            for j, (k, x) in enumerate(prompts):
-                keys[j, : len(x)], ids[j, : len(x)], valid[j, : len(x)] = k, x, True
-            at = torch.tensor(index)
-            logits[at] = head.log_probs(logits[at], hidden[at, -1], keys, ids, valid)
-        return logits
+        return self._forward(ids, mask, positions, names, self._slab)[0]
 
     def _decode(self) -> torch.Tensor:
         if self._end == self._mask.shape[1]:  # the used columns reached the slab's end: move them back to column 0
@@ -302,7 +273,7 @@ class ContinuousBatcher:
         self._end += 1
         last = torch.tensor([[r.tokens[-1]] for r in self._rows])
         positions = torch.tensor([[len(r.ids) + len(r.tokens) - 1] for r in self._rows])
-        return self._copied(self._rows, *self._run(0, n, self._start, last, positions, [r.adapter for r in self._rows]))
+        return self._run(0, n, self._start, last, positions, [r.adapter for r in self._rows])
 
     def _advance(self, rows: Sequence[_Request], logits: torch.Tensor) -> list[Completed]:
         """Pick each row's next token and report the rows that are done (they stay until :meth:`_retire`)."""
@@ -392,7 +363,7 @@ class ContinuousBatcher:
     def _prefill(self, rows: list[_Request]) -> torch.Tensor:
         """Left-padded forward pass over the newcomers' prompts (from a shared prefix's cache where one
         matches), written into the free slab rows so that their caches end where the running rows' do."""
-        starts = [None if r.adapter in self._heads else self._prefix_of(r) for r in rows]  # a copy head reads every prompt position
+        starts = [self._prefix_of(r) for r in rows]
         if max(len(p.ids) if p else 0 for p in starts) + max(len(r.ids) - (len(p.ids) if p else 0) for r, p in zip(rows, starts, strict=True)) > self._context:
             starts = [None] * len(rows)  # a long prefix beside a long unprefixed prompt would not fit the slab: prefill in full
         rest = [r.ids[len(p.ids) if p else 0 :] for r, p in zip(rows, starts, strict=True)]
@@ -421,13 +392,10 @@ class ContinuousBatcher:
                     layer.values[first + i, :, at : at + d] = v[0]
                 self._mask[first + i, at : at + d] = 1
                 row.column = at
-        logits, hidden = self._run(first, first + len(rows), end - width - past, ids, positions, [r.adapter for r in rows])
+        logits = self._run(first, first + len(rows), end - width - past, ids, positions, [r.adapter for r in rows])
         for i, (row, prefix, x, d) in enumerate(zip(rows, starts, rest, done, strict=True)):
             if prefix is not None and len(x) < width:
                 self._close_gap(first + i, row, prefix, end - len(x))
-            if hidden is not None and row.adapter in self._heads:
-                row.copy = (self._heads[row.adapter].keys(hidden[i, width - len(x) :]), torch.tensor(row.ids))
-        logits = self._copied(rows, logits, hidden)
         self._start = min(self._start, *(r.column for r in rows))
         self._rows += rows
         return logits
@@ -453,7 +421,7 @@ class ContinuousBatcher:
     def _prefix_cache(self, prefix: _Prefix, adapter: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if adapter not in prefix.caches:
             n = len(prefix.ids)
-            _, cache, _ = self._forward(
+            _, cache = self._forward(
                 torch.tensor([prefix.ids]), torch.ones((1, n), dtype=torch.long), torch.arange(n)[None], [adapter], None
             )
             prefix.caches[adapter] = [(layer.keys, layer.values) for layer in cache.layers]

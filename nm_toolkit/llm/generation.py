@@ -17,7 +17,6 @@ from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.copy_head import CopyHead
 from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry
 from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.quantize import quantize_dynamic_int8
@@ -48,16 +47,12 @@ class Generation:
 
 
 class AdapterLM:
-    """A causal LM plus the adapters loaded into it, keyed by adapter name, and the copy heads
-    (:mod:`nm_toolkit.llm.copy_head`) some of those adapters carry."""
+    """A causal LM plus the adapters loaded into it, keyed by adapter name."""
 
-    def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cards: Sequence[AdapterCard] = (), copy_heads: dict[str, CopyHead] | None = None
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cards: Sequence[AdapterCard] = ()) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.cards = {card.name: card for card in cards}
-        self.copy_heads = dict(copy_heads or {})
 
     @classmethod
     def load(
@@ -80,15 +75,13 @@ class AdapterLM:
             self._attach(registry.card(name), registry.path(name))
 
     def _attach(self, card: AdapterCard, path: Path) -> None:
-        """Load the adapter of ``card`` from ``path`` into the model, with the copy head saved beside it if any."""
+        """Load the adapter of ``card`` from ``path`` into the model."""
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(path, adapter_name=card.name, is_trainable=False)
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=card.name, is_trainable=False)
         self.model.eval()
         self.cards[card.name] = card
-        if (head := CopyHead.load(path)) is not None:
-            self.copy_heads[card.name] = head
 
     def remove_adapter(self, name: str) -> None:
         """Unload adapter ``name`` (its memory is freed); between batches, as :meth:`add_adapter`."""
@@ -97,7 +90,6 @@ class AdapterLM:
         assert isinstance(self.model, PeftModel)
         self.model.delete_adapter(name)
         del self.cards[name]
-        self.copy_heads.pop(name, None)
 
     def select(self, task: str | None, location_group: str | None, adapter: str | None = None) -> str:
         """The adapter for a request: the one it names, else the task's adapter for its location group,
@@ -131,15 +123,8 @@ class AdapterLM:
     def generate(
         self, prompts: Sequence[str], adapters: Sequence[str] | None = None, limits: GenerationLimits = GenerationLimits(), seed: int | None = None
     ) -> list[Generation]:
-        """Complete ``prompts`` in one batch; ``adapters[i]`` is row i's adapter (default: base model).
-        Rows whose adapter has a copy head are decoded through it by the continuous batcher (its
-        greedy outputs equal this method's for every other row)."""
+        """Complete ``prompts`` in one batch; ``adapters[i]`` is row i's adapter (default: base model)."""
         names = self._row_adapters(adapters, len(prompts))
-        if any(n in self.copy_heads for n in names):
-            from nm_toolkit.llm.batching import BatcherConfig, ContinuousBatcher  # it builds on this module
-
-            width = max(1, len(prompts))
-            return ContinuousBatcher(self, BatcherConfig(max_batch_size=width, max_prefill=width), seed=seed).generate_all(prompts, names, limits)
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         config = GenerationConfig(
             max_new_tokens=limits.max_new_tokens, min_new_tokens=limits.min_new_tokens or None, do_sample=limits.do_sample, temperature=limits.temperature if limits.do_sample else None,
