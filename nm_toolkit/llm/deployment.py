@@ -12,6 +12,7 @@ from nm_toolkit.llm.context import ContextStore
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter
+from nm_toolkit.llm.service_class import SERVICE_CLASS_ADAPTER, ServiceClassifier
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,16 @@ def edge_completer(settings: Settings) -> EdgeCompleter:
     paths = LlmPaths.from_settings(settings)
     lm = AdapterLM.load(paths.edge_model, AdapterRegistry(paths.adapters_dir), quantize=settings.llm.quantize_edge)
     return EdgeCompleter(lm, ContextStore.load(paths.context_store), generation_limits(settings))
+
+
+def service_classifier(settings: Settings) -> ServiceClassifier:
+    """The edge service's classifier of user prompts, alone: the edge model with its service-class
+    adapter (when registered; else the keyword rules decide), at the configured confidence."""
+    paths = LlmPaths.from_settings(settings)
+    registry = AdapterRegistry(paths.adapters_dir)
+    adapters = [c.name for c in registry.cards() if c.name == SERVICE_CLASS_ADAPTER]
+    lm = AdapterLM.load(paths.edge_model, registry, adapters, quantize=settings.llm.quantize_edge)
+    return ServiceClassifier(lm, min_confidence=settings.llm.service_class_confidence)
 
 
 def cloud_responder(settings: Settings) -> CloudResponder:
