@@ -1,73 +1,75 @@
-"""NetGPT end to end on the city question-answering task, against cloud-only baselines (issue 12).
+"""NetGPT end to end on the city question-answering task, against cloud-only baselines (issues 12, 22).
 
 Held-out districts and phrasings of :func:`nm_toolkit.llm.city_qa.build_city_qa_dataset` ("nearest"
-and "open" requests, two tenants). One edge model (GPT-2, LoRA on the two-kind completed prompts,
-grounded ranked choice) and one cloud base (LLaMA) with two sets of adapters, one per tenant each,
-trained for the same number of steps on the questions each deployment is asked: NetGPT's on the
-completed prompts, a cloud-only deployment's on the words alone and the words with the raw
-location context (``city_qa.NETGPT_FORMS`` / ``CLOUD_ONLY_FORMS``). Rows:
+and "open" requests, two tenants), plus held-out requests whose user's profile changes the place
+(:func:`~nm_toolkit.llm.city_qa.personalised`: a vegetarian's restaurant, a wheelchair user's
+step-free pharmacy, a cheap supermarket on a tight budget). The models are the toolkit's defaults
+(:data:`nm_toolkit.llm.defaults.SIZES`): SmolLM2-135M-Instruct, pretrained, at the edge (LoRA
+completion adapter, grounded ranked choice) and in the cloud, with two sets of cloud adapters, one
+per tenant each, trained for the same number of steps on the questions each deployment is asked:
+NetGPT's on the completed prompts, a cloud-only deployment's on the words alone and the words with
+the raw location context (``city_qa.NETGPT_FORMS`` / ``CLOUD_ONLY_FORMS``). Rows:
 
 (a) edge alone: :func:`~nm_toolkit.llm.city_qa.edge_answer` of the grounded choice;
 (b) cloud alone, the user's words and the time of day only (no location);
-(c) cloud alone with the raw location context (bytes: ``cloud_only_payload``, the JSON it ships);
+(c) cloud alone with the raw location context (bytes: ``cloud_only_payload``, the JSON it ships):
+    every place of the cell with its features and the user's profile, the cloud finds the place;
 (d) NetGPT with routing: :func:`nm_toolkit.llm.router.route` with the edge's confidence and
     ``chosen.kind in LOCAL_KINDS``; the routed requests' completed prompts answered by the cloud;
 plus NetGPT with everything sent to the cloud, and with the wrong tenant's adapter (the per-tenant
 adapters' worth). Quality: ``answer_score`` (share of the reference's facts stated) and ROUGE-L
-against the reference answers; place: the answer names the nearest place of the requested
-category. Latency per request: the measured compute of the batch it ran in (batches of
-``--batch``, one thread), plus for cloud paths the stated RTT and the transfer at the stated
-bandwidth. Denied: requests whose cloud-bound text fails ``privacy.check_egress``. The routing
-curve (quality against the share sent to the cloud, sweeping ``confidence_threshold``) goes to
+against the reference answers; place: the answer names the place to suggest; personalised place:
+the same on the requests whose profile changes the place. Latency per request: the measured
+compute of the batch it ran in (batches of ``--batch``), plus for cloud paths the stated RTT and
+the transfer at the stated bandwidth; edge and cloud compute per request are printed side by side.
+Denied: requests whose cloud-bound text fails ``privacy.check_egress``. The routing curve (quality
+against the share sent to the cloud, sweeping ``confidence_threshold``) goes to
 ``WORKDIR/netgpt_routing.png``. Models are cached in the workdir (re-runs only evaluate).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/netgpt.py --intents /work/shared/data/nile_intents_alpha.json --edge-from /tmp/grounding/edge --workdir /tmp/netgpt
+    PYTHONPATH=. python bench/netgpt.py --workdir /tmp/netgpt --models /tmp/nb
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nm_toolkit.llm.city_qa import (
-    CLOUD_INIT,
-    CLOUD_LORA,
     CLOUD_ONLY_FORMS,
     LOCAL_KINDS,
     TENANTS,
     CityQAExample,
     answer_score,
+    build_city_qa_dataset,
     context_question,
     edge_answer,
     example_context,
     example_reference,
     expected_place,
     names_place,
+    personalised,
     short_question,
     train_cloud_adapters,
 )
 from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
-from nm_toolkit.llm.defaults import EDGE_ADAPTER, build_cloud, build_edge, city_task
+from nm_toolkit.llm.defaults import EDGE_ADAPTER, SIZES, BuiltModels, build_netgpt, city_task
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.grounding import GroundedChoice
-from nm_toolkit.llm.init import InitConfig
-from nm_toolkit.llm.lora import AdapterRegistry, LoraTrainConfig
+from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.metrics import rouge_l
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest, _at
 from nm_toolkit.llm.privacy import check_egress
 from nm_toolkit.llm.router import LinkEstimate, RouterConfig, route
 
-
-CLOUD_ONLY_ADAPTERS = "adapters-cloud-only"  # under the cloud base: the baselines' adapters
+CLOUD_ONLY_ADAPTERS = "cloud-only-adapters"  # next to the cloud's NetGPT adapters: the baselines'
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Row:
     quality: float  # mean answer_score
     rouge_l: float
     place: float
+    personal: float  # place correct on the requests whose profile changes the place
     cloud_share: float
     bytes_per_request: float
     p50_ms: float
@@ -83,24 +86,18 @@ class Row:
     denied: int
 
 
-def ensure_models(work: Path, args: argparse.Namespace, train: Sequence[CityQAExample], store: ContextStore) -> None:
-    """The edge base (copied from ``--edge-from`` or pre-trained) with its two-kind completion
-    adapter, and the cloud base with one adapter per tenant (:mod:`nm_toolkit.llm.defaults`)."""
-    edge_init = InitConfig(arch="gpt2", preset="edge", steps=args.edge_steps, seed=args.seed, intents_file=args.intents)
-    edge_lora = LoraTrainConfig(rank=32, alpha=64, epochs=args.edge_epochs, learning_rate=1e-2, seed=args.seed)
-    card = build_edge(work / "edge", AdapterRegistry(work / "edge-adapters"), train[: args.train], edge_init, edge_lora, args.edge_from)
-    if card is not None:
-        print(f"edge LoRA: {card.train_examples} pairs in {card.train_seconds:.0f} s", flush=True)
+def ensure_models(work: Path, models: Path | None, train: Sequence[CityQAExample], store: ContextStore) -> BuiltModels:
+    """The default NetGPT models (``--models``, else built in ``work``) and the cloud-only
+    deployment's adapters on the same cloud base, trained for as many steps."""
+    size = SIZES["default"]
+    built = BuiltModels.at(models) if models is not None else build_netgpt(work, size, on_stage=lambda stage: print(f"building: {stage}", flush=True))
     started = time.perf_counter()
-    cloud_init = replace(CLOUD_INIT, steps=args.cloud_steps, intents_file=args.intents)
-    cards = build_cloud(work / "cloud", AdapterRegistry(work / "cloud" / "adapters"), train[: args.cloud_train], store, cloud_init, CLOUD_LORA)
-    cards += train_cloud_adapters(work / "cloud", AdapterRegistry(work / "cloud" / CLOUD_ONLY_ADAPTERS), train[: args.cloud_train], store, CLOUD_LORA,
-                                  forms=CLOUD_ONLY_FORMS)  # fmt: skip
-    base = json.loads((work / "cloud" / "nmt_card.json").read_text())
-    print(f"cloud base: {base['preset']} {base['arch']}, {base['parameters']:,} parameters, {base['init_config']['steps']} steps "
-          f"in {base['train_seconds']:.0f} s, final loss {base['final_loss']}; cloud stage {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+    cards = train_cloud_adapters(built.cloud_model, AdapterRegistry(work / CLOUD_ONLY_ADAPTERS), train[: size.cloud_examples], store,
+                                 size.cloud_lora, forms=CLOUD_ONLY_FORMS)  # fmt: skip
     for card in cards:
-        print(f"cloud adapter {card.name} ({card.config.get('forms')}): {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
+        print(f"cloud-only adapter {card.name} ({card.config.get('forms')}): {card.train_examples} pairs, trained in {card.train_seconds:.0f} s", flush=True)
+    print(f"cloud-only adapters ready in {time.perf_counter() - started:.0f} s", flush=True)
+    return built
 
 
 def batched(items: Sequence, size: int, work: Callable[[Sequence], list]) -> tuple[list, list[float]]:
@@ -122,36 +119,36 @@ def percentile(values: Sequence[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="models and adapters are cached here")
-    parser.add_argument("--intents", type=Path, help="Nile intents JSON added to the pre-training corpora")
-    parser.add_argument("--edge-from", type=Path, help="copy this edge base checkpoint instead of pre-training one")
-    parser.add_argument("--edge-steps", type=int, default=1000)
-    parser.add_argument("--edge-epochs", type=float, default=2.5)
+    parser.add_argument("--models", type=Path, help="NetGPT models `nmt llm build -o DIR` built (default: build them in the workdir)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=1500, help="edge fine-tuning requests")
-    parser.add_argument("--cloud-train", type=int, default=800, help="cloud fine-tuning requests (split over tenants, x3 forms)")
-    parser.add_argument("--cloud-steps", type=int, default=CLOUD_INIT.steps, help="pre-training steps of the cloud base")
-    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--test", type=int, default=160, help="held-out requests")
+    parser.add_argument("--personalised", type=int, default=40, help="more held-out requests whose profile changes the place")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threshold", type=float, default=RouterConfig().confidence_threshold)
+    parser.add_argument("--quantize-edge", action="store_true", help="serve the edge model int8 (llm.quantize_edge)")
     parser.add_argument("--rtt-ms", type=float, default=50.0, help="stated edge-cloud round trip")
     parser.add_argument("--bandwidth-mbps", type=float, default=10.0, help="stated edge-cloud bandwidth")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only-train", action="store_true", help="build and cache the models, then stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work: Path = args.workdir
     print(f"command: {' '.join(sys.argv)}", flush=True)
 
-    store, train, test = city_task(args.seed, max(args.train, args.cloud_train), args.test)
-    ensure_models(work, args, train, store)
+    size = SIZES["default"]
+    store, train, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), args.test)
+    built = ensure_models(work, args.models, train, store)
     if args.only_train:
         return 0
+    _, extra = build_city_qa_dataset(store, 0, 40 * args.personalised, seed=size.seed + 7)
+    test = held_out + [e for e in extra if personalised(store, e)][: args.personalised]
+    is_personal = [personalised(store, e) for e in test]
 
-    edge_lm = AdapterLM.load(work / "edge", AdapterRegistry(work / "edge-adapters"), [EDGE_ADAPTER])
+    edge_lm = AdapterLM.load(built.edge_model, AdapterRegistry(built.adapters_dir), [EDGE_ADAPTER], quantize=args.quantize_edge)
     completer = EdgeCompleter(edge_lm, store)
     limits = GenerationLimits(max_new_tokens=48, timeout_s=600)
-    cloud = CloudResponder(AdapterLM.load(work / "cloud", AdapterRegistry(work / "cloud" / "adapters")), limits)
-    cloud_only = CloudResponder(AdapterLM.load(work / "cloud", AdapterRegistry(work / "cloud" / CLOUD_ONLY_ADAPTERS)), limits)
+    cloud = CloudResponder(AdapterLM.load(built.cloud_model, AdapterRegistry(built.cloud_adapters_dir), list(TENANTS)), limits)
+    cloud_only = CloudResponder(AdapterLM.load(built.cloud_model, AdapterRegistry(work / CLOUD_ONLY_ADAPTERS), list(TENANTS)), limits)
     tenants = [e.tenant for e in test]
     contexts = [example_context(store, e) for e in test]
     references = [example_reference(store, e) for e in test]
@@ -172,9 +169,10 @@ def main() -> int:
     def row(method: str, answers: Sequence[str], to_cloud: Sequence[bool], sent: Sequence[int], latency_s: Sequence[float], denied: int) -> Row:
         n = len(test)
         ms = [1000 * s for s in latency_s]
+        named = [names_place(a, p) for a, p in zip(answers, places, strict=True)]
         return Row(method, sum(answer_score(a, r) for a, r in zip(answers, references, strict=True)) / n,
                    sum(rouge_l(a, r.text) for a, r in zip(answers, references, strict=True)) / n,
-                   sum(names_place(a, p) for a, p in zip(answers, places, strict=True)) / n,
+                   sum(named) / n, sum(k for k, p in zip(named, is_personal, strict=True) if p) / max(1, sum(is_personal)),
                    sum(to_cloud) / n, sum(sent) / n, percentile(ms, 50), percentile(ms, 95), denied)  # fmt: skip
 
     def leaks(texts: Sequence[str | bytes], indices: Sequence[int]) -> int:
@@ -227,12 +225,14 @@ def main() -> int:
     rows.append(row("NetGPT to the cloud, the other tenant's adapter", wrong_answers, [True] * len(test), sent, all_latency, leaks(completed, everyone)))
 
     print(f"\n## city question answering, held-out districts and phrasings ({len(test)} requests, "
-          f"{sum(e.kind == 'open' for e in test)} 'open'; {args.threads} thread(s), batches of {args.batch}, "
-          f"stated RTT {args.rtt_ms:g} ms, {args.bandwidth_mbps:g} Mbit/s)")  # fmt: skip
-    print("| method | answer score | ROUGE-L | place | to cloud | bytes edge->cloud | p50 ms | p95 ms | denied |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"{sum(e.kind == 'open' for e in test)} 'open', {sum(is_personal)} personalised; {args.threads} thread(s), batches of {args.batch}, "
+          f"edge {'int8' if args.quantize_edge else 'fp32'}, stated RTT {args.rtt_ms:g} ms, {args.bandwidth_mbps:g} Mbit/s)")  # fmt: skip
+    print(f"compute per request: edge (grounded choice) {1000 * sum(edge_s) / len(test):.0f} ms, "
+          f"cloud (an answer to a completed prompt) {1000 * sum(all_seconds) / len(test):.0f} ms")  # fmt: skip
+    print("| method | answer score | ROUGE-L | place | personalised place | to cloud | bytes edge->cloud | p50 ms | p95 ms | denied |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r.method} | {r.quality:.3f} | {r.rouge_l:.3f} | {r.place:.3f} | {r.cloud_share:.2f} | {r.bytes_per_request:.0f} | "
+        print(f"| {r.method} | {r.quality:.3f} | {r.rouge_l:.3f} | {r.place:.3f} | {r.personal:.3f} | {r.cloud_share:.2f} | {r.bytes_per_request:.0f} | "
               f"{r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.denied} |")  # fmt: skip
 
     curve = []
@@ -249,11 +249,14 @@ def main() -> int:
 
     ours, baseline = rows[3], rows[2]
     goals = {
-        "place correctness >= 0.95 (NetGPT)": ours.place >= 0.95,
+        "place correct >= 0.97 (NetGPT)": ours.place >= 0.97,
+        "personalised place correct >= 0.90 (NetGPT)": ours.personal >= 0.90,
         f"NetGPT quality >= 0.98 x (c) ({ours.quality:.3f} vs {0.98 * baseline.quality:.3f})": ours.quality >= 0.98 * baseline.quality,
         "NetGPT sends <= 50% to the cloud": ours.cloud_share <= 0.5,
+        f"NetGPT puts >= 20x fewer bytes on the link than (c) ({baseline.bytes_per_request / max(1.0, ours.bytes_per_request):.1f}x)":
+            baseline.bytes_per_request >= 20 * ours.bytes_per_request,
         "no denied field leaves the edge (NetGPT)": ours.denied == 0,
-    }
+    }  # fmt: skip
     for goal, met in goals.items():
         print(f"{'met' if met else 'MISSED'}: {goal}")
     return 0 if all(goals.values()) else 1

@@ -44,6 +44,7 @@ from nm_toolkit.llm.corpus import CorpusConfig
 from nm_toolkit.llm.generation import BASE, AdapterLM, GenerationLimits
 from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import DEFAULT_TARGET_MODULES
+from nm_toolkit.llm.pretrained import fetch_pretrained
 from nm_toolkit.llm.quantize import serialized_mb
 
 
@@ -199,23 +200,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new", type=int, default=48)
     parser.add_argument("--int8-requests", type=int, default=24, help="requests for the fp32/int8 comparison")
     parser.add_argument("--lora-requests", type=int, default=32, help="requests for the LoRA comparison (0: skip it)")
+    parser.add_argument("--model", help="serve this checkpoint directory ('pretrained': SmolLM2-135M-Instruct, fetched once) instead of a fresh one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "edge"
-        config = InitConfig(
-            arch=args.arch, preset=args.preset, steps=args.steps, batch_size=8, max_length=160, seed=args.seed,
-            corpus=CorpusConfig(user_prompts=400, intents=200, telemetry=200, contexts=300, vocabulary_repeats=1),
-        )
-        model, tokenizer, losses, facts = initialise_model(config)
-        save_initialised(directory, model, tokenizer, losses, facts)
-        print(f"model: {args.arch}/{args.preset}, {facts['parameters']:,} parameters, {args.steps} steps (final loss {facts['final_loss']}), "
-              f"built in {time.perf_counter() - began:.0f} s; {args.threads} thread(s)", flush=True)
+    if args.model is not None:
+        directory = fetch_pretrained() if args.model == "pretrained" else Path(args.model)
         lm = AdapterLM.load(directory)
         int8 = AdapterLM.load(directory, quantize=True)
-        lora = with_lora(AdapterLM.load(directory), args.arch, ("north", "south"))
+        lora = with_lora(AdapterLM.load(directory), lm.model.config.model_type, ("north", "south"))
+        print(f"model: {directory} ({lm.model.config.model_type}, {sum(p.numel() for p in lm.model.parameters()):,} parameters); "
+              f"{args.threads} thread(s)", flush=True)  # fmt: skip
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp) / "edge"
+            config = InitConfig(
+                arch=args.arch, preset=args.preset, steps=args.steps, batch_size=8, max_length=160, seed=args.seed,
+                corpus=CorpusConfig(user_prompts=400, intents=200, telemetry=200, contexts=300, vocabulary_repeats=1),
+            )
+            model, tokenizer, losses, facts = initialise_model(config)
+            save_initialised(directory, model, tokenizer, losses, facts)
+            print(f"model: {args.arch}/{args.preset}, {facts['parameters']:,} parameters, {args.steps} steps (final loss {facts['final_loss']}), "
+                  f"built in {time.perf_counter() - began:.0f} s; {args.threads} thread(s)", flush=True)
+            lm = AdapterLM.load(directory)
+            int8 = AdapterLM.load(directory, quantize=True)
+            lora = with_lora(AdapterLM.load(directory), args.arch, ("north", "south"))
 
     requests = workload(args.requests, args.rate, args.seed, args.contexts, args.min_new, args.max_new)
     prefixes = sorted({r.prompt.rsplit("request:", 1)[0] for r in requests})

@@ -12,16 +12,15 @@ load) -> collector -> forecasts -> policies (bandwidth, edge autoscaling, adapte
 edge->cloud link, model placement) -> guardrails -> decisions topic -> the edge service places its
 adapters (and, with ``--ovs``, the OpenFlow controller sets meters and flows on Open vSwitch).
 
-The models are the toolkit's tiny defaults (``nmt llm build --size tiny``), built on first use
-under ``~/.cache/nm-toolkit/models`` and reused after: the pipeline is real, but seconds-trained
-models answer nothing right (the edge is never sure enough to answer alone, the cloud's words are
-noise). ``nmt demo --models DIR`` runs the models ``nmt llm build -o DIR`` trained for minutes
-(``bench/netgpt.py`` measures those).
+The models are the toolkit's defaults (:data:`nm_toolkit.llm.defaults.SIZES`): SmolLM2-135M-Instruct
+at the edge and in the cloud, fetched from the package index on first use, with the LoRA adapters
+the toolkit ships; everything is cached under ``~/.cache/nm-toolkit/models``. ``--size tiny`` runs
+seconds-trained from-scratch models instead (the pipeline is real, the answers are noise: what the
+tests use), and ``--models DIR`` the models ``nmt llm build -o DIR`` built.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -45,8 +44,9 @@ from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context,
 from nm_toolkit.llm.cloud_service import cloud_service
 from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
-from nm_toolkit.llm.defaults import EDGE_ADAPTER, SIZES, BuiltModels, build_netgpt, city_task
+from nm_toolkit.llm.defaults import EDGE_ADAPTER, PREBUILT_DIR, SIZES, BuiltModels, build_netgpt, city_task
 from nm_toolkit.llm.deployment import cloud_responder, edge_completer
+from nm_toolkit.llm.pretrained import models_cache_dir
 from nm_toolkit.llm.profile import VARIANTS, profile_edge, read_profiles
 from nm_toolkit.llm.service import edge_service
 from nm_toolkit.pipeline import ClosedLoop, LoopReport
@@ -69,10 +69,9 @@ MALFORMED_EXAMPLES = [
 ]
 
 
-def default_models_dir() -> Path:
-    """Where the demo's tiny models are cached between runs (``XDG_CACHE_HOME`` respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nm-toolkit" / "models" / "netgpt-tiny"
+def default_models_dir(size: str) -> Path:
+    """Where the demo's models of ``size`` are built and cached between runs."""
+    return models_cache_dir() / f"netgpt-{size}"
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,8 @@ class CityDayConfig:
     headroom: float = 1.15  # a target's capacity: this x its busiest observed hour
     network: pd.DataFrame | None = None  # replay this wide frame instead of synthetic cells
     metric: str = "traffic"
-    models: Path | None = None  # models `nmt llm build` built; None: the tiny ones, built on first use
+    models: Path | None = None  # models `nmt llm build` built; None: those of ``size``, built on first use
+    size: str = "default"  # of nm_toolkit.llm.defaults.SIZES
     ovs: bool = False  # also carry reservations out as meters and flows on a private Open vSwitch
 
 
@@ -186,10 +186,12 @@ def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, 
 
 def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[str], None] = lambda _: None, figure: Path | None = None) -> CityDayReport:
     """Run the city's day through every service once; see the module docstring."""
-    on_stage("building the tiny NetGPT models (first run only)")
-    tiny = SIZES["tiny"]
+    if config.size not in SIZES:
+        raise UserError(f"unknown model size {config.size!r}: choose one of {', '.join(SIZES)}")
+    size = SIZES[config.size]
     if config.models is None:
-        built = build_netgpt(default_models_dir(), tiny)
+        on_stage(f"fetching and building the {config.size} NetGPT models (first run only)")
+        built = build_netgpt(default_models_dir(config.size), size, on_stage, prebuilt=PREBUILT_DIR if size.pretrained else None)
     elif missing := BuiltModels.at(config.models).missing():
         raise UserError(f"no NetGPT models at {config.models} ({missing[0]} is missing): build them with `nmt llm build -o {config.models}`")
     else:
@@ -212,7 +214,7 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     replay_frame(producer, settings.topics.telemetry, load, None)
 
     on_stage("measuring the edge model's serving cost (first run only)")
-    _, _, held_out = city_task(tiny.seed, max(tiny.edge_examples, tiny.cloud_examples), test=config.prompts)
+    _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts)
     store = ContextStore.load(built.context_store)
     if not set(VARIANTS) <= set(read_profiles(built.edge_model)):
         profile_edge(settings, requests=16)

@@ -140,7 +140,7 @@ def telemetry(ws: Workspace) -> None:
 # --- the sweep: every command of README.md's table and of nm_toolkit/cli -----------------------------
 
 SWEEP: tuple[Case, ...] = (
-    Case(("demo", "--cells", "3", "--days", "8")),
+    Case(("demo", "--size", "tiny", "--cells", "3", "--days", "8")),
     Case(("dev", "kafka", "--fetch-only")),
     Case(("dev", "kafka", "--port", "0", "--data-dir", "{fresh}"), subprocess_signal=True, json=False),
     Case(("collect", "synth", "-o", "{fresh}.csv", "--sources", "3", "--days", "1")),

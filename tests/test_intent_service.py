@@ -20,7 +20,6 @@ from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.deadletter import ORIGIN, REASON
 from nm_toolkit.bus.kafka import KafkaBus
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
-from policies.intents import NetworkIntent
 from nm_toolkit.cli import app
 from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.errors import UserError

@@ -13,11 +13,14 @@ from nm_toolkit.llm.completion_data import (
     TRAIN_FRAMES,
     build_completion_dataset,
     cloud_only_payload,
+    comprehensive_prompt,
+    nearest_by_category,
     read_examples,
     read_pairs,
+    suggested_by_category,
     write_jsonl,
 )
-from nm_toolkit.llm.context import ContextStore, LocationContext, synthetic_city
+from nm_toolkit.llm.context import Cell, ContextStore, LocationContext, PointOfInterest, UserProfile, synthetic_city
 from nm_toolkit.llm.metrics import exact_match, lcs_length, rouge_l
 from nm_toolkit.llm.privacy import DEFAULT_POLICY, check_egress
 
@@ -56,7 +59,7 @@ def test_split_holds_out_locations_and_phrasings(tmp_path: Path) -> None:
     frames = {f.split("{noun}")[0] for f in TEST_FRAMES}
     assert all(any(e.text.startswith(f) for f in frames) for e in test)
     assert not set(TRAIN_FRAMES) & set(TEST_FRAMES)
-    # the target names the nearest place of the requested category, which the input lists
+    # the target names the district and the requested category (the place comes from the context store)
     example = test[0]
     assert store.cells[example.cell].district in example.target and example.category in example.target
     # location context stays at the edge: the completed prompt is smaller than the raw context
@@ -85,3 +88,20 @@ def test_bad_training_files_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"input": "x"}\n')
     with pytest.raises(UserError, match="bad.jsonl:1"):
         read_pairs(tmp_path / "bad.jsonl")
+
+
+def test_the_place_to_suggest_is_the_nearest_that_meets_the_profiles_need() -> None:
+    near = PointOfInterest("Trattoria Near", "restaurant", 100, 45.0, 9.0, 4.0)
+    veg = PointOfInterest("Osteria Verde", "restaurant", 300, 45.0, 9.0, 4.0, ("vegetarian",))
+    farther_veg = PointOfInterest("Bistro Lontano", "restaurant", 600, 45.0, 9.0, 4.0, ("vegetarian", "step-free"))
+    cafe = PointOfInterest("Bar Solo", "cafe", 50, 45.0, 9.0, 4.0)
+    pois = (near, veg, farther_veg, cafe)
+    vegetarian = UserProfile("u", "student", "prefers vegetarian options")
+    wheelchair = UserProfile("w", "retiree", "needs step-free access")
+    assert suggested_by_category(pois, None) == nearest_by_category(pois) == {"restaurant": near, "cafe": cafe}
+    assert suggested_by_category(pois, vegetarian) == {"restaurant": veg, "cafe": cafe}  # no vegetarian cafe: the nearest
+    assert suggested_by_category(pois, wheelchair)["restaurant"] == farther_veg
+    assert suggested_by_category(pois, UserProfile("x", "runner", "speaks English"))["restaurant"] == near
+    context = LocationContext(Cell("MI-1", "Brera", 45.0, 9.0, pois), "evening", vegetarian)
+    prompt = comprehensive_prompt("restaurant", context)
+    assert "Osteria Verde, 300 m away (4 min on foot)" in prompt and "vegetarian" not in prompt

@@ -13,8 +13,8 @@ import pytest
 from nm_toolkit.llm.completion_data import (
     build_completion_dataset,
     cloud_only_payload,
-    edge_input,
     nearest_by_category,
+    places_text,
 )
 from nm_toolkit.llm.context import ContextStore, LocationContext, synthetic_city
 from nm_toolkit.llm.privacy import (
@@ -104,8 +104,7 @@ def denied_forms(context: LocationContext) -> list[tuple[str, str]]:
 
 def test_a_clean_completed_prompt_passes(context: LocationContext) -> None:
     text = completion(context)
-    places = edge_input("coffee near me", context).splitlines()[1]  # "places: Bar X (cafe, 120 m); ..."
-    assert places.startswith("places: ")
+    places = "places: " + places_text(context)  # "places: Bar X (cafe, 120 m); ..."
     for candidate in (text, places, f"{text} Also near: {places.removeprefix('places: ')}"):
         assert check_egress(record(candidate), context) == []
         assert check_message(json.dumps(record(candidate)).encode(), context) == []

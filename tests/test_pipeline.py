@@ -94,7 +94,7 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     """Telemetry and prompts through the edge and cloud services, intents, forecasts, policies and
     guardrails to decisions, one of which the edge service carries out (tiny models, built once)."""
     figure = tmp_path / "day.png"
-    result = CliRunner().invoke(app, ["demo", "--cells", "8", "--days", "5", "--prompts", "12", "--plot", str(figure), "--json"])
+    result = CliRunner().invoke(app, ["demo", "--size", "tiny", "--cells", "8", "--days", "5", "--prompts", "12", "--plot", str(figure), "--json"])
     assert result.exit_code == 0, result.output
     out = orjson.loads(result.output)
     telemetry, prompts = out["telemetry"], out["prompts"]
@@ -127,7 +127,7 @@ def test_demo_carries_reservations_out_on_open_vswitch(tmp_path: Path) -> None:
     passed the guardrails is a meter on the private bridge. Its own process: one OpenFlow
     controller per process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "nm_toolkit", "demo", "--ovs", "--cells", "6", "--days", "8", "--prompts", "4", "--json"],
+        [sys.executable, "-m", "nm_toolkit", "demo", "--size", "tiny", "--ovs", "--cells", "6", "--days", "8", "--prompts", "4", "--json"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NMT_STATE_DIR": str(tmp_path)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,7 +20,8 @@ def demo(
     seed: int = typer.Option(7, help="seed of the synthetic network"),
     headroom: float = typer.Option(1.15, help="demo capacity of a cell or link = this x its busiest observed hour"),
     plot: Path | None = typer.Option(None, help="PNG of the day (default: state_dir/demo/city_day.png)"),
-    models: Path | None = typer.Option(None, help="NetGPT models from `nmt llm build -o DIR` (default: tiny ones, built on first use)"),
+    models: Path | None = typer.Option(None, help="NetGPT models from `nmt llm build -o DIR` (default: those of --size, built on first use)"),
+    size: str = typer.Option("default", help="default (SmolLM2-135M at the edge and in the cloud, fetched on first use) or tiny (seconds-trained models, noise answers)"),
     ovs: bool = typer.Option(False, "--ovs", help="also carry reservations out as meters and flows on a private Open vSwitch (needs openvswitch-switch)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
@@ -34,7 +35,7 @@ def demo(
     settings = settings_from(config)
     network = load_wide_frame(input) if input else None
     figure = plot or settings.state_dir / "demo" / "city_day.png"
-    city = CityDayConfig(cells=cells, days=days, prompts=prompts, seed=seed, headroom=headroom, network=network, metric=metric, models=models, ovs=ovs)
+    city = CityDayConfig(cells=cells, days=days, prompts=prompts, seed=seed, headroom=headroom, network=network, metric=metric, models=models, size=size, ovs=ovs)
     with console.status("starting") if not as_json else nullcontext() as status:
         report = run_city_day(settings, city, on_stage=lambda stage: status.update(stage) if status else None, figure=figure)
     loop = report.loop

@@ -7,17 +7,25 @@ Requests are of one of :data:`KINDS`, and the completed prompt says which in its
 The split keeps whole districts (hence cells and their places) and whole phrasings out of
 training, so the held-out score measures generalisation to unseen locations and unseen wordings,
 not memorisation.
+
+The place a request is answered with is personal: the nearest place of its category that meets
+what the user's profile needs (:func:`suggested_by_category`: a vegetarian gets the nearest
+restaurant with vegetarian options, a wheelchair user the nearest step-free pharmacy, a user on a
+tight budget the nearest cheap supermarket), else the nearest. The edge knows the profile; the
+completed prompt names the place it chose and the walking time (arithmetic the edge does), never
+the profile.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.context import POI_CATEGORIES, ContextStore, LocationContext, PointOfInterest
+from nm_toolkit.llm.context import POI_CATEGORIES, ContextStore, LocationContext, PointOfInterest, UserProfile, needed_feature
 
 TRAIN_FRAMES: tuple[str, ...] = (
     "{noun} near me", "find a {noun} nearby", "where is the closest {noun}?", "any {noun} around here?",
@@ -54,6 +62,14 @@ class CompletionExample:
     kind: str = "nearest"  # last and defaulted: JSONL files written before kinds still load
 
 
+WALKING_M_PER_MIN = 80
+
+
+def walking_minutes(distance_m: int) -> int:
+    """Minutes on foot at :data:`WALKING_M_PER_MIN`, rounded up (at least 1)."""
+    return max(1, math.ceil(distance_m / WALKING_M_PER_MIN))
+
+
 def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfInterest]:
     """The closest place of every category (``pois`` need not be sorted)."""
     best: dict[str, PointOfInterest] = {}
@@ -63,14 +79,36 @@ def nearest_by_category(pois: tuple[PointOfInterest, ...]) -> dict[str, PointOfI
     return best
 
 
+def suggested_by_category(pois: tuple[PointOfInterest, ...], profile: UserProfile | None) -> dict[str, PointOfInterest]:
+    """The place to suggest for every category: the nearest that has the feature ``profile`` needs
+    for that category (:func:`~nm_toolkit.llm.context.needed_feature`), else the nearest."""
+    best = nearest_by_category(pois)
+    if profile is None:
+        return best
+    for category, nearest in list(best.items()):
+        feature = needed_feature(profile, category)
+        if feature is None or feature in nearest.features:
+            continue
+        suited = [p for p in pois if p.category == category and feature in p.features]
+        if suited:
+            best[category] = min(suited, key=lambda p: p.distance_m)
+    return best
+
+
+def places_text(context: LocationContext) -> str:
+    """The places of ``context``'s cell the edge would suggest, one per category, nearest first."""
+    suggested = suggested_by_category(context.cell.pois, context.profile).values()
+    return "; ".join(f"{p.name} ({p.category}, {p.distance_m} m)" for p in sorted(suggested, key=lambda p: p.distance_m))
+
+
 def edge_input(text: str, context: LocationContext) -> str:
-    """The edge model's input: compact context, then the user's words, then the cue to complete."""
-    places = "; ".join(
-        f"{p.name} ({p.category}, {p.distance_m} m)" for p in sorted(nearest_by_category(context.cell.pois).values(), key=lambda p: p.distance_m)
-    )
+    """The edge model's input: compact context (district, time of day, the user's profile), then
+    the user's words, then the cue to complete. The places are not in it: the edge model chooses
+    what the user asks for (kind and category), and grounding (:mod:`nm_toolkit.llm.grounding`)
+    takes the place, its distance and rating from the context store, so the input stays a few dozen
+    tokens and the edge's pass over it cheap."""
     return (
-        f"cell {context.cell.cell} | {context.cell.district} | {context.time_of_day} | "
-        f"{context.profile.role}, {context.profile.preference}\nplaces: {places}\n"
+        f"{context.cell.district} | {context.time_of_day} | {context.profile.role}, {context.profile.preference}\n"
         f"request: {text.strip()}\nprompt:"
     )
 
@@ -80,18 +118,28 @@ def render_prompt(category: str, poi: PointOfInterest, context: LocationContext,
 
     It carries what the cloud needs to answer and nothing :data:`nm_toolkit.llm.privacy.DEFAULT_POLICY`
     denies: the request (kind and category first, so that the choice is made on the first words),
-    the district and the time of day, the place's name, distance and rating. Never the cell id, the
-    coordinates, the user id, or the user's role and preference: those stay at the edge.
+    the district and the time of day, the place's name, distance, walking time and rating. Never the
+    cell id, the coordinates, the user id, or the user's role and preference (nor the feature the
+    place was chosen for): those stay at the edge.
     """
+    minutes = walking_minutes(poi.distance_m)
     return (
         f"{KIND_LEADS[kind]} {category} near me in {context.cell.district} this {context.time_of_day}. "
-        f"The nearest {category} is {poi.name}, {poi.distance_m} m away, rated {poi.rating:.1f}."
+        f"Suggested {category}: {poi.name}, {poi.distance_m} m away ({minutes} min on foot), rated {poi.rating:.1f}."
     )
 
 
+def request_part(completed: str) -> str:
+    """The request sentence of a completed prompt ("Find an open pharmacy near me in Brera this
+    evening."): what the edge model writes; :func:`render_prompt` grounds the rest."""
+    head, _, _ = completed.partition(". Suggested ")
+    return head if head.endswith(".") else head + "."
+
+
 def comprehensive_prompt(category: str, context: LocationContext, kind: str = "nearest") -> str:
-    """The reference completion: :func:`render_prompt` for the nearest place of ``category``."""
-    return render_prompt(category, nearest_by_category(context.cell.pois)[category], context, kind)
+    """The reference completion: :func:`render_prompt` for the place of ``category`` to suggest to
+    the context's user (:func:`suggested_by_category`)."""
+    return render_prompt(category, suggested_by_category(context.cell.pois, context.profile)[category], context, kind)
 
 
 def cloud_only_payload(text: str, context: LocationContext) -> bytes:

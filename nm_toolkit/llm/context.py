@@ -50,11 +50,18 @@ _SURNAMES = (
     "Greco", "Bruno", "Gallo", "Conti", "Costa", "Giordano", "Mancini", "Rizzo", "Lombardi", "Moretti",
     "Barbieri", "Fontana", "Santoro", "Mariani", "Rinaldi", "Caruso", "Ferrara", "Galli", "Martini", "Leone",
 )
-_SYLLABLES = (
-    "ba", "be", "bo", "ca", "ce", "co", "da", "di", "do", "fa", "fe", "fi", "ga", "gi", "go", "la", "le",
-    "li", "lo", "ma", "me", "mi", "mo", "na", "ne", "ni", "pa", "pe", "po", "ra", "re", "ri", "ro", "sa",
-    "se", "si", "ta", "te", "ti", "to", "va", "ve", "vi", "za", "zo", "ur", "an", "el", "os",
-)
+# Features a place may have that some users need (known by construction, so that a personalised
+# answer can be scored): which preference needs which feature, for which categories.
+FEATURES: tuple[str, ...] = ("vegetarian", "step-free", "budget")
+PREFERENCE_NEEDS: dict[str, tuple[str, frozenset[str]]] = {
+    "prefers vegetarian options": ("vegetarian", frozenset({"restaurant", "cafe"})),
+    "needs step-free access": ("step-free", frozenset(POI_CATEGORIES) - {"parking", "atm"}),
+    "is on a tight budget": ("budget", frozenset({"restaurant", "cafe", "supermarket", "gym"})),
+}
+_FEATURE_CATEGORIES: dict[str, frozenset[str]] = {feature: categories for feature, categories in PREFERENCE_NEEDS.values()}
+FEATURE_SHARE = 0.4  # chance that a place of a category a feature applies to has it
+# Categories a cell has more than one place of, so that the nearest is not always the one to suggest.
+_EXTRA_CATEGORIES: tuple[str, ...] = ("restaurant", "cafe", "supermarket", "pharmacy", "gym", "metro station")
 ROLES = ("student", "commuter", "tourist", "office worker", "retiree", "parent", "night shift nurse", "runner")
 PREFERENCES = (
     "prefers vegetarian options", "pays by card only", "needs step-free access", "likes quiet places",
@@ -70,6 +77,7 @@ class PointOfInterest:
     lat: float
     lon: float
     rating: float
+    features: tuple[str, ...] = ()  # of :data:`FEATURES`
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,12 @@ class UserProfile:
     user: str
     role: str
     preference: str
+
+
+def needed_feature(profile: UserProfile, category: str) -> str | None:
+    """The feature a place of ``category`` must have to suit ``profile`` (None: any place does)."""
+    feature, categories = PREFERENCE_NEEDS.get(profile.preference, (None, frozenset()))
+    return feature if category in categories else None
 
 
 @dataclass(frozen=True)
@@ -141,7 +155,7 @@ class ContextStore:
         try:
             data = json.loads(path.read_text())
             cells = [
-                Cell(c["cell"], c["district"], c["lat"], c["lon"], tuple(PointOfInterest(**p) for p in c["pois"]))
+                Cell(c["cell"], c["district"], c["lat"], c["lon"], tuple(PointOfInterest(**{**p, "features": tuple(p.get("features", ()))}) for p in c["pois"]))
                 for c in data["cells"]
             ]
             profiles = [UserProfile(**p) for p in data["profiles"]]
@@ -150,24 +164,12 @@ class ContextStore:
         return cls({c.cell: c for c in cells}, {p.user: p for p in profiles})
 
 
-def invented_place_name(rng: random.Random) -> str:
-    """A place name :func:`synthetic_city` never draws from its category: any category's name word
-    or an invented word, then a surname or another invented word, sometimes a number. A model
-    trained on such names cannot answer from memory what a place is called; it must copy the name
-    from its input, as it must for the places of a city it has never seen."""
-
-    def word() -> str:
-        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize()
-
-    parts = [part for names in _NAME_PARTS.values() for part in names]
-    name = f"{rng.choice(parts) if rng.random() < 0.5 else word()} {rng.choice(_SURNAMES) if rng.random() < 0.5 else word()}"
-    return f"{name} {rng.randrange(2, 99)}" if rng.random() < 0.3 else name
-
-
 def synthetic_city(
-    seed: int, districts: int = 24, cells_per_district: int = 4, pois_per_cell: int = 10, users: int = 200
+    seed: int, districts: int = 24, cells_per_district: int = 4, pois_per_cell: int = 12, users: int = 200
 ) -> ContextStore:
-    """A reproducible city: every cell has ``pois_per_cell`` places, at least one of each category."""
+    """A reproducible city: every cell has ``pois_per_cell`` places, at least one of each category
+    and the rest of :data:`_EXTRA_CATEGORIES`; each place has each feature that applies to its
+    category (:data:`PREFERENCE_NEEDS`) with probability :data:`FEATURE_SHARE`."""
     rng = random.Random(seed)
     names = list(MILAN_DISTRICTS[:districts])
     categories = list(POI_CATEGORIES)
@@ -179,7 +181,7 @@ def synthetic_city(
             while cell_id in cells:
                 cell_id = f"MI-{rng.randrange(1000, 10000)}"
             lat, lon = 45.42 + 0.01 * d + rng.random() * 0.01, 9.10 + rng.random() * 0.15
-            wanted = categories + [rng.choice(categories) for _ in range(max(0, pois_per_cell - len(categories)))]
+            wanted = categories + [rng.choice(_EXTRA_CATEGORIES) for _ in range(max(0, pois_per_cell - len(categories)))]
             pois = []
             for category in wanted:
                 name = f"{rng.choice(_NAME_PARTS[category])} {rng.choice(_SURNAMES)}"
@@ -190,6 +192,7 @@ def synthetic_city(
                     PointOfInterest(
                         name, category, rng.randrange(40, 900, 10), round(lat + rng.uniform(-0.004, 0.004), 5),
                         round(lon + rng.uniform(-0.004, 0.004), 5), round(rng.uniform(3.0, 5.0), 1),
+                        tuple(f for f, applies in _FEATURE_CATEGORIES.items() if category in applies and rng.random() < FEATURE_SHARE),
                     )
                 )
             pois.sort(key=lambda p: p.distance_m)

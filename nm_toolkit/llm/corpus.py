@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.completion_data import TIMES_OF_DAY, TRAIN_FRAMES, edge_input, nearest_by_category
+from nm_toolkit.llm.completion_data import TIMES_OF_DAY, TRAIN_FRAMES, edge_input, places_text, suggested_by_category
 from nm_toolkit.llm.context import POI_CATEGORIES, LocationContext, synthetic_city
 
 _NETWORK_TERMS = (
@@ -158,10 +158,10 @@ def _context_documents(config: CorpusConfig, rng: random.Random) -> Iterator[str
         context = LocationContext(rng.choice(list(city.cells.values())), rng.choice(TIMES_OF_DAY), rng.choice(list(city.profiles.values())))
         category = rng.choice(list(POI_CATEGORIES))
         text = rng.choice(TRAIN_FRAMES).format(noun=rng.choice(POI_CATEGORIES[category]))
-        poi = nearest_by_category(context.cell.pois)[category]
+        poi = suggested_by_category(context.cell.pois, context.profile)[category]
         yield (
             edge_input(text, context).rsplit("\nprompt:", 1)[0]
-            + f"\nsummary: {context.profile.role} ({context.profile.preference}) at cell {context.cell.cell} in "
-            f"{context.cell.district}, {context.time_of_day}; wants {category}; nearest: {poi.name} at {poi.distance_m} m"
+            + f"\nplaces: {places_text(context)}\nsummary: {context.profile.role} ({context.profile.preference}) at cell {context.cell.cell} in "
+            f"{context.cell.district}, {context.time_of_day}; wants {category}; suggested: {poi.name} at {poi.distance_m} m"
         )
 

@@ -1,17 +1,24 @@
-"""The toolkit's own NetGPT models, trained on the city task it generates, for when no checkpoint
-is at hand.
+"""The toolkit's NetGPT models: a pretrained LLaMA at the edge and in the cloud, each personalised
+with LoRA adapters trained on the city task the toolkit generates.
 
 :func:`build_netgpt` lays out what the edge and cloud services load (the paths of
 :class:`~nm_toolkit.llm.deployment.LlmPaths`): a synthetic city (the edge's context store), the
-edge GPT-2 with its completion adapter (LoRA on the two-kind completed prompts of
-:mod:`nm_toolkit.llm.city_qa`), and the cloud LLaMA with one adapter per tenant. Each piece is
-skipped when it is already built with the same configuration, so a second run is cheap.
-``nmt llm build`` and ``bench/netgpt.py`` both use it.
+edge model with its completion adapter (LoRA on the two-kind completed prompts of
+:mod:`nm_toolkit.llm.city_qa`) and its service-class adapter, and the cloud model with one adapter
+per tenant. The default size (:data:`SIZES`) puts both on SmolLM2-135M-Instruct, fetched from the
+package index (:mod:`nm_toolkit.llm.pretrained`); the edge serves it int8-quantised and only ranks
+grounded candidates, the cloud generates with it in float. The ``tiny`` size pre-trains two
+from-scratch models of a few hundred thousand parameters in seconds, for tests.
+
+Each piece is skipped when it is already built with the same configuration, so a second run is
+cheap; adapters the project ships (``prebuilt``, :data:`PREBUILT_DIR`) are taken as they are when
+their configuration matches, so a first ``nmt demo`` trains nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -32,32 +39,48 @@ from nm_toolkit.llm.init import InitConfig, initialise_model, save_initialised
 from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
 from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.offline import load_causal_lm
+from nm_toolkit.llm.pretrained import DEFAULT_PRETRAINED, fetch_pretrained
 from nm_toolkit.llm.service_class import SERVICE_CLASS_ADAPTER, train_service_class_adapter
 
 EDGE_ADAPTER = "completion"
 TINY_CORPUS = CorpusConfig(user_prompts=200, intents=100, telemetry=100, contexts=100, vocabulary_repeats=1)
 
 
+# LoRA on the attention projections of a pretrained LLaMA: rank 8 is a few megabytes per adapter.
+PRETRAINED_TARGETS = ("q_proj", "v_proj", "o_proj")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
-    """What :func:`build_netgpt` trains: the two bases, their adapters, and on how many examples."""
+    """What :func:`build_netgpt` trains: the two bases, their adapters, and on how many examples.
 
+    ``pretrained``: both bases are this checkpoint of :data:`~nm_toolkit.llm.pretrained.PRETRAINED`
+    (fetched on first use); None: ``edge_init`` and ``cloud_init`` are pre-trained here from scratch.
+    """
+
+    pretrained: str | None = DEFAULT_PRETRAINED
     edge_init: InitConfig = field(default_factory=lambda: InitConfig(arch="gpt2", preset="edge", steps=1000))
-    edge_lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(rank=32, alpha=64, epochs=2.5, learning_rate=1e-2))
     cloud_init: InitConfig = CLOUD_INIT
+    edge_lora: LoraTrainConfig = field(
+        default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, target_modules=PRETRAINED_TARGETS, epochs=1.5, batch_size=8, learning_rate=2e-3)
+    )
     cloud_lora: LoraTrainConfig = CLOUD_LORA
-    edge_examples: int = 1500
-    cloud_examples: int = 800
-    service_class_lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, epochs=3.0, learning_rate=5e-3))
-    service_class_examples: int = 2000
+    edge_examples: int = 640
+    cloud_examples: int = 400
+    service_class_lora: LoraTrainConfig = field(
+        default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, target_modules=PRETRAINED_TARGETS, epochs=1.0, batch_size=16, learning_rate=2e-3)
+    )
+    service_class_examples: int = 640
     seed: int = 0
 
 
 SIZES: dict[str, BuildConfig] = {
-    # minutes on one CPU core; what bench/netgpt.py measures
+    # SmolLM2-135M-Instruct at the edge and in the cloud; its adapters train in minutes on two CPU
+    # cores and ship with the toolkit (PREBUILT_DIR)
     "default": BuildConfig(),
-    # seconds: a working pipeline with meaningless answers (tests, a first look)
+    # seconds: a working pipeline with meaningless answers (tests)
     "tiny": BuildConfig(
+        pretrained=None,
         edge_init=InitConfig(arch="gpt2", preset="tiny", steps=20, batch_size=8, corpus=TINY_CORPUS),
         edge_lora=LoraTrainConfig(rank=4, alpha=8, epochs=0.5, learning_rate=1e-2, batch_size=8),
         cloud_init=InitConfig(arch="llama", preset="tiny", steps=20, batch_size=8, corpus=TINY_CORPUS),
@@ -68,6 +91,8 @@ SIZES: dict[str, BuildConfig] = {
         service_class_examples=64,
     ),
 }
+# The adapters of the default size, trained by `nmt llm build` and shipped with the package.
+PREBUILT_DIR = Path(__file__).parent / "prebuilt" / DEFAULT_PRETRAINED
 
 
 def city_task(seed: int, examples: int, test: int = 200) -> tuple[ContextStore, list[CityQAExample], list[CityQAExample]]:
@@ -89,12 +114,12 @@ def build_edge(
         else:
             save_initialised(edge_dir, *initialise_model(init))
     pairs = edge_pairs(train)
-    fingerprint = _fingerprint({"lora": asdict(lora), "train": len(pairs), "first": pairs[0]})
+    fingerprint = _fingerprint({"base": edge_dir.resolve().name, "lora": asdict(lora), "train": len(pairs), "first": pairs[0]})
     if _built_with(registry, EDGE_ADAPTER, fingerprint):
         return None
     model, tokenizer = load_causal_lm(edge_dir)
     tuner = LoraFineTuner(lora).fit(model, tokenizer, pairs, EDGE_ADAPTER)
-    card = AdapterCard(EDGE_ADAPTER, COMPLETION_TASK, str(edge_dir), train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1), config=fingerprint)
+    card = AdapterCard(EDGE_ADAPTER, COMPLETION_TASK, edge_dir.resolve().name, train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1), config=fingerprint)
     registry.save(tuner.model_, card, tuner.losses_)
     return card
 
@@ -102,7 +127,7 @@ def build_edge(
 def build_service_class(edge_dir: Path, registry: AdapterRegistry, lora: LoraTrainConfig, examples: int, seed: int) -> AdapterCard | None:
     """The edge's service-class adapter (:mod:`nm_toolkit.llm.service_class`) on the edge base; None
     when it is already built with this config."""
-    fingerprint = _fingerprint({"lora": asdict(lora), "examples": examples, "seed": seed})
+    fingerprint = _fingerprint({"base": edge_dir.resolve().name, "lora": asdict(lora), "examples": examples, "seed": seed})
     if _built_with(registry, SERVICE_CLASS_ADAPTER, fingerprint):
         return None
     return train_service_class_adapter(edge_dir, registry, lora, examples, seed, fingerprint)
@@ -146,17 +171,52 @@ class BuiltModels:
         return [path for path in files if not path.is_file()]
 
 
-def build_netgpt(root: Path, config: BuildConfig, on_stage: Callable[[str], None] = lambda _: None) -> BuiltModels:
-    """Build everything the edge and cloud services load under ``root`` (skipping what is built)."""
+def build_netgpt(
+    root: Path, config: BuildConfig, on_stage: Callable[[str], None] = lambda _: None, prebuilt: Path | None = None
+) -> BuiltModels:
+    """Build everything the edge and cloud services load under ``root`` (skipping what is built).
+
+    With ``config.pretrained`` the edge and cloud models are links to the fetched checkpoint.
+    ``prebuilt``: a directory laid out as ``root`` (``adapters/``, ``cloud-adapters/``) whose
+    adapters are copied in first; each is kept when its card's configuration is the one this build
+    would train, and retrained otherwise."""
     built = BuiltModels.at(root)
     store, train, _ = city_task(config.seed, max(config.edge_examples, config.cloud_examples))
     if not built.context_store.is_file():
         store.save(built.context_store)
-    on_stage("edge model and completion adapter")
+    if config.pretrained is not None:
+        base = fetch_pretrained(config.pretrained, on_stage=on_stage)
+        for link in (built.edge_model, built.cloud_model):
+            _link(link, base)
+    if prebuilt is not None:
+        for registry in ("adapters", "cloud-adapters"):
+            _seed(prebuilt / registry, root / registry)
+    on_stage("edge completion adapter")
     build_edge(built.edge_model, AdapterRegistry(built.adapters_dir), train[: config.edge_examples], replace(config.edge_init, seed=config.seed), config.edge_lora)
     on_stage("edge service-class adapter")
     build_service_class(built.edge_model, AdapterRegistry(built.adapters_dir), config.service_class_lora, config.service_class_examples, config.seed)
-    on_stage("cloud model and tenant adapters")
+    on_stage("cloud tenant adapters")
     build_cloud(built.cloud_model, AdapterRegistry(built.cloud_adapters_dir), train[: config.cloud_examples], store,
                 replace(config.cloud_init, seed=config.seed), config.cloud_lora)  # fmt: skip
     return built
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (a symlink, replaced when it points elsewhere)."""
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        raise FileExistsError(f"{link} is a model directory; remove it to use the pretrained checkpoint {target}")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link, target_is_directory=True)
+
+
+def _seed(source: Path, registry: Path) -> None:
+    """Copy every adapter of ``source`` that ``registry`` does not have yet."""
+    if not source.is_dir():
+        return
+    for adapter in sorted(source.iterdir()):
+        if (adapter / ADAPTER_CARD).is_file() and not (registry / adapter.name / ADAPTER_CARD).is_file():
+            shutil.copytree(adapter, registry / adapter.name, dirs_exist_ok=True)

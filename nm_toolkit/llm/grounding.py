@@ -2,14 +2,14 @@
 
 A small edge model asked to write "The nearest pharmacy is Farmacia Rossi, 360 m away" from its
 input gets the form right and the place wrong (it has to find the right line of the place list
-from memory). Here the geometry is computed instead: :func:`candidates` takes the nearest place of
-every category in the request's cell from the context store and renders one completed prompt per
+from memory). Here the geometry is computed instead: :func:`candidates` takes the place to suggest
+(the nearest that suits the user's profile) of every category in the request's cell from the context store and renders one completed prompt per
 category and kind of request (:data:`nm_toolkit.llm.completion_data.KINDS`: "Recommend a pharmacy
 ..." or "Find an open pharmacy ...") with :func:`nm_toolkit.llm.completion_data.render_prompt`; :class:`GroundedChooser` scores
 every candidate under the (LoRA-tuned) edge model given the edge input, all candidates of a batch
 of requests in one batched pass (each edge input run once, its KV cache shared by its candidates),
 and returns the best with its confidence. A grounded completion can therefore only name the
-nearest place of the category it chose; what is left to the model is the choice of category and
+place to suggest of the category it chose; what is left to the model is the choice of category and
 kind, and the confidence tells a router when to doubt it (a request for no place at all still gets the most
 likely category: that, too, is the router's to catch).
 
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from nm_toolkit.llm.completion_data import KINDS, nearest_by_category, render_prompt
+from nm_toolkit.llm.completion_data import KINDS, render_prompt, suggested_by_category
 from nm_toolkit.llm.context import POI_CATEGORIES, LocationContext, PointOfInterest
 from nm_toolkit.llm.generation import AdapterLM, Generation
 
@@ -49,8 +49,8 @@ SCORE_MODES: tuple[str, ...] = ("category", "mean", "sum")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One completed prompt the edge could send: a request of ``kind`` for the nearest place of
-    ``category``, rendered."""
+    """One completed prompt the edge could send: a request of ``kind`` for the place of ``category``
+    to suggest, rendered."""
 
     category: str
     place: PointOfInterest
@@ -64,17 +64,19 @@ def candidates(
 ) -> list[Candidate]:
     """The candidate completions of a request made in ``context``: for every category (default: all
     of :data:`POI_CATEGORIES`, in that order) that has a place in the cell and every kind (default:
-    :data:`KINDS`, in that order, within each category), the completed prompt naming the nearest
-    place of that category. Computed from the context store, never generated."""
-    nearest = nearest_by_category(context.cell.pois)
+    :data:`KINDS`, in that order, within each category), the completed prompt naming the place of
+    that category to suggest to the context's user (the nearest that meets the profile's need,
+    :func:`~nm_toolkit.llm.completion_data.suggested_by_category`). Computed from the context
+    store, never generated."""
+    suggested = suggested_by_category(context.cell.pois, context.profile)
     out = []
     for category in categories if categories is not None else POI_CATEGORIES:
-        if category not in nearest:
+        if category not in suggested:
             continue
         for kind in kinds if kinds is not None else KINDS:
-            text = render_prompt(category, nearest[category], context, kind)
+            text = render_prompt(category, suggested[category], context, kind)
             span = text.find(category) + len(category)
-            out.append(Candidate(category, nearest[category], text, span, kind))
+            out.append(Candidate(category, suggested[category], text, span, kind))
     return out
 
 

@@ -130,7 +130,7 @@ class CloudResponder:
     def respond(self, questions: Sequence[str], tenants: Sequence[str | None] | None = None) -> list[Generation]:
         """:meth:`answer` for any question text (wrapped by :func:`~nm_toolkit.llm.city_qa.cloud_prompt`)."""
         names = self.adapters(tenants if tenants is not None else [None] * len(questions))
-        return self.lm.generate([cloud_prompt(q) for q in questions], names, self.limits)
+        return self.lm.generate([cloud_prompt(q, self.lm.tokenizer) for q in questions], names, self.limits)
 
 
 @dataclass(frozen=True)

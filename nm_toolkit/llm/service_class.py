@@ -21,6 +21,7 @@ frames are split in two disjoint sets, so the held-out set measures unseen words
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -141,6 +142,12 @@ def labelled_prompts(count: int, split: Split = "train", seed: int = 0) -> list[
     return out
 
 
+def read_labelled(path: Path) -> list[tuple[str, ServiceClass | None]]:
+    """(request, class) pairs of a JSON-lines file of ``{"text": ..., "service_class": ... | null}``."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(str(r["text"]), r["service_class"]) for r in rows]
+
+
 def training_pairs(examples: Sequence[tuple[str, ServiceClass | None]]) -> list[tuple[str, str]]:
     """(model input, label words) pairs for the adapter."""
     return [(classifier_input(text), LABELS[kind]) for text, kind in examples]
@@ -193,7 +200,7 @@ def train_service_class_adapter(
     model, tokenizer = load_causal_lm(edge_dir)
     tuner = LoraFineTuner(config).fit(model, tokenizer, pairs, SERVICE_CLASS_ADAPTER)
     card = AdapterCard(
-        SERVICE_CLASS_ADAPTER, SERVICE_CLASS_TASK, str(edge_dir), train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1),
+        SERVICE_CLASS_ADAPTER, SERVICE_CLASS_TASK, edge_dir.resolve().name, train_examples=len(pairs), train_seconds=round(tuner.seconds_, 1),
         config=card_config if card_config is not None else {"examples": examples, "seed": seed},
     )  # fmt: skip
     registry.save(tuner.model_, card, tuner.losses_)
