@@ -13,11 +13,12 @@ DEVSET = Path(__file__).parent / "data" / "service_class_ordinary.jsonl"
 
 def test_the_development_set_is_balanced_valid_and_never_trained_on() -> None:
     rows = read_labelled(DEVSET)
-    assert len(rows) == 140 and set(Counter(k for _, k in rows).values()) == {20}
-    assert {k for _, k in rows} == set(LABELS)
-    texts = [t.lower() for t, _ in rows]
-    assert len(set(texts)) == len(texts)
-    trained = {t.lower() for t, _ in labelled_prompts(4000, "train")}
+    assert len(rows) == 140
+    assert all(kind in LABELS for _, kind in rows), [r for r in rows if r[1] not in LABELS]
+    assert Counter(kind for _, kind in rows) == dict.fromkeys(LABELS, 20)
+    texts = [" ".join(t.lower().split()) for t, _ in rows]
+    assert all(texts) and len(set(texts)) == len(texts), [t for t, n in Counter(texts).items() if n > 1]
+    trained = [t.lower() for t, _ in labelled_prompts(4000, "train")]
+    assert not [text for text in texts if any(text in prompt for prompt in trained)]
     activities = {a.lower() for pair in _ACTIVITIES.values() for side in pair for a in side}
-    assert not any(text in prompt for text in texts for prompt in trained)
-    assert not any(activity in text for activity in activities for text in texts)
+    assert not [(text, a) for text in texts for a in activities if a in text]
