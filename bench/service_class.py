@@ -1,15 +1,15 @@
 """A prompt's service class: the edge model's own output against the keyword rules, same prompts, same run (issues 13, 22).
 
-Scores the ``service_class`` adapter (:mod:`nm_toolkit.llm.service_class`) of one or more edge
-models on labelled requests: ``train`` (the activities and phrasings it was fitted on, fresh
+Scores the service-class probe (:mod:`nm_toolkit.llm.service_class`) of one or more edge models on
+labelled requests: ``train`` (the activities and phrasings it was fitted on, fresh
 draws), ``held_out`` (activities and phrasings it never saw) and ``ordinary`` (the project's
 development set of requests in everyday words, ``tests/data/service_class_ordinary.jsonl``, never
 trained on). Per edge model, split and threshold: accuracy of the keyword rules (the baseline), of
 the model alone, and of the two combined (the model from ``--threshold`` confidence up, the rules
 below it); the share of requests the rules find no class for; the ms per prompt in batches of 32.
-Edge models: ``--models DIR`` (what ``nmt llm build -o DIR`` built: DIR/edge with
-DIR/adapters/service_class), repeatable to put an old edge next to a new one; or ``--edge BASE``,
-whose adapter is trained here first. Writes a PNG of accuracy against threshold.
+Edge models: ``--models DIR`` (what ``nmt llm build -o DIR`` built: DIR/edge with the probe in
+DIR/adapters), repeatable to put an old edge next to a new one; or ``--edge BASE``, whose probe is
+fitted here first (``--layer``). Writes a PNG of accuracy against threshold.
 
     PYTHONPATH=. python bench/service_class.py --models /tmp/nb --workdir /tmp/service-class
 """
@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from nm_toolkit.llm.defaults import SIZES, BuiltModels
+from nm_toolkit.llm.defaults import BuiltModels
 from nm_toolkit.llm.generation import AdapterLM
-from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.service_class import (
-    SERVICE_CLASS_ADAPTER,
+    ProbeConfig,
     ServiceClassifier,
+    ServiceClassProbe,
     evaluate_classifier,
+    fit_service_class_probe,
     labelled_prompts,
     read_labelled,
-    train_service_class_adapter,
 )
 
 FIGURE = Path(__file__).parent / "figures" / "service_class.png"
@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, action="append", default=[], help="models built by `nmt llm build -o DIR` (repeatable)")
     parser.add_argument("--edge", type=Path, help="an edge base checkpoint to train the adapter on here instead")
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--examples", type=int, default=SIZES["default"].service_class_examples)
+    parser.add_argument("--examples", type=int, default=ProbeConfig().examples, help="training prompts of a probe fitted here")
+    parser.add_argument("--layer", type=int, default=ProbeConfig().layer, help="hidden layer a probe fitted here reads")
     parser.add_argument("--test", type=int, default=700, help="labelled prompts per synthetic split")
     parser.add_argument("--ordinary", type=Path, default=ORDINARY, help="development set of everyday requests (JSON lines)")
     parser.add_argument("--thresholds", default="0,0.5,0.8,0.9,0.95")
@@ -56,24 +57,25 @@ def main() -> None:
     if not args.models and args.edge is None:
         parser.error("pass --models DIR (built models) or --edge BASE (train the adapter here)")
     torch.manual_seed(args.seed)
-    edges: list[tuple[str, Path, AdapterRegistry]] = [(str(m), BuiltModels.at(m).edge_model, AdapterRegistry(BuiltModels.at(m).adapters_dir)) for m in args.models]
+    edges: list[tuple[str, Path, Path]] = [(str(m), BuiltModels.at(m).edge_model, BuiltModels.at(m).adapters_dir) for m in args.models]
     if args.edge is not None:
-        registry = AdapterRegistry(args.workdir / "adapters")
         started = time.perf_counter()
-        card = train_service_class_adapter(args.edge, registry, SIZES["default"].service_class_lora, args.examples, args.seed)
-        print(f"service_class adapter on {args.edge}: {card.train_examples} training prompts, {time.perf_counter() - started:.0f} s")
-        edges.append((str(args.edge), args.edge, registry))
+        config = ProbeConfig(layer=args.layer, examples=args.examples, seed=args.seed)
+        probe = fit_service_class_probe(args.edge, args.workdir, config)
+        print(f"service-class probe on {args.edge}, layer {probe.layer}: {args.examples} training prompts, {time.perf_counter() - started:.0f} s")
+        edges.append((f"{args.edge} (layer {probe.layer})", args.edge, args.workdir))
     splits = {split: labelled_prompts(args.test, split, seed=args.seed + 1) for split in ("train", "held_out")}  # fresh draws
     if args.ordinary.is_file():
         splits["ordinary"] = read_labelled(args.ordinary)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     rows = []
-    for name, base, registry in edges:
-        lm = AdapterLM.load(base, registry, [SERVICE_CLASS_ADAPTER], quantize=args.quantize)
-        params = sum(p.numel() for p in lm.model.get_base_model().parameters())
+    for name, base, probe_dir in edges:
+        lm = AdapterLM.load(base, quantize=args.quantize)
+        probe = ServiceClassProbe.load(probe_dir)
+        params = sum(p.numel() for p in lm.model.parameters())
         for split, examples in splits.items():
             for threshold in thresholds:
-                report = evaluate_classifier(ServiceClassifier(lm, min_confidence=threshold), examples)
+                report = evaluate_classifier(ServiceClassifier(lm, probe, threshold), examples)
                 rows.append({"edge": name, "parameters": params, "split": split, "threshold": threshold} | asdict(report))
     if args.json:
         print(json.dumps({"rows": rows}, indent=1))

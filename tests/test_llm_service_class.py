@@ -23,24 +23,25 @@ from nm_toolkit.llm.service import edge_service
 from nm_toolkit.llm.service_class import (
     _ACTIVITIES,
     _FRAMES,
-    LABELS,
-    SERVICE_CLASS_ADAPTER,
+    CLASSES,
+    ProbeConfig,
     ServiceClassifier,
+    ServiceClassProbe,
     classifier_input,
     evaluate_classifier,
+    fit_service_class_probe,
     labelled_prompts,
-    train_service_class_adapter,
 )
 
 
 @pytest.fixture(scope="module")
 def edge_with_classifier(tiny_llms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny edge base's adapters: a (barely trained) service-class adapter next to a completion one."""
+    """The tiny edge base's adapters: a completion adapter, and the service-class probe next to it."""
     root = tmp_path_factory.mktemp("edge-classes")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     registry, lora = AdapterRegistry(root / "adapters"), LoraTrainConfig(rank=2, alpha=4, epochs=0.2, batch_size=8)
-    train_service_class_adapter(tiny_llms / "edge", registry, lora, 40)
+    fit_service_class_probe(tiny_llms / "edge", root / "adapters", ProbeConfig(examples=70))
     build_edge(tiny_llms / "edge", registry, city_task(0, 16)[1], SIZES["tiny"].edge_init, lora)
     torch.set_num_threads(threads)
     return root
@@ -48,7 +49,7 @@ def edge_with_classifier(tiny_llms: Path, tmp_path_factory: pytest.TempPathFacto
 
 def test_held_out_prompts_share_no_activity_and_no_frame_with_training_and_every_class_is_there() -> None:
     train, held_out = labelled_prompts(400, "train"), labelled_prompts(400, "held_out")
-    assert {k for _, k in train} == {k for _, k in held_out} == set(LABELS)
+    assert {k for _, k in train} == {k for _, k in held_out} == set(CLASSES)
     assert not {t for t, _ in train} & {t for t, _ in held_out}
     for kind, (seen, unseen) in _ACTIVITIES.items():
         assert not set(seen) & set(unseen), kind
@@ -61,12 +62,10 @@ def test_held_out_prompts_share_no_activity_and_no_frame_with_training_and_every
     assert keyword_class("download the new game") == "gaming"
 
 
-def test_the_model_reads_the_words_and_the_rules_reading_never_the_location() -> None:
-    text = classifier_input("  download   the new game ")
-    assert text.startswith("user request: download the new game\n") and LABELS["gaming"] in text
-    assert "cell" not in text
+def test_the_model_reads_the_words_never_the_location() -> None:
+    assert classifier_input("  download   the new game ") == "user request: download the new game"
     long = classifier_input("stream " * 500)  # the edge's longest prompts still fit its positions
-    assert len(long) < 500 and long.endswith("service class:") and LABELS["video"] in long
+    assert len(long) < 500 and long.startswith("user request: stream stream")
 
 
 def test_without_the_adapter_the_keyword_rules_decide() -> None:
@@ -75,17 +74,19 @@ def test_without_the_adapter_the_keyword_rules_decide() -> None:
 
 
 def test_the_model_decides_when_confident_and_the_rules_take_over_below_the_threshold(tiny_llms: Path, edge_with_classifier: Path) -> None:
-    lm = AdapterLM.load(tiny_llms / "edge", AdapterRegistry(edge_with_classifier / "adapters"))
-    assert SERVICE_CLASS_ADAPTER in lm.cards
+    lm = AdapterLM.load(tiny_llms / "edge", AdapterRegistry(edge_with_classifier / "adapters"))  # adapters loaded: the probe reads the base
+    probe = ServiceClassProbe.load(edge_with_classifier / "adapters")
+    assert probe is not None and probe.facts["examples"] == 70 and probe.coef.shape == (len(CLASSES), lm.model.config.hidden_size)
     texts = ["watch the match live", "tell me a joke", "upload a video to youtube"]
-    trusting = ServiceClassifier(lm, min_confidence=0.0).classify(texts)
-    assert all(c.source == "edge_model" and c.service_class == c.model_class in LABELS for c in trusting)
+    trusting = ServiceClassifier(lm, probe, min_confidence=0.0).classify(texts)
+    assert all(c.source == "edge_model" and c.service_class == c.model_class in CLASSES for c in trusting)
     assert all(0 < c.confidence <= 1 for c in trusting)  # type: ignore[operator]
-    doubting = ServiceClassifier(lm, min_confidence=1.0).classify(texts)
+    assert [c.model_class for c in ServiceClassifier(AdapterLM.load(tiny_llms / "edge"), probe, 0.0).classify(texts)] == [c.model_class for c in trusting]
+    doubting = ServiceClassifier(lm, probe, min_confidence=1.0).classify(texts)
     # the rules decide where they find a class; where they find none the model's answer stands
     assert [(c.service_class, c.source) for c in doubting[::2]] == [("video", "keywords"), ("video", "keywords")]
     assert doubting[1].source == "edge_model" and doubting[1].service_class == trusting[1].service_class
-    report = evaluate_classifier(ServiceClassifier(lm, min_confidence=1.0), labelled_prompts(24, "held_out"))
+    report = evaluate_classifier(ServiceClassifier(lm, probe, min_confidence=1.0), labelled_prompts(24, "held_out"))
     assert report.examples == 24 and report.keywords == pytest.approx(sum(keyword_class(t) == k for t, k in labelled_prompts(24, "held_out")) / 24)
 
 

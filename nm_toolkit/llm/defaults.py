@@ -40,7 +40,7 @@ from nm_toolkit.llm.lora import ADAPTER_CARD, AdapterCard, AdapterRegistry, Lora
 from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.pretrained import DEFAULT_PRETRAINED, fetch_pretrained
-from nm_toolkit.llm.service_class import SERVICE_CLASS_ADAPTER, train_service_class_adapter
+from nm_toolkit.llm.service_class import PROBE_FILE, ProbeConfig, ServiceClassProbe, fit_service_class_probe
 
 EDGE_ADAPTER = "completion"
 TINY_CORPUS = CorpusConfig(user_prompts=200, intents=100, telemetry=100, contexts=100, vocabulary_repeats=1)
@@ -67,10 +67,7 @@ class BuildConfig:
     cloud_lora: LoraTrainConfig = CLOUD_LORA
     edge_examples: int = 640
     cloud_examples: int = 400
-    service_class_lora: LoraTrainConfig = field(
-        default_factory=lambda: LoraTrainConfig(rank=8, alpha=16, target_modules=PRETRAINED_TARGETS, epochs=1.0, batch_size=16, learning_rate=2e-3)
-    )
-    service_class_examples: int = 640
+    service_class_probe: ProbeConfig = ProbeConfig()
     seed: int = 0
 
 
@@ -87,8 +84,7 @@ SIZES: dict[str, BuildConfig] = {
         cloud_lora=LoraTrainConfig(rank=4, alpha=8, epochs=0.2, learning_rate=2e-3, batch_size=8, max_length=192),
         edge_examples=64,
         cloud_examples=32,
-        service_class_lora=LoraTrainConfig(rank=4, alpha=8, epochs=0.5, learning_rate=1e-2, batch_size=8),
-        service_class_examples=64,
+        service_class_probe=ProbeConfig(examples=64),
     ),
 }
 # The adapters of the default size, trained by `nmt llm build` and shipped with the package.
@@ -124,13 +120,13 @@ def build_edge(
     return card
 
 
-def build_service_class(edge_dir: Path, registry: AdapterRegistry, lora: LoraTrainConfig, examples: int, seed: int) -> AdapterCard | None:
-    """The edge's service-class adapter (:mod:`nm_toolkit.llm.service_class`) on the edge base; None
-    when it is already built with this config."""
-    fingerprint = _fingerprint({"base": edge_dir.resolve().name, "lora": asdict(lora), "examples": examples, "seed": seed})
-    if _built_with(registry, SERVICE_CLASS_ADAPTER, fingerprint):
+def build_service_class(edge_dir: Path, adapters_dir: Path, config: ProbeConfig) -> ServiceClassProbe | None:
+    """The edge's service-class probe (:mod:`nm_toolkit.llm.service_class`) on the edge base, saved
+    next to its adapters; None when it is already fitted with this config."""
+    fingerprint = _fingerprint({"base": edge_dir.resolve().name, "probe": asdict(config)})
+    if (adapters_dir / PROBE_FILE).is_file() and (found := ServiceClassProbe.load(adapters_dir)) is not None and found.facts.get("fingerprint") == fingerprint:
         return None
-    return train_service_class_adapter(edge_dir, registry, lora, examples, seed, fingerprint)
+    return fit_service_class_probe(edge_dir, adapters_dir, config, fingerprint)
 
 
 def _fingerprint(config: dict[str, object]) -> dict[str, object]:
@@ -193,8 +189,8 @@ def build_netgpt(
             _seed(prebuilt / registry, root / registry)
     on_stage("edge completion adapter")
     build_edge(built.edge_model, AdapterRegistry(built.adapters_dir), train[: config.edge_examples], replace(config.edge_init, seed=config.seed), config.edge_lora)
-    on_stage("edge service-class adapter")
-    build_service_class(built.edge_model, AdapterRegistry(built.adapters_dir), config.service_class_lora, config.service_class_examples, config.seed)
+    on_stage("edge service-class probe")
+    build_service_class(built.edge_model, built.adapters_dir, replace(config.service_class_probe, seed=config.seed))
     on_stage("cloud tenant adapters")
     build_cloud(built.cloud_model, AdapterRegistry(built.cloud_adapters_dir), train[: config.cloud_examples], store,
                 replace(config.cloud_init, seed=config.seed), config.cloud_lora)  # fmt: skip
@@ -214,9 +210,12 @@ def _link(link: Path, target: Path) -> None:
 
 
 def _seed(source: Path, registry: Path) -> None:
-    """Copy every adapter of ``source`` that ``registry`` does not have yet."""
+    """Copy every adapter of ``source`` (and its service-class probe) that ``registry`` does not have yet."""
     if not source.is_dir():
         return
-    for adapter in sorted(source.iterdir()):
-        if (adapter / ADAPTER_CARD).is_file() and not (registry / adapter.name / ADAPTER_CARD).is_file():
-            shutil.copytree(adapter, registry / adapter.name, dirs_exist_ok=True)
+    for item in sorted(source.iterdir()):
+        if (item / ADAPTER_CARD).is_file() and not (registry / item.name / ADAPTER_CARD).is_file():
+            shutil.copytree(item, registry / item.name, dirs_exist_ok=True)
+        elif item.name == PROBE_FILE and not (registry / PROBE_FILE).is_file():
+            registry.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, registry / PROBE_FILE)

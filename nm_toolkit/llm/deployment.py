@@ -12,7 +12,7 @@ from nm_toolkit.llm.context import ContextStore
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter
-from nm_toolkit.llm.service_class import SERVICE_CLASS_ADAPTER, ServiceClassifier
+from nm_toolkit.llm.service_class import ServiceClassifier, ServiceClassProbe
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,13 @@ def edge_completer(settings: Settings) -> EdgeCompleter:
     return EdgeCompleter(lm, ContextStore.load(paths.context_store), generation_limits(settings))
 
 
-def service_classifier(settings: Settings) -> ServiceClassifier:
-    """The edge service's classifier of user prompts, alone: the edge model with its service-class
-    adapter (when registered; else the keyword rules decide), at the configured confidence."""
+def service_classifier(settings: Settings, lm: AdapterLM | None = None) -> ServiceClassifier:
+    """The edge service's classifier of user prompts: the edge model (``lm``, else the configured
+    base alone) with the service-class probe fitted next to its adapters (without one the keyword
+    rules decide), at the configured confidence."""
     paths = LlmPaths.from_settings(settings)
-    registry = AdapterRegistry(paths.adapters_dir)
-    adapters = [c.name for c in registry.cards() if c.name == SERVICE_CLASS_ADAPTER]
-    lm = AdapterLM.load(paths.edge_model, registry, adapters, quantize=settings.llm.quantize_edge)
-    return ServiceClassifier(lm, min_confidence=settings.llm.service_class_confidence)
+    lm = lm or AdapterLM.load(paths.edge_model, quantize=settings.llm.quantize_edge)
+    return ServiceClassifier(lm, ServiceClassProbe.load(paths.adapters_dir), settings.llm.service_class_confidence)
 
 
 def cloud_responder(settings: Settings) -> CloudResponder:

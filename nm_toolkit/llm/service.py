@@ -41,7 +41,7 @@ from nm_toolkit.bus.runtime import FATAL_ERRORS, Emitter, Progress, Rejected, St
 from nm_toolkit.config import Settings
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.city_qa import LOCAL_KINDS, edge_answer
-from nm_toolkit.llm.deployment import LlmPaths
+from nm_toolkit.llm.deployment import LlmPaths, service_classifier
 from nm_toolkit.llm.grounding import GroundedGeneration
 from nm_toolkit.llm.lora import AdapterRegistry
 from nm_toolkit.llm.messages import AnswerRecord, CloudRequest, LoadWindow, ProbeEcho, error_answer
@@ -451,7 +451,7 @@ def edge_service(settings: Settings, completer: EdgeCompleter, registry: Adapter
         decisions_topic=settings.topics.decisions,
         registry=registry,
         adapter_budget=cfg.adapter_budget,
-        classifier=ServiceClassifier(completer.lm, min_confidence=cfg.service_class_confidence),
+        classifier=service_classifier(settings, completer.lm),
         demand_topic=settings.intent.demand_topic if settings.intent.user_demand == "edge" else None,
         intent_results_topic=settings.topics.intent_results,
     )
