@@ -40,7 +40,7 @@ from nm_toolkit.config import Settings
 from nm_toolkit.controller.engine import OpenFlowEngine
 from nm_toolkit.devtools.ovs import OpenVSwitch
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context, example_reference, expected_place, names_place
+from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context, example_reference, expected_place, names_place, personalised
 from nm_toolkit.llm.cloud_service import cloud_service
 from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
@@ -56,7 +56,7 @@ from policies.whatif import default_capacities
 
 DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement")
 # The demo site's declared budget for one edge replica (model placement picks the model that fits).
-DEMO_SITE_BUDGET = {"p95_ms": 5000.0, "memory_mb": 64.0}
+DEMO_SITE_BUDGET = {"p95_ms": 5000.0, "memory_mb": 1024.0}
 LOAD_HISTORY_DAYS = 7
 
 # What real producers get wrong; the demo sends these too, to show they are dead-lettered.
@@ -137,7 +137,7 @@ def score_answers(answers: list[dict[str, object]], asked: dict[str, CityQAExamp
     """Served where, how well (the share of the reference's facts, the right place named), and the
     bytes that crossed the edge->cloud link next to what a cloud-only deployment would send."""
     served = Counter(str(a["served_by"]) for a in answers if a.get("status") == "ok")
-    scores, places, link = [], [], 0
+    scores, places, personal, link = [], [], [], 0
     for answer in answers:
         example = asked.get(str(answer.get("request_id")))
         link += int(answer.get("bytes_edge_to_cloud", 0) or 0)
@@ -146,6 +146,8 @@ def score_answers(answers: list[dict[str, object]], asked: dict[str, CityQAExamp
         text = str(answer.get("answer") or "")
         scores.append(answer_score(text, example_reference(store, example)))
         places.append(names_place(text, expected_place(store, example)))
+        if personalised(store, example):
+            personal.append(places[-1])
     cloud_only = sum(len(cloud_only_payload(e.text, example_context(store, e))) for e in asked.values())
     return {
         "prompts": len(asked),
@@ -155,6 +157,8 @@ def score_answers(answers: list[dict[str, object]], asked: dict[str, CityQAExamp
         "errors": sum(a.get("status") != "ok" for a in answers),
         "answer_score": round(sum(scores) / len(scores), 3) if scores else 0.0,
         "place_correct": round(sum(places) / len(places), 3) if places else 0.0,
+        "personalised_prompts": len(personal),
+        "personalised_place_correct": round(sum(personal) / len(personal), 3) if personal else 0.0,
         "bytes_edge_to_cloud": link,
         "bytes_cloud_only": cloud_only,
         "bytes_saved_on_link": cloud_only - link,

@@ -171,6 +171,9 @@ SWEEP: tuple[Case, ...] = (
     Case(("model", "adapters", "--registry", "{ws}/adapters"), setup=adapter, llms=True),
     Case(("llm", "dataset", "-o", "{fresh}", "--train", "16", "--test", "4")),
     Case(("llm", "build", "--size", "tiny", "-o", "{fresh}")),
+    Case(("llm", "classify", "call grandma on facetime", "download the patch"), llms=True),
+    Case(("llm", "fetch",)),  # the checkpoint `make test` fetched: found in the model cache
+    Case(("llm", "fetch", "--model", "gpt-5"), error="choose one of"),
     Case(("llm", "build", "--size", "huge", "-o", "{fresh}"), error="choose one of"),
     Case(("llm", "complete", "find a pharmacy near me", "--location", "{cell}"), llms=True),
     Case(("llm", "complete", "find a pharmacy near me", "--location", "MI-0000"), error="nmt model init"),

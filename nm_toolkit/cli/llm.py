@@ -138,14 +138,16 @@ def fetch(
 def build(
     size: str = typer.Option("default", help="default (LoRA adapters on SmolLM2-135M-Instruct, fetched once; minutes on two CPU cores) or tiny (from-scratch models in seconds, meaningless answers)"),
     output: Path | None = typer.Option(None, "-o", "--output", help="where to build (default: state_dir/llm, where serve and cloud look)"),
+    retrain: bool = typer.Option(False, "--retrain", help="train every adapter here instead of starting from the ones the toolkit ships"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Build the toolkit's own edge and cloud models on the city task it generates (skips what is built)."""
+    """Build the edge and cloud models on the city task the toolkit generates (skips what is built;
+    the default size starts from the adapters shipped with the toolkit unless --retrain)."""
     import time
 
     from nm_toolkit.config import load_settings
     from nm_toolkit.errors import UserError
-    from nm_toolkit.llm.defaults import SIZES, build_netgpt
+    from nm_toolkit.llm.defaults import PREBUILT_DIR, SIZES, build_netgpt
 
     if size not in SIZES:
         raise UserError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
@@ -153,7 +155,8 @@ def build(
     root = output or settings.state_dir / "llm"
     started = time.perf_counter()
     with console.status("building") if not as_json else nullcontext() as status:
-        built = build_netgpt(root, SIZES[size], on_stage=lambda stage: status.update(f"building the {stage}") if status else None)
+        prebuilt = PREBUILT_DIR if SIZES[size].pretrained and not retrain else None
+        built = build_netgpt(root, SIZES[size], on_stage=lambda stage: status.update(f"building the {stage}") if status else None, prebuilt=prebuilt)
     info = {k: str(v) for k, v in asdict(built).items()} | {"size": size, "seconds": round(time.perf_counter() - started, 1)}
     emit(as_json, info, "NetGPT models", [{"what": k, "where": v} for k, v in info.items()])
     if not as_json and output is not None:
