@@ -95,3 +95,23 @@ def test_a_users_profile_changes_the_place_the_edge_suggests(smollm2: BuiltModel
     assert suggested_by_category(cell.pois, vegetarian)["restaurant"].name in veg.text
     assert nearest_by_category(cell.pois)["restaurant"].name in other.text
     assert "vegetarian" not in veg.text and "student" not in veg.text
+
+
+@pytest.mark.slow
+def test_nmt_llm_classify_on_the_pretrained_edge_says_who_decided(smollm2: BuiltModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classifier the edge service runs, from the command line: SmolLM2's states through the
+    shipped probe, the keyword rules below the confidence threshold."""
+    from typer.testing import CliRunner
+
+    from nm_toolkit.cli import app
+
+    monkeypatch.setenv("NMT_LLM__EDGE_MODEL", str(smollm2.edge_model))
+    monkeypatch.setenv("NMT_LLM__ADAPTERS_DIR", str(smollm2.adapters_dir))
+    monkeypatch.setenv("NMT_LLM__SERVICE_CLASS_CONFIDENCE", "0")  # the model decides every request
+    texts = ["facetime my mum", "download the new game", "thanks a lot!"]
+    result = CliRunner().invoke(app, ["llm", "classify", *texts, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["text"] for r in rows] == texts and all(r["decided_by"] == "edge_model" for r in rows)
+    assert [r["service_class"] for r in rows] == ["voice", "bulk_download", None]
+    assert all(0 < r["confidence"] <= 1 for r in rows)
