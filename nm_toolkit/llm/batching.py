@@ -50,11 +50,15 @@ class BatcherConfig:
 
     ``max_batch_size`` bounds the rows decoded together (memory and the per-step latency every row
     pays); ``max_prefill`` bounds the newcomers prefilled in one step, so that a burst of arrivals
-    stalls the rows already decoding for at most one prefill of that many prompts.
+    stalls the rows already decoding for at most one prefill of that many prompts; ``max_context``
+    bounds the tokens a row holds (prompt and answer), capped at the model's own context: the KV
+    slab has a column per token for every row, and a pretrained LLaMA's 8,192 positions would
+    make it gigabytes (SmolLM2-135M, 32 rows: 6 GB).
     """
 
     max_batch_size: int = 32
     max_prefill: int = 8
+    max_context: int = 1024
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ class ContinuousBatcher:
         base = lm.model.get_base_model() if self._peft else lm.model
         self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"  # transformers >= 5.2x
         cfg = base.config
-        self._context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024)
+        self._context = min(config.max_context, getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
         self._eos = lm.tokenizer.eos_token_id
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._waiting: deque[_Request] = deque()

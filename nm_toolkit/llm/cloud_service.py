@@ -101,7 +101,8 @@ class CloudService(StreamService):
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
         self.max_poll_records = max_batch
-        self.batcher_config = BatcherConfig(max_batch_size=2 * max_batch, max_prefill=max_batch)
+        limits = responder.limits
+        self.batcher_config = BatcherConfig(max_batch_size=2 * max_batch, max_prefill=max_batch, max_context=limits.max_input_tokens + limits.max_new_tokens)
         self.counters = CloudServiceStats()
         self._batcher: ContinuousBatcher | None = None
         self._queues: dict[TopicPartition, deque[_Entry]] = {}
