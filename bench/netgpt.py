@@ -47,7 +47,6 @@ from nm_toolkit.llm.city_qa import (
     TENANTS,
     CityQAExample,
     answer_score,
-    build_city_qa_dataset,
     context_question,
     edge_answer,
     example_context,
@@ -55,6 +54,7 @@ from nm_toolkit.llm.city_qa import (
     expected_place,
     names_place,
     personalised,
+    personalised_examples,
     short_question,
     train_cloud_adapters,
 )
@@ -140,8 +140,7 @@ def main() -> int:
     built = ensure_models(work, args.models, train, store)
     if args.only_train:
         return 0
-    _, extra = build_city_qa_dataset(store, 0, 40 * args.personalised, seed=size.seed + 7)
-    test = held_out + [e for e in extra if personalised(store, e)][: args.personalised]
+    test = held_out + personalised_examples(store, args.personalised, seed=size.seed + 7)
     is_personal = [personalised(store, e) for e in test]
 
     edge_lm = AdapterLM.load(built.edge_model, AdapterRegistry(built.adapters_dir), [EDGE_ADAPTER], quantize=args.quantize_edge)

@@ -40,7 +40,16 @@ from nm_toolkit.config import Settings
 from nm_toolkit.controller.engine import OpenFlowEngine
 from nm_toolkit.devtools.ovs import OpenVSwitch
 from nm_toolkit.errors import UserError
-from nm_toolkit.llm.city_qa import CityQAExample, answer_score, example_context, example_reference, expected_place, names_place, personalised
+from nm_toolkit.llm.city_qa import (
+    CityQAExample,
+    answer_score,
+    example_context,
+    example_reference,
+    expected_place,
+    names_place,
+    personalised,
+    personalised_examples,
+)
 from nm_toolkit.llm.cloud_service import cloud_service
 from nm_toolkit.llm.completion_data import cloud_only_payload
 from nm_toolkit.llm.context import ContextStore
@@ -56,7 +65,10 @@ from policies.whatif import default_capacities
 
 DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement")
 # The demo site's declared budget for one edge replica (model placement picks the model that fits).
-DEMO_SITE_BUDGET = {"p95_ms": 5000.0, "memory_mb": 1024.0}
+DEMO_SITE_BUDGET = {"p95_ms": 30000.0, "memory_mb": 1024.0}
+# The demo sends its prompts at once, 96 users in the same second; on two CPU cores the last of them
+# is answered minutes later, which llm.request_timeout_s (30 s) would turn into errors.
+DEMO_PROMPT_TIMEOUT_S = 900.0
 LOAD_HISTORY_DAYS = 7
 
 # What real producers get wrong; the demo sends these too, to show they are dead-lettered.
@@ -81,6 +93,7 @@ class CityDayConfig:
     cells: int = 24
     days: int = 14
     prompts: int = 96
+    personalised: int = 12  # of the prompts, requests whose user's profile changes the place
     seed: int = 7
     headroom: float = 1.15  # a target's capacity: this x its busiest observed hour
     network: pd.DataFrame | None = None  # replay this wide frame instead of synthetic cells
@@ -104,10 +117,13 @@ class CityDayReport:
 
 def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
     """``settings`` with the demo's models and every NetGPT policy on; model placement chooses
-    for the demo site among the demo's edge model's measured variants, unless configured."""
+    for the demo site among the demo's edge model's measured variants, unless configured. The
+    demo's prompts arrive in one burst, so each may wait up to :data:`DEMO_PROMPT_TIMEOUT_S` for
+    its turn (a live user's deadline is ``llm.request_timeout_s``)."""
     llm = settings.llm.model_copy(update={
         "edge_model": built.edge_model, "cloud_model": built.cloud_model, "adapters_dir": built.adapters_dir,
         "cloud_adapters_dir": built.cloud_adapters_dir, "context_store": built.context_store,
+        "request_timeout_s": max(settings.llm.request_timeout_s, DEMO_PROMPT_TIMEOUT_S),
     })  # fmt: skip
     policy = settings.policy.model_copy(update={"enabled": list(DEMO_POLICIES)})
     placement = {"candidates": [str(built.edge_model)], "sites": {llm.edge_site: DEMO_SITE_BUDGET}}
@@ -218,8 +234,10 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     replay_frame(producer, settings.topics.telemetry, load, None)
 
     on_stage("measuring the edge model's serving cost (first run only)")
-    _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts)
+    personal = min(config.personalised, config.prompts // 4)
+    _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts - personal)
     store = ContextStore.load(built.context_store)
+    held_out += personalised_examples(store, personal, seed=config.seed)
     if not set(VARIANTS) <= set(read_profiles(built.edge_model)):
         profile_edge(settings, requests=16)
 

@@ -215,6 +215,13 @@ def personalised(store: ContextStore, example: CityQAExample) -> bool:
     return expected_place(store, example) != nearest_by_category(store.cells[example.cell].pois)[example.category]
 
 
+def personalised_examples(store: ContextStore, count: int, seed: int) -> list[CityQAExample]:
+    """``count`` held-out requests (held-out districts and phrasings) whose user's profile changes
+    the place, drawn with ``seed``: a few percent of requests are, too few to score on their own."""
+    _, drawn = build_city_qa_dataset(store, 0, 40 * count, seed=seed)
+    return [e for e in drawn if personalised(store, e)][:count]
+
+
 def example_reference(store: ContextStore, example: CityQAExample, tenant: str | None = None) -> Reference:
     """The reference of ``example`` (in ``tenant``'s style, default its own tenant)."""
     return reference_answer(example.kind, example.category, expected_place(store, example), example.time_of_day, tenant or example.tenant)
