@@ -234,10 +234,10 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     replay_frame(producer, settings.topics.telemetry, load, None)
 
     on_stage("measuring the edge model's serving cost (first run only)")
-    personal = min(config.personalised, config.prompts // 4)
-    _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts - personal)
     store = ContextStore.load(built.context_store)
-    held_out += personalised_examples(store, personal, seed=config.seed)
+    personal = personalised_examples(store, min(config.personalised, config.prompts // 4), seed=config.seed)
+    _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts - len(personal))
+    held_out += personal
     if not set(VARIANTS) <= set(read_profiles(built.edge_model)):
         profile_edge(settings, requests=16)
 
