@@ -3,11 +3,11 @@ with LoRA adapters trained on the city task the toolkit generates.
 
 :func:`build_netgpt` lays out what the edge and cloud services load (the paths of
 :class:`~nm_toolkit.llm.deployment.LlmPaths`): a synthetic city (the edge's context store), the
-edge model with its completion adapter (LoRA on the two-kind completed prompts of
-:mod:`nm_toolkit.llm.city_qa`) and its service-class adapter, and the cloud model with one adapter
-per tenant. The default size (:data:`SIZES`) puts both on SmolLM2-135M-Instruct, fetched from the
-package index (:mod:`nm_toolkit.llm.pretrained`); the edge serves it int8-quantised and only ranks
-grounded candidates, the cloud generates with it in float. The ``tiny`` size pre-trains two
+edge model with its completion adapter (LoRA on the request sentences of
+:mod:`nm_toolkit.llm.city_qa`'s completed prompts) and its service-class probe, and the cloud model
+with one adapter per tenant. The default size (:data:`SIZES`) puts both on SmolLM2-135M-Instruct,
+fetched from the package index (:mod:`nm_toolkit.llm.pretrained`); the edge only ranks grounded
+candidates with it, the cloud generates. The ``tiny`` size pre-trains two
 from-scratch models of a few hundred thousand parameters in seconds, for tests.
 
 Each piece is skipped when it is already built with the same configuration, so a second run is
@@ -124,7 +124,7 @@ def build_service_class(edge_dir: Path, adapters_dir: Path, config: ProbeConfig)
     """The edge's service-class probe (:mod:`nm_toolkit.llm.service_class`) on the edge base, saved
     next to its adapters; None when it is already fitted with this config."""
     fingerprint = _fingerprint({"base": edge_dir.resolve().name, "probe": asdict(config)})
-    if (adapters_dir / PROBE_FILE).is_file() and (found := ServiceClassProbe.load(adapters_dir)) is not None and found.facts.get("fingerprint") == fingerprint:
+    if (found := ServiceClassProbe.load(adapters_dir)) is not None and found.facts.get("fingerprint") == fingerprint:
         return None
     return fit_service_class_probe(edge_dir, adapters_dir, config, fingerprint)
 
