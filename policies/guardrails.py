@@ -3,13 +3,16 @@
 Rules, in the order they run:
 
 1. ``tenant``     a decision made for a tenant (from its intent) may only touch that tenant's
-                  targets (``controller.guardrails.tenants``).
+                  targets (``controller.guardrails.tenants``); the network's own operators
+                  (``operator_tenants``, the tenant of intents that name none) may touch any.
 2. ``capacity``   no reservation above the capacity of its link or cell.
 3. ``block_all``  no deny rule without a narrowing match field: it would drop all traffic.
 4. ``controller`` no deny rule that can match the controller's own OpenFlow channel.
 5. ``conflict``   two decisions for the same slot (same target and match, same kind family):
-                  the higher priority wins (ties: the newer); the loser is rejected or, when it
-                  is already applied, reported as superseded.
+                  the higher priority wins; a tie keeps the decision in force (between two new
+                  ones, the newer wins), so an equal copy never displaces what the switch already
+                  carries out. The loser is rejected or, when it is already applied, reported as
+                  superseded.
 6. ``rate``       at most ``max_changes_per_minute`` changes in any sliding minute; refreshes of
                   decisions already in force and dry runs are not changes. Higher priorities
                   are admitted first.
@@ -24,7 +27,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nm_toolkit.config import GuardrailSettings
-from nm_toolkit.schemas import Acl, Decision, PlaceAdapter, PlaceModel, QosQueue, RateLimit, Reroute, Reservation, ScaleCompute
+from nm_toolkit.schemas import (
+    Acl,
+    Decision,
+    PlaceAdapter,
+    PlaceModel,
+    QosQueue,
+    RateLimit,
+    Reroute,
+    Reservation,
+    ScaleCompute,
+)
 
 Rule = str
 _NARROWING = {"in_port", "eth_src", "eth_dst", "vlan_vid", "ip_proto", "ipv4_src", "ipv4_dst",
@@ -88,7 +101,7 @@ class Guardrails:
 
     # -- rules 1-4: one decision at a time -------------------------------------------------------
     def _static_problem(self, decision: Decision) -> tuple[Rule, str] | None:
-        if decision.tenant is not None:
+        if decision.tenant is not None and decision.tenant not in self.settings.operator_tenants:
             owned = self.settings.tenants.get(decision.tenant)
             if owned is None:
                 return "tenant", f"tenant {decision.tenant!r} is not configured under controller.guardrails.tenants"
@@ -152,7 +165,7 @@ class Guardrails:
                 winners[slot] = decision
                 kept[decision.id] = decision
                 continue
-            if _outranks(decision, incumbent):
+            if _outranks(decision, incumbent, applied):
                 winner, loser = decision, incumbent
                 winners[slot] = decision
                 kept[decision.id] = decision
@@ -205,8 +218,16 @@ def slot_of(decision: Decision) -> tuple[object, ...]:
     raise TypeError(f"unknown decision kind {decision.kind}")
 
 
-def _outranks(challenger: Decision, incumbent: Decision) -> bool:
-    return (challenger.priority, challenger.created_at) > (incumbent.priority, incumbent.created_at)
+def _outranks(challenger: Decision, incumbent: Decision, applied: Mapping[str, Decision]) -> bool:
+    """Higher priority wins. At equal priority what is in force stays (withdrawing it for an equal
+    decision would only remove and re-install the same flows every round); between two decisions
+    not in force, the newer wins."""
+    if challenger.priority != incumbent.priority:
+        return challenger.priority > incumbent.priority
+    incumbent_in_force = incumbent.idempotency_key in applied
+    if incumbent_in_force != (challenger.idempotency_key in applied):
+        return not incumbent_in_force
+    return challenger.created_at > incumbent.created_at
 
 
 def same_effect(a: Decision, b: Decision) -> bool:

@@ -109,6 +109,25 @@ def test_a_new_decision_supersedes_an_applied_lower_priority_one() -> None:
     assert not report.accepted and rules(report) == {"cap": "conflict"}
 
 
+def test_an_equal_decision_never_displaces_the_one_in_force_round_after_round() -> None:
+    """Two identical intents make two equal-priority decisions for one slot every round: the one
+    the switch carries out stays, whatever order or age the fresh copies arrive in."""
+    in_force = acl("first", tcp_dst=22)
+    applied = {"first": in_force}
+    rails = guardrails(max_changes_per_minute=1000)
+    for round_ in range(1, 11):
+        at = NOW + timedelta(minutes=round_)
+        refresh = in_force.model_copy(update={"created_at": at})
+        duplicate = acl("second", tcp_dst=22).model_copy(update={"created_at": at + timedelta(seconds=1)})
+        for batch in ([refresh, duplicate], [duplicate, refresh]):
+            report = rails.check(batch, applied)
+            assert report.accepted == [refresh]
+            assert report.superseded == [] and rules(report) == {"second": "conflict"}
+    # Between two decisions neither of which is in force, the newer still wins.
+    report = rails.check([acl("a", tcp_dst=22), acl("b", tcp_dst=22).model_copy(update={"created_at": NOW + timedelta(seconds=1)})])
+    assert [d.idempotency_key for d in report.accepted] == ["b"]
+
+
 def test_an_intent_may_only_touch_its_own_tenants_targets() -> None:
     rails = guardrails(tenants={"acme": ["cell-1"], "globex": ["cell-2"]})
     mine = QosQueue(idempotency_key="a", policy="t", target="cell-1", reason="t", queue_id=2,
