@@ -10,10 +10,13 @@ its own model and publishes their intents and demand the same way, :mod:`nm_tool
   windows it into per-location, per-service demand series (see :mod:`intent.demand`);
 - an operator text (``{"request_id", "text", "tenant"?}`` or plain UTF-8 text) is parsed by the
   trained extractor, compiled to Nile, checked against every intent accepted before, and answered
-  on ``topics.intent_results`` as accepted, conflicting (with the intents it conflicts with) or
-  needing clarification. An accepted intent with a switch-level meaning (allow, block, a bandwidth
+  on ``topics.intent_results`` as accepted, conflicting (with the intents it conflicts with),
+  a duplicate (of an accepted intent of the same tenant with the same Nile program: nothing new is
+  put in force) or needing clarification. An accepted intent with a switch-level meaning (allow, block, a bandwidth
   cap) also goes to ``topics.intents`` as a :class:`~policies.intents.NetworkIntent`, keyed by its
-  id: the table of intents in force that the decision stage (``nmt controller run``) reads.
+  id: the table of intents in force that the decision stage (``nmt controller run``) reads;
+- a retraction (``{"request_id", "retract": true}``) takes an accepted intent out of force: a null
+  value (tombstone) under its id on ``topics.intents``, and ``retracted`` on the results topic.
 
 Both are stream services on :mod:`nm_toolkit.bus.runtime`, run side by side by
 :func:`intent_runners`.
@@ -56,7 +59,14 @@ from intent.user import service_class, user_intent
 from nm_toolkit.bus import Bus, Message, TopicPartition
 from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.deadletter import message_origin
-from nm_toolkit.bus.runtime import Emitter, Rejected, StreamRunner, StreamService, Topic, object_json
+from nm_toolkit.bus.runtime import (
+    Emitter,
+    Rejected,
+    StreamRunner,
+    StreamService,
+    Topic,
+    object_json,
+)
 from nm_toolkit.config import IntentServiceSettings, Settings
 from nm_toolkit.errors import UserError, validation_reason
 from nm_toolkit.eventtime import EventTimeBounds
@@ -83,8 +93,9 @@ class OperatorMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: Identifier
-    text: str
+    text: str = ""
     tenant: Identifier | None = None
+    retract: bool = Field(default=False, description="take the accepted intent with this request_id out of force")
 
 
 class IntentConflict(BaseModel):
@@ -100,11 +111,12 @@ class IntentRecord(BaseModel):
 
     request_id: str
     source: Literal["user", "operator"]
-    status: Literal["inferred", "accepted", "conflicting", "needs_clarification"]
+    status: Literal["inferred", "accepted", "conflicting", "duplicate", "needs_clarification", "retracted"]
     intent: IntentResult
     tenant: str | None = None
     nile: str | None = Field(default=None, description="Nile program text of an operator intent")
     conflicts: list[IntentConflict] = Field(default_factory=list)
+    duplicate_of: str | None = Field(default=None, description="the accepted intent a duplicate re-states")
     event_time: UtcDatetime
     origin: str = Field(description="topic/partition/offset of the message it came from")
     inferred_by: Literal["keywords", "edge_model"] | None = Field(
@@ -136,6 +148,8 @@ class IntentServiceStats:
     user_intents: int = 0
     accepted: int = 0
     conflicting: int = 0
+    duplicates: int = 0
+    retracted: int = 0
     clarifications: int = 0
     replayed: int = 0
     dead_letters: int = 0
@@ -216,8 +230,10 @@ class IntentService(StreamService):
             try:
                 if message.topic == self.prompts.name:
                     demand += self._prompt(message, out)
+                elif (request := self._operator_message(message)).retract:
+                    self._retract(message, request, out)
                 else:
-                    operator.append((message, self._operator_message(message)))
+                    operator.append((message, request))
             except Rejected as exc:
                 self._dead_letter(message, exc, out)
         self._send_demand(demand, out)
@@ -250,6 +266,17 @@ class IntentService(StreamService):
         if network is not None:
             out.send(self.intents_topic, network, network.id)
             self.counters.network_intents += 1
+
+    def _retract(self, message: Message, request: OperatorMessage, out: Emitter) -> None:
+        """Take an accepted intent out of force: a tombstone under its id in the intents table."""
+        record = self.accepted.pop(request.request_id, None)
+        if record is None:
+            raise Rejected(f"no accepted intent has request_id {request.request_id!r}: retract one answered 'accepted' on the results topic")
+        self._unsaved = True
+        self.counters.retracted += 1
+        out.send(self.intents_topic, None, record.request_id)
+        retracted = record.model_copy(update={"status": "retracted", "event_time": broker_time(message), "origin": message_origin(message)})
+        out.send(self.results_topic, retracted, record.request_id)
 
     def checkpoint(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Store every accepted intent, oldest first, once newly accepted ones are flushed
@@ -299,6 +326,8 @@ class IntentService(StreamService):
             request = OperatorMessage.model_validate(data)
         except ValidationError as exc:
             raise Rejected(f"invalid operator intent message: {validation_reason(exc, limit=1)}") from exc
+        if request.retract:
+            return request
         return request.model_copy(update={"text": self._checked_text(request.text)})
 
     def _operator_record(
@@ -317,6 +346,11 @@ class IntentService(StreamService):
         if isinstance(result, NeedsClarification):
             self.counters.clarifications += 1
             return IntentRecord(status="needs_clarification", intent=result.model_copy(update={"request_id": request.request_id}), **common)
+        nile = compile_nile(result)
+        same = next((rid for rid, prior in self.accepted.items() if prior.nile == nile and prior.tenant == request.tenant), None)
+        if same is not None:
+            self.counters.duplicates += 1
+            return IntentRecord(status="duplicate", intent=result, nile=nile, duplicate_of=same, **common)
         conflicts = [
             IntentConflict(request_id=rid, nile=prior.nile or "", reason=reason)
             for rid, prior in self.accepted.items()
@@ -327,7 +361,7 @@ class IntentService(StreamService):
         else:
             self.counters.accepted += 1
         status = "conflicting" if conflicts else "accepted"
-        return IntentRecord(status=status, intent=result, nile=compile_nile(result), conflicts=conflicts, **common)
+        return IntentRecord(status=status, intent=result, nile=nile, conflicts=conflicts, **common)
 
     def _dead_letter(self, message: Message, exc: Rejected, out: Emitter) -> None:
         self.counters.dead_letters += 1

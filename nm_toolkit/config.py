@@ -7,8 +7,6 @@ working directory, or the path in ``NMT_CONFIG``), and ``NMT_*`` environment var
 
 from __future__ import annotations
 
-from nm_toolkit.errors import UserError
-
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -21,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from nm_toolkit.errors import UserError
 
 DEFAULT_CONFIG_FILE = "nmt.toml"
 _explicit_config: ContextVar[Path | None] = ContextVar("nmt_config_file", default=None)
@@ -78,6 +78,12 @@ class TopicSettings(BaseModel):
         default="nmt.intents.results", description="the intent service's answer to every prompt and operator text"
     )
     operator_intents: str = "nmt.intents.operator"
+
+    def tables(self) -> list[str]:
+        """The changelog topics whose latest value per key is the state (forecasts per series,
+        intents in force, decisions by key): created compacted, so that what is in force outlives
+        the broker's retention and a null value (tombstone) retracts it."""
+        return [self.forecasts, self.intents, self.decisions]
 
 
 class CollectorSettings(BaseModel):
@@ -155,6 +161,10 @@ class GuardrailSettings(BaseModel):
     )
     tenants: dict[str, list[str]] = Field(
         default_factory=dict, description="tenant -> the targets its intents may touch"
+    )
+    operator_tenants: list[str] = Field(
+        default_factory=lambda: ["operator"],
+        description="tenants with authority over every target: the network's own operators (intent.default_tenant)",
     )
 
 

@@ -211,6 +211,7 @@ class DecisionBase(BaseModel):
     created_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
     dry_run: bool = False
     tenant: str | None = None
+    intent_id: str | None = Field(default=None, description="the operator intent it carries out: withdrawn once that intent is retracted")
 
 
 class RateLimit(DecisionBase):

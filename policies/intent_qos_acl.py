@@ -30,6 +30,7 @@ class IntentQosAclPolicy(Policy):
             **self.stamp(context, intent.tenant, intent.id),
             "target": intent.target,
             "tenant": intent.tenant,
+            "intent_id": intent.id,
             "priority": intent.priority,
             "ttl_seconds": intent.ttl_seconds,
             "reason": f"intent {intent.id} of tenant {intent.tenant}: {intent.text or intent.action}",

@@ -71,16 +71,16 @@ def test_scale_compute_decisions_start_and_stop_edge_replicas_in_one_group(
 
     try:
         assert until(lambda: service.counters.running_replicas == 1 and members(kafka_bootstrap, group) == 1)
-        producer.send(settings.topics.decisions, scale(2, site))
-        producer.send(settings.topics.decisions, scale(3, "another-site"))
-        producer.send(settings.topics.decisions, scale(4, site, dry_run=True))
+        producer.send(settings.topics.decisions, scale(2, site), b"scale")  # keyed: the decisions topic is compacted
+        producer.send(settings.topics.decisions, scale(3, "another-site"), b"scale")
+        producer.send(settings.topics.decisions, scale(4, site, dry_run=True), b"scale")
         producer.flush()
         assert until(lambda: service.counters.running_replicas == 2 and members(kafka_bootstrap, group) == 2)
         assert service.counters.decisions_applied == 1
         # a replica that dies is started again
-        service._processes[1].send_signal(signal.SIGKILL)  # noqa: SLF001
+        service._processes[1].send_signal(signal.SIGKILL)
         assert until(lambda: service.counters.restarted == 1 and service.counters.running_replicas == 2)
-        producer.send(settings.topics.decisions, scale(1, site))
+        producer.send(settings.topics.decisions, scale(1, site), b"scale")
         producer.flush()
         assert until(lambda: service.counters.running_replicas == 1 and members(kafka_bootstrap, group) == 1)
         assert service.counters.stopped == 1

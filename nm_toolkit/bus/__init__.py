@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from nm_toolkit.bus.base import Bus, Consumer, DeliveryFailed, Message, Producer, TopicPartition
+from nm_toolkit.bus.base import (
+    Bus,
+    Consumer,
+    DeliveryFailed,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from nm_toolkit.bus.embedded import EmbeddedBus
 from nm_toolkit.config import Settings
 
@@ -20,6 +27,7 @@ def bus_from_settings(settings: Settings) -> Bus:
             session_timeout_ms=settings.bus.session_timeout_ms,
             heartbeat_interval_ms=settings.bus.heartbeat_interval_ms,
             group_instance_id=settings.bus.group_instance_id,
+            compacted_topics=settings.topics.tables(),
         )
     bus = EmbeddedBus(settings.bus.default_partitions)
     bus.max_message_bytes = settings.bus.max_message_bytes

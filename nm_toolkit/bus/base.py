@@ -50,8 +50,10 @@ class Producer(ABC):
 
     @abstractmethod
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> None: ...
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Queue ``value`` for ``topic``; None is a tombstone (on a compacted table topic it deletes
+        ``key``; consumers read it as an empty message)."""
 
     @abstractmethod
     def flush(self, timeout_s: float | None = None) -> None: ...
@@ -153,5 +155,5 @@ class Bus(ABC):
         ``on_assign`` and ``on_revoke`` may run on the client's own IO thread (kafka-python 3):
         they must not block on the bus (no commit, no flush); seeking is fine."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release shared resources; producers and consumers are closed by their owners."""

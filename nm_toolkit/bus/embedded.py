@@ -69,14 +69,14 @@ class EmbeddedBus(Bus):
             return [m for log in self._ensure(topic) for m in log]
 
     # -- producing ------------------------------------------------------------------------
-    def _append(self, topic: str, value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+    def _append(self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
         with self._cond:
             log = self._ensure(topic)
             self._unkeyed += key is None
             partition = partition_for(key, len(log), self._unkeyed)
             part = log[partition]
             part.append(
-                Message(topic, partition, len(part), key, value, int(time.time() * 1000), tuple(headers))
+                Message(topic, partition, len(part), key, value or b"", int(time.time() * 1000), tuple(headers))
             )
             self._cond.notify_all()
 
@@ -131,10 +131,10 @@ class _EmbeddedProducer(Producer):
     def __init__(self, bus: EmbeddedBus, transactional: bool = False) -> None:
         self._bus = bus
         self._transactional = transactional
-        self._held: list[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        self._held: list[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         if self._transactional:
             self._held.append((topic, value, key, headers))

@@ -6,8 +6,6 @@ auto-commit, so the services that use them commit only after their work is appli
 
 from __future__ import annotations
 
-from nm_toolkit.errors import UserError
-
 import logging
 import time
 import uuid
@@ -15,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -29,6 +27,7 @@ from nm_toolkit.bus.base import (
     Producer,
     TopicPartition,
 )
+from nm_toolkit.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,11 @@ class KafkaBus(Bus):
         session_timeout_ms: int = 6_000,
         heartbeat_interval_ms: int = 2_000,
         group_instance_id: str | None = None,
+        compacted_topics: Iterable[str] = (),
     ) -> None:
+        """``compacted_topics``: table topics, created (or switched to) ``cleanup.policy=compact``."""
         self.bootstrap_servers = bootstrap_servers
+        self.compacted_topics = frozenset(compacted_topics)
         self.client_id = client_id
         self.default_partitions = default_partitions
         self.max_message_bytes = max_message_bytes
@@ -88,9 +90,10 @@ class KafkaBus(Bus):
         admin = self._admin()
         try:
             existing = set(admin.list_topics())
+            wanted = list(dict.fromkeys(names))
             new = [
-                NewTopic(name, partitions or self.default_partitions, 1)
-                for name in dict.fromkeys(names)
+                NewTopic(name, partitions or self.default_partitions, 1, topic_configs=self._topic_configs(name))
+                for name in wanted
                 if name not in existing
             ]
             if new:
@@ -98,8 +101,25 @@ class KafkaBus(Bus):
                     admin.create_topics(new)
                 except TopicAlreadyExistsError:
                     log.debug("topics created concurrently: %s", [t.name for t in new])
+            self._compact_existing(admin, [n for n in wanted if n in self.compacted_topics])
         finally:
             admin.close()
+
+    def _topic_configs(self, name: str) -> dict[str, str]:
+        return {"cleanup.policy": "compact"} if name in self.compacted_topics else {}
+
+    @staticmethod
+    def _compact_existing(admin: KafkaAdminClient, names: list[str]) -> None:
+        """Switch table topics created before they were declared compacted (an upgrade, or another
+        client that created one first), leaving their other settings alone."""
+        if not names:
+            return
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])  # non-default settings
+        topics: dict[str, dict[str, dict[str, object]]] = next(iter(described.values()), {})
+        stale = [name for name in names if topics.get(name, {}).get("cleanup.policy", {}).get("value") != "compact"]
+        if stale:
+            log.warning("switching table topics %s to cleanup.policy=compact", stale)
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": "compact"}) for n in stale], incremental=True)
 
     def producer(self, transactional_group: str | None = None) -> Producer:
         settings: dict[str, object] = dict(
@@ -177,7 +197,7 @@ class KafkaBusProducer(Producer):
         self._failures.append(f"{topic}: {type(exc).__name__}: {exc}")
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=list(headers) or None)
@@ -211,7 +231,7 @@ class KafkaBusTransactionalProducer(KafkaBusProducer):
             self._open = True
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         try:
             self._begin()
@@ -230,7 +250,7 @@ class KafkaBusTransactionalProducer(KafkaBusProducer):
         if offsets:
             self._producer.send_offsets_to_transaction(
                 {KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
-                consumer._consumer.group_metadata(),  # noqa: SLF001 - same adapter
+                consumer._consumer.group_metadata(),
             )
         self._producer.commit_transaction()
         self._open = False
@@ -320,7 +340,7 @@ class KafkaBusConsumer(Consumer):
     def position(self, partition: TopicPartition) -> int | None:
         # consumer.position() may block on the coordinator; the subscription state never does.
         try:
-            state = self._consumer._subscription.position(KafkaTopicPartition(*partition))  # noqa: SLF001
+            state = self._consumer._subscription.position(KafkaTopicPartition(*partition))
         except (AttributeError, KeyError):
             return None
         return None if state is None else int(state.offset)
@@ -329,8 +349,8 @@ class KafkaBusConsumer(Consumer):
         # kafka-python has no public probe; read (without side effects) whether the group
         # coordinator is known and connected. If its internals ever change, assume healthy.
         try:
-            node = self._consumer._coordinator.coordinator_id  # noqa: SLF001
-            return node is not None and bool(self._consumer._client.connected(node))  # noqa: SLF001
+            node = self._consumer._coordinator.coordinator_id
+            return node is not None and bool(self._consumer._client.connected(node))
         except AttributeError:
             return True
 

@@ -138,10 +138,11 @@ class Emitter:
     def send(
         self,
         topic: str | Topic[ModelT],
-        value: bytes | BaseModel,
+        value: bytes | BaseModel | None,
         key: bytes | str | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
+        """Send ``value`` (None: a tombstone, which deletes ``key`` from a table topic)."""
         name = topic if isinstance(topic, str) else topic.name
         data = value.model_dump_json().encode() if isinstance(value, BaseModel) else value
         self._runner.producer.send(name, data, key.encode() if isinstance(key, str) else key, headers)
@@ -358,7 +359,7 @@ class StreamRunner:
             if len(messages) == 1:
                 self.emitter.dead_letter(messages[0], exc.errors)
                 return
-        except Exception:  # noqa: BLE001 - find the message that broke it, below
+        except Exception:
             log.exception("%s failed on a batch of %d; retrying one by one", self.service.name, len(messages))
         for message in messages:  # services skip messages they already applied (offset checks)
             try:
@@ -367,7 +368,7 @@ class StreamRunner:
                 raise
             except Rejected as exc:
                 self.emitter.dead_letter(message, exc.errors)
-            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the service
+            except Exception as exc:
                 self.stats.handler_errors += 1
                 log.exception("%s could not handle %s/%d/%d", self.service.name, *message.topic_partition, message.offset)
                 self.emitter.dead_letter(message, f"{self.service.name} failed on it: {type(exc).__name__}: {exc}")

@@ -60,6 +60,7 @@ class DecisionStats:
 
     forecasts_read: int = 0
     intents_read: int = 0
+    tombstones_read: int = 0
     rounds: int = 0
     decisions_accepted: int = 0
     decisions_rejected: int = 0
@@ -104,7 +105,11 @@ class DecisionService(StreamService):
     def handle(self, messages: Sequence[Message], out: Emitter) -> None:
         for message in messages:
             try:
-                if message.topic == self.forecast_topic.name:
+                if not message.value and message.key is not None:  # a tombstone: the key leaves the table
+                    table = self.forecasts if message.topic == self.forecast_topic.name else self.intents
+                    table.pop(message.key.decode("utf-8", "replace"), None)
+                    self.counters.tombstones_read += 1
+                elif message.topic == self.forecast_topic.name:
                     forecast = self.forecast_topic.decode(message)
                     self.forecasts[forecast.series_id] = forecast
                     self.counters.forecasts_read += 1

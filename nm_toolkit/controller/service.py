@@ -99,16 +99,19 @@ class DecisionController:
             targets=self.settings.controller.targets,
         )
         runs = evaluate_policies(self.policies, context, self.settings.controller.policy_time_budget_seconds)
-        report = self.apply([d for run in runs if run.status == "ok" for d in run.decisions])
+        in_force_ids = {i.id for i in intents}
+        retracted = [k for k, d in context.applied.items() if d.intent_id is not None and d.intent_id not in in_force_ids]
+        report = self.apply([d for run in runs if run.status == "ok" for d in run.decisions], retracted)
         report.runs = runs
         return report
 
-    def apply(self, decisions: Sequence[Decision]) -> RoundReport:
-        """Guardrails, then every adapter; superseded decisions are withdrawn."""
+    def apply(self, decisions: Sequence[Decision], retracted: Sequence[str] = ()) -> RoundReport:
+        """Guardrails, then every adapter; superseded decisions, and the ``retracted`` ones (keys of
+        decisions whose intent is no longer in force), are withdrawn."""
         report = RoundReport(guardrails=self.guardrails.check(decisions, self.in_force))
         for rejection in report.guardrails.rejected:
             log.warning("guardrail %s rejected %s: %s", rejection.rule, rejection.decision.idempotency_key, rejection.reason)
-        superseded = [d.idempotency_key for d in report.guardrails.superseded if not d.dry_run]
+        superseded = [d.idempotency_key for d in report.guardrails.superseded if not d.dry_run] + list(retracted)
         for adapter in self.adapters:
             if superseded:
                 report.withdrawn.extend(adapter.withdraw(superseded))

@@ -15,7 +15,9 @@ KIND_HEADER = "nmt.decision.kind"
 
 
 class DecisionTopicAdapter(ControllerAdapter):
-    """Publish each decision as JSON keyed by its target (one target's decisions stay in order).
+    """Publish each decision as JSON keyed by its idempotency key: the decisions topic is a
+    compacted table whose latest value per key is the decision in force, and a withdrawn one is a
+    tombstone (a null value) under its key.
 
     The topic carries changes: a decision that re-states one published before is sent again
     only once half of that one's TTL has passed, so readers see it extended before it lapses.
@@ -46,12 +48,20 @@ class DecisionTopicAdapter(ControllerAdapter):
                 continue
             self._published[decision.idempotency_key] = decision
             self.producer.send(
-                self.topic, DecisionAdapter.dump_json(decision), decision.target.encode(),
+                self.topic, DecisionAdapter.dump_json(decision), decision.idempotency_key.encode(),
                 headers=[(KIND_HEADER, decision.kind.encode())],
             )
             outcomes.append(Outcome(decision.idempotency_key, decision.kind, "applied", f"published to {self.topic}"))
         self.producer.flush()
         return outcomes
+
+    def withdraw(self, keys: Sequence[str]) -> list[str]:
+        """A tombstone for each withdrawn decision this adapter published."""
+        gone = [key for key in keys if self._published.pop(key, None) is not None]
+        for key in gone:
+            self.producer.send(self.topic, None, key.encode())
+        self.producer.flush()
+        return gone
 
     def expire(self, now: float) -> list[str]:
         """Forget what readers will have expired themselves; nothing to send."""

@@ -28,9 +28,12 @@ DecisionT = TypeVar("DecisionT", bound=DecisionBase)
 def live_decisions(messages: Sequence[Message], out: Emitter, kind: type[DecisionT], target: str) -> Iterator[tuple[DecisionT, float]]:
     """The ``kind`` decisions for ``target`` in ``messages`` that are to be carried out (not dry
     runs, not expired), each with the seconds it has left; a message that is not a decision is
-    dead-lettered. What an actuator of the decisions topic reads."""
+    dead-lettered, and a tombstone (a withdrawn decision) is skipped. What an actuator of the
+    decisions topic reads."""
     wall = time.time()
     for message in messages:
+        if not message.value:
+            continue
         try:
             decision = DecisionAdapter.validate_json(message.value)
         except ValidationError as exc:
