@@ -103,6 +103,38 @@ class CollectorSettings(BaseModel):
     max_future_seconds: PositiveFloat = 86_400.0
 
 
+class GnmiTargetSettings(BaseModel):
+    """One device that `nmt collect gnmi` subscribes to: where it is, how to reach it, what to ask for."""
+
+    name: str = Field(min_length=1, description="the device's name: prefix.target of its notifications, the first part of its series' source")
+    address: str = Field(min_length=1, description="host:port of the device's gNMI server")
+    paths: list[str] = Field(
+        default_factory=lambda: ["/interfaces/interface/state/counters"], min_length=1,
+        description="paths to subscribe to, keys in brackets: /interfaces/interface[name=eth0]/state/counters",
+    )
+    mode: Literal["sample", "on_change"] = Field(default="sample", description="SAMPLE every sample_interval_seconds, or ON_CHANGE")
+    sample_interval_seconds: PositiveFloat = 10.0
+    insecure: bool = Field(default=False, description="plaintext gRPC without TLS (lab devices only)")
+    ca_cert: Path | None = Field(default=None, description="PEM file of the CA that signed the device's certificate (default: the system's roots)")
+    client_cert: Path | None = Field(default=None, description="PEM client certificate for devices that require one (with client_key)")
+    client_key: Path | None = None
+    server_name: str | None = Field(default=None, description="the name in the device's certificate, where it is not the address's host")
+    username: str | None = None
+    password: str | None = None
+
+
+class GnmiSettings(BaseModel):
+    """`nmt collect gnmi`: subscribes to gNMI targets and publishes their notifications to the telemetry topic."""
+
+    targets: list[GnmiTargetSettings] = Field(default_factory=list)
+    encoding: Literal["proto", "json", "json_ietf"] = Field(default="proto", description="the encoding asked of every target")
+    retry_initial_seconds: PositiveFloat = Field(default=1.0, description="the first wait before reconnecting to a target")
+    retry_max_seconds: PositiveFloat = Field(default=60.0, description="the longest wait between reconnections (the back-off doubles up to it)")
+    max_retries: int | None = Field(
+        default=None, ge=0, description="failed connections in a row after which a target is given up (None: keep trying)"
+    )
+
+
 class ForecastSettings(BaseModel):
     """Defaults of the forecasting step of the loop."""
 
@@ -276,6 +308,7 @@ class Settings(BaseSettings):
     bus: BusSettings = Field(default_factory=BusSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    gnmi: GnmiSettings = Field(default_factory=GnmiSettings)
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     forecast_service: ForecastServiceSettings = Field(default_factory=ForecastServiceSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
