@@ -1,3 +1,4 @@
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -5,7 +6,12 @@ import orjson
 import pytest
 
 from collectors.decode import TelemetryDecoder
-from collectors.gnmi import CounterRates, CounterSample, counter_delta, notification_samples
+from collectors.gnmi import (
+    CounterRates,
+    CounterSample,
+    counter_delta,
+    notification_samples,
+)
 from nm_toolkit.eventtime import EventTimeBounds
 
 T0 = 1_700_000_000  # readings are offsets from here, a plausible time
@@ -171,3 +177,137 @@ def test_the_fastest_possible_rate_is_still_a_valid_record() -> None:
     assert rates.update(first) is None
     record = rates.update(CounterSample("r1", "eth0", "in-octets", float(T0) + 2.4e-7, 2**64 - 1))
     assert record is not None and record.value > 1e25
+
+
+# -- gnmic's Kafka output: its `json` and `event` formats -----------------------------------------
+# Built as gnmic's formatters build them (pkg/formatters: json.go formatSubscribeResponse, event.go
+# ResponseToEventMsgs): xpaths with a leading "/", keys as [k=v] in `json`'s prefix and Path and as
+# "<element>_<key>" tags in `event`, values already decoded (uint64 as JSON numbers, JSON_IETF
+# uint64 as strings), the device's name in `source` (and `target` where the prefix had one).
+
+
+def gnmic_json(ts_s: float, octets: Any, *, prefix: bool = True, target: str | None = None) -> dict[str, Any]:
+    ts = int((T0 + ts_s) * 10**9)
+    msg: dict[str, Any] = {
+        "source": "r1:57400",
+        "subscription-name": "port-stats",
+        "timestamp": ts,
+        "time": datetime.fromtimestamp(ts / 1e9, UTC).isoformat(),
+    }
+    if prefix:
+        msg["prefix"] = "/interfaces/interface[name=eth0]/state/counters"
+        msg["updates"] = [{"Path": "/in-octets", "values": {"in-octets": octets}}]
+    else:
+        msg["updates"] = [
+            {
+                "Path": "/interfaces/interface[name=eth0]/state/counters/in-octets",
+                "values": {"interfaces/interface/state/counters/in-octets": octets},
+            }
+        ]
+    if target is not None:
+        msg["target"] = target
+    return msg
+
+
+def gnmic_event(ts_s: float, octets: Any, *, interface: str = "eth0", **tags: str) -> dict[str, Any]:
+    return {
+        "name": "port-stats",
+        "timestamp": int((T0 + ts_s) * 10**9),
+        "tags": {"interface_name": interface, "source": "r1:57400", "subscription-name": "port-stats", **tags},
+        "values": {"/interfaces/interface/state/counters/in-octets": octets},
+    }
+
+
+def decoded(message: Any) -> tuple[list[tuple[str, str, str, float, int]], list[tuple[int | None, str]]]:
+    out = TelemetryDecoder().decode(orjson.dumps(message), now=NOW)
+    assert out.records == []
+    return [(s.target, s.interface, s.counter, s.ts, s.value) for s in out.counters], [(e.index, e.reason) for e in out.errors]
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+@pytest.mark.parametrize("octets", [1000, "1000"])
+def test_gnmic_json_messages_become_counter_samples(prefix: bool, octets: Any) -> None:
+    assert decoded(gnmic_json(10, octets, prefix=prefix)) == ([("r1:57400", "eth0", "in-octets", T0 + 10, 1000)], [])
+    assert decoded(gnmic_json(10, octets, prefix=prefix, target="r1"))[0][0][0] == "r1"  # the prefix's target wins
+
+
+def test_gnmic_json_container_values_count_each_counter_below_them() -> None:
+    message = gnmic_json(0, 0)
+    message["prefix"] = "/interfaces/interface[name=eth1]/state"
+    message["updates"] = [{"Path": "/counters", "values": {"counters": {"in-octets": "7", "openconfig-if:out-octets": 9, "in-pkts": [1]}}}]
+    samples, errors = decoded(message)
+    assert errors == [] and sorted((s[1], s[2], s[4]) for s in samples) == [("eth1", "in-octets", 7), ("eth1", "out-octets", 9)]
+
+
+def test_gnmic_event_messages_as_a_list_or_split_become_counter_samples() -> None:
+    events = [gnmic_event(10, 1000), gnmic_event(10, 5, interface="eth1")]
+    want = [("r1:57400", "eth0", "in-octets", T0 + 10, 1000), ("r1:57400", "eth1", "in-octets", T0 + 10, 5)]
+    assert decoded(events) == (want, [])
+    assert decoded(events[1]) == (want[1:], [])  # split-events: one event per message
+    assert decoded(gnmic_event(10, "1000", target="r1"))[0][0][0] == "r1"
+
+
+def test_sync_responses_and_deletes_carry_no_reading_and_no_error() -> None:
+    delete = {"name": "port-stats", "timestamp": T0 * 10**9, "tags": {"source": "r1:57400"}, "deletes": ["/interfaces/interface[name=eth0]"]}
+    for message in ({"sync-response": True}, {"syncResponse": True}, delete, [delete]):
+        assert decoded(message) == ([], [])
+
+
+def test_a_bad_gnmic_event_is_an_error_of_its_index_and_the_others_stay() -> None:
+    events = [gnmic_event(10, 1000), gnmic_event(10, -5), gnmic_event(10, 3, source=""), {**gnmic_event(10, 1), "timestamp": 5}]
+    samples, errors = decoded(events)
+    assert [s[4] for s in samples] == [1000]
+    assert [i for i, _ in errors] == [1, 2, 3]
+    assert "outside [0, 2**64)" in errors[0][1] and "names no device" in errors[1][1] and "plausible range" in errors[2][1]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({**gnmic_json(0, 1), "updates": "x"}, "'updates' must be a list"),
+        ({**gnmic_json(0, 1), "timestamp": "soon"}, "integer 'timestamp'"),
+        ({**gnmic_json(0, 1), "prefix": 5}, "gnmic prefix 5 is not a path"),
+        ({**gnmic_json(0, 1), "source": None}, "names no device"),
+    ],
+)
+def test_a_malformed_gnmic_json_message_is_one_error(message: dict, reason: str) -> None:
+    samples, errors = decoded(message)
+    assert samples == [] and len(errors) == 1 and reason in errors[0][1]
+
+
+def test_a_malformed_gnmic_json_update_is_an_error_of_its_index() -> None:
+    message = gnmic_json(0, 1)
+    message["updates"] += [{"Path": 5, "values": {}}, "junk", {"Path": "/in-octets", "values": {"in-octets": "up"}}]
+    samples, errors = decoded(message)
+    assert [s[4] for s in samples] == [1] and [i for i, _ in errors] == [1, 2, 3]
+
+
+def test_gnmic_and_protobuf_json_give_the_same_rates() -> None:
+    readings = [(0, 2**64 - 1000), (10, 1000), (20, 51000), (30, 500)]
+    forms = {
+        "protojson": [notification(t, v) for t, v in readings],
+        "json": [gnmic_json(t, v, target="r1") for t, v in readings],
+        "event": [[gnmic_event(t, v, target="r1")] for t, v in readings],
+    }
+    rates = {}
+    for form, messages in forms.items():
+        counter_rates = CounterRates()
+        out = [counter_rates.update(s) for m in messages for s in TelemetryDecoder().decode(orjson.dumps(m), now=NOW).counters]
+        rates[form] = [(r.source, r.metric, r.value) for r in out if r is not None]
+    assert rates["protojson"] == rates["json"] == rates["event"] == [
+        ("r1/eth0", "in_octets_per_s", v) for v in (200.0, 5000.0, 50.0)
+    ]
+
+
+def test_json_encoded_values_in_protobuf_json_are_base64_of_json() -> None:
+    state = b'{"name": "eth0", "oper-status": "UP", "counters": {"in-octets": "12", "openconfig-interfaces:out-octets": 34}}'
+    container = base64.b64encode(state).decode()
+    leaf = base64.b64encode(b'"56"').decode()
+    message = with_updates(
+        {"path": "interfaces/interface[name=eth0]/state", "val": {"jsonIetfVal": container}},
+        {"path": "interfaces/interface[name=eth1]/state/counters/in-octets", "val": {"jsonVal": leaf}},
+        {"path": "interfaces/interface[name=eth1]/state/oper-status", "val": {"stringVal": "UP"}},
+    )
+    found, errors = notification_samples(message, BOUNDS, NOW)
+    assert errors == {}
+    assert sorted((s.interface, s.counter, s.value) for s in found) == [("eth0", "in-octets", 12), ("eth0", "out-octets", 34), ("eth1", "in-octets", 56)]
