@@ -189,6 +189,7 @@ SWEEP: tuple[Case, ...] = (
     Case(("intent", "train", "-i", str(INTENTS), "-o", "{fresh}", "--method", "sklearn")),
     Case(("intent", "eval", "-i", str(INTENTS), "--folds", "2", "--method", "sklearn,spanlr")),
     Case(("intent", "serve", "--idle-exit", "1"), kafka=True),
+    Case(("intent", "submit", "block youtube for students", "--tenant", "campus"), kafka=True),
 )
 
 

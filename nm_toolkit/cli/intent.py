@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from intent.methods import BEST_METHOD, METHODS
-from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, settings_from, shared_bus_settings, stop_on_signals
+from nm_toolkit.cli.common import (
+    ConfigOption,
+    MetricsPortOption,
+    run_service,
+    settings_from,
+    shared_bus_settings,
+    stop_on_signals,
+)
 from nm_toolkit.cli.output import JsonOption, console, emit, err_console
 from nm_toolkit.errors import UserError
 
@@ -131,6 +138,45 @@ def evaluate(
         if causes := report.get("missed_by_cause"):
             console.print(f"{name} missed: " + ", ".join(f"{n} {cause.replace('_', ' ')}" for cause, n in causes.items()))  # type: ignore[union-attr]
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
+
+
+@app.command()
+def submit(
+    text: str = typer.Argument(..., help="the operator's intent in natural language"),
+    tenant: str | None = typer.Option(None, help="whose intent it is (default: intent.default_tenant)"),
+    request_id: str | None = typer.Option(None, "--request-id", help="id of the request (default: a new one)"),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Publish an operator intent to the running system's operator-intents topic and print its
+    request id; `nmt intent serve` answers it on the intent-results topic under that id."""
+    import uuid
+
+    from pydantic import ValidationError
+
+    from intent.service import OperatorMessage
+    from nm_toolkit.bus import bus_from_settings
+    from nm_toolkit.errors import validation_reason
+
+    settings = shared_bus_settings(config, "nmt intent submit")
+    if not text.strip():
+        raise UserError("the intent text is empty: pass what the network should do, e.g. 'block netflix for guests'")
+    try:
+        message = OperatorMessage(request_id=request_id or f"op-{uuid.uuid4().hex[:12]}", text=text, tenant=tenant)
+    except ValidationError as exc:
+        raise UserError(f"cannot submit this intent ({validation_reason(exc, limit=1)}): pass a shorter --request-id or --tenant") from exc
+    topic = settings.topics.operator_intents
+    bus = bus_from_settings(settings)
+    bus.create_topics([topic])
+    producer = bus.producer()
+    try:
+        # one tenant's intents in one partition: the service checks each against those accepted before it
+        producer.send(topic, message.model_dump_json(exclude_none=True, exclude_defaults=True).encode(), (message.tenant or settings.intent.default_tenant).encode())
+        producer.flush()
+    finally:
+        producer.close()
+        bus.close()
+    emit(as_json, {"request_id": message.request_id, "topic": topic, "tenant": message.tenant}, f"submitted to {topic}")
 
 
 @app.command()
