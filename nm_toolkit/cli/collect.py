@@ -7,10 +7,18 @@ from pathlib import Path
 import orjson
 import typer
 
-from nm_toolkit.cli.common import ConfigOption, MetricsPortOption, run_service, shared_bus_settings, stop_on_signals
+from nm_toolkit.cli.common import (
+    ConfigOption,
+    MetricsPortOption,
+    run_service,
+    shared_bus_settings,
+    stop_on_signals,
+)
 from nm_toolkit.cli.output import JsonOption, emit
 
 app = typer.Typer(help="Telemetry collection: the collector service and telemetry producers.", no_args_is_help=True)
+InputOption = typer.Option(..., "--input", "-i", help="JSON-lines records, or a wide/long CSV")
+OutputOption = typer.Option(..., "--output", "-o", help="CSV file to write (wide: timestamp + one column per source)")
 
 
 @app.command("run")
@@ -32,9 +40,60 @@ def run(
     emit(as_json, stats, "collector", [{"counter": k, "value": v} for k, v in stats.items()])
 
 
+@app.command("gnmi")
+def gnmi(
+    config: Path | None = ConfigOption,
+    duration: float | None = typer.Option(None, help="stop after this many seconds (default: until SIGINT/SIGTERM)"),
+    metrics_port: int | None = MetricsPortOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Subscribe to the gNMI targets in settings.gnmi.targets and publish their notifications to
+    the telemetry topic, reconnecting with back-off, until SIGINT/SIGTERM."""
+    from collectors.gnmi_subscribe import GnmiSubscriber, run_subscribers, summary
+    from nm_toolkit.bus import DeliveryFailed, bus_from_settings
+    from nm_toolkit.cli.output import err_console
+    from nm_toolkit.errors import UserError
+
+    settings = shared_bus_settings(config, "nmt collect gnmi")
+    if not settings.gnmi.targets:
+        raise UserError(
+            "no gNMI targets configured: add [[gnmi.targets]] entries (name, address, paths, mode) to nmt.toml, "
+            "or set NMT_GNMI__TARGETS to a JSON list"
+        )
+    for target in settings.gnmi.targets:
+        for path in (target.ca_cert, target.client_cert, target.client_key):
+            if path is not None and not path.is_file():
+                raise UserError(f"gNMI target {target.name}: {path} does not exist: point it at a PEM file")
+    stop = stop_on_signals()
+    bus = bus_from_settings(settings)
+    bus.create_topics([settings.topics.telemetry])
+    producer = bus.producer()
+    subscribers = [GnmiSubscriber(t, settings.gnmi, producer, settings.topics.telemetry) for t in settings.gnmi.targets]
+    port = metrics_port if metrics_port is not None else settings.metrics.port
+    if port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from collectors.gnmi_subscribe import GnmiMetrics
+
+        registry = CollectorRegistry()
+        registry.register(GnmiMetrics(subscribers))
+        server, _thread = start_http_server(port, addr=settings.metrics.host, registry=registry)
+        err_console.print(f"gnmi: metrics on http://{settings.metrics.host}:{server.server_port}/metrics")
+    try:
+        run_subscribers(subscribers, stop, max_seconds=duration)
+    except DeliveryFailed as exc:
+        err_console.print(f"[bold red]error:[/] gnmi stopped: {exc} (check the bus, then restart: targets resend their state)")
+        raise typer.Exit(1) from exc
+    finally:
+        producer.close()
+    rows = summary(subscribers)
+    shown = ("target", "streams", "stream_failures", "published", "connected", "last_error")
+    emit(as_json, rows, f"gNMI subscriptions -> {settings.topics.telemetry}", [{k: r[k] for k in shown} for r in rows])
+
+
 @app.command("publish")
 def publish(
-    input: Path = typer.Option(..., "--input", "-i", help="JSON-lines records, or a wide/long CSV"),
+    input: Path = InputOption,
     metric: str = typer.Option("traffic", help="metric name for CSV columns"),
     unit: str = typer.Option("", help="unit for CSV values"),
     speedup: float | None = typer.Option(None, help="replay CSV rows at this multiple of real time (default: no waiting)"),
@@ -43,9 +102,9 @@ def publish(
     as_json: bool = JsonOption,
 ) -> None:
     """Publish a telemetry file to the telemetry topic (JSON lines as-is, CSV replayed in time)."""
-    from collectors.publish import replay_frame
     from rich.progress import Progress
 
+    from collectors.publish import replay_frame
     from collectors.tabular import TelemetryFileError, load_wide_frame
     from nm_toolkit.bus import bus_from_settings
 
@@ -86,7 +145,7 @@ def _source_key(line: bytes) -> bytes | None:
 
 @app.command("synth")
 def synth(
-    output: Path = typer.Option(..., "--output", "-o", help="CSV file to write (wide: timestamp + one column per source)"),
+    output: Path = OutputOption,
     sources: int = typer.Option(20, help="number of cells/links"),
     days: float = typer.Option(14, help="length of the series in days"),
     step: int = typer.Option(3600, help="seconds between samples"),
