@@ -204,14 +204,16 @@ class TelemetryCollector(StreamService):
 
     def tick(self, out: Emitter, progress: Progress, final: bool = False) -> bool:
         """Close windows the watermark passed, and every window of a partition that saw no
-        record for ``idle_close_seconds`` while the bus was reachable (an outage is not
-        idleness). An idle close depends on the clock, not on the log, so it is checkpointed at
-        once: a replay after a crash must not close the same windows differently."""
+        record for ``idle_close_seconds`` while it was really idle: its consumer a stable group
+        member in touch with the broker, and the partition fetched up to its end (an outage, a
+        rejoin, or a backlog not fetched yet is not idleness). An idle close depends on the clock,
+        not on the log, so it is checkpointed at once: a replay after a crash must not close the
+        same windows differently."""
         idle = self.config.idle_close_seconds
         now = time.monotonic()
         idle_closed = False
-        for state in self._partitions.values():
-            if not progress.healthy:
+        for tp, state in self._partitions.items():
+            if not progress.healthy or tp in progress.unfetched:
                 state.last_record_at = now
             if idle is not None and now - state.last_record_at >= idle and state.windows.open_windows:
                 self._publish(state.windows.close_all(), out)

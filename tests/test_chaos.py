@@ -606,3 +606,60 @@ def test_a_transient_kafka_error_does_not_stop_the_service(
     ends = end_offsets(bootstrap, [topics["telemetry"]])
     positions = committed(bootstrap, group)
     assert all(positions.get(tp, 0) == end for tp, end in ends.items()), (positions, ends)
+
+
+# -- idle close across a broker outage -----------------------------------------------------------------
+def test_a_broker_outage_longer_than_the_idle_close_leaves_every_window_exact(broker: KafkaBroker, tmp_path: Path) -> None:
+    """Records flow until the broker stops; it stays down longer than the idle-close time and the
+    session timeout (the collector must rejoin its group), and more records of the same, still
+    open, windows arrive as it comes back. Neither the outage nor the rejoin is idleness: no record
+    is late, and once the topic is really idle the windows close with every record counted."""
+    idle_close_s, outage_s = 4.0, 12.0
+    bootstrap = broker.bootstrap_servers
+    tag = uuid.uuid4().hex[:8]
+    topics, group = topics_for(tag), f"idle-{tag}"
+    KafkaBus(bootstrap).create_topics([topics["telemetry"]], partitions=6)
+    sources = [f"src-{s:02d}" for s in range(12)]
+    sent: list[dict[str, object]] = []
+
+    def send(values: list[dict[str, object]]) -> None:
+        bus = KafkaBus(bootstrap)
+        producer = bus.producer()
+        for value in values:
+            producer.send(topics["telemetry"], orjson.dumps(value), str(value["source"]).encode())
+        producer.flush()
+        producer.close()
+        sent.extend(values)
+
+    def batch(step: int) -> list[dict[str, object]]:  # one record per source, all in the first window
+        return [{"ts": T0 + step, "source": s, "metric": "rx_bps", "value": float(step + i)} for i, s in enumerate(sources)]
+
+    env = collector_env(bootstrap, tmp_path / "state", group, topics, NMT_COLLECTOR__IDLE_CLOSE_SECONDS=str(idle_close_s))
+    member = Member("idle", env, tmp_path / "idle", ["collect", "run", "--idle-exit", str(IDLE_EXIT_S), "--json"])
+    try:
+        wait_for(lambda: member.ready, 180, "the member's imports", member.report)
+        member.go()
+        wait_for(lambda: group_members(bootstrap, group)[0] == "Stable", 90, "the member to join", member.report)
+        step = 0
+        # Records every second (never idle) until the member has read all sent so far, then the outage.
+        deadline = time.monotonic() + 120
+        while True:
+            send(batch(step))
+            step += 1
+            ends = end_offsets(bootstrap, [topics["telemetry"]])
+            positions = committed(bootstrap, group)
+            if all(positions.get(tp, -1) >= end for tp, end in ends.items()) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        broker.stop()
+        time.sleep(outage_s)
+        broker.start()
+        send(batch(step) + batch(step + 1))  # the same windows, as the broker comes back
+        assert member.wait(IDLE_EXIT_S + 240) == 0, member.report()
+    finally:
+        member.kill()
+    stats = member.stats()
+    assert stats["late_records"] == 0, member.report()
+    records = pd.DataFrame(sent)
+    got = windows_frame(read_all(KafkaBus(bootstrap), topics["series"], len(sources), timeout_s=90))
+    assert_exact(got, records)

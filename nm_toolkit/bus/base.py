@@ -111,8 +111,9 @@ class Consumer(ABC):
         waiting for the bus."""
 
     def healthy(self) -> bool:
-        """Whether the consumer is in touch with its group coordinator: time without messages
-        only means "no data" while this holds (a broker outage is not idleness)."""
+        """Whether the consumer is in touch with its group coordinator and a stable member of its
+        group: time without messages only means "no data" while this holds (a broker outage, or
+        a rejoin after one, is not idleness)."""
         return True
 
     @abstractmethod

@@ -15,6 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.base import MemberState
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -347,10 +348,13 @@ class KafkaBusConsumer(Consumer):
 
     def healthy(self) -> bool:
         # kafka-python has no public probe; read (without side effects) whether the group
-        # coordinator is known and connected. If its internals ever change, assume healthy.
+        # coordinator is known and connected and this member is stable in the group (not
+        # rejoining: its partitions are not fetched then). If its internals ever change, assume healthy.
         try:
-            node = self._consumer._coordinator.coordinator_id
-            return node is not None and bool(self._consumer._client.connected(node))
+            coordinator = self._consumer._coordinator
+            node = coordinator.coordinator_id
+            stable = coordinator.state == MemberState.STABLE and not coordinator.rejoin_needed
+            return node is not None and stable and bool(self._consumer._client.connected(node))
         except AttributeError:
             return True
 

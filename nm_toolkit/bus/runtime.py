@@ -125,6 +125,9 @@ class Progress:
 
     healthy: bool = True
     caught_up: bool = True
+    unfetched: frozenset[TopicPartition] = frozenset()
+    """Owned partitions not fetched up to their end since they were assigned (their end or
+    position unknown, or messages left): silence on them is not idleness."""
 
 
 class Emitter:
@@ -483,7 +486,19 @@ class StreamRunner:
         """Where this runner stands now (see :class:`Progress`)."""
         lags = self.lag()
         caught_up = polled_nothing and bool(self._owned) and len(lags) == len(self._owned) and not any(lags.values())
-        return Progress(healthy=self.consumer.healthy(), caught_up=caught_up)
+        return Progress(healthy=self.consumer.healthy(), caught_up=caught_up, unfetched=self._unfetched())
+
+    def _unfetched(self) -> frozenset[TopicPartition]:
+        """Owned partitions whose fetch position has not reached their end as last fetched (the
+        position, not the last message handled: it also steps over transaction markers)."""
+        with self._lock:
+            owned = set(self._owned)
+        unfetched = set()
+        for tp in owned:
+            position, end = self.consumer.position(tp), self.consumer.highwater(tp)
+            if position is None or end is None or position < end:
+                unfetched.add(tp)
+        return frozenset(unfetched)
 
     def stats_dict(self) -> dict[str, float]:
         """The runtime's counters and the service's, in one flat mapping."""
