@@ -78,12 +78,15 @@ class TopicSettings(BaseModel):
         default="nmt.intents.results", description="the intent service's answer to every prompt and operator text"
     )
     operator_intents: str = "nmt.intents.operator"
+    dead_letter_replays: str = Field(
+        default="nmt.dlq.replayed", description="the dead letters `nmt dead-letters replay` sent back, keyed by their position"
+    )
 
     def tables(self) -> list[str]:
         """The changelog topics whose latest value per key is the state (forecasts per series,
-        intents in force, decisions by key): created compacted, so that what is in force outlives
+        intents in force, decisions by key, the dead letters replayed): created compacted, so that what is in force outlives
         the broker's retention and a null value (tombstone) retracts it."""
-        return [self.forecasts, self.intents, self.decisions]
+        return [self.forecasts, self.intents, self.decisions, self.dead_letter_replays]
 
 
 class CollectorSettings(BaseModel):
@@ -316,6 +319,18 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     intent: IntentServiceSettings = Field(default_factory=IntentServiceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    def dead_letter_topics(self) -> dict[str, str]:
+        """Every stream service's dead-letter topic, by service: what ``nmt dead-letters`` reads."""
+        return {
+            "collector": self.topics.dead_letter,
+            "forecast": self.forecast_service.dead_letter_topic,
+            "controller": self.controller.dead_letter_topic,
+            "edge": self.llm.dead_letter_topic,
+            "cloud": self.llm.cloud_dead_letter_topic,
+            "supervisor": f"{self.topics.decisions}.supervisor.dlq",
+            "intent": self.intent.dead_letter_topic,
+        }
 
     @classmethod
     def settings_customise_sources(

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nm_toolkit.cli import collect, controller, decisions, demo, dev, forecast, intent, llm, model, policy
+from nm_toolkit.cli import collect, controller, deadletters, decisions, demo, dev, forecast, intent, llm, model, policy
 from nm_toolkit.cli.output import err_console
 from nm_toolkit.errors import UserError
 
@@ -22,6 +22,7 @@ app.add_typer(collect.app, name="collect")
 app.add_typer(forecast.app, name="forecast")
 app.add_typer(policy.app, name="policy")
 app.add_typer(decisions.app, name="decisions")
+app.add_typer(deadletters.app, name="dead-letters")
 app.add_typer(controller.app, name="controller")
 app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")

@@ -172,7 +172,7 @@ def edge_supervisor(settings: Settings, launcher: Launcher | None = None) -> Edg
         site=cfg.edge_site,
         decisions_topic=settings.topics.decisions,
         group_id=f"{cfg.group_id}-supervisor",
-        dead_letter_topic=f"{settings.topics.decisions}.supervisor.dlq",
+        dead_letter_topic=settings.dead_letter_topics()["supervisor"],
         initial_replicas=cfg.initial_replicas,
         max_replicas=cfg.max_replicas,
     )
