@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 import orjson
 
 from nm_toolkit.bus.base import Bus, Message
-from nm_toolkit.bus.deadletter import COUNT, ORIGIN, REASON, SERVICE, TRUNCATED, message_origin
+from nm_toolkit.bus.deadletter import (
+    COUNT,
+    ORIGIN,
+    REASON,
+    SERVICE,
+    TRUNCATED,
+    message_origin,
+)
 
 
 @dataclass(frozen=True)
