@@ -250,6 +250,8 @@ def _samples(target: str, elems: Elems, ts: float, value: Any) -> list[CounterSa
         interface = path[names.index("interface")][1].get("name")
         if not interface:
             raise ValueError(f"interface path {brief('/'.join(names))} has no [name=...] key")
+        if "subinterface" in names and (index := path[names.index("subinterface")][1].get("index")):
+            interface = f"{interface}.{index}"  # a subinterface's counters are a series of their own
         sample = CounterSample(target, interface, names[-1], ts, _counter_value(reading, value))
         for what, name in (("source", sample.source), ("metric", sample.metric)):
             if not is_identifier(name):

@@ -311,3 +311,12 @@ def test_json_encoded_values_in_protobuf_json_are_base64_of_json() -> None:
     found, errors = notification_samples(message, BOUNDS, NOW)
     assert errors == {}
     assert sorted((s.interface, s.counter, s.value) for s in found) == [("eth0", "in-octets", 12), ("eth0", "out-octets", 34), ("eth1", "in-octets", 56)]
+
+
+def test_subinterface_counters_are_series_of_their_own() -> None:
+    sub = "interfaces/interface[name=eth0]/subinterfaces/subinterface[index=10]/state/counters/in-octets"
+    found, errors = notification_samples(with_updates(update({"uintVal": "7"}), update({"uintVal": "9"}, sub)), BOUNDS, NOW)
+    assert errors == {} and [(s.source, s.value) for s in found] == [("r1/eth0", 7), ("r1/eth0.10", 9)]
+    event = gnmic_event(0, 3, subinterface_index="10")
+    event["values"] = {"/interfaces/interface/subinterfaces/subinterface/state/counters/in-octets": 3}
+    assert decoded(event)[0][0][1] == "eth0.10"
