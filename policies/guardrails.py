@@ -9,9 +9,9 @@ Rules, in the order they run:
 3. ``block_all``  no deny rule without a narrowing match field: it would drop all traffic.
 4. ``controller`` no deny rule that can match the controller's own OpenFlow channel.
 5. ``conflict``   two decisions for the same slot (same target and match, same kind family):
-                  the higher priority wins; a tie keeps the decision in force (between two new
-                  ones, the newer wins), so an equal copy never displaces what the switch already
-                  carries out. The loser is rejected or, when it is already applied, reported as
+                  the higher priority wins; at a tie a policy's newer decision revises its own,
+                  and otherwise the decision in force stays (between two new ones, the newer
+                  wins), so a duplicate never displaces what the switch already carries out. The loser is rejected or, when it is already applied, reported as
                   superseded.
 6. ``rate``       at most ``max_changes_per_minute`` changes in any sliding minute; refreshes of
                   decisions already in force and dry runs are not changes. Higher priorities
@@ -219,13 +219,15 @@ def slot_of(decision: Decision) -> tuple[object, ...]:
 
 
 def _outranks(challenger: Decision, incumbent: Decision, applied: Mapping[str, Decision]) -> bool:
-    """Higher priority wins. At equal priority what is in force stays (withdrawing it for an equal
-    decision would only remove and re-install the same flows every round); between two decisions
-    not in force, the newer wins."""
+    """Higher priority wins. At equal priority a policy's newer decision revises its own earlier one
+    (an autoscaler's new replica count); otherwise what is in force stays: a decision of another
+    source (a duplicate intent, say) would only remove and re-install the same flows every round.
+    Between two decisions not in force, the newer wins."""
     if challenger.priority != incumbent.priority:
         return challenger.priority > incumbent.priority
+    revision = challenger.policy == incumbent.policy and challenger.intent_id == incumbent.intent_id
     incumbent_in_force = incumbent.idempotency_key in applied
-    if incumbent_in_force != (challenger.idempotency_key in applied):
+    if not revision and incumbent_in_force != (challenger.idempotency_key in applied):
         return not incumbent_in_force
     return challenger.created_at > incumbent.created_at
 

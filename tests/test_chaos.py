@@ -635,7 +635,7 @@ def test_a_broker_outage_longer_than_the_idle_close_leaves_every_window_exact(br
         return [{"ts": T0 + step, "source": s, "metric": "rx_bps", "value": float(step + i)} for i, s in enumerate(sources)]
 
     env = collector_env(bootstrap, tmp_path / "state", group, topics, NMT_COLLECTOR__IDLE_CLOSE_SECONDS=str(idle_close_s))
-    member = Member("idle", env, tmp_path / "idle", ["collect", "run", "--idle-exit", str(IDLE_EXIT_S), "--json"])
+    member = Member("idle", env, tmp_path / "idle", ["collect", "run", "--idle-exit", "15", "--json"])
     try:
         wait_for(lambda: member.ready, 180, "the member's imports", member.report)
         member.go()
@@ -655,7 +655,7 @@ def test_a_broker_outage_longer_than_the_idle_close_leaves_every_window_exact(br
         time.sleep(outage_s)
         broker.start()
         send(batch(step) + batch(step + 1))  # the same windows, as the broker comes back
-        assert member.wait(IDLE_EXIT_S + 240) == 0, member.report()
+        assert member.wait(15 + 240) == 0, member.report()
     finally:
         member.kill()
     stats = member.stats()

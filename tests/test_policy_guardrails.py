@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from nm_toolkit.config import GuardrailSettings
-from nm_toolkit.schemas import Acl, PlaceAdapter, QosQueue, RateLimit, Reservation
+from nm_toolkit.schemas import Acl, PlaceAdapter, QosQueue, RateLimit, Reservation, ScaleCompute
 from policies.guardrails import Guardrails
 from tests.test_policy_helpers import NOW
 
@@ -112,17 +112,22 @@ def test_a_new_decision_supersedes_an_applied_lower_priority_one() -> None:
 def test_an_equal_decision_never_displaces_the_one_in_force_round_after_round() -> None:
     """Two identical intents make two equal-priority decisions for one slot every round: the one
     the switch carries out stays, whatever order or age the fresh copies arrive in."""
-    in_force = acl("first", tcp_dst=22)
+    in_force = acl("first", tcp_dst=22).model_copy(update={"intent_id": "op-1"})
     applied = {"first": in_force}
     rails = guardrails(max_changes_per_minute=1000)
     for round_ in range(1, 11):
         at = NOW + timedelta(minutes=round_)
         refresh = in_force.model_copy(update={"created_at": at})
-        duplicate = acl("second", tcp_dst=22).model_copy(update={"created_at": at + timedelta(seconds=1)})
+        duplicate = acl("second", tcp_dst=22).model_copy(update={"created_at": at + timedelta(seconds=1), "intent_id": "op-2"})
         for batch in ([refresh, duplicate], [duplicate, refresh]):
             report = rails.check(batch, applied)
             assert report.accepted == [refresh]
             assert report.superseded == [] and rules(report) == {"second": "conflict"}
+    # A policy's newer decision for its own slot revises the one in force (a new replica count).
+    scale = ScaleCompute(idempotency_key="scale:3", policy="edge_autoscale", target="edge-0", replicas=3, reason="t", created_at=NOW)
+    revised = scale.model_copy(update={"id": "revised", "idempotency_key": "scale:5", "replicas": 5, "created_at": NOW + timedelta(minutes=1)})
+    report = rails.check([revised], {"scale:3": scale})
+    assert report.accepted == [revised] and report.superseded == [scale]
     # Between two decisions neither of which is in force, the newer still wins.
     report = rails.check([acl("a", tcp_dst=22), acl("b", tcp_dst=22).model_copy(update={"created_at": NOW + timedelta(seconds=1)})])
     assert [d.idempotency_key for d in report.accepted] == ["b"]
