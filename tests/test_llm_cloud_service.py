@@ -63,20 +63,24 @@ def test_every_request_answered_once_in_partition_order_with_probes_and_rejects(
 
 
 def test_offsets_are_held_at_the_first_request_still_generating(tiny_llms: Path) -> None:
+    """Whatever a step gets through on a busy machine, a commit never passes a request that has
+    no answer yet: the committed offset is the count of answers released, in offset order."""
     bus = EmbeddedBus(default_partitions=1)
     producer = bus.producer()
     for i in range(3):
         producer.send("cloud", request(i))
     runner = StreamRunner(bus, service(tiny_llms, max_new_tokens=40))
     runner.service.commit_interval_s = 3600
-    runner.step(timeout_s=0.5)  # all three read and submitted; the first tick decodes a little
-    assert runner.service.busy
-    runner.commit()
     consumer = runner.consumer
-    assert consumer.committed(("cloud", 0)) in (None, 0)  # nothing answered yet: nothing committed
-    while runner.service.busy:
+    commits = 0
+    while True:
         runner.step(timeout_s=0.01)
-    runner.commit()
-    assert consumer.committed(("cloud", 0)) == 3
-    assert len(bus.messages("answers")) == 3
+        runner.commit()
+        commits += 1
+        released = [json.loads(m.value)["request_id"] for m in bus.messages("answers")]
+        assert released == [f"c-{i}" for i in range(len(released))]  # in offset order
+        assert (consumer.committed(("cloud", 0)) or 0) == len(released), f"commit {commits}"
+        if not runner.service.busy and len(released) == 3:
+            break
+        assert commits < 10_000
     runner.close()
