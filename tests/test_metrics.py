@@ -124,7 +124,7 @@ def test_forecast_intent_and_decision_services_serve_their_counts(kafka_bootstra
     intents = intent_runners(settings, bus)
     runners = [StreamRunner(bus, forecast_service(settings, bus)), *intents.runners, StreamRunner(bus, decision_service(settings))]
     port = serve_metrics(runners, 0)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # four group joins and a forecast round, on a busy machine
     want = {"forecaster": 48, "intent": 5, "controller": 1}  # the controller also reads what the forecaster publishes
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     try:
