@@ -84,3 +84,39 @@ def test_the_edge_carries_out_placements_between_batches_within_its_budget(tiny_
     assert (stats["adapter_loads"], stats["adapter_unloads"], stats["adapters_loaded"], stats["placement_failures"]) == (2, 1, 1, 0)
     [answer] = [json.loads(m.value) for m in bus.messages(settings.topics.answers)]
     assert answer["request_id"] == "r-1" and answer["status"] == "ok" and answer["adapter"] == "video"  # served before the swap
+
+
+def test_every_replica_of_a_site_carries_out_its_placements_on_the_broker(
+    tiny_llms: Path, registry: AdapterRegistry, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Decisions and probe echoes are read by every replica (outside the work-sharing group), so
+    a placement reaches all the site's replicas, not the one that owns a partition."""
+    import time
+    import uuid
+
+    from nm_toolkit.bus.kafka import KafkaBus
+
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        state_dir=tmp_path, bus={"kind": "kafka", "bootstrap_servers": kafka_bootstrap},
+        topics={t: f"{tag}.{t}" for t in ("prompts", "answers", "cloud_requests", "cloud_status", "decisions", "telemetry", "intent_results")},
+        llm={"adapter_budget": 1, "probe_interval_s": 0, "load_interval_s": 0, "group_id": f"edge-{tag}", "dead_letter_topic": f"{tag}.dlq"},
+        intent={"user_demand": "keywords"},
+    )  # fmt: skip
+    bus = KafkaBus(kafka_bootstrap, compacted_topics=settings.topics.tables())
+    bus.create_topics([settings.topics.prompts, settings.topics.decisions], partitions=4)
+    lms = [AdapterLM.load(tiny_llms / "edge", registry, adapters=[]) for _ in range(2)]
+    runners = [StreamRunner(bus, edge_service(settings, EdgeCompleter(lm, ContextStore.load(tiny_llms / "context.json")), registry)) for lm in lms]
+    producer = bus.producer()
+    producer.send(settings.topics.decisions, decision("maps"), b"place-maps-edge-0")
+    producer.flush()
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and not all(set(lm.cards) == {"maps"} for lm in lms):
+            for runner in runners:
+                runner.step(timeout_s=0.2)
+    finally:
+        for runner in runners:
+            runner.close()
+    assert [set(lm.cards) for lm in lms] == [{"maps"}, {"maps"}]
+    assert [r.service.counters.adapter_loads for r in runners] == [1, 1]

@@ -156,5 +156,11 @@ class Bus(ABC):
         ``on_assign`` and ``on_revoke`` may run on the client's own IO thread (kafka-python 3):
         they must not block on the bus (no commit, no flush); seeking is fine."""
 
+    @abstractmethod
+    def reader(self, topics: Sequence[str], max_poll_records: int = 1000) -> Consumer:
+        """Read every partition of ``topics`` (existing ones) from the beginning, outside any
+        group: what every replica of a service must see (its site's decisions, its probe echoes),
+        not a share of the work. It commits nothing."""
+
     def close(self) -> None:
         """Release shared resources; producers and consumers are closed by their owners."""

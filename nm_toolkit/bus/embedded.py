@@ -102,6 +102,9 @@ class EmbeddedBus(Bus):
             self._rebalance(group_id)
         return member
 
+    def reader(self, topics: Sequence[str], max_poll_records: int = 1000) -> Consumer:
+        return _EmbeddedReader(self, topics)
+
     def _rebalance(self, group_id: str) -> None:
         members = self._groups.get(group_id, [])
         topics = sorted({t for m in members for t in m.topics})
@@ -163,36 +166,15 @@ class _EmbeddedProducer(Producer):
         """Nothing to release."""
 
 
-class _EmbeddedConsumer(Consumer):
-    def __init__(
-        self,
-        bus: EmbeddedBus,
-        topics: tuple[str, ...],
-        group_id: str,
-        on_assign: PartitionsCallback | None,
-        on_revoke: PartitionsCallback | None,
-    ) -> None:
-        self._bus = bus
-        self.topics = topics
-        self.group_id = group_id
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._positions: dict[TopicPartition, int] = {}
-        self._pending: set[TopicPartition] = set()
-        self._closed = False
+class _EmbeddedReader(Consumer):
+    """Every partition of its topics from the beginning, in no group (see :meth:`Bus.reader`);
+    the group consumer below is one whose partitions the group assigns."""
 
-    def _set_assignment(self, partitions: set[TopicPartition]) -> None:
-        old = set(self._positions)
-        revoked, added = old - partitions, partitions - old
-        if revoked and self._on_revoke:
-            self._on_revoke(revoked)
-        committed = self._bus._committed.setdefault(self.group_id, {})
-        for tp in revoked:
-            del self._positions[tp]
-        for tp in added:
-            self._positions[tp] = committed.get(tp, 0)
-        if added and self._on_assign:
-            self._on_assign(added)
+    def __init__(self, bus: EmbeddedBus, topics: Sequence[str] = ()) -> None:
+        self._bus = bus
+        self._closed = False
+        with bus._cond:
+            self._positions: dict[TopicPartition, int] = {(t, p): 0 for t in topics for p in range(len(bus._ensure(t)))}
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         deadline = time.monotonic() + timeout_s
@@ -213,15 +195,10 @@ class _EmbeddedConsumer(Consumer):
                 self._bus._cond.wait(remaining)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        with self._bus._cond:
-            committed = self._bus._committed.setdefault(self.group_id, {})
-            for tp, offset in offsets.items():
-                if tp in self._positions:
-                    committed[tp] = offset
+        """A reader commits nothing."""
 
     def committed(self, partition: TopicPartition) -> int | None:
-        with self._bus._cond:
-            return self._bus._committed.get(self.group_id, {}).get(partition)
+        return None
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         with self._bus._cond:
@@ -240,6 +217,50 @@ class _EmbeddedConsumer(Consumer):
     def highwater(self, partition: TopicPartition) -> int | None:
         with self._bus._cond:
             return len(self._bus._logs[partition[0]][partition[1]])
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _EmbeddedConsumer(_EmbeddedReader):
+    def __init__(
+        self,
+        bus: EmbeddedBus,
+        topics: tuple[str, ...],
+        group_id: str,
+        on_assign: PartitionsCallback | None,
+        on_revoke: PartitionsCallback | None,
+    ) -> None:
+        super().__init__(bus)
+        self.topics = topics
+        self.group_id = group_id
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._pending: set[TopicPartition] = set()
+
+    def _set_assignment(self, partitions: set[TopicPartition]) -> None:
+        old = set(self._positions)
+        revoked, added = old - partitions, partitions - old
+        if revoked and self._on_revoke:
+            self._on_revoke(revoked)
+        committed = self._bus._committed.setdefault(self.group_id, {})
+        for tp in revoked:
+            del self._positions[tp]
+        for tp in added:
+            self._positions[tp] = committed.get(tp, 0)
+        if added and self._on_assign:
+            self._on_assign(added)
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with self._bus._cond:
+            committed = self._bus._committed.setdefault(self.group_id, {})
+            for tp, offset in offsets.items():
+                if tp in self._positions:
+                    committed[tp] = offset
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        with self._bus._cond:
+            return self._bus._committed.get(self.group_id, {}).get(partition)
 
     def close(self) -> None:
         self._closed = True

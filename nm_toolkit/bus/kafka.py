@@ -185,6 +185,29 @@ class KafkaBus(Bus):
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
 
+    def reader(self, topics: Sequence[str], max_poll_records: int = 1000, timeout_s: float = 60.0) -> Consumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self._servers(),
+            client_id=self.client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_poll_records,
+            isolation_level="read_committed",
+        )
+        partitions: list[KafkaTopicPartition] = []
+        deadline = time.monotonic() + timeout_s
+        for topic in topics:  # created by the caller: wait until this client's metadata has them
+            while not (found := consumer.partitions_for_topic(topic)):
+                if time.monotonic() > deadline:
+                    consumer.close()
+                    raise DeliveryFailed(f"topic {topic} has no partitions after {timeout_s:.0f} s: is it created?")
+                time.sleep(0.2)
+            partitions += [KafkaTopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return KafkaBusConsumer(consumer)
+
 
 class KafkaBusProducer(Producer):
     """kafka-python's producer reports a failed send only on the send's future; this one keeps the

@@ -67,11 +67,16 @@ class Topic(Generic[ModelT]):
     ``table``: the topic is a changelog whose latest value per key is the state (the intents in
     force, the latest forecast per series); a service reads it whole on every assignment instead
     of from committed offsets.
+
+    ``broadcast``: every member of the service's group reads all of it, from the beginning and
+    outside the work-sharing group (:meth:`~nm_toolkit.bus.base.Bus.reader`), and commits none of
+    it: what concerns every replica (its site's decisions, the probe echoes of its link).
     """
 
     name: str
     model: type[ModelT] | None = None
     table: bool = False
+    broadcast: bool = False
 
     def decode(self, message: Message) -> ModelT:
         """The message's value as this topic's model, or :class:`Rejected` with the reason."""
@@ -271,8 +276,13 @@ class StreamRunner:
         bus.create_topics([*(t.name for t in service.inputs), *service.outputs, service.dead_letter_topic])
         self.producer = bus.producer(service.group_id if service.exactly_once else None)
         self.emitter = Emitter(self)
+        shared = [t.name for t in service.inputs if not t.broadcast]
+        if not shared:
+            raise ValueError(f"{service.name}: a stream service needs an input its group shares, not only broadcast ones")
+        broadcast = [t.name for t in service.inputs if t.broadcast]
+        self.reader = bus.reader(broadcast, service.max_poll_records) if broadcast else None
         self.consumer = bus.consumer(
-            [t.name for t in service.inputs],
+            shared,
             service.group_id,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
@@ -333,16 +343,17 @@ class StreamRunner:
         batch_size = min(self.service.max_poll_records, limit or self.service.max_poll_records)
         with self._lock:
             self._apply_rebalance([])  # seek before fetching where the bus reported an assignment already
-        polled = self.consumer.poll(batch_size, 0.0 if self.service.busy else timeout_s)
+        broadcast = self.reader.poll(batch_size, 0.0) if self.reader is not None else []
+        polled = self.consumer.poll(batch_size, 0.0 if self.service.busy or broadcast else timeout_s)
         with self._lock:
             messages = self._apply_rebalance(polled)
-            if messages:
+            if messages or broadcast:
                 started = time.perf_counter()
-                self._handle(messages)
+                self._handle(broadcast + messages)  # one batch: the broadcast ones are never committed
                 for message in messages:
                     self._pending[message.topic_partition] = message.offset + 1
                     self._next[message.topic_partition] = message.offset + 1
-                self.stats.messages += len(messages)
+                self.stats.messages += len(messages) + len(broadcast)
                 self.stats.batches += 1
                 self.stats.batch_seconds.append(time.perf_counter() - started)
                 del self.stats.batch_seconds[:-1000]
@@ -350,7 +361,7 @@ class StreamRunner:
             work = self._uncommitted() or self.producer.in_transaction
             if due or (work and time.monotonic() - self._last_commit >= self.service.commit_interval_s):
                 self.commit()
-        return len(messages)
+        return len(messages) + len(broadcast)
 
     def _handle(self, messages: list[Message]) -> None:
         try:
@@ -522,6 +533,8 @@ class StreamRunner:
                 self.service.close()
             finally:
                 self.consumer.close()
+                if self.reader is not None:
+                    self.reader.close()
                 self.producer.close()
 
 

@@ -151,9 +151,11 @@ class EdgeService(StreamService):
         self.demand_topic = demand_topic
         self.intent_results_topic = intent_results_topic
         self.prompts = Topic(prompts_topic, PromptMessage)
-        self.status = Topic(status_topic, ProbeEcho)
-        # place_adapter decisions: a table, so that a restart knows what is placed (until it expires)
-        self.decisions = Topic(decisions_topic, table=True) if decisions_topic and registry is not None else None
+        # Probe echoes and place_adapter decisions concern every replica of the site, so each reads
+        # them whole (broadcast), not a share; decisions from the beginning: a restart knows what
+        # is placed (until it expires).
+        self.status = Topic(status_topic, ProbeEcho, broadcast=True)
+        self.decisions = Topic(decisions_topic, table=True, broadcast=True) if decisions_topic and registry is not None else None
         self.inputs = [self.prompts, self.status, *([self.decisions] if self.decisions else [])]
         self.registry = registry
         self.placement = AdapterPlacement(adapter_budget)
@@ -174,6 +176,7 @@ class EdgeService(StreamService):
         self.monitor = LinkMonitor(router)
         self.counters = EdgeServiceStats()
         self.load = LoadWindow(edge, load_interval_s if telemetry_topic else 0.0)
+        self._started_ms = time.time() * 1000
         self._last_probe = 0.0
         self._last_prompt = 0.0
         self._large_next = False
@@ -368,15 +371,15 @@ class EdgeService(StreamService):
         self.load.add("answered_at_edge")
 
     def _echo(self, message: Message, out: Emitter) -> None:
-        """Take in a probe echo of this site (any replica's: they share the site's link; other
-        sites' echoes measure other links)."""
+        """Take in a probe echo of this site (any replica's: they share the site's link, and every
+        replica reads every echo; other sites' echoes measure other links)."""
         try:
             echo = self.status.decode(message)
         except Rejected as exc:
             out.dead_letter(message, exc.errors)
             return
-        if echo.edge != self.edge:
-            return
+        if echo.edge != self.edge or echo.edge_sent_ms < self._started_ms:
+            return  # another site's link, or a probe sent before this replica started: the past
         self.monitor.observe((time.time() * 1000 - echo.edge_sent_ms) / 1000, echo.probe_bytes, echo.cloud_queue,
                              None if echo.cloud_service_ms is None else echo.cloud_service_ms / 1000)  # fmt: skip
         link = self.monitor.estimate()
