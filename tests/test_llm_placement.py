@@ -120,3 +120,34 @@ def test_every_replica_of_a_site_carries_out_its_placements_on_the_broker(
             runner.close()
     assert [set(lm.cards) for lm in lms] == [{"maps"}, {"maps"}]
     assert [r.service.counters.adapter_loads for r in runners] == [1, 1]
+
+
+def test_a_request_for_an_adapter_the_site_has_but_not_loaded_loads_it_within_the_budget(tiny_llms: Path, registry: AdapterRegistry) -> None:
+    settings = load_settings(llm={"adapter_budget": 1, "probe_interval_s": 0, "load_interval_s": 0, "max_new_tokens": 3})
+    lm = AdapterLM.load(tiny_llms / "edge", registry, adapters=["video"])
+    service = edge_service(settings, EdgeCompleter(lm, ContextStore.load(tiny_llms / "context.json")), registry)
+    bus = EmbeddedBus()
+    cell = json.loads((tiny_llms / "context.json").read_text())["cells"][0]["cell"]
+    producer = bus.producer()
+    for i, adapter in enumerate(("maps", "nowhere")):
+        producer.send(settings.topics.prompts, json.dumps({"request_id": f"r-{i}", "text": "coffee near me", "location": cell, "adapter": adapter}).encode())
+    runner = StreamRunner(bus, service)
+    run_until_idle([runner])
+    runner.close()
+    answers = {a["request_id"]: a for a in (json.loads(m.value) for m in bus.messages(settings.topics.answers))}
+    escalated = {json.loads(m.value)["request_id"] for m in bus.messages(settings.topics.cloud_requests)}
+    assert ("r-0" in answers and answers["r-0"]["status"] == "ok") or "r-0" in escalated  # completed with maps, wherever answered
+    assert answers["r-1"]["status"] == "error" and "not loaded" in answers["r-1"]["reason"]  # the site has no such adapter
+    assert set(lm.cards) == {"maps"}  # the budget of one: video made room
+    counters = service.counters
+    assert (counters.adapter_misses, counters.adapter_unloads, counters.adapters_loaded) == (1, 1, 1)
+    assert counters.adapter_miss_load_ms > 0
+
+
+def test_an_edge_starts_with_the_completion_adapter_first_within_its_budget() -> None:
+    from nm_toolkit.llm.lora import AdapterCard
+    from nm_toolkit.llm.placement import startup_adapters
+
+    cards = [AdapterCard("trend", "trend_forecast", "base"), AdapterCard("completion", "prompt_completion", "base"), AdapterCard("x", "other", "base")]
+    assert startup_adapters(cards, 1, "prompt_completion") == ["completion"]
+    assert startup_adapters(cards, 2, "prompt_completion") == ["completion", "trend"]

@@ -11,7 +11,8 @@ from nm_toolkit.config import Settings
 from nm_toolkit.llm.context import ContextStore
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry
-from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter
+from nm_toolkit.llm.netgpt import COMPLETION_TASK, CloudResponder, EdgeCompleter
+from nm_toolkit.llm.placement import startup_adapters
 from nm_toolkit.llm.service_class import ServiceClassifier, ServiceClassProbe
 
 
@@ -42,9 +43,13 @@ def generation_limits(settings: Settings) -> GenerationLimits:
 
 
 def edge_completer(settings: Settings) -> EdgeCompleter:
-    """The edge model with every registered adapter loaded, and the edge's context store."""
+    """The edge model with its start-up adapters loaded (the completion adapter first, at most
+    ``llm.adapter_budget``: :func:`~nm_toolkit.llm.placement.startup_adapters`), and the edge's
+    context store."""
     paths = LlmPaths.from_settings(settings)
-    lm = AdapterLM.load(paths.edge_model, AdapterRegistry(paths.adapters_dir), quantize=settings.llm.quantize_edge)
+    registry = AdapterRegistry(paths.adapters_dir)
+    adapters = startup_adapters(registry.cards(), settings.llm.adapter_budget, COMPLETION_TASK)
+    lm = AdapterLM.load(paths.edge_model, registry, adapters=adapters, quantize=settings.llm.quantize_edge)
     return EdgeCompleter(lm, ContextStore.load(paths.context_store), generation_limits(settings))
 
 

@@ -82,6 +82,7 @@ class AdapterLM:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=card.name, is_trainable=False)
         self.model.eval()
         self.cards[card.name] = card
+        self._keep_an_active_adapter()
 
     def remove_adapter(self, name: str) -> None:
         """Unload adapter ``name`` (its memory is freed); between batches, as :meth:`add_adapter`."""
@@ -90,6 +91,13 @@ class AdapterLM:
         assert isinstance(self.model, PeftModel)
         self.model.delete_adapter(name)
         del self.cards[name]
+        self._keep_an_active_adapter()
+
+    def _keep_an_active_adapter(self) -> None:
+        """peft keeps one adapter active and looks it up on every forward pass, even when each
+        row names its own: after the active one is deleted, make a loaded one active."""
+        if isinstance(self.model, PeftModel) and self.cards and self.model.active_adapter not in self.cards:
+            self.model.set_adapter(next(iter(self.cards)))
 
     def select(self, task: str | None, location_group: str | None, adapter: str | None = None) -> str:
         """The adapter for a request: the one it names, else the task's adapter for its location group,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
@@ -21,6 +21,9 @@ from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.runtime import Emitter
 from nm_toolkit.errors import validation_reason
 from nm_toolkit.schemas import DecisionAdapter, DecisionBase
+
+if TYPE_CHECKING:
+    from nm_toolkit.llm.lora import AdapterCard
 
 DecisionT = TypeVar("DecisionT", bound=DecisionBase)
 
@@ -84,3 +87,28 @@ class AdapterPlacement:
         evictable = sorted((name for name in loaded if name not in wanted), key=lambda name: (self.last_used.get(name, float("-inf")), name))
         unload = evictable[: max(0, -room)]
         return PlacementPlan(tuple(load), tuple(unload))
+
+    def room_for(self, adapter: str, loaded: Set[str], keep: Set[str], now: float) -> PlacementPlan:
+        """What to unload so that ``adapter``, asked for by a request but not loaded (a miss),
+        fits the budget: the loaded adapters outside ``keep`` (those the batch in hand uses), the
+        ones no placement wants first, then the least recently used. ``unload`` is empty when
+        there is room; ``load`` is empty when nothing can make room."""
+        if len(loaded) < self.budget:
+            return PlacementPlan((adapter,), ())
+        wanted = set(self.wanted(now))
+        candidates = sorted(
+            (name for name in loaded if name not in keep),
+            key=lambda name: (name in wanted, self.last_used.get(name, float("-inf")), name),
+        )
+        excess = len(loaded) - self.budget + 1
+        if len(candidates) < excess:
+            return PlacementPlan((), ())
+        return PlacementPlan((adapter,), tuple(candidates[:excess]))
+
+
+def startup_adapters(cards: Sequence[AdapterCard], budget: int, first_task: str) -> list[str]:
+    """The adapters an edge loads when it starts: ``first_task``'s (every prompt needs one) before
+    the others, no more than ``budget``. Placement decisions, read from the decisions table as the
+    service starts, and requests that name another adapter load the rest."""
+    ordered = sorted(cards, key=lambda card: card.task != first_task)
+    return [card.name for card in ordered[:budget]]

@@ -90,6 +90,8 @@ class EdgeServiceStats:
     adapter_loads: int = 0
     adapter_unloads: int = 0
     placement_failures: int = 0
+    adapter_misses: int = 0  # requests that named an adapter the site has but had not loaded: loaded on demand
+    adapter_miss_load_ms: float = 0.0  # ... the time those loads took, summed (divided by adapter_misses: a miss's latency)
     service_intents: int = 0  # prompts whose service intent (and demand) this service published
     classified_by_model: int = 0  # ... their class from the edge model's own output
     classified_by_keywords: int = 0  # ... from the keyword rules (the model unsure, or not loaded)
@@ -197,6 +199,7 @@ class EdgeService(StreamService):
                 continue
             try:
                 request = self._decode(message)
+                self._load_on_miss(request, {v.prepared.adapter for v in valid})
                 valid.append(_Valid(message, request, self._prepare(message, request)))
             except _Unanswerable as exc:
                 self._reject(message, exc.request_id, exc.errors[0].reason, out)
@@ -267,6 +270,33 @@ class EdgeService(StreamService):
                 log.exception("adapter %s stays unloaded: it could not be loaded", name)
                 self.counters.placement_failures += 1
                 self.placement.placed_until.pop(name, None)
+        self.counters.adapters_loaded = len(lm.cards)
+
+    def _load_on_miss(self, request: PromptMessage, keep: set[str]) -> None:
+        """Load the adapter a request names when the site has it but has not loaded it (a miss,
+        its latency counted), making room within the budget without evicting one that ``keep``
+        (this batch's requests so far) uses. Nothing to do without a registry, for a loaded or
+        unknown adapter (the request is then answered with the reason)."""
+        name, lm = request.adapter, self.completer.lm
+        if name is None or name in lm.cards or self.registry is None or name not in {c.name for c in self.registry.cards()}:
+            return
+        plan = self.placement.room_for(name, set(lm.cards), keep, time.monotonic())
+        if not plan.load:
+            return  # the batch in hand uses every loaded adapter: the request is told it is not loaded
+        started = time.perf_counter()
+        for evicted in plan.unload:
+            lm.remove_adapter(evicted)
+            self.counters.adapter_unloads += 1
+        try:
+            lm.add_adapter(self.registry, name)
+        except FATAL_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - a broken adapter file must not stop serving
+            log.exception("adapter %s asked for by a request could not be loaded", name)
+            self.counters.placement_failures += 1
+            return
+        self.counters.adapter_misses += 1
+        self.counters.adapter_miss_load_ms += 1000 * (time.perf_counter() - started)
         self.counters.adapters_loaded = len(lm.cards)
 
     # -- serving -----------------------------------------------------------------------------
