@@ -23,7 +23,9 @@ type seen in three sentences is not outweighed by the L2 prior and the hundred `
 The unlabelled words between spans are left alone: the structure is the training file's, the
 values are not. Deterministic for a given ``seed``. Every method but ``llm`` trains on augmented
 intents (:func:`intent.methods.factory`; the defaults were chosen on the grouped split, fold seed 1,
-bench/RESULTS.md "Intent extraction").
+bench/RESULTS.md "Intent extraction") and on synthetic policy prose (:mod:`intent.prose`: the
+refilled sentences keep the file's short imperative style; the prose brings the style operators'
+policies are written in, bench/RESULTS.md "Intent extraction on policy prose").
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 from intent.data import LabelledIntent, Span
 from intent.lexicon import SUBSTITUTES, TERMS, WORD_CLASSES
+from intent.prose import ProseConfig, policy_prose
 
 _WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)?")
 _HOUR = re.compile(r"\b(\d{1,2})(:\d{2})?(\s*(?:am|pm))?\b", re.IGNORECASE)
@@ -130,14 +133,17 @@ def augment(intents: Sequence[LabelledIntent], config: AugmentConfig = AugmentCo
 
 
 class AugmentedExtractor:
-    """Any extractor, fitted on the augmented intents. ``fit`` returns the fitted inner extractor,
-    so what is used, saved and loaded afterwards is that extractor itself."""
+    """Any extractor, fitted on the augmented intents followed by synthetic policy prose
+    (:func:`intent.prose.policy_prose`, ``prose.sentences`` of them; 0 for none). ``fit`` returns
+    the fitted inner extractor, so what is used, saved and loaded afterwards is that extractor itself."""
 
-    def __init__(self, inner: object, config: AugmentConfig = AugmentConfig()) -> None:
-        self.inner, self.config = inner, config
+    def __init__(self, inner: object, config: AugmentConfig = AugmentConfig(), prose: ProseConfig | None = None) -> None:
+        self.inner, self.config, self.prose = inner, config, prose
 
     def fit(self, intents: Sequence[LabelledIntent]) -> object:
-        return self.inner.fit(augment(intents, self.config))  # type: ignore[attr-defined,no-any-return]
+        settings = self.prose or ProseConfig()
+        prose = policy_prose(settings) if settings.sentences else []
+        return self.inner.fit([*augment(intents, self.config), *prose])  # type: ignore[attr-defined,no-any-return]
 
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         return self.inner.predict_spans(texts)  # type: ignore[attr-defined,no-any-return]

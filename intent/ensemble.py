@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from intent.data import LabelledIntent, Span
-from intent.evaluation import SpanExtractor
+from intent.evaluation import Abstention, SpanExtractor
 from intent.saved import read_config, write_config
 from nm_toolkit.errors import UserError
 
@@ -43,21 +43,24 @@ class VotingIntentTagger:
         return self
 
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
-        """Labelled spans of each text (character offsets into that text)."""
-        return [spans for spans, _ in self.predict_with_doubts(texts)]
+        """Labelled spans of each text (character offsets into that text), abstained ones included."""
+        return [sorted([*kept, *(a.span for a in doubts)], key=lambda s: (s.start, s.end)) for kept, doubts in self.predict_abstaining(texts)]
 
-    def predict_with_doubts(self, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
-        """The majority spans of each text, and what the members disagree on that matters: a kept
-        span that another member gives another type ("'to labs': destination or target?")."""
+    def predict_abstaining(self, texts: Sequence[str]) -> list[tuple[list[Span], list[Abstention]]]:
+        """The majority spans of each text, less those it abstains on: a majority span that a member
+        reads nothing of (no span of it overlaps), so the members disagree whether there is an
+        entity there at all (on the development set such spans are right less than half the time,
+        bench/RESULTS.md issue 25)."""
         out = []
         for text in texts:  # one text at a time: the span members then share its features (intent.span.featurise)
             predictions = [member.predict_spans([text])[0] for member in self.members_]
-            kept = majority_spans(predictions)
-            doubts = []
-            for span in kept:
-                rivals = sorted({s.type for member in predictions for s in member if (s.start, s.end) == (span.start, span.end) and s.type != span.type})
-                if rivals:
-                    doubts.append(f"{span.text!r} read as {span.type}, but could be {' or '.join(rivals)}")
+            kept, doubts = [], []
+            for span in majority_spans(predictions):
+                blind = [name for name, member in zip(self.members, predictions, strict=True) if not any(s.start < span.end and span.start < s.end for s in member)]
+                if blind:
+                    doubts.append(Abstention(span, f"{span.text!r} read as {span.type}, but the {' and '.join(blind)} member reads no entity there"))
+                else:
+                    kept.append(span)
             out.append((kept, doubts))
         return out
 

@@ -45,6 +45,22 @@ class SpanExtractor(Protocol):
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]: ...
 
 
+@dataclass(frozen=True)
+class Abstention:
+    """A span the extractor read but is not sure of, and why: it is asked about, not acted on."""
+
+    span: Span
+    reason: str
+
+
+def predict_abstaining(extractor: SpanExtractor, texts: Sequence[str]) -> list[tuple[list[Span], list[Abstention]]]:
+    """The spans of each text the extractor stands by, and those it abstains on (none for an
+    extractor that cannot say how sure it is)."""
+    if hasattr(extractor, "predict_abstaining"):
+        return extractor.predict_abstaining(texts)  # type: ignore[no-any-return]
+    return [(spans, []) for spans in extractor.predict_spans(texts)]
+
+
 @dataclass
 class EntityScores:
     """Counts behind precision/recall/F1; ``add`` accumulates one intent at a time."""
@@ -57,30 +73,45 @@ class EntityScores:
     fit_seconds: float = 0.0
     predict_seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
+    answered_fp: int = 0  # wrong spans the extractor stood by
+    abstained: int = 0
+    abstained_right: int = 0  # abstentions on a span that was right after all
 
-    def add(self, gold: Sequence[Span], predicted: Sequence[Span]) -> None:
+    def add(self, gold: Sequence[Span], predicted: Sequence[Span], abstained: Sequence[Span] = ()) -> None:
+        """Count one intent. An abstained span scores as a miss of the gold entity it would have
+        matched, and as a false positive when it matches none, so abstaining never raises a score."""
         g = Counter((s.type, s.text) for s in gold)
         p = Counter((s.type, s.text) for s in predicted)
         hit = g & p
+        a = Counter((s.type, s.text) for s in abstained)
+        a_right = a & (g - hit)
         for (kind, _), n in hit.items():
             self.tp[kind] += n
-        for (kind, _), n in (p - hit).items():
+        for (kind, _), n in ((p - hit) + (a - a_right)).items():
             self.fp[kind] += n
         for (kind, _), n in (g - hit).items():
             self.fn[kind] += n
+        self.answered_fp += sum((p - hit).values())
+        self.abstained += sum(a.values())
+        self.abstained_right += sum(a_right.values())
         self.intents += 1
-        self.exact += g == p
+        self.exact += g == p and not a
 
     def report(self) -> dict[str, object]:
         kinds = sorted(set(self.tp) | set(self.fp) | set(self.fn))
         per_type = {k: _prf(self.tp[k], self.fp[k], self.fn[k]) for k in kinds}
         micro = _prf(sum(self.tp.values()), sum(self.fp.values()), sum(self.fn.values()))
+        tp = sum(self.tp.values())
+        answered = tp + self.answered_fp
         macro = {m: sum(float(s[m]) for s in per_type.values()) / len(per_type) if per_type else 0.0 for m in ("precision", "recall", "f1")}
         return {
             "micro": micro,
             "macro": macro | {"support": micro["support"]},
             "per_type": per_type,
             "exact_match": self.exact / self.intents if self.intents else 0.0,
+            "abstain_rate": self.abstained / (answered + self.abstained) if answered + self.abstained else 0.0,
+            "answered_precision": tp / answered if answered else 0.0,
+            "abstained_right": self.abstained_right,
             "intents": self.intents,
             "fit_seconds": self.fit_seconds,
             "predict_ms_per_intent": 1000 * self.predict_seconds / self.intents if self.intents else 0.0,
@@ -173,10 +204,10 @@ def score(
 ) -> EntityScores:
     scores = scores or EntityScores()
     started = time.perf_counter()
-    predictions = extractor.predict_spans([t.text for t in test])
+    predictions = predict_abstaining(extractor, [t.text for t in test])
     scores.predict_seconds += time.perf_counter() - started
-    for item, predicted in zip(test, predictions, strict=True):
-        scores.add(item.spans, predicted)
+    for item, (predicted, abstentions) in zip(test, predictions, strict=True):
+        scores.add(item.spans, predicted, [a.span for a in abstentions])
         if knowledge is not None:
             found = {(s.type, s.text) for s in predicted}
             scores.errors.update(knowledge.cause(s) for s in item.spans if (s.type, s.text) not in found)
@@ -232,3 +263,6 @@ def _merge(into: EntityScores, other: EntityScores) -> None:
     into.fit_seconds += other.fit_seconds
     into.predict_seconds += other.predict_seconds
     into.errors.update(other.errors)
+    into.answered_fp += other.answered_fp
+    into.abstained += other.abstained
+    into.abstained_right += other.abstained_right

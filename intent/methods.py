@@ -116,18 +116,21 @@ def unread_names(text: str, spans: Sequence[Span], known: set[str] | None) -> li
     return reasons
 
 
-def predict_with_doubts(extractor: SpanExtractor, texts: Sequence[str]) -> list[tuple[list[Span], list[str]]]:
-    """Spans of each text and the doubts about them (members' disagreement, unknown named values,
-    unknown names left out of every span)."""
-    if hasattr(extractor, "predict_with_doubts"):
-        predicted = extractor.predict_with_doubts(texts)
-    else:
-        predicted = [(spans, []) for spans in extractor.predict_spans(texts)]
+def predict_with_doubts(extractor: SpanExtractor, texts: Sequence[str]) -> list[tuple[list[Span], list[str], str | None]]:
+    """Spans of each text (abstained ones included), the doubts about them (members' disagreement,
+    unknown named values, unknown names left out of every span), and the text of the first span in
+    doubt, where a span is."""
+    from intent.evaluation import predict_abstaining
+
     known = known_words(extractor)
-    return [
-        (spans, doubts + unknown_values(spans, known) + unread_names(text, spans, known))
-        for text, (spans, doubts) in zip(texts, predicted, strict=True)
-    ]
+    out = []
+    for text, (kept, abstained) in zip(texts, predict_abstaining(extractor, texts), strict=True):
+        spans = sorted([*kept, *(a.span for a in abstained)], key=lambda s: (s.start, s.end))
+        unknown = unknown_values(spans, known)
+        doubts = [a.reason for a in abstained] + unknown + unread_names(text, spans, known)
+        named = [s.text for s in spans if s.type in NAMED_TYPES and unknown_values([s], known)]
+        out.append((spans, doubts, abstained[0].span.text if abstained else named[0] if named else None))
+    return out
 
 
 def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> list[OperatorIntent | NeedsClarification]:
@@ -135,6 +138,7 @@ def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> li
 
     An intent the span extractors are unsure of (:func:`predict_with_doubts`) is not returned as
     an intent but as a clarification that says what is in doubt."""
+    from intent.clauses import unread_clauses
     from intent.llm_extractor import LlmIntentExtractor
     from intent.llm_output import parse_llm_output
     from intent.schema import NeedsClarification, OperatorIntent
@@ -146,9 +150,13 @@ def parse_operator_intents(extractor: SpanExtractor, texts: Sequence[str]) -> li
             parsed = parse_llm_output(text, output)
             results.append(NeedsClarification(text=text, reason=parsed.error) if parsed.error else structure(text, parsed.spans))
         return results
-    for text, (spans, doubts) in zip(texts, predict_with_doubts(extractor, texts), strict=True):
+    for text, (spans, doubts, abstained) in zip(texts, predict_with_doubts(extractor, texts), strict=True):
         result = structure(text, spans)
-        if doubts and isinstance(result, OperatorIntent):
-            result = NeedsClarification(text=text, reason="unsure: " + "; ".join(doubts) + ": please rephrase or confirm")
+        if isinstance(result, OperatorIntent) and (doubts or (unread := unread_clauses(text, spans))):
+            if doubts:
+                result = NeedsClarification(text=text, reason="unsure: " + "; ".join(doubts) + ": please rephrase or confirm", span=abstained)
+            else:
+                clause, reason = unread[0]
+                result = NeedsClarification(text=text, reason=f"{reason} ({len(unread)} such clause{'s' * (len(unread) > 1)})", span=clause)
         results.append(result)
     return results

@@ -106,6 +106,7 @@ class NeedsClarification(BaseModel):
     kind: Literal["needs_clarification"] = "needs_clarification"
     text: str = Field(max_length=2000)
     reason: str
+    span: str | None = Field(default=None, max_length=2000, description="the part of the text in doubt, where there is one")
     source: Literal["operator", "user"] = "operator"
     request_id: str | None = None
 

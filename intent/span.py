@@ -40,7 +40,9 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
+from intent.contextual import NO_CONTEXT, context_classes
 from intent.embed import word_cluster
+from intent.evaluation import Abstention
 from intent.lexicon import term_matches, word_classes
 from intent.saved import read_config, write_config
 from intent.tagger import CLAUSE_PUNCTUATION, PREPOSITIONS, Features, last_prepositions, stem, token_shape
@@ -49,6 +51,8 @@ from nm_toolkit.errors import UserError
 WEIGHTS_FILE = "span_weights.safetensors"
 METHOD_OF = {"segmentation": "semicrf", "per_span": "spanlr"}
 BOUNDARY_PUNCTUATION = frozenset(",.;!?")
+import os
+USE_CONTEXT = os.environ.get("NMT_CTX") == "1"
 
 
 Objective = Literal["segmentation", "per_span"]
@@ -83,13 +87,14 @@ class SentenceView:
     shapes: tuple[str, ...]
     classes: tuple[tuple[str, ...], ...]
     clusters: tuple[str, ...]  # intent.embed.word_cluster of each word
+    contexts: tuple[str, ...]  # intent.contextual.context_classes: each word's class in this sentence
     last_prep: tuple[str, ...]  # the last preposition before each token
     glued: tuple[bool, ...]  # glued[k]: token k ends where token k + 1 starts ("5gbps")
     title: tuple[bool, ...]
     terms: tuple[tuple[int, int, str], ...]  # intent.lexicon.term_matches: names of network things
 
     @classmethod
-    def of(cls, tokens: Sequence[Token]) -> SentenceView:
+    def of(cls, tokens: Sequence[Token], contexts: Sequence[str] | None = None) -> SentenceView:
         words = tuple(t.text.lower() for t in tokens)
         return cls(
             words=words,
@@ -97,6 +102,7 @@ class SentenceView:
             shapes=tuple(token_shape(t.text) for t in tokens),
             classes=tuple(word_classes(w) for w in words),
             clusters=tuple(word_cluster(w) for w in words),
+            contexts=tuple(contexts) if contexts is not None else (NO_CONTEXT,) * len(words),
             last_prep=tuple(last_prepositions(words)),
             glued=tuple(a.end == b.start for a, b in zip(tokens, tokens[1:], strict=False)),
             title=tuple(t.text[:1].isupper() for t in tokens),
@@ -171,6 +177,11 @@ def span_features(view: SentenceView, i: int, j: int) -> Features:
     f[f"before_cluster={view.clusters[i - 1] if i else '<s>'}"] = 1.0
     f[f"after_cluster={view.clusters[j] if j < n else '</s>'}"] = 1.0
     f.update({f"in_cluster={view.clusters[k]}": 1.0 for k in range(i, j)})
+    if view.contexts[i] != NO_CONTEXT:
+        f[f"first_ctx={view.contexts[i]}"] = 1.0
+        f[f"last_ctx={view.contexts[j - 1]}"] = 1.0
+        f[f"before_ctx={view.contexts[i - 1] if i else '<s>'}"] = 1.0
+        f[f"after_ctx={view.contexts[j] if j < n else '</s>'}"] = 1.0
     return f
 
 
@@ -205,7 +216,7 @@ def featurise(text: str, max_len: int) -> Candidates:
     featurise the same text with the same ``max_len``; the vote asks its members one text at a time
     so that the second finds it here (bench/intent_predict.py)."""
     tokens = tokenize(text)
-    view = SentenceView.of(tokens)
+    view = SentenceView.of(tokens, context_classes(text, tokens) if USE_CONTEXT else None)
     spans = candidate_spans(len(tokens), max_len)
     features = [span_features(view, i, j) for i, j in spans]
     return Candidates(
@@ -240,6 +251,43 @@ def best_segmentation(scores: np.ndarray) -> list[tuple[int, int]]:
         else:
             j -= 1
     return spans[::-1]
+
+
+def span_marginals(scores: np.ndarray) -> np.ndarray:
+    """``marginals[j - 1, l - 1, t]``: the probability, over all segmentations weighted by their
+    exp-score, that the span of ``l`` tokens ending before token ``j`` is an entity of type ``t``.
+
+    ``scores`` is as :func:`best_segmentation`'s with a last axis of types (``-inf`` where there
+    is no span); a token outside every span scores 0. Forward-backward in log space.
+    """
+    n, max_len, _ = scores.shape
+    span = np.logaddexp.reduce(scores, axis=2)  # each span, summed over its types
+    forward, backward = np.full(n + 1, -np.inf), np.full(n + 1, -np.inf)
+    forward[0], backward[n] = 0.0, 0.0
+    for j in range(1, n + 1):
+        ways = [forward[j - 1]] + [forward[j - length] + span[j - 1, length - 1] for length in range(1, min(max_len, j) + 1)]
+        forward[j] = np.logaddexp.reduce(ways)
+    for i in range(n - 1, -1, -1):
+        ways = [backward[i + 1]] + [span[i + length - 1, length - 1] + backward[i + length] for length in range(1, min(max_len, n - i) + 1)]
+        backward[i] = np.logaddexp.reduce(ways)
+    ends = np.arange(1, n + 1)[:, None]
+    lengths = np.arange(1, max_len + 1)[None, :]
+    starts = np.clip(ends - lengths, 0, n)
+    around = forward[starts] + backward[np.minimum(ends, n)] - forward[n]
+    around = np.where(ends - lengths >= 0, around, -np.inf)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.exp(scores + around[:, :, None]), nan=0.0)
+
+
+# a span the model rates below this probability is abstained on, not acted on
+MIN_CONFIDENCE = 0.5
+
+
+def split_by_confidence(scored: Sequence[tuple[Span, float]], threshold: float = MIN_CONFIDENCE) -> tuple[list[Span], list[Abstention]]:
+    """The spans at or above ``threshold`` and abstentions on the rest, with the probability as the reason."""
+    kept = [span for span, p in scored if p >= threshold]
+    doubts = [Abstention(span, f"{span.text!r} read as {span.type} with probability {p:.2f} only") for span, p in scored if p < threshold]
+    return kept, doubts
 
 
 def log_partition(span_scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -315,6 +363,17 @@ class SpanIntentTagger:
 
     def predict_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         """Labelled spans of each text (character offsets into that text)."""
+        return [[span for span, _ in scored] for scored in self.predict_scored(texts)]
+
+    def predict_abstaining(self, texts: Sequence[str]) -> list[tuple[list[Span], list[Abstention]]]:
+        """The spans of each text, less those the model itself rates below even odds (:meth:`predict_scored`)."""
+        return [split_by_confidence(scored) for scored in self.predict_scored(texts)]
+
+    def predict_scored(self, texts: Sequence[str]) -> list[list[tuple[Span, float]]]:
+        """The best segmentation of each text into spans, each with the model's probability that it
+        is an entity of that type: under ``segmentation`` its marginal over all segmentations
+        (:func:`span_marginals`), under ``per_span`` the classifier's probability of the type
+        against the others and "none" (the log-odds less ``margin``)."""
         result = []
         for text in texts:
             featurised = featurise(text, self.max_span_tokens_)
@@ -327,11 +386,21 @@ class SpanIntentTagger:
             scores = np.full((len(tokens), self.max_span_tokens_), -np.inf)
             scores[ends - 1, ends - starts - 1] = by_type.max(1)
             best_type = dict(zip(candidates, by_type.argmax(1).tolist(), strict=True))
+            index = {c: k for k, c in enumerate(candidates)}
+            if self.config.objective == "segmentation":
+                typed = np.full((len(tokens), self.max_span_tokens_, by_type.shape[1]), -np.inf)
+                typed[ends - 1, ends - starts - 1] = by_type
+                marginals = span_marginals(typed)
             spans = []
             for i, j in best_segmentation(scores):
-                kind = self.entity_types_[best_type[(i, j)]]
+                kind = best_type[(i, j)]
+                if self.config.objective == "segmentation":
+                    probability = float(marginals[j - 1, j - i - 1, kind])
+                else:
+                    odds = by_type[index[(i, j)]] - self.config.margin
+                    probability = float(np.exp(odds[kind] - np.logaddexp(0.0, np.logaddexp.reduce(odds))))
                 start, end = tokens[i].start, tokens[j - 1].end
-                spans.append(Span(kind, start, end, text[start:end]))
+                spans.append((Span(self.entity_types_[kind], start, end, text[start:end]), probability))
             result.append(spans)
         return result
 

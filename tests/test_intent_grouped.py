@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from intent.augment import AugmentConfig, augment
 from intent.data import LabelledIntent, Span, load_intents
-from intent.evaluation import TrainingKnowledge, skeleton, split_folds, split_groups, word_clusters
+from intent.evaluation import Abstention, TrainingKnowledge, skeleton, split_folds, split_groups, word_clusters
 from intent.lexicon import word_classes
 from nm_toolkit.cli import app
 
@@ -124,12 +124,14 @@ def test_doubts_come_back_as_clarifications_with_the_reason() -> None:
     text = "block traffic to labs"
     op, dest = Span("operation", 0, 5, "block"), Span("destination", 14, 21, "to labs")
     vote = VotingIntentTagger()
-    vote.members_ = [Fixed([op, dest]), Fixed([op, dest]), Fixed([op, Span("target", 14, 21, "to labs")])]
-    (spans, doubts), = vote.predict_with_doubts([text])
-    assert spans == [op, dest] and doubts == ["'to labs' read as destination, but could be target"]
+    vote.members_ = [Fixed([op, dest]), Fixed([op, dest]), Fixed([op])]
+    (kept, abstained), = vote.predict_abstaining([text])
+    assert kept == [op] and abstained == [Abstention(dest, "'to labs' read as destination, but the spanlr member reads no entity there")]
+    assert vote.predict_spans([text]) == [[op, dest]]
     result = parse_operator_intents(vote, [text])[0]
-    assert result.kind == "needs_clarification" and "could be target" in result.reason
-    vote.members_ = [Fixed([op, dest])] * 3
+    assert result.kind == "needs_clarification" and "reads no entity there" in result.reason and result.span == "to labs"
+    vote.members_ = [Fixed([op, dest]), Fixed([op, dest]), Fixed([op, Span("target", 14, 21, "to labs")])]
+    assert vote.predict_abstaining([text]) == [([op, dest], [])]  # a rival reading is no abstention: the majority is right 7 times in 8
     assert parse_operator_intents(vote, [text])[0].kind == "operator"
 
 

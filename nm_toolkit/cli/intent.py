@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -123,21 +125,29 @@ def evaluate(
     if as_json:
         emit(True, {"methods": reports, "best": best}, "")
         return
-    kinds = sorted({k for r in reports.values() for k in r["per_type"]})  # type: ignore[union-attr]
-    rows = []
-    for kind in [*kinds, "macro", "micro"]:
-        row: dict[str, object] = {"entity": kind}
-        for name, report in reports.items():
-            scores = report[kind] if kind in ("macro", "micro") else report["per_type"].get(kind, {})  # type: ignore[union-attr,index]
-            row |= {f"{name} P": scores.get("precision"), f"{name} R": scores.get("recall"), f"{name} F1": scores.get("f1")}
-        rows.append(row)
-    rows.append({"entity": "exact match", **{f"{n} F1": r["exact_match"] for n, r in reports.items()}})
-    emit(False, reports, "entity-level scores (type and span text must match)", rows)
+    emit(False, reports, "entity-level scores (type and span text must match; an abstained span counts as a miss)", score_rows(reports))
     for name, report in reports.items():
-        console.print(f"{name}: fit {report['fit_seconds']:.1f} s in all, predict {report['predict_ms_per_intent']:.1f} ms per intent")
         if causes := report.get("missed_by_cause"):
             console.print(f"{name} missed: " + ", ".join(f"{n} {cause.replace('_', ' ')}" for cause, n in causes.items()))  # type: ignore[union-attr]
     console.print(f"best: {best} (micro-F1 {reports[best]['micro']['f1']:.3f})")  # type: ignore[index]
+
+
+def score_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per figure, one column per method: micro-F1 first, then each type's F1 (with its
+    support), then what abstaining leaves and what it all costs."""
+    figures: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("micro-F1", lambda r: r["micro"]["f1"]), ("micro precision", lambda r: r["micro"]["precision"]),
+        ("micro recall", lambda r: r["micro"]["recall"]), ("macro-F1", lambda r: r["macro"]["f1"]),
+    ]  # fmt: skip
+    for kind in sorted({k for r in reports.values() for k in r["per_type"]}):
+        support = max(r["per_type"].get(kind, {}).get("support", 0) for r in reports.values())
+        figures.append((f"F1 {kind} ({support})", lambda r, k=kind: r["per_type"].get(k, {}).get("f1")))
+    figures += [
+        ("abstain rate", lambda r: r["abstain_rate"]), ("precision not abstained", lambda r: r["answered_precision"]),
+        ("exact match", lambda r: r["exact_match"]), ("ms per sentence", lambda r: r["predict_ms_per_intent"]),
+        ("fit s", lambda r: r["fit_seconds"]),
+    ]  # fmt: skip
+    return [{"figure": label, **{name: pick(report) for name, report in reports.items()}} for label, pick in figures]
 
 
 @app.command()

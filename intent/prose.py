@@ -1,0 +1,333 @@
+"""Synthetic policy prose, labelled by construction: training text in the style operators write.
+
+The alpha file holds short imperatives ("block netflix for students"). Operators' policies are
+prose: statements of fact, passive voice, modal verbs and negation ("Peer-to-peer traffic is not
+permitted on the guest network"), an organisation as the actor, conditions and asides that carry
+no entity, and sentences that carry none at all. A tagger trained on commands alone misses the
+operation in "will be denied" and reads "The university" as a target. :func:`policy_prose` writes
+such sentences from grammar frames (:data:`FRAMES`) and vocabularies of this module and of
+:mod:`intent.lexicon`, each entity labelled as the alpha file labels it (``tests/data/README.md``):
+an operation keeps its auxiliaries and negation, a target its preposition or is the bare subject,
+a lone "from X" is a target and "from X ... to Y" an origin and a destination, "limited"/"capped"
+are QoS constraints, the unit keeps its period ("GB per month").
+
+The frames and word lists were written for this module; they are not the development set's
+sentences (``tests/test_intent_prose.py`` checks that no generated sentence is one of them, and
+bench/RESULTS.md reports how many of the set's entity texts the generated text contains).
+Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from intent.data import LabelledIntent, Span
+from intent.lexicon import TERMS
+
+Part = tuple[str, str | None]  # (text, entity type or None)
+Phrase = list[Part]
+
+# -- vocabularies --------------------------------------------------------------------------------
+POPULATIONS = (
+    "students", "residents", "guests", "visitors", "staff", "employees", "contractors", "faculty", "researchers",
+    "interns", "subscribers", "customers", "tenants", "patients", "members", "users", "guest users", "lab users",
+    "part-time staff", "library patrons", "hotel guests", "support agents", "graduate students", "new hires",
+    "volunteers", "vendors", "consultants", "teachers", "pupils", "nurses", "doctors", "trainees", "auditors",
+    "home users", "mobile customers", "enterprise customers", "prepaid customers", "remote workers", "administrators",
+)
+PLACES = (
+    "residence halls", "dormitories", "dorms", "labs", "computer labs", "library", "main campus", "north campus",
+    "science building", "arts building", "student center", "cafeteria", "lecture theatres", "classrooms",
+    "guest network", "wireless network", "wired network", "staff network", "research network", "management network",
+    "data center", "server room", "branch office", "head office", "regional offices", "warehouse", "factory floor",
+    "call center", "retail stores", "clinic", "hospital network", "public Wi-Fi", "VPN", "DMZ", "core network",
+    "access network", "backbone", "cloud tenants", "lab subnet", "voice VLAN", "printer VLAN", "IoT VLAN",
+)
+ENDPOINTS = (
+    "the internet", "the data center", "the web servers", "the database servers", "the file servers", "the mail servers",
+    "the payment servers", "the research cluster", "the backup site", "the cloud", "the partner network",
+    "the student portal", "the HR system", "the finance servers", "external hosts", "the DMZ", "the core routers",
+    "the campus network", "the branch offices", "the headquarters", "the lab machines", "the staff laptops",
+    "the guest network", "the app servers", "the storage array", "the video servers", "remote sites",
+)
+TRAFFIC = (
+    "peer-to-peer traffic", "video streaming", "streaming traffic", "online gaming", "gaming traffic", "social media",
+    "file sharing", "torrent traffic", "VoIP traffic", "voice traffic", "video calls", "web browsing", "web traffic",
+    "all traffic", "bulk transfers", "software updates", "cloud backups", "music streaming", "live video",
+    "video conferencing", "instant messaging", "remote access", "crypto mining", "adult content", "gambling sites",
+    "large downloads", "multicast traffic", "guest traffic", "encrypted traffic", "unknown traffic", "outbound traffic",
+    "inbound traffic", "IoT traffic", "game downloads", "video uploads", "P2P traffic",
+)
+SERVICES = (
+    "Netflix", "YouTube", "Facebook", "Instagram", "TikTok", "Twitch", "Spotify", "Steam", "Skype", "WhatsApp", "Zoom",
+    "Dropbox", "Snapchat", "Discord", "Telegram", "Reddit", "Hulu", "Vimeo", "iCloud", "OneDrive", "Slack", "Webex",
+    "Roblox", "Fortnite", "BitTorrent", "uTorrent", "Xbox Live", "PlayStation Network", "Amazon Prime", "Google Meet",
+    "Apple Music", "LinkedIn", "Pinterest", "email", "webmail", "file servers", "game servers", "chat servers",
+)
+PROTOCOLS = ("SSH", "Telnet", "FTP", "SFTP", "RDP", "SMTP", "IMAP", "SNMP", "SIP", "RTSP", "DNS", "NTP", "HTTP", "HTTPS",
+             "TFTP", "SMB", "LDAP", "IPsec", "QUIC", "ICMP", "UDP", "TCP", "BGP")  # fmt: skip
+MIDDLEBOXES = tuple(sorted(TERMS["middlebox"] - {"middlebox", "middleboxes", "firewalls"}))
+METRICS = ("bandwidth", "quota", "download rate", "upload rate", "data allowance", "data cap", "download speed",
+           "upload speed", "throughput", "monthly quota", "daily quota", "bandwidth allowance", "rate limit")  # fmt: skip
+RATE_UNITS = ("Mbps", "Gbps", "kbps", "mbps", "megabits per second", "Mb/s")
+VOLUME_UNITS = ("GB per day", "GB per week", "GB per month", "MB per day", "TB per month", "gigabytes per week",
+                "GB a day", "GB a month", "GB per billing cycle")  # fmt: skip
+ORGANISATIONS = (
+    "The university", "The college", "The company", "The provider", "The operator", "Network Services", "IT Services",
+    "The IT department", "The security office", "The council", "The school district", "The network team",
+    "Campus IT", "The service desk", "Information Technology", "The network operations center", "The hospital trust",
+    "We", "Northwind Telecom", "Riverside College", "Fabrikam", "Tailspin Networks", "Woodgrove University",
+    "The Office of the CIO", "The Department of Computing", "The library service",
+)
+HOURS = ("6am", "7am", "8am", "9am", "10am", "noon", "1pm", "2pm", "5pm", "6pm", "7pm", "8pm", "9pm", "10pm", "11pm",
+         "midnight", "07:00", "08:30", "09:00", "17:00", "18:00", "22:00", "23:00", "00:00", "6 am", "10 pm")  # fmt: skip
+ASIDES = (
+    "during the exam period", "on weekdays", "at all times", "without exception", "unless an exception is approved",
+    "for security reasons", "to protect the network", "under this policy", "by default", "until further notice",
+    "in line with the licence terms", "as part of the acceptable use policy", "while the upgrade is in progress",
+    "to keep the network usable for everyone", "where this is technically possible", "on request",
+)
+CONDITIONS = (
+    "If the uplink is congested", "When the term starts", "Unless the dean approves an exception", "During peak hours",
+    "Where a complaint is received", "When a device is found infected", "If abuse is reported", "After a security incident",
+    "In accordance with the law", "Subject to the terms of service", "For the duration of the pilot", "At the moment",
+    "Since the last audit", "Following the review of the network", "Where possible",
+)
+EMPTY = (
+    "This policy applies to everyone who uses the network.", "Questions about this policy go to the service desk.",
+    "{org} reviews this policy once a year.", "{org} may change this policy at any time.",
+    "Breaches of this policy are handled under the disciplinary procedure.", "Users are responsible for their own accounts.",
+    "Passwords must never be shared.", "{org} keeps records as required by law.", "The network is provided for study and work.",
+    "This section explains how complaints are handled.", "Support is available from eight to six on working days.",
+    "{org} publishes planned maintenance on its status page.", "Nothing here affects statutory rights.",
+    "Definitions of the terms used are in the appendix.", "Each user must accept the terms before connecting.",
+    "{org} does not monitor the content of private messages.", "Exceptions are recorded in the register.",
+)
+
+# operation phrasings: (text, allows) for a population subject, a thing subject, and an actor
+MODAL_OPS = ("may not use", "must not use", "cannot use", "are not allowed to use", "are not permitted to use",
+             "may use", "are allowed to use", "are permitted to use", "can use", "may not access", "must not access",
+             "are allowed to access", "cannot reach", "may not run", "must not run", "are not allowed to run",
+             "may not connect to", "are prohibited from using", "are blocked from", "will be denied", "may only use")  # fmt: skip
+PASSIVE_OPS = ("is not permitted", "is permitted", "is blocked", "is not blocked", "is allowed", "is not allowed", "is denied",
+               "is prohibited", "is forbidden", "is disabled", "is enabled", "will be blocked", "will be denied",
+               "must be blocked", "must not be blocked", "has been blocked", "has been disabled", "is restricted",
+               "is dropped", "is rejected", "is refused", "remains blocked", "is not supported", "is available",
+               "will be allowed", "is always allowed", "is not filtered", "is filtered")  # fmt: skip
+ACTIVE_OPS = ("blocks", "allows", "permits", "denies", "prohibits", "does not allow", "does not permit", "does not block",
+              "will block", "will allow", "may block", "may disable", "disables", "filters", "restricts", "forbids",
+              "has blocked", "has enabled", "no longer allows", "still allows", "will deny")  # fmt: skip
+DEPLOY_OPS = ("will install", "has installed", "deploys", "operates", "has deployed", "will deploy", "runs", "will remove",
+              "has removed", "will add", "maintains", "will retire", "uses")  # fmt: skip
+PASSIVE_DEPLOY = ("is installed", "has been installed", "is deployed", "will be deployed", "has been removed", "will be removed",
+                  "is in place", "was added", "is required")  # fmt: skip
+CONSTRAINTS_PASSIVE = ("limited", "capped", "throttled", "restricted", "rate limited", "reduced", "shaped down")
+FLOW_OPS = ("must pass through", "passes through", "is routed through", "is sent through", "goes through", "must go through",
+            "is forwarded through")  # fmt: skip
+
+
+def _pick(rng: random.Random, options: tuple[str, ...]) -> str:
+    return rng.choice(options)
+
+
+def _population(rng: random.Random) -> str:
+    word = _pick(rng, POPULATIONS)
+    return rng.choice(("", "", "all ", "")) + word
+
+
+def _place(rng: random.Random) -> str:
+    return rng.choice(("the ", "the ", "our ", "every ", "all ")) + _pick(rng, PLACES)
+
+
+def _scope(rng: random.Random) -> Part:
+    """A target: a population or a place, with its preposition."""
+    if rng.random() < 0.5:
+        return (f"{rng.choice(('for', 'for', 'to', 'of'))} {_population(rng)}", "target")
+    return (f"{rng.choice(('in', 'on', 'on', 'at', 'across', 'within'))} {_place(rng)}", "target")
+
+
+def _thing(rng: random.Random) -> Phrase:
+    """What an operation applies to: traffic, a service, or a protocol (with a trailing noun left unlabelled)."""
+    roll = rng.random()
+    if roll < 0.45:
+        return [(_pick(rng, TRAFFIC), "traffic")]
+    if roll < 0.75:
+        name = _pick(rng, SERVICES)
+        if rng.random() < 0.3 and " " not in name:
+            return [(f"{name} traffic", "service")]
+        return [(name, "service")]
+    protocol = _pick(rng, PROTOCOLS)
+    return [(protocol, "protocol"), (f" {rng.choice(('access', 'connections', 'traffic', 'sessions'))}", None)] if rng.random() < 0.6 else [(protocol, "protocol")]
+
+
+def _things(rng: random.Random) -> Phrase:
+    first = _thing(rng)
+    if rng.random() < 0.25:
+        return [*first, (rng.choice((" and ", " or ", ", ")), None), *_thing(rng)]
+    return first
+
+
+def _window(rng: random.Random) -> Phrase:
+    a, b = rng.sample(HOURS, 2)
+    roll = rng.random()
+    if roll < 0.5:
+        return [(f"from {a}", "start"), (" ", None), (f"to {b}", "end")]
+    if roll < 0.8:
+        return [(f"between {a}", "start"), (" ", None), (f"and {b}", "end")]
+    if roll < 0.9:
+        return [(f"after {a}", "start")]
+    return [(f"until {b}", "end")]
+
+
+def _qos(rng: random.Random) -> Phrase:
+    """A QoS value and unit: a rate or a volume per period."""
+    value = str(rng.choice((1, 2, 3, 5, 8, 10, 15, 20, 25, 50, 100, 200, 250, 500, 1000)))
+    unit = _pick(rng, RATE_UNITS if rng.random() < 0.6 else VOLUME_UNITS)
+    return [(value, "qos_value"), (" ", None), (unit, "qos_unit")]
+
+
+def _join(*pieces: Phrase | Part | str) -> Phrase:
+    """Phrases, labelled parts and plain strings in order, separated by single spaces."""
+    out: Phrase = []
+    for piece in pieces:
+        parts: Phrase = [(piece, None)] if isinstance(piece, str) else [piece] if isinstance(piece, tuple) else piece
+        if not parts or not parts[0][0]:
+            continue
+        if out:
+            out.append((" ", None))
+        out.extend(parts)
+    return out
+
+
+def _maybe(rng: random.Random, p: float, make: Callable[[], Phrase | Part | str]) -> Phrase | Part | str:
+    return make() if rng.random() < p else ""
+
+
+def _tail(rng: random.Random) -> Phrase | str:
+    return _maybe(rng, 0.35, lambda: _pick(rng, ASIDES))  # type: ignore[return-value]
+
+
+# -- frames --------------------------------------------------------------------------------------
+def population_rule(rng: random.Random) -> Phrase:
+    """"Guest users may not use Steam on the wireless network after 10pm."."""
+    subject = _population(rng)
+    return _join((subject[:1].upper() + subject[1:], "target"), (_pick(rng, MODAL_OPS), "operation"), _things(rng),
+                 _maybe(rng, 0.6, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
+
+
+def passive_rule(rng: random.Random) -> Phrase:
+    """"Telnet access is disabled on every lab subnet by default."."""
+    things = _things(rng)
+    return _join(things, (_pick(rng, PASSIVE_OPS), "operation"), _maybe(rng, 0.85, lambda: _scope(rng)),
+                 _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
+
+
+def actor_rule(rng: random.Random) -> Phrase:
+    """"The college blocks TikTok and Twitch for visitors."."""
+    return _join(_pick(rng, ORGANISATIONS), (_pick(rng, ACTIVE_OPS), "operation"), _things(rng),
+                 _maybe(rng, 0.8, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))  # fmt: skip
+
+
+def flow_rule(rng: random.Random) -> Phrase:
+    """"Traffic from the labs to the internet must pass through the web proxy."."""
+    origin, destination = _place(rng), _pick(rng, ENDPOINTS)
+    pair = [(f"from {origin}", "origin"), (" ", None), (f"to {destination}", "destination")]
+    if rng.random() < 0.3:
+        pair = [(f"between {origin}", "origin"), (" ", None), (f"and {destination}", "destination")]
+    subject = rng.choice(([("Traffic", "traffic")], [("All traffic", "traffic")], _thing(rng), [("Connections", None)]))
+    subject = [(subject[0][0][:1].upper() + subject[0][0][1:], subject[0][1]), *subject[1:]]
+    roll = rng.random()
+    if roll < 0.45:
+        middlebox = _pick(rng, MIDDLEBOXES)
+        return _join(subject, pair, (_pick(rng, FLOW_OPS), "operation"), rng.choice(("the", "a", "our")), (middlebox, "middlebox"), _tail(rng))
+    if roll < 0.75:
+        return _join(subject, pair, (_pick(rng, PASSIVE_OPS), "operation"), _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))
+    return _join(subject, pair, "is", (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), rng.choice(("to", "at")), _qos(rng), _tail(rng))
+
+
+def middlebox_rule(rng: random.Random) -> Phrase:
+    """"IT Services has deployed an intrusion prevention system in the data center."."""
+    middlebox = (_pick(rng, MIDDLEBOXES), "middlebox")
+    where: Phrase | Part
+    if rng.random() < 0.4:
+        where = [(f"between {_place(rng)}", "origin"), (" ", None), (f"and {_pick(rng, ENDPOINTS)}", "destination")]
+    else:
+        where = _scope(rng)
+    if rng.random() < 0.5:
+        return _join(_pick(rng, ORGANISATIONS), (_pick(rng, DEPLOY_OPS), "operation"), rng.choice(("a", "the", "its own")), middlebox,
+                     where, _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    return _join(rng.choice(("A", "The", "An extra")), middlebox, (_pick(rng, PASSIVE_DEPLOY), "operation"), where, _tail(rng))
+
+
+def qos_rule(rng: random.Random) -> Phrase:
+    """"Hotel guests are capped at 5 Mbps"; "A quota of 20 GB per week applies to all students"."""
+    roll = rng.random()
+    if roll < 0.35:
+        subject = _population(rng)
+        return _join((subject[:1].upper() + subject[1:], "target"), "are", (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"),
+                     rng.choice(("to", "at")), _qos(rng), _maybe(rng, 0.3, lambda: (f"of {_pick(rng, METRICS)}", None)),
+                     _maybe(rng, 0.4, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    if roll < 0.6:
+        return _join(rng.choice(("A", "The")), (_pick(rng, METRICS), "qos_metric"), "of", _qos(rng),
+                     (rng.choice(("applies", "is applied", "is set")), "operation"), _scope(rng), _tail(rng))  # fmt: skip
+    if roll < 0.8:
+        things = _things(rng)
+        return _join(things, _maybe(rng, 0.5, lambda: _scope(rng)), rng.choice(("is", "will be")),
+                     (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), rng.choice(("to", "at")), _qos(rng),
+                     _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    return _join(rng.choice(("The", "Their")), (_pick(rng, METRICS), "qos_metric"), _scope(rng), rng.choice(("is", "will be")),
+                 (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), "to", _qos(rng), _tail(rng))  # fmt: skip
+
+
+RULES: tuple[Callable[[random.Random], Phrase], ...] = (population_rule, passive_rule, actor_rule, flow_rule, middlebox_rule, qos_rule)
+
+
+def _sentence(rng: random.Random) -> Phrase:
+    """One rule, sometimes after a condition, sometimes two joined by "but"/"; ", or a sentence with nothing to extract."""
+    if rng.random() < 0.12:
+        return [(_pick(rng, EMPTY).format(org=_pick(rng, ORGANISATIONS)), None)]
+    rule = rng.choice(RULES)(rng)
+    if rng.random() < 0.2:
+        rule = [(_pick(rng, CONDITIONS) + ", ", None), *_lower_first(rule)]
+    elif rng.random() < 0.15:
+        rule = [*rule, (rng.choice((", but ", "; ", ", while ")), None), *_lower_first(rng.choice(RULES)(rng))]
+    first, kind = rule[0]
+    return [(first[:1].upper() + first[1:], kind), *rule[1:], (".", None)]
+
+
+def _lower_first(phrase: Phrase) -> Phrase:
+    """The phrase with its first word in lower case, where it is an ordinary capitalised word ("The", "Guests", not "IoT" or "Netflix")."""
+    text, kind = phrase[0]
+    word = text.split(" ")[0]
+    if word[1:2].islower() and (kind is None or kind in ("target", "traffic")) and word not in SERVICES and word not in ORGANISATIONS[16:]:
+        text = text[:1].lower() + text[1:]
+    return [(text, kind), *phrase[1:]]
+
+
+def to_intent(phrase: Phrase) -> LabelledIntent:
+    text, spans = "", []
+    for chunk, kind in phrase:
+        if kind:
+            spans.append(Span(kind, len(text), len(text) + len(chunk), chunk))
+        text += chunk
+    return LabelledIntent(text, tuple(spans))
+
+
+@dataclass(frozen=True)
+class ProseConfig:
+    sentences: int = 600
+    seed: int = 0
+
+
+def policy_prose(config: ProseConfig = ProseConfig()) -> list[LabelledIntent]:
+    """``config.sentences`` distinct labelled sentences of policy prose."""
+    rng = random.Random(config.seed)
+    out: dict[str, LabelledIntent] = {}
+    for _ in range(20 * config.sentences):
+        if len(out) == config.sentences:
+            break
+        intent = to_intent(_sentence(rng))
+        out.setdefault(intent.text, intent)
+    return list(out.values())
