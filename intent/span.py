@@ -40,7 +40,6 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
 from intent.data import LabelledIntent, Span, Token, token_range, tokenize
-from intent.contextual import NO_CONTEXT, context_classes
 from intent.embed import word_cluster
 from intent.evaluation import Abstention
 from intent.lexicon import term_matches, word_classes
@@ -51,8 +50,6 @@ from nm_toolkit.errors import UserError
 WEIGHTS_FILE = "span_weights.safetensors"
 METHOD_OF = {"segmentation": "semicrf", "per_span": "spanlr"}
 BOUNDARY_PUNCTUATION = frozenset(",.;!?")
-import os
-USE_CONTEXT = os.environ.get("NMT_CTX") == "1"
 
 
 Objective = Literal["segmentation", "per_span"]
@@ -87,14 +84,13 @@ class SentenceView:
     shapes: tuple[str, ...]
     classes: tuple[tuple[str, ...], ...]
     clusters: tuple[str, ...]  # intent.embed.word_cluster of each word
-    contexts: tuple[str, ...]  # intent.contextual.context_classes: each word's class in this sentence
     last_prep: tuple[str, ...]  # the last preposition before each token
     glued: tuple[bool, ...]  # glued[k]: token k ends where token k + 1 starts ("5gbps")
     title: tuple[bool, ...]
     terms: tuple[tuple[int, int, str], ...]  # intent.lexicon.term_matches: names of network things
 
     @classmethod
-    def of(cls, tokens: Sequence[Token], contexts: Sequence[str] | None = None) -> SentenceView:
+    def of(cls, tokens: Sequence[Token]) -> SentenceView:
         words = tuple(t.text.lower() for t in tokens)
         return cls(
             words=words,
@@ -102,7 +98,6 @@ class SentenceView:
             shapes=tuple(token_shape(t.text) for t in tokens),
             classes=tuple(word_classes(w) for w in words),
             clusters=tuple(word_cluster(w) for w in words),
-            contexts=tuple(contexts) if contexts is not None else (NO_CONTEXT,) * len(words),
             last_prep=tuple(last_prepositions(words)),
             glued=tuple(a.end == b.start for a, b in zip(tokens, tokens[1:], strict=False)),
             title=tuple(t.text[:1].isupper() for t in tokens),
@@ -177,11 +172,6 @@ def span_features(view: SentenceView, i: int, j: int) -> Features:
     f[f"before_cluster={view.clusters[i - 1] if i else '<s>'}"] = 1.0
     f[f"after_cluster={view.clusters[j] if j < n else '</s>'}"] = 1.0
     f.update({f"in_cluster={view.clusters[k]}": 1.0 for k in range(i, j)})
-    if view.contexts[i] != NO_CONTEXT:
-        f[f"first_ctx={view.contexts[i]}"] = 1.0
-        f[f"last_ctx={view.contexts[j - 1]}"] = 1.0
-        f[f"before_ctx={view.contexts[i - 1] if i else '<s>'}"] = 1.0
-        f[f"after_ctx={view.contexts[j] if j < n else '</s>'}"] = 1.0
     return f
 
 
@@ -216,7 +206,7 @@ def featurise(text: str, max_len: int) -> Candidates:
     featurise the same text with the same ``max_len``; the vote asks its members one text at a time
     so that the second finds it here (bench/intent_predict.py)."""
     tokens = tokenize(text)
-    view = SentenceView.of(tokens, context_classes(text, tokens) if USE_CONTEXT else None)
+    view = SentenceView.of(tokens)
     spans = candidate_spans(len(tokens), max_len)
     features = [span_features(view, i, j) for i, j in spans]
     return Candidates(
