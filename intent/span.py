@@ -44,7 +44,14 @@ from intent.embed import word_cluster
 from intent.evaluation import Abstention
 from intent.lexicon import term_matches, word_classes
 from intent.saved import read_config, write_config
-from intent.tagger import CLAUSE_PUNCTUATION, PREPOSITIONS, Features, last_prepositions, stem, token_shape
+from intent.tagger import (
+    CLAUSE_PUNCTUATION,
+    PREPOSITIONS,
+    Features,
+    last_prepositions,
+    stem,
+    token_shape,
+)
 from nm_toolkit.errors import UserError
 
 WEIGHTS_FILE = "span_weights.safetensors"
