@@ -6,6 +6,11 @@ multiset of (type, text) equals the gold one), in k-fold cross-validation or tra
 the seconds spent fitting (summed over folds) and predicting, since the two paths differ in cost by
 orders of magnitude.
 
+An extractor that can say how sure it is (``predict_abstaining``) abstains on some spans: they are
+asked about, not acted on. An abstained span scores as a miss of the gold entity it would have
+matched and as a false positive when it matches none, so abstaining never raises a score; the
+report adds the abstain rate and the precision of the spans not abstained on.
+
 Three ways to make the folds. ``random``: shuffled k-fold, as before. ``grouped``: the intents are
 clustered by the words they use (TF-IDF of word unigrams and bigrams, average-linkage agglomerative
 clustering on cosine distance, ``CLUSTERS_PER_FOLD`` clusters per fold) and each cluster stays on
@@ -13,8 +18,9 @@ one side of every split, so a fold is scored on sentences whose phrasing and ent
 model mostly never saw. ``skeleton``: intents that share a skeleton (their entity types in text
 order, entity texts and filler words dropped) stay on one side. On a file written from a few
 templates the random folds share phrasings and overstate how well an extractor does on operators'
-own text; ``grouped`` is the proxy for that, and the split to choose methods and features on
-(bench/RESULTS.md, "Intent extraction": the skeleton split moves the scores by 0.01-0.03 only).
+own text; ``grouped`` is the proxy for that (bench/RESULTS.md, "Intent extraction": the skeleton
+split moves the scores by 0.01-0.03 only), and a second figure since issue 25: methods are chosen
+on the policy-prose development set (``tests/data/intent_policy_prose_dev.json``, train/test mode).
 
 Every missed gold entity is also sorted into an *error anatomy* against the training intents of
 its fold: ``unseen_words`` (a word of the span occurs in no training sentence), ``label_convention``

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # imported where used: the CLI reads METHODS for its options 
 
 Method = Literal["vote", "semicrf", "spanlr", "sklearn", "llm"]
 METHODS: tuple[str, ...] = ("vote", "semicrf", "spanlr", "sklearn", "llm")
-BEST_METHOD: Method = "vote"  # highest micro-F1 in cross-validation (bench/RESULTS.md, "Intent extraction")
+BEST_METHOD: Method = "vote"  # highest micro-F1 on the policy-prose development set, abstentions counted as misses (bench/RESULTS.md, issue 25)
 
 
 def factory(method: str, base_model: Path | None = None) -> Callable[[], SpanExtractor]:
