@@ -203,6 +203,33 @@ class GuardrailSettings(BaseModel):
     )
 
 
+class QueueClass(BaseModel):
+    """One switch queue: HTB's min-rate (a guarantee), max-rate (a cap) and priority (0 borrows first)."""
+
+    min_kbps: PositiveFloat | None = None
+    max_kbps: PositiveFloat | None = None
+    priority: int | None = Field(default=None, ge=0)
+
+
+class QueueSettings(BaseModel):
+    """The port queues the OpenFlow controller keeps in OVSDB, so every ``set_queue`` names a queue
+    that exists: one per reservation (min-rate its bandwidth, max-rate its link's capacity) and
+    one per QoS class a ``qos_queue`` decision names."""
+
+    ovsdb: str = Field(
+        default="unix:/var/run/openvswitch/db.sock",
+        description="the switches' OVSDB (ovs-vsctl --db): unix:PATH or tcp:HOST:PORT; empty: queue decisions are unsupported",
+    )
+    ports: list[str] = Field(default_factory=list, description="ports that get the queues; empty: every port of every bridge")
+    qos_type: str = Field(default="linux-htb", description="the QoS row's type (linux-htb, linux-hfsc; egress-policer on DPDK)")
+    port_max_kbps: PositiveFloat | None = Field(default=None, description="the ports' line rate (QoS max-rate); default: what OVS reads")
+    first_reservation_queue: PositiveInt = Field(default=8, description="reservations get queue ids from here up; below are the classes'")
+    classes: dict[int, QueueClass] = Field(
+        default_factory=lambda: {0: QueueClass(priority=3), 1: QueueClass(priority=2), 2: QueueClass(priority=1), 3: QueueClass(priority=0)},
+        description="queue id -> its rates; the ids intent_qos_acl gives background, best_effort, high, critical (queue 0 also carries unmarked traffic)",
+    )
+
+
 class ControllerSettings(BaseModel):
     """The SDN controller side: which adapter applies decisions, and how targets map to flows."""
 
@@ -220,7 +247,7 @@ class ControllerSettings(BaseModel):
     )
     next_hop_ports: dict[str, int] = Field(default_factory=dict, description='"node>next" -> output port')
     bandwidth_unit_kbps: PositiveFloat = Field(default=1000.0, description="kbit/s per unit of reserved bandwidth")
-    reservation_queue_id: int = Field(default=1, ge=0)
+    queues: QueueSettings = Field(default_factory=QueueSettings)
     expiry_interval_seconds: PositiveFloat = 1.0
     policy_time_budget_seconds: PositiveFloat = 2.0
     policy_params: dict[str, dict[str, float | int | str | bool]] = Field(
@@ -232,7 +259,9 @@ class ControllerSettings(BaseModel):
     onos_password: str = "rocks"
     onos_devices: list[str] = Field(default_factory=lambda: ["of:0000000000000001"])
     faucet_config: Path = Path("faucet-nmt.yaml")
-    faucet_dp: str = "sw1"
+    faucet_dp: str = Field(
+        default="sw1", description="the Faucet datapath the decisions are for: its ACL is nmt-<dp>, for its dp_acls in faucet.yaml"
+    )
 
 
 class LlmSettings(BaseModel):
