@@ -107,7 +107,8 @@ def test_eval_reports_every_method_with_abstain_rate_and_time(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["intent", "eval", "--train", str(DATA / "nile_intents_slice.json"), "--test", str(DEV), "--method", "sklearn", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)["methods"]["sklearn"]
-    assert report["intents"] == len(load_intents(DEV)) and report["abstain_rate"] == 0.0
-    assert report["answered_precision"] == report["micro"]["precision"] and report["predict_ms_per_intent"] > 0
+    assert report["intents"] == len(load_intents(DEV)) and 0.0 < report["abstain_rate"] < 0.5
+    # what it abstains on is wronger than what it stands by
+    assert report["answered_precision"] > report["micro"]["precision"] and report["predict_ms_per_intent"] > 0
     table = CliRunner().invoke(app, ["intent", "eval", "--train", str(DATA / "nile_intents_slice.json"), "--test", str(DEV), "--method", "sklearn"], env={"COLUMNS": "120"})
     assert all(row in table.output for row in ("micro-F1", "F1 operation", "abstain rate", "ms per sentence"))
