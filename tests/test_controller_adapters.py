@@ -31,6 +31,10 @@ def reservation(key: str = "r1", bandwidth: float = 5.0, ttl: float = 60.0, **kw
                        capacity=10.0, forecast_peak=4.0, ttl_seconds=ttl, **kw)
 
 
+def cap(ttl: float = 60.0) -> RateLimit:
+    return RateLimit(idempotency_key="r1", policy="t", target="cell-1", reason="t", rate_kbps=5000, ttl_seconds=ttl)
+
+
 def deny_telnet() -> Acl:
     return Acl(idempotency_key="a1", policy="t", target="cell-1", reason="t", action="deny",
                match={"tcp_dst": 23, "ipv4_src": "10.9.0.0/16"})
@@ -83,7 +87,7 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     adapter = OnosAdapter(settings, clock=lambda: now[0])
     reroute = Reroute(idempotency_key="rr", policy="t", target="cell-1", reason="t", match={"udp_dst": 5004}, ttl_seconds=40,
                       path=["of:0000000000000001/1", "of:0000000000000002", "of:0000000000000003/4"])
-    outcomes = adapter.apply([reservation(ttl=30), deny_telnet(), reroute])
+    outcomes = adapter.apply([cap(ttl=30), deny_telnet(), reroute])
     assert [o.status for o in outcomes] == ["applied", "applied", "applied"]
     (meter_post, flow_post, acl_post, intent_post) = FakeOnos.requests
     assert meter_post[:2] == ("POST", "/onos/v1/meters/of:0000000000000001")
@@ -91,7 +95,6 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     assert flow_post[1].startswith("/onos/v1/flows/of:0000000000000001?appId=")
     flow = flow_post[2]
     assert {"type": "METER", "meterId": "1"} in flow["treatment"]["instructions"]  # id from the Location
-    assert {"type": "QUEUE", "queueId": 1} in flow["treatment"]["instructions"]
     assert {"type": "IPV4_DST", "ip": "10.0.1.0/24"} in flow["selector"]["criteria"]
     assert {"type": "ETH_TYPE", "ethType": "0x800"} in flow["selector"]["criteria"]
     assert acl_post[2]["treatment"]["instructions"] == [{"type": "NOACTION"}]
@@ -100,7 +103,7 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     assert intent["type"] == "PointToPointIntent" and intent["ingressPoint"] == {"device": "of:0000000000000001", "port": "1"}
     assert intent["constraints"] == [{"type": "WaypointConstraint", "waypoints": ["of:0000000000000002"]}]
     # the same decision again changes nothing
-    assert [o.status for o in adapter.apply([reservation(ttl=30)])] == ["unchanged"]
+    assert [o.status for o in adapter.apply([cap(ttl=30)])] == ["unchanged"]
     assert len(FakeOnos.requests) == 4
     # TTL: the reservation's flow, then its meter, are deleted
     now[0] += 31
@@ -111,6 +114,12 @@ def test_onos_meters_flows_and_intents_are_posted_and_deleted_on_expiry(onos_url
     now[0] += 10  # the intent's TTL runs out too
     assert adapter.expire(now[0]) == ["rr"] and FakeOnos.requests[-1][:2] == ("DELETE", "/onos/v1/intents/4")
     assert adapter.withdraw(["a1"]) == ["a1"] and FakeOnos.requests[-1][:2] == ("DELETE", "/onos/v1/flows/of:0000000000000001/3")
+    # a reservation is a guarantee: its flow names its own queue and has no meter
+    assert [o.status for o in adapter.apply([reservation("r2", ttl=300)])] == ["applied"]
+    method, path, flow = FakeOnos.requests[-1]
+    assert method == "POST" and path.startswith("/onos/v1/flows/")
+    assert {"type": "QUEUE", "queueId": 8} in flow["treatment"]["instructions"]
+    assert not any(i["type"] == "METER" for i in flow["treatment"]["instructions"])
 
 
 def test_onos_unreachable_is_a_failed_outcome_with_the_fix() -> None:
@@ -122,22 +131,24 @@ def test_onos_unreachable_is_a_failed_outcome_with_the_fix() -> None:
 
 def test_faucet_yaml_has_acl_rules_by_priority_meters_and_a_final_allow(tmp_path: Path) -> None:
     now = [datetime.now(UTC).timestamp()]
-    settings = ControllerSettings(targets=TARGETS, faucet_config=tmp_path / "faucet-nmt.yaml")
+    settings = ControllerSettings(targets=TARGETS, faucet_config=tmp_path / "faucet-nmt.yaml", faucet_dp="edge-sw")
     adapter = FaucetAdapter(settings, clock=lambda: now[0])
     queue = QosQueue(idempotency_key="q", policy="t", target="cell-1", reason="t", queue_id=2, match={"udp_dst": 5060})
-    outcomes = adapter.apply([reservation(ttl=30), deny_telnet().model_copy(update={"priority": 500}), queue])
-    assert [o.status for o in outcomes] == ["applied", "applied", "unsupported"]
+    outcomes = adapter.apply([cap(ttl=30), deny_telnet().model_copy(update={"priority": 500}), queue, reservation("r2")])
+    assert [o.status for o in outcomes] == ["applied", "applied", "unsupported", "unsupported"]
     config = yaml.safe_load(settings.faucet_config.read_text())
-    deny, limit, allow_all = config["acls"]["nmt"]
+    deny, limit, allow_all = config["acls"]["nmt-edge-sw"]
     assert deny["rule"] == {"eth_type": 2048, "ip_proto": 6, "ipv4_src": "10.9.0.0/255.255.0.0", "tcp_dst": 23,
                             "actions": {"allow": False}}
-    assert limit["rule"]["actions"] == {"allow": True, "meter": "nmt-1"}
+    assert limit["rule"]["actions"] == {"allow": True, "meter": "nmt-edge-sw-1"}
     assert allow_all == {"rule": {"actions": {"allow": True}}}
-    assert config["meters"]["nmt-1"] == {"meter_id": 1, "entry": {"flags": ["KBPS"], "bands": [{"type": "DROP", "rate": 5000}]}}
+    assert config["meters"]["nmt-edge-sw-1"] == {
+        "meter_id": 1, "entry": {"flags": ["KBPS"], "bands": [{"type": "DROP", "rate": 5000}]},
+    }
     now[0] += 31
     assert adapter.expire(now[0]) == ["r1"]
     config = yaml.safe_load(settings.faucet_config.read_text())
-    assert "meters" not in config and len(config["acls"]["nmt"]) == 2
+    assert "meters" not in config and len(config["acls"]["nmt-edge-sw"]) == 2
 
 
 def test_round_applies_only_what_passes_guardrails_and_publishes_to_the_topic() -> None:

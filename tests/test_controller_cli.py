@@ -146,18 +146,20 @@ def run_nmt(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 
 @pytest.mark.skipif(not ovs_available(), reason="needs openvswitch-switch (make test installs it)")
 def test_nmt_controller_run_process_programs_open_vswitch(kafka_bootstrap: str, tmp_path: Path) -> None:
     """`nmt controller run` as its own process: os-ken listens, the bridge connects, the forecast's
-    reservation lands on the switch as a metered flow (which outlives the process: fail-secure)."""
+    reservation lands on the switch as its queue (OVSDB) and a flow into it (both outlive the
+    process: fail-secure)."""
     env, _topics = forecast_loop_env(kafka_bootstrap, "ofrun")
     port = free_port()
     env |= {"NMT_CONTROLLER__ADAPTER": "openflow", "NMT_CONTROLLER__LISTEN_PORT": str(port)}
     with OpenVSwitch() as ovs:
-        ovs.add_bridge("br-run", controller=f"tcp:127.0.0.1:{port}", datapath_id=2)
+        env["NMT_CONTROLLER__QUEUES__OVSDB"] = f"unix:{ovs.db_socket}"
+        ovs.add_bridge("br-run", controller=f"tcp:127.0.0.1:{port}", ports=1, datapath_id=2)
         done = run_nmt(["controller", "run", "--rounds", "3", "--interval", "2", "--json"], env, tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         rounds = json.loads(done.stdout)
         assert sum(r["openflow_applied"] for r in rounds) == 1, rounds
         (flow,) = [f for f in ovs.dump_flows("br-run") if "nw_dst=10.0.0.0/24" in f]
-        assert "actions=meter:1,set_queue:1,NORMAL" in flow and 1 in ovs.dump_meters("br-run")
+        assert "actions=set_queue:8,NORMAL" in flow and set(ovs.qos_show("br-run-p1")) == {0, 8}
 
 
 @pytest.mark.kafka

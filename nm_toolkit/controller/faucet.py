@@ -1,14 +1,16 @@
-"""Faucet adapter: the decisions in force as a Faucet ACL (``nmt``) and its meters, in one
-YAML file that Faucet's main config includes::
+"""Faucet adapter: the decisions in force for datapath ``controller.faucet_dp`` as a Faucet ACL
+(``nmt-<dp>``) and its meters (``nmt-<dp>-<id>``), in one YAML file that Faucet's main config
+includes and whose datapath applies as a dataplane ACL::
 
     # faucet.yaml
     include: [faucet-nmt.yaml]
-    dps: {sw1: {dp_id: 1, interfaces: {1: {native_vlan: 100, acls_in: [nmt]}}}}
+    dps: {sw1: {dp_id: 1, dp_acls: [nmt-sw1], interfaces: {1: {native_vlan: 100}}}}
 
-The file is rewritten atomically after every change, with a final allow-all rule so traffic no
-decision matches is forwarded as before. Faucet reloads it on change (or SIGHUP). Queues are
-not Faucet ACL actions: a QoS-queue decision is reported unsupported, and a reservation is
-applied as its meter.
+One file per datapath (each its own ``faucet_config``) keeps the names apart. The file is
+rewritten atomically after every change, with a final allow-all rule so traffic no decision
+matches is forwarded as before. Faucet reads it again on SIGHUP, or on its own when it runs with
+``FAUCET_CONFIG_STAT_RELOAD=1``. Queues are not Faucet ACL actions: a decision whose flow names a
+queue (a reservation, a QoS class) is reported unsupported; caps are meters.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from nm_toolkit.config import ControllerSettings
 from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.controller.openflow import FlowPlan
 from nm_toolkit.controller.state import DesiredState, Entry, plan_entry
-from nm_toolkit.schemas import Decision, QosQueue
+from nm_toolkit.schemas import Decision
 
-ACL_NAME = "nmt"
+
+def acl_name(dp: str) -> str:
+    return f"nmt-{dp}"
 
 
 def faucet_rule(plan: FlowPlan, meter_name: str | None) -> dict[str, Any]:
@@ -44,26 +48,26 @@ def faucet_rule(plan: FlowPlan, meter_name: str | None) -> dict[str, Any]:
     return {"rule": rule}
 
 
-def faucet_config(entries: Sequence[Entry]) -> dict[str, Any]:
-    """The ``acls`` and ``meters`` sections for ``entries``, highest priority first (Faucet
-    matches ACL rules in order), ending in allow-all."""
+def faucet_config(entries: Sequence[Entry], dp: str) -> dict[str, Any]:
+    """The ``acls`` and ``meters`` sections for ``entries`` on datapath ``dp``, highest priority
+    first (Faucet matches ACL rules in order), ending in allow-all."""
     rules, meters = [], {}
     for entry in sorted(entries, key=lambda e: -e.plan.priority):
         meter = entry.plan.meter
-        name = None if meter is None else f"nmt-{meter.meter_id}"
+        name = None if meter is None else f"{acl_name(dp)}-{meter.meter_id}"
         if meter is not None:
             bands = [{"type": "DROP", "rate": meter.rate_kbps, **({"burst_size": meter.burst_kb} if meter.burst_kb else {})}]
             meters[name] = {"meter_id": meter.meter_id, "entry": {"flags": ["KBPS"] + (["BURST"] if meter.burst_kb else []), "bands": bands}}
         rules.append(faucet_rule(entry.plan, name))
     rules.append({"rule": {"actions": {"allow": True}}})
-    config: dict[str, Any] = {"acls": {ACL_NAME: rules}}
+    config: dict[str, Any] = {"acls": {acl_name(dp): rules}}
     if meters:
         config["meters"] = meters
     return config
 
 
 class FaucetAdapter(ControllerAdapter):
-    """Keeps ``settings.faucet_config`` equal to the decisions in force."""
+    """Keeps ``settings.faucet_config`` equal to the decisions in force on ``settings.faucet_dp``."""
 
     name = "faucet"
 
@@ -79,12 +83,12 @@ class FaucetAdapter(ControllerAdapter):
     def apply(self, decisions: Sequence[Decision]) -> list[Outcome]:
         outcomes = []
         for decision in decisions:
-            if isinstance(decision, QosQueue) and not decision.dry_run:
-                outcomes.append(Outcome(decision.idempotency_key, decision.kind, "unsupported", "Faucet ACLs cannot set queues"))
-                continue
             entry = plan_entry(decision, self.state, self.settings, self.clock())
             if isinstance(entry, Outcome):
                 outcomes.append(entry)
+                continue
+            if entry.plan.queue is not None:
+                outcomes.append(Outcome(entry.key, decision.kind, "unsupported", "Faucet ACLs cannot set queues"))
                 continue
             changed = self.state.upsert(entry).changed
             outcomes.append(Outcome(entry.key, decision.kind, "applied" if changed else "unchanged", str(self.path)))
@@ -108,5 +112,5 @@ class FaucetAdapter(ControllerAdapter):
         """Write to a temporary file and rename it, so Faucet never reads half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(faucet_config(self.state.entries()), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(faucet_config(self.state.entries(), self.settings.faucet_dp), sort_keys=False))
         os.replace(tmp, self.path)

@@ -2,7 +2,9 @@
 
 * RateLimit / Reservation / QosQueue / Acl -> ``POST /flows/{deviceId}`` on every configured
   device, after ``POST /meters/{deviceId}`` for metered ones (ONOS assigns the meter id and
-  returns it in the ``Location`` header; the flow then names it).
+  returns it in the ``Location`` header; the flow then names it). A reservation's or QoS
+  class's flow names its queue (``QUEUE``); ONOS's REST API cannot create port queues, so they
+  must exist on the devices (on Open vSwitch: the rows ``nm_toolkit.controller.ovsdb`` writes).
 * Reroute -> ``POST /intents``: a PointToPointIntent from the first to the last connect point
   of the path (``device/port``), with the nodes in between as waypoints.
 

@@ -6,11 +6,13 @@ handlers, and the mapping from a decision to switch state can be read (and teste
 
 Mapping (table 0; the controller owns the bridge, which runs in fail-secure mode):
 
-* ``RateLimit``   -> meter (DROP band at ``rate_kbps``) + flow ``meter:N, NORMAL``
-* ``Reservation`` -> meter at the reserved bandwidth + flow ``meter:N, set_queue:Q, NORMAL``:
-  the target's traffic goes to the reserved queue and is held to its reservation, so the
-  reservations on a link (checked against its capacity by the guardrails) always fit.
-* ``QosQueue``    -> flow ``set_queue:Q, NORMAL``
+* ``RateLimit``   -> meter (DROP band at ``rate_kbps``) + flow ``meter:N, NORMAL``: a cap,
+  policed on every datapath.
+* ``Reservation`` -> a port queue of its own (min-rate the reserved bandwidth: a guarantee;
+  max-rate its link's capacity, so it borrows what is spare) + flow ``set_queue:Q, NORMAL``.
+  The guardrails keep the reservations on a link within its capacity, so the guarantees fit.
+* ``QosQueue``    -> the class's port queue (``controller.queues.classes``) + flow
+  ``set_queue:Q, NORMAL``
 * ``Acl``         -> flow ``NORMAL`` (allow) or a flow with no instructions (deny: drop)
 * ``Reroute``     -> flow ``output:P`` where P is the port towards the path's next hop
 * ``ScaleCompute`` / ``PlaceAdapter`` are not switch state: :func:`compile_decision` says so.
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nm_toolkit.config import QueueSettings
 from nm_toolkit.schemas import Acl, Decision, QosQueue, RateLimit, Reroute, Reservation
 
 BASE_PRIORITY = 1000  # decisions sit above the priority-0 NORMAL flow and below 65535
@@ -52,16 +55,31 @@ class MeterPlan:
 
 
 @dataclass(frozen=True)
+class QueuePlan:
+    """A port queue that a flow's ``set_queue`` names. It lives in OVSDB, not in OpenFlow
+    (:mod:`nm_toolkit.controller.ovsdb` keeps it there): min-rate a guarantee, max-rate a cap."""
+
+    queue_id: int
+    min_kbps: int | None = None
+    max_kbps: int | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
 class FlowPlan:
-    """What one decision puts on a switch: at most one meter and exactly one flow."""
+    """What one decision puts on a switch: at most one meter, at most one queue, one flow."""
 
     cookie: int
     priority: int
     match: tuple[tuple[str, Any], ...]
     action: Literal["normal", "drop", "output"]
     meter: MeterPlan | None = None
-    queue_id: int | None = None
+    queue: QueuePlan | None = None
     out_port: int | None = None
+
+    @property
+    def queue_id(self) -> int | None:
+        return None if self.queue is None else self.queue.queue_id
 
 
 def cookie_for(idempotency_key: str) -> int:
@@ -98,10 +116,13 @@ def compile_decision(
     meter_id: int | None,
     target_matches: Mapping[str, Match],
     bandwidth_unit_kbps: float,
-    reservation_queue_id: int,
+    queue_id: int | None,
+    queues: QueueSettings,
     next_hop_ports: Mapping[str, int],
 ) -> FlowPlan:
-    """The switch state of ``decision``; raises :class:`UnsupportedDecision` when it has none."""
+    """The switch state of ``decision``; raises :class:`UnsupportedDecision` when it has none.
+    ``meter_id`` and ``queue_id`` are the ids allocated to a rate limit's meter and a
+    reservation's queue."""
     cookie = cookie_for(decision.idempotency_key)
     priority = min(65535, BASE_PRIORITY + decision.priority)
 
@@ -117,14 +138,29 @@ def compile_decision(
             raise UnsupportedDecision("a metered decision needs a meter id")
         return MeterPlan(meter_id, max(1, math.ceil(rate_kbps)), math.ceil(burst_kb or 0))
 
+    def class_queue(queue: int) -> QueuePlan:
+        if queue >= queues.first_reservation_queue:
+            raise UnsupportedDecision(
+                f"queue {queue} is in the reservations' range; QoS classes use queues below "
+                f"controller.queues.first_reservation_queue ({queues.first_reservation_queue})"
+            )
+        spec = queues.classes.get(queue)
+        if spec is None:
+            return QueuePlan(queue)
+        return QueuePlan(queue, _kbps(spec.min_kbps), _kbps(spec.max_kbps), spec.priority)
+
     match decision:
         case RateLimit():
             return FlowPlan(cookie, priority, target_match(), "normal", meter(decision.rate_kbps, decision.burst_kb))
         case Reservation():
-            rate = meter(decision.bandwidth * bandwidth_unit_kbps)
-            return FlowPlan(cookie, priority, target_match(), "normal", rate, queue_id=reservation_queue_id)
+            if queue_id is None:
+                raise UnsupportedDecision("a reservation needs a queue id")
+            guarantee = QueuePlan(
+                queue_id, _kbps(decision.bandwidth * bandwidth_unit_kbps), _kbps(decision.capacity * bandwidth_unit_kbps)
+            )
+            return FlowPlan(cookie, priority, target_match(), "normal", queue=guarantee)
         case QosQueue():
-            return FlowPlan(cookie, priority, normalize_match(decision.match), "normal", queue_id=decision.queue_id)
+            return FlowPlan(cookie, priority, normalize_match(decision.match), "normal", queue=class_queue(decision.queue_id))
         case Acl():
             action: Literal["normal", "drop"] = "normal" if decision.action == "allow" else "drop"
             return FlowPlan(cookie, priority, normalize_match(decision.match), action)
@@ -136,20 +172,35 @@ def compile_decision(
     raise UnsupportedDecision(f"{decision.kind} decisions are not switch state; send them to the decisions topic")
 
 
+def _kbps(rate: float | None) -> int | None:
+    """A whole kbit/s rate, rounded up; none for no rate or zero."""
+    return math.ceil(rate) if rate else None
+
+
 def needs_meter(decision: Decision) -> bool:
-    return isinstance(decision, RateLimit | Reservation)
+    return isinstance(decision, RateLimit)
+
+
+def needs_queue(decision: Decision) -> bool:
+    """Whether the decision gets a queue id of its own (a class queue's id is the decision's)."""
+    return isinstance(decision, Reservation)
 
 
 # --- os-ken wire messages ------------------------------------------------------------------------
+MeterCommand = Literal["add", "modify", "keep"]
+
+
 def install_messages(
-    datapath: Any, plan: FlowPlan, hard_timeout_s: float | None = None, with_meter: bool = True
+    datapath: Any, plan: FlowPlan, hard_timeout_s: float | None = None, meter: MeterCommand = "add"
 ) -> list[Any]:
-    """Meter first (a flow that names a missing meter is rejected), then the flow; without the
-    meter-mod when the meter is already on the switch."""
+    """Meter first (a flow that names a missing meter is rejected), then the flow. ``meter`` says
+    whether the meter is new, on the switch at another rate, or on the switch as it is. The flow
+    is an ADD: over a flow in the same slot it replaces the instructions in place and keeps its
+    cookie and packet counters (OpenFlow 1.3 without OFPFF_RESET_COUNTS)."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     messages: list[Any] = []
-    if plan.meter is not None and with_meter:
-        messages.append(meter_mod(datapath, plan.meter, ofp.OFPMC_ADD))
+    if plan.meter is not None and meter != "keep":
+        messages.append(meter_mod(datapath, plan.meter, ofp.OFPMC_ADD if meter == "add" else ofp.OFPMC_MODIFY))
     instructions: list[Any] = []  # a deny flow has none: matching packets are dropped
     if plan.action != "drop":
         if plan.meter is not None:
@@ -178,8 +229,13 @@ def remove_messages(datapath: Any, plan: FlowPlan) -> list[Any]:
         )
     ]
     if plan.meter is not None:
-        messages.append(parser.OFPMeterMod(datapath, command=ofp.OFPMC_DELETE, meter_id=plan.meter.meter_id))
+        messages.append(meter_delete(datapath, plan.meter.meter_id))
     return messages
+
+
+def meter_delete(datapath: Any, meter_id: int) -> Any:
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPMeterMod(datapath, command=ofp.OFPMC_DELETE, meter_id=meter_id)
 
 
 def reset_messages(datapath: Any) -> list[Any]:

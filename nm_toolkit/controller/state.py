@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from nm_toolkit.config import ControllerSettings
 from nm_toolkit.controller import openflow
 from nm_toolkit.controller.base import Outcome, dry_run_outcome
-from nm_toolkit.controller.openflow import FlowPlan
+from nm_toolkit.controller.openflow import FlowPlan, QueuePlan
 from nm_toolkit.schemas import Decision
 
 
@@ -34,10 +34,13 @@ class Entry:
 
 @dataclass(frozen=True)
 class Upsert:
-    """The outcome of :meth:`DesiredState.upsert`: entries displaced, and whether anything changed."""
+    """The outcome of :meth:`DesiredState.upsert`: entries displaced (their switch state goes),
+    the key's previous entry when it is revised in its own slot (its switch state is modified in
+    place), and whether the plan changed at all."""
 
     replaced: list[Entry]
     changed: bool
+    revised: Entry | None = None
 
 
 class DesiredState:
@@ -48,20 +51,23 @@ class DesiredState:
         self._lock = threading.Lock()
 
     def upsert(self, entry: Entry) -> Upsert:
-        """Insert or refresh ``entry``; an entry with the same key but another plan, or another
-        key in the same OpenFlow slot, is replaced and returned so its switch state can go."""
+        """Insert or refresh ``entry``. Another key in the same OpenFlow slot, or the same key
+        in another slot, is replaced and returned so its switch state can go; the same key with
+        another plan in the same slot is returned as ``revised``."""
         with self._lock:
             previous = self._entries.get(entry.key)
             replaced = [
                 other for other in self._entries.values()
                 if other.slot == entry.slot and other.key != entry.key
             ]
-            if previous is not None and previous.plan != entry.plan:
+            changed = previous is None or previous.plan != entry.plan
+            revised = previous if changed and previous is not None and previous.slot == entry.slot else None
+            if changed and previous is not None and revised is None:
                 replaced.append(previous)
             for old in replaced:
                 self._entries.pop(old.key, None)
             self._entries[entry.key] = entry
-            return Upsert(replaced, changed=previous is None or previous.plan != entry.plan)
+            return Upsert(replaced, changed, revised)
 
     def expire(self, now: float) -> list[Entry]:
         """Remove and return every entry whose TTL has run out."""
@@ -86,14 +92,31 @@ class DesiredState:
     def meter_id_for(self, key: str) -> int:
         """The key's current meter id, or the lowest one no entry uses (ids start at 1)."""
         with self._lock:
-            if key in self._entries and self._entries[key].plan.meter is not None:
-                return self._entries[key].plan.meter.meter_id  # type: ignore[union-attr]
-            used = {e.plan.meter.meter_id for e in self._entries.values() if e.plan.meter is not None}
-            return next(i for i in range(1, len(used) + 2) if i not in used)
+            meters = {k: e.plan.meter.meter_id for k, e in self._entries.items() if e.plan.meter is not None}
+            return _id_for(key, meters, first=1)
+
+    def queue_id_for(self, key: str, first: int) -> int:
+        """The key's current queue id, or the lowest one from ``first`` up that no entry uses."""
+        with self._lock:
+            queues = {k: e.plan.queue.queue_id for k, e in self._entries.items() if e.plan.queue is not None}
+            return _id_for(key, queues, first)
+
+    def queues(self) -> dict[int, QueuePlan]:
+        """Every queue the entries' flows name, by id (class queues are shared by their flows)."""
+        with self._lock:
+            return {e.plan.queue.queue_id: e.plan.queue for e in self._entries.values() if e.plan.queue is not None}
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _id_for(key: str, ids: dict[str, int], first: int) -> int:
+    """``key``'s id in ``ids``, or the lowest free one from ``first`` up."""
+    if key in ids:
+        return ids[key]
+    used = set(ids.values())
+    return next(i for i in range(first, first + len(used) + 1) if i not in used)
 
 
 def plan_entry(decision: Decision, state: DesiredState, settings: ControllerSettings, now: float) -> Entry | Outcome:
@@ -111,7 +134,9 @@ def plan_entry(decision: Decision, state: DesiredState, settings: ControllerSett
             meter_id=state.meter_id_for(key) if openflow.needs_meter(decision) else None,
             target_matches=settings.targets,
             bandwidth_unit_kbps=settings.bandwidth_unit_kbps,
-            reservation_queue_id=settings.reservation_queue_id,
+            queue_id=state.queue_id_for(key, settings.queues.first_reservation_queue)
+            if openflow.needs_queue(decision) else None,
+            queues=settings.queues,
             next_hop_ports=settings.next_hop_ports,
         )
     except (openflow.UnsupportedDecision, ValueError) as exc:

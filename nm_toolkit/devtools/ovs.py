@@ -3,7 +3,10 @@
 Its own ``ovsdb-server`` and ``ovs-vswitchd`` run as child processes with database, sockets and
 logs in one temporary directory, so several can run side by side and none touches a system OVS.
 Bridges use the userspace datapath (``datapath_type=netdev``): no kernel module, no root-only
-setup beyond the package itself. Meters with DROP bands work on that datapath.
+setup beyond the package itself. Meters with DROP bands work on that datapath. QoS and queue
+rows are configured on its ports (``qos/show`` lists them, ``tc`` shows the HTB on the port's tap
+device), but the userspace datapath writes packets into the tap device, past that qdisc, so it
+does not enforce them: queues need the kernel datapath (or DPDK's egress policer).
 """
 
 from __future__ import annotations
@@ -146,6 +149,23 @@ class OpenVSwitch:
             elif current is not None and line and "reply" not in line:
                 meters[current] += " " + line
         return meters
+
+    def qos_show(self, port: str) -> dict[int, dict[str, str]]:
+        """Queue id -> its settings as ``ovs-vswitchd`` applied them to ``port`` (``ovs-appctl
+        qos/show``; the default queue is 0); empty when the port has no QoS."""
+        assert self.work_dir is not None
+        argv = ["ovs-appctl", "-t", str(self.work_dir / "ovs-vswitchd.ctl"), "qos/show", port]
+        done = subprocess.run(argv, env=self._env(), capture_output=True, text=True, timeout=30, check=False)
+        queues: dict[int, dict[str, str]] = {}
+        current: dict[str, str] | None = None
+        for line in done.stdout.splitlines() if done.returncode == 0 else []:
+            if line.startswith(("Default:", "Queue ")):
+                queue_id = 0 if line.startswith("Default:") else int(line.split()[1].rstrip(":"))
+                current = queues[queue_id] = {}
+            elif current is not None and ":" in line:
+                name, _, value = line.strip().partition(":")
+                current[name] = value.strip()
+        return queues
 
     def vsctl(self, *args: str) -> str:
         return self._run(["ovs-vsctl", f"--db=unix:{self.db_socket}", "--timeout=10", *args])
