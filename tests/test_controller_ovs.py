@@ -6,7 +6,6 @@ the flow table untouched."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -75,10 +74,6 @@ def reservation_flows(ovs: OpenVSwitch) -> list[str]:
     return [f for f in ovs.dump_flows(BRIDGE) if "nw_dst=10.0.0.0/24" in f]
 
 
-def rows(ovs: OpenVSwitch, table: str) -> list[str]:
-    return ovs.vsctl("--bare", "--columns=_uuid", "list", table).split()
-
-
 def flow_counters(ovs: OpenVSwitch, needle: str) -> tuple[str, int, float]:
     """(cookie, n_packets, duration in s) of the one flow whose line contains ``needle``."""
     (line,) = [f for f in ovs.ofctl("dump-flows", BRIDGE).splitlines() if needle in f]
@@ -95,8 +90,8 @@ def send_packets(ovs: OpenVSwitch, dst: str, count: int, size: int = 200) -> Non
     udp = (5000).to_bytes(2, "big") + (5001).to_bytes(2, "big") + (size - 34).to_bytes(2, "big") + bytes(2)
     frame = ethernet + ip + udp
     frame += bytes(size - len(frame))
-    for port in (f"{BRIDGE}-p1", f"{BRIDGE}-p2"):  # a tap device that is down drops what OVS sends it
-        subprocess.run(["ip", "link", "set", port, "up"], check=True, capture_output=True, timeout=30)
+    for port in (f"{BRIDGE}-p1", f"{BRIDGE}-p2"):
+        ovs.link_up(port)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
         raw.bind((f"{BRIDGE}-p1", 0))
         for _ in range(count):
@@ -143,7 +138,7 @@ def test_telemetry_to_flows_and_meters_then_reconnect_then_ttl_expiry(engine: Op
         queues = ovs.qos_show(port)  # what ovs-vswitchd applied to the port
         assert set(queues) == {0, 8}, queues
         assert queues[8]["min-rate"] == min_rate and queues[8]["max-rate"] == max_rate
-    assert len(rows(ovs, "QoS")) == 1 and len(rows(ovs, "Queue")) == 2
+    assert len(ovs.rows("QoS")) == 1 and len(ovs.rows("Queue")) == 2
     assert any("tp_dst=23" in f and "nw_dst=10.0.1.0/24" in f and "actions=drop" in f for f in ovs.dump_flows(BRIDGE))
     assert not engine.errors
 
@@ -158,8 +153,8 @@ def test_telemetry_to_flows_and_meters_then_reconnect_then_ttl_expiry(engine: Op
 
     # the reservation's TTL runs out: its flow goes, then its queue rows; the ACL (1 h TTL) stays
     wait_until(lambda: not reservation_flows(ovs), 30, "the reservation to expire")
-    wait_until(lambda: not rows(ovs, "Queue"), 15, "the reservation's queue rows to go")
-    assert rows(ovs, "QoS") == [] and ovs.qos_show(f"{BRIDGE}-p1") == {}
+    wait_until(lambda: not ovs.rows("Queue"), 15, "the reservation's queue rows to go")
+    assert ovs.rows("QoS") == [] and ovs.qos_show(f"{BRIDGE}-p1") == {}
     assert ovs.vsctl("get", "port", f"{BRIDGE}-p1", "qos").strip() == "[]"
     assert any("tp_dst=23" in f for f in ovs.dump_flows(BRIDGE))
     assert reservation.idempotency_key not in controller.in_force
@@ -256,4 +251,4 @@ def test_class_queues_exist_and_the_userspace_datapath_enforces_meters_not_queue
     assert "port 2 queue 2: bytes=0, pkts=0" in queue_stats, queue_stats  # ... but not through its queue
 
     assert sorted(engine.withdraw(["video-high", "cap-cell-0001"])) == ["cap-cell-0001", "video-high"]
-    wait_until(lambda: not rows(ovs, "Queue"), 15, "the class queue to go with its last flow")
+    wait_until(lambda: not ovs.rows("Queue"), 15, "the class queue to go with its last flow")

@@ -1,10 +1,13 @@
 """Faucet adapter: the decisions in force for datapath ``controller.faucet_dp`` as a Faucet ACL
 (``nmt-<dp>``) and its meters (``nmt-<dp>-<id>``), in one YAML file that Faucet's main config
-includes and whose datapath applies as a dataplane ACL::
+includes, the datapath's ports applying the ACL to what they receive::
 
     # faucet.yaml
     include: [faucet-nmt.yaml]
-    dps: {sw1: {dp_id: 1, dp_acls: [nmt-sw1], interfaces: {1: {native_vlan: 100}}}}
+    dps: {sw1: {dp_id: 1, interfaces: {1: {native_vlan: 100, acls_in: [nmt-sw1]}}}}
+
+(Port ACLs, not ``dp_acls``: Faucet 1.10.12 does not reprogram a changed ``dp_acls`` ACL when it
+reloads its configuration without a cold start; port ACLs it does.)
 
 One file per datapath (each its own ``faucet_config``) keeps the names apart. The file is
 rewritten atomically after every change, with a final allow-all rule so traffic no decision

@@ -116,6 +116,11 @@ class OpenVSwitch:
             self.set_controller(name, controller)
         return str(self.mgmt_socket(name))
 
+    def link_up(self, port: str) -> None:
+        """Bring an internal port's tap device up: while it is down OVS drops what it sends there,
+        and the port's link is down to the controller."""
+        subprocess.run(["ip", "link", "set", port, "up"], check=True, capture_output=True, timeout=30)
+
     def set_controller(self, bridge: str, target: str) -> None:
         """Point ``bridge`` at ``tcp:HOST:PORT``. Flows stay while it has any controller
         (``del-controller`` on a fail-secure bridge would flush them)."""
@@ -166,6 +171,10 @@ class OpenVSwitch:
                 name, _, value = line.strip().partition(":")
                 current[name] = value.strip()
         return queues
+
+    def rows(self, table: str) -> list[str]:
+        """The uuids of ``table``'s rows (``QoS``, ``Queue``, ...)."""
+        return self.vsctl("--bare", "--columns=_uuid", "list", table).split()
 
     def vsctl(self, *args: str) -> str:
         return self._run(["ovs-vsctl", f"--db=unix:{self.db_socket}", "--timeout=10", *args])
