@@ -39,11 +39,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, report: Callable[[], str] = str) -> None:
+    """Wait for ``condition``; on timeout fail saying what was awaited, and ``report()`` (a log)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{report()}")
         time.sleep(0.1)
 
 

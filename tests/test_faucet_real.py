@@ -4,8 +4,7 @@ the switch, and a change to the decisions reaches the switch through Faucet's re
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nm_toolkit.controller.faucet import FaucetAdapter, acl_name
 from nm_toolkit.devtools.faucet import FaucetProcess, FaucetProvisionError, ensure_faucet_venv
 from nm_toolkit.devtools.ovs import OpenVSwitch, ovs_available
 from nm_toolkit.schemas import Acl, RateLimit
+from tests.test_controller_ovs import wait_until
 
 pytestmark = [
     pytest.mark.ovs,
@@ -25,14 +25,6 @@ pytestmark = [
 BRIDGE = "br-faucet"
 DP = "edge-sw1"
 TARGETS = {"cell-1": {"ipv4_dst": "10.0.1.0/24"}}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; Faucet's log:\n{log()}")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
