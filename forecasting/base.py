@@ -105,7 +105,8 @@ class VectorForecaster(Forecaster, ManyFitted):
     after the fitted history (a Series for a one-series fit, a frame with the same columns for
     ``fit_many``). ``forecast_many`` fits all columns in one vectorised pass. Subclasses supply the
     maths as array functions: ``_fit_values`` and ``_update_values`` on (time, series) arrays, and
-    ``_mean_sd`` (series, horizon) for the forecast and its standard deviation.
+    ``_mean_sd`` (series, horizon) for the forecast and its standard deviation (normal intervals),
+    or ``_mean_bounds`` for the forecast and interval bounds of their own (empirical quantiles).
     """
 
     incremental = True
@@ -152,13 +153,18 @@ class VectorForecaster(Forecaster, ManyFitted):
         return self
 
     def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
-        mean, sd = self._mean_sd(horizon)
-        half = normal_half_width(np.nan_to_num(sd), level)
+        mean, lower, upper = self._mean_bounds(horizon, level)
         index = pd.date_range(self.last_time_ + self.step_, periods=horizon, freq=self.step_)
         return {
-            c: PointForecast(index, mean[i], mean[i] - half[i], mean[i] + half[i], level, self.name, self._note(i))
+            c: PointForecast(index, mean[i], lower[i], upper[i], level, self.name, self._note(i))
             for i, c in enumerate(self.columns_)
         }
+
+    def _mean_bounds(self, horizon: int, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forecast, lower and upper bounds (series, horizon): a normal interval around ``_mean_sd``."""
+        mean, sd = self._mean_sd(horizon)
+        half = normal_half_width(np.nan_to_num(sd), level)
+        return mean, mean - half, mean + half
 
     def _note(self, i: int) -> str:
         return ""
@@ -169,8 +175,10 @@ class VectorForecaster(Forecaster, ManyFitted):
     @abstractmethod
     def _update_values(self, values: np.ndarray) -> None: ...
 
-    @abstractmethod
-    def _mean_sd(self, horizon: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def _mean_sd(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Forecast and its standard deviation (series, horizon); models that override
+        ``_mean_bounds`` need not supply it."""
+        raise NotImplementedError(f"{type(self).__name__} supplies neither _mean_sd nor _mean_bounds")
 
 
 def future_index(y: pd.Series | pd.DataFrame, horizon: int) -> pd.DatetimeIndex:
@@ -183,7 +191,7 @@ def future_index(y: pd.Series | pd.DataFrame, horizon: int) -> pd.DatetimeIndex:
 
 def steps_per(period: pd.Timedelta, step: pd.Timedelta) -> int:
     """How many sampling steps make one ``period`` (a day, a week), at least 1."""
-    return max(1, int(round(period / step)))
+    return max(1, round(period / step))
 
 
 def normal_half_width(scale: float | np.ndarray, level: float) -> np.ndarray:

@@ -60,6 +60,12 @@ def _short(name: str) -> Forecaster:
 SHORT_MODELS = ("last_value", "drift", "ses", "holt")
 
 
+def _ar() -> Forecaster:
+    from forecasting.autoreg import DirectAR
+
+    return DirectAR()
+
+
 def _auto(candidates: list[Forecaster], short: bool = True) -> Forecaster:
     from forecasting.select import AutoSelect
 
@@ -115,6 +121,8 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     "drift": lambda day, week, settings: _short("drift"),
     "ses": lambda day, week, settings: _short("ses"),
     "holt": lambda day, week, settings: _short("holt"),
+    # a robust linear model of the next hour on the last two hours of the same series (5-minute flows)
+    "ar": lambda day, week, settings: _ar(),
     "auto_short": lambda day, week, settings: _auto_short(),
     "auto": lambda day, week, settings: _auto(_auto_candidates(day, week)),
     # the edge LLM's trend adapter joins automatic selection as one more candidate: a series gets it only
