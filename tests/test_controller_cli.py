@@ -117,12 +117,13 @@ def test_a_forecast_on_the_topic_alone_yields_a_decision_then_decisions_tail(
     result = runner.invoke(app, ["controller", "run", "--rounds", "3", "--interval", "2", "--json"])
     assert result.exit_code == 0, result.output
     rounds = json.loads(result.output)
-    assert sum(r["faucet_applied"] for r in rounds) == 1 and sum(r["kafka_applied"] for r in rounds) == 1
+    # the forecast's reservation is a queue, which Faucet ACLs cannot set: on the topic, not in Faucet
+    assert sum(r["kafka_applied"] for r in rounds) == 1
+    assert sum(r["faucet_applied"] for r in rounds) == 0 and sum(r["faucet_unsupported"] for r in rounds) >= 1
     (dead,) = read_all(bus, settings.controller.dead_letter_topic, 1)
     assert dead.value == b'{"id": "broken"}' and b"NetworkIntent" in (dead.header(REASON) or b"")
     faucet = yaml.safe_load(faucet_file.read_text())
-    assert faucet["acls"]["nmt"][0]["rule"]["ipv4_dst"] == "10.0.0.0/255.255.255.0"
-    assert list(faucet["meters"]) == ["nmt-1"]
+    assert faucet == {"acls": {"nmt-sw1": [{"rule": {"actions": {"allow": True}}}]}}
 
     # something else also publishes a decision; tail shows both
     scale = ScaleCompute(idempotency_key="s", policy="edge_autoscale", target="edge-a", reason="test", replicas=3)
