@@ -112,3 +112,21 @@ def test_eval_reports_every_method_with_abstain_rate_and_time(tmp_path: Path) ->
     assert report["answered_precision"] > report["micro"]["precision"] and report["predict_ms_per_intent"] > 0
     table = CliRunner().invoke(app, ["intent", "eval", "--train", str(DATA / "nile_intents_slice.json"), "--test", str(DEV), "--method", "sklearn"], env={"COLUMNS": "120"})
     assert all(row in table.output for row in ("micro-F1", "F1 operation", "abstain rate", "ms per sentence"))
+
+
+def test_a_cached_builtin_extractor_from_another_recipe_is_retrained(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An upgrade must not keep serving the extractor cached before training changed (issue 25)."""
+    from intent import builtin
+    from intent.methods import load
+
+    monkeypatch.setattr(builtin, "BUILTIN_METHOD", "sklearn")  # the recipe's logic, at a tenth of the vote's cost
+    directory = tmp_path / "intent-extractor"
+    directory.mkdir()
+    (directory / "stale-weights").write_text("from before recipes were recorded")
+    notes: list[str] = []
+    assert builtin.ensure_builtin_extractor(directory, notes.append) == directory
+    assert builtin.recipe_of(directory) == builtin.RECIPE and not (directory / "stale-weights").exists()
+    assert "changed since it was cached" in notes[0] and load(directory).predict_spans(["block netflix for guests"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intent-extractor"]  # nothing left beside it
+    builtin.ensure_builtin_extractor(directory, notes.append)
+    assert len(notes) == 1  # the same recipe: reused
