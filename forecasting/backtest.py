@@ -16,8 +16,10 @@ import pandas as pd
 
 from forecasting import metrics
 from forecasting.base import Forecaster, ManyFitted
+from forecasting.short import LastValue
 
 METRICS = ("mae", "rmse", "mase", "smape", "coverage")
+BASELINE = "last_value"  # what a short-horizon model must beat: the summary gives every MAE relative to it
 
 
 def fixed_origin(n_steps: int, train_steps: int, horizon: int) -> list[int]:
@@ -49,8 +51,11 @@ class BacktestResult:
     n_origins: int
 
     def summary(self) -> pd.DataFrame:
-        """One row per model: metrics averaged over series and origins, seconds per series-fit."""
+        """One row per model: metrics averaged over series and origins, seconds per series-fit, and,
+        when the backtest ran the last value, each model's MAE relative to its MAE (after ``mae``)."""
         table = self.scores.groupby("model", sort=False)[list(METRICS)].mean()
+        if BASELINE in table.index:
+            table.insert(1, f"mae_vs_{BASELINE}", table["mae"] / table.loc[BASELINE, "mae"])
         table["seconds_per_series"] = [self.seconds[m] / (self.n_series * self.n_origins) for m in table.index]
         return table
 
@@ -68,6 +73,27 @@ def score_forecasts(
         "smape": metrics.smape(actual, mean),
         "coverage": metrics.coverage(actual, lower, upper),
     }
+
+
+def refit_schedule(
+    models: Mapping[str, Forecaster], refit_every: int | None, global_refit_every: int | None
+) -> dict[str, int | None]:
+    """Origins between full refits per model: ``global_refit_every`` for models fitted across all
+    series at once (:attr:`~forecasting.base.Forecaster.global_model`, seconds per fit),
+    ``refit_every`` for the rest; None refits at every origin."""
+    return {name: global_refit_every if model.global_model else refit_every for name, model in models.items()}
+
+
+def default_refits(origin_step: int, day: int) -> tuple[int, int]:
+    """The refit schedule of a rolling backtest with origins ``origin_step`` steps apart: once a day,
+    and once a week for global models (models advance by ``update`` in between, as a service's do)."""
+    return max(1, day // origin_step), max(1, 7 * day // origin_step)
+
+
+def with_baseline(models: Mapping[str, Forecaster]) -> dict[str, Forecaster]:
+    """``models`` with the last value first (unless already there), so the summary can give every
+    MAE relative to it; it costs milliseconds."""
+    return dict(models) if BASELINE in models else {BASELINE: LastValue(), **models}
 
 
 def backtest(

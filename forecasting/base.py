@@ -56,6 +56,10 @@ class Forecaster(BaseEstimator, ABC):
     #: whether :meth:`update` advances the fitted state without refitting (otherwise it refits)
     incremental: bool = False
 
+    #: whether one fit learns across all series at once (seconds, not milliseconds): backtests and
+    #: services refit such models on a slower schedule of their own
+    global_model: bool = False
+
     def update(self, new_points: pd.Series) -> Self:
         """Take in the points that followed the fitted history and return the model, ready to predict.
 

@@ -30,6 +30,11 @@ class Combination(Forecaster):
         """Updates without refitting when every member does."""
         return all(m.incremental for m in self.members)
 
+    @property
+    def global_model(self) -> bool:  # type: ignore[override]
+        """Learns across series when any member does."""
+        return any(m.global_model for m in self.members)
+
     def fit(self, y: pd.Series) -> Self:
         if not self.members:
             raise ValueError("a combination needs at least one member forecaster")

@@ -116,6 +116,7 @@ class GlobalGBM(Forecaster):
     """
 
     name = "gbm"
+    global_model = True
     incremental = True  # update() refreshes the features and keeps the boosters (approximate, see update)
 
     def __init__(

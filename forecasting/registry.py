@@ -66,11 +66,16 @@ def _ar() -> Forecaster:
     return DirectAR()
 
 
-def _auto(candidates: list[Forecaster], short: bool = True) -> Forecaster:
+def _auto(day: int, week: int, extra: tuple[Forecaster, ...] = ()) -> Forecaster:
+    """Per-series selection with the last value as the baseline a candidate must beat on its folds.
+
+    Day-ahead: the seasonal and global models. At horizons of 6 hours or less the short-horizon
+    models replace them (the direct autoregression, smoothing, and the cheap seasonal rules), all
+    incremental, so the selection over a day of hourly folds costs about as much as one fit."""
     from forecasting.select import AutoSelect
 
-    # the short-horizon models join only for horizons of 6 hours or less: hourly day-ahead choices are unchanged
-    return AutoSelect(candidates, short_candidates=[_short(n) for n in SHORT_MODELS] if short else ())
+    short = [*(_short(n) for n in SHORT_MODELS), _ar()]
+    return AutoSelect([_short("last_value"), *_auto_candidates(day, week), *extra], short_candidates=[*short, *extra])
 
 
 def _auto_short() -> Forecaster:
@@ -124,10 +129,10 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     # a robust linear model of the next hour on the last two hours of the same series (5-minute flows)
     "ar": lambda day, week, settings: _ar(),
     "auto_short": lambda day, week, settings: _auto_short(),
-    "auto": lambda day, week, settings: _auto(_auto_candidates(day, week)),
+    "auto": lambda day, week, settings: _auto(day, week),
     # the edge LLM's trend adapter joins automatic selection as one more candidate: a series gets it only
     # where it has the lowest validation MASE (the adapter is loaded for each fold, not tuned)
-    "auto_llm": lambda day, week, settings: _auto([*_auto_candidates(day, week), _llm(settings)]),
+    "auto_llm": lambda day, week, settings: _auto(day, week, (_llm(settings),)),
 }
 MODEL_NAMES = tuple(BUILDERS)
 

@@ -15,11 +15,19 @@ from forecasting.history import DAY, infer_step
 
 
 class AutoSelect(Forecaster):
-    """Pick, for each series, the candidate with the lowest mean MASE over ``folds`` origins.
+    """Pick, for each series, the candidate with the lowest mean absolute error over validation folds.
 
     The validation origins sit ``validation_horizon`` steps apart at the end of the history
-    (``None``: the requested horizon, or one day in :meth:`fit`). Series whose history is too
-    short to hold out even one fold get the first candidate, and the note says so.
+    (``None``: the requested horizon, or one day in :meth:`fit`), ``folds`` of them. The first
+    candidate is the baseline: ties go to it, so another candidate is chosen only where it beat the
+    baseline on that series' own folds (the registry's ``auto`` puts the last value first, so it
+    never picks a model that loses to the last value there). Series whose history is too short to
+    hold out even one fold get the first candidate, and the note says so.
+
+    At horizons of ``short_horizon_hours`` or less, ``short_candidates`` (when given) replace the
+    candidates, and the folds are ``short_folds`` (a day of hourly origins by default: two
+    one-hour folds are too few to tell models apart on bursty minutes-scale traffic); those
+    candidates are fitted at the first fold and advanced by ``update`` through the others.
     """
 
     name = "auto"
@@ -32,6 +40,7 @@ class AutoSelect(Forecaster):
         short_candidates: Sequence[Forecaster] = (),
         short_horizon_hours: float = 6.0,
         refit_every: int | None = None,
+        short_folds: int = 24,
     ) -> None:
         self.candidates = candidates
         self.folds = folds
@@ -39,17 +48,21 @@ class AutoSelect(Forecaster):
         self.short_candidates = short_candidates
         self.short_horizon_hours = short_horizon_hours
         self.refit_every = refit_every
+        self.short_folds = short_folds
 
     @property
     def incremental(self) -> bool:  # type: ignore[override]
         """Updates without refitting (or choosing again) when every candidate does."""
         return all(c.incremental for c in [*self.candidates, *self.short_candidates])
 
+    def _short(self, step: pd.Timedelta, horizon: int) -> bool:
+        return bool(self.short_candidates) and step * horizon <= pd.Timedelta(hours=self.short_horizon_hours)
+
     def _considered(self, step: pd.Timedelta, horizon: int) -> list[Forecaster]:
-        """The candidates, plus ``short_candidates`` when ``horizon`` steps of ``step`` reach no further
-        than ``short_horizon_hours`` (last value and smoothing have nothing to say a day ahead)."""
-        short = step * horizon <= pd.Timedelta(hours=self.short_horizon_hours)
-        return [*self.candidates, *(self.short_candidates if short else ())]
+        """The candidates, or ``short_candidates`` when ``horizon`` steps of ``step`` reach no further
+        than ``short_horizon_hours`` (the day-ahead models have little to say an hour ahead, and a
+        global model refitted at every fold would cost more than the whole backtest)."""
+        return list(self.short_candidates if self._short(step, horizon) else self.candidates)
 
     def _choose(self, frame: pd.DataFrame, horizon: int, level: float) -> dict[str, tuple[int, str]]:
         """Candidate position (in :meth:`_considered`) and note for every column of ``frame``.
@@ -62,19 +75,23 @@ class AutoSelect(Forecaster):
         step = infer_step(pd.DatetimeIndex(frame.index))
         day = steps_per(DAY, step)
         n = len(frame)
-        origins = [n - horizon * j for j in range(self.folds, 0, -1) if n - horizon * j >= 2 * day]
+        short = self._short(step, horizon)
+        folds, refit_every = (self.short_folds, self.short_folds) if short else (self.folds, self.refit_every)
+        origins = [n - horizon * j for j in range(folds, 0, -1) if n - horizon * j >= 2 * day]
         if not origins:
             note = f"history too short for a {horizon}-step validation fold: first candidate used"
             return {str(c): (0, note) for c in frame.columns}
         named = {f"{i}": c for i, c in enumerate(self._considered(step, horizon))}
-        scores = backtest(frame, named, origins, horizon, season=day, level=level, refit_every=self.refit_every).scores
-        table = scores.pivot_table(index="series", columns="model", values="mase", aggfunc="mean")
+        scores = backtest(frame, named, origins, horizon, season=day, level=level, refit_every=refit_every).scores
+        table = scores.pivot_table(index="series", columns="model", values="mae", aggfunc="mean")
         filled = table.reindex(columns=list(named)).fillna(np.inf)
-        best = filled.to_numpy().argmin(axis=1)
+        best = filled.to_numpy().argmin(axis=1)  # the first of equals: ties keep the baseline
+        baseline = named["0"].name
         chosen = {}
         for series, i in zip(filled.index, best, strict=True):
-            mase = filled.loc[series].iloc[i]
-            chosen[str(series)] = (int(i), f"auto-selected {named[str(i)].name} over {len(origins)} folds (MASE {mase:.3f})")
+            ratio = filled.loc[series].iloc[i] / filled.loc[series].iloc[0]
+            versus = f", MAE {ratio:.3f}x {baseline}'s" if i and np.isfinite(ratio) else ""
+            chosen[str(series)] = (int(i), f"auto-selected {named[str(i)].name} over {len(origins)} folds{versus}")
         return chosen
 
     def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:

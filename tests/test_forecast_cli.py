@@ -49,9 +49,11 @@ def test_backtest_fixed_split_on_wide_file_json() -> None:
     data = json.loads(out)
     assert data["series"] == 4 and data["origins"] == 1 and data["step_seconds"] == 3600 and data["mase_season_steps"] == 24
     models = {m["model"]: m for m in data["models"]}
-    assert set(models) == {"snaive_weekly", "seasonal_mean", "gbm"}
+    assert list(models) == ["last_value", "snaive_weekly", "seasonal_mean", "gbm"]  # the baseline joins, first
+    assert models["last_value"]["mae_vs_last_value"] == 1.0
     for row in models.values():
         assert 0 < row["mase"] < 3 and 0 <= row["coverage"] <= 1 and row["seconds_per_series"] > 0
+        assert row["mae_vs_last_value"] == pytest.approx(row["mae"] / models["last_value"]["mae"], rel=1e-4)
 
 
 def test_backtest_rolling_on_five_minute_long_file(tmp_path: Path) -> None:
@@ -62,9 +64,9 @@ def test_backtest_rolling_on_five_minute_long_file(tmp_path: Path) -> None:
     data = json.loads(out)
     assert data["step_seconds"] == 300 and data["mase_season_steps"] == 288
     assert data["origins"] == (48 - 12) // 12 + 1 and data["series"] == 3
-    assert {m["model"] for m in data["models"]} == {"snaive_daily", "gbm"}
+    assert {m["model"] for m in data["models"]} == {"last_value", "snaive_daily", "gbm"}
     code, out = nmt("forecast", "backtest", "--input", str(path), "--train-days", "7", "--horizon", "12", "--rolling", "--models", "snaive_daily")
-    assert code == 0 and "snaive_daily" in out  # the human table
+    assert code == 0 and "backtest: 3 series, 4 origin(s)" in out and "snaive" in out  # the human table (80 columns wrap names)
 
 
 def test_predict_show_plot_list_round_trip(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_rolling_backtest_with_updates_matches_refits_for_exact_models() -> None
     assert len(updated.scores["forecast"].iloc[0]) == 12
 
 
-def test_auto_short_chooses_by_recent_error_and_auto_adds_short_models_only_for_short_horizons() -> None:
+def test_auto_short_chooses_by_recent_error_and_auto_uses_short_models_only_for_short_horizons() -> None:
     rng = np.random.default_rng(3)
     n = 2 * 288 + 200
     ramp = np.arange(n) * 2.0 + rng.normal(0, 0.1, n)  # a steady ramp: Holt's trend wins
@@ -139,7 +139,8 @@ def test_auto_short_chooses_by_recent_error_and_auto_adds_short_models_only_for_
     auto = make_model("auto", pd.Timedelta(hours=1))
     assert isinstance(auto, AutoSelect)
     assert len(auto._considered(pd.Timedelta(hours=1), 168)) == len(auto.candidates)  # day-ahead: unchanged
-    assert len(auto._considered(FIVE_MIN, 12)) == len(auto.candidates) + 4
+    assert [c.name for c in auto._considered(FIVE_MIN, 12)] == ["last_value", "drift", "ses", "holt", "ar"]
+    assert auto.candidates[0].name == "last_value"  # the baseline every other candidate must beat
 
 
 def test_gbm_short_reads_the_last_hour_and_follows_a_level_shift() -> None:

@@ -77,21 +77,27 @@ def backtest(
     models: str = typer.Option(DEFAULT_BACKTEST_MODELS, help=f"comma-separated, from: {', '.join(MODEL_NAMES)}"),
     series: str | None = typer.Option(None, help="comma-separated series (columns) to use (default: all)"),
     level: float = typer.Option(0.9, min=0.01, max=0.99, help="nominal level of the prediction intervals"),
+    refit_every: int | None = typer.Option(
+        None, help="origins between full refits; in between, models advance by update() with the new rows "
+        "(default with --rolling: a day of origins; 1 refits at every origin)"),
+    global_refit_every: int | None = typer.Option(
+        None, help="the same for models fitted across all series at once, gbm and ensemble (default: a week of origins)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Score models by backtest: MAE, RMSE, MASE (daily seasonal scale), sMAPE, interval coverage."""
-    from rich.progress import Progress
+    """Score models by backtest against the last value: MAE (and its ratio to the last value's), RMSE,
+    MASE (daily seasonal scale), sMAPE, interval coverage, seconds per series and origin."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from forecasting.backtest import backtest as run_backtest
-    from forecasting.backtest import fixed_origin, rolling_origins
+    from forecasting.backtest import default_refits, fixed_origin, refit_schedule, rolling_origins, with_baseline
     from forecasting.base import steps_per
     from forecasting.data import load_series_frame
     from forecasting.history import DAY
 
-    _positive(train_days, "--train-days")
-    _positive(horizon, "--horizon")
-    _positive(step, "--step")
+    for value, option in ((train_days, "--train-days"), (horizon, "--horizon"), (step, "--step"),
+                          (refit_every, "--refit-every"), (global_refit_every, "--global-refit-every")):  # fmt: skip
+        _positive(value, option)
     frame, sampling = load_series_frame(input, _split_names(series))
     day = steps_per(DAY, sampling)
     h = horizon or day
@@ -100,11 +106,14 @@ def backtest(
         origins = rolling_origins(len(frame), train, h, step or h) if rolling else fixed_origin(len(frame), train, h)
     except ValueError as exc:
         raise UserError(f"{input}: {exc}") from exc
-    chosen = _models(_split_names(models), sampling, settings_from(config))
-    with Progress(console=err_console, transient=True, disable=as_json) as progress:
+    chosen = with_baseline(_models(_split_names(models), sampling, settings_from(config)))
+    daily, weekly = default_refits(step or h, day)
+    every, global_every = refit_every or daily, global_refit_every or weekly
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
         task = progress.add_task("backtesting", total=len(origins) * len(chosen))
         result = run_backtest(
-            frame, chosen, origins, h, season=day, level=level,
+            frame, chosen, origins, h, season=day, level=level, refit_every=refit_schedule(chosen, every, global_every),
             on_step=lambda model, origin: progress.update(task, advance=1, description=f"{model} @ {frame.index[origin]:%Y-%m-%d %H:%M}"),
         )
     summary = result.summary()
@@ -112,10 +121,12 @@ def backtest(
     data = {
         "input": str(input), "step_seconds": int(sampling.total_seconds()), "series": frame.shape[1],
         "origins": len(origins), "first_origin": frame.index[origins[0]].isoformat(), "horizon": h,
-        "mase_season_steps": day, "level": level, "models": rows,
+        "mase_season_steps": day, "level": level, "refit_every": every, "global_refit_every": global_every,
+        "seconds": round(sum(result.seconds.values()), 3), "models": rows,
     }
+    refits = f", refit every {every} origins (global models {global_every}), update() between" if len(origins) > 1 else ""
     title = (f"backtest: {frame.shape[1]} series, {len(origins)} origin(s) from {frame.index[origins[0]]:%Y-%m-%d %H:%M}, "
-             f"horizon {h} steps of {int(sampling.total_seconds())} s")
+             f"horizon {h} steps of {int(sampling.total_seconds())} s{refits}")
     emit(as_json, data, title, rows)
 
 
