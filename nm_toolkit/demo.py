@@ -10,7 +10,7 @@ prompts -> edge LLM service (grounded completion, routing, privacy guardrail) ->
 demand -> the intent service's demand collector -> demand series; telemetry (network and the edge's own
 load) -> collector -> forecasts -> policies (bandwidth, edge autoscaling, adapter placement, the
 edge->cloud link, model placement) -> guardrails -> decisions topic -> the edge service places its
-adapters (and, with ``--ovs``, the OpenFlow controller sets meters and flows on Open vSwitch).
+adapters (and, with ``--ovs``, the OpenFlow controller sets queues, meters and flows on Open vSwitch).
 
 The models are the toolkit's defaults (:data:`nm_toolkit.llm.defaults.SIZES`): SmolLM2-135M-Instruct
 at the edge and in the cloud, fetched from the package index on first use, with the LoRA adapters
@@ -100,7 +100,7 @@ class CityDayConfig:
     metric: str = "traffic"
     models: Path | None = None  # models `nmt llm build` built; None: those of ``size``, built on first use
     size: str = "default"  # of nm_toolkit.llm.defaults.SIZES
-    ovs: bool = False  # also carry reservations out as meters and flows on a private Open vSwitch
+    ovs: bool = False  # also carry decisions out as queues, meters and flows on a private Open vSwitch
 
 
 @dataclass
@@ -112,7 +112,7 @@ class CityDayReport:
     decisions: list[dict[str, object]]
     edge: dict[str, float]
     figure: Path | None = None
-    switch: dict[str, int] | None = None  # flows and meters on the Open vSwitch bridge, with --ovs
+    switch: dict[str, int] | None = None  # flows, meters and queues on the Open vSwitch bridge, with --ovs
 
 
 def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
@@ -293,7 +293,7 @@ DEMO_BRIDGE = "nmt-demo"
 def decide(bus: EmbeddedBus, settings: Settings, capacities: Mapping[str, float], ovs: bool) -> tuple[LoopReport, dict[str, int] | None]:
     """Collect, forecast and decide once; with ``ovs``, the OpenFlow controller also carries the
     decisions out on a private Open vSwitch bridge (each target's traffic matched by its own /24,
-    what ``controller.targets`` says on a real network), and the flows and meters are counted."""
+    what ``controller.targets`` says on a real network), and the flows, meters and queues are counted."""
     with ExitStack() as stack:
         engine, switch = demo_switch(settings, capacities, stack) if ovs else (None, None)
         loop = ClosedLoop(bus, settings, capacities=dict(capacities), adapters=[engine] if engine is not None else [])
@@ -302,7 +302,8 @@ def decide(bus: EmbeddedBus, settings: Settings, capacities: Mapping[str, float]
         if engine is None or switch is None:
             return report, None
         engine.flush()
-        return report, {"flows": len(switch.dump_flows(DEMO_BRIDGE)), "meters": len(switch.dump_meters(DEMO_BRIDGE))}
+        return report, {"flows": len(switch.dump_flows(DEMO_BRIDGE)), "meters": len(switch.dump_meters(DEMO_BRIDGE)),
+                        "queues": len(switch.rows("Queue"))}  # fmt: skip
 
 
 def demo_switch(settings: Settings, capacities: Mapping[str, float], stack: ExitStack) -> tuple[OpenFlowEngine, OpenVSwitch]:
@@ -311,10 +312,11 @@ def demo_switch(settings: Settings, capacities: Mapping[str, float], stack: Exit
     from nm_toolkit.devtools.kafka import free_port
 
     targets = {target: {"ipv4_dst": f"10.{k // 250}.{k % 250}.0/24"} for k, target in enumerate(sorted(capacities))}
-    controller = settings.controller.model_copy(update={"listen_port": free_port(), "targets": targets})
+    switch = stack.enter_context(OpenVSwitch())  # first: the engine writes queues to its database
+    queues = settings.controller.queues.model_copy(update={"ovsdb": f"unix:{switch.db_socket}"})
+    controller = settings.controller.model_copy(update={"listen_port": free_port(), "targets": targets, "queues": queues})
     engine = start_openflow_controller(controller)
-    switch = stack.enter_context(OpenVSwitch())
-    switch.add_bridge(DEMO_BRIDGE, controller=f"tcp:127.0.0.1:{controller.listen_port}", datapath_id=1)
+    switch.add_bridge(DEMO_BRIDGE, controller=f"tcp:127.0.0.1:{controller.listen_port}", ports=2, datapath_id=1)  # queues live on ports
     if not engine.wait_for_switches(1, 30):
         raise UserError("the demo's Open vSwitch bridge did not connect to the controller in 30 s: run without --ovs")
     return engine, switch

@@ -22,7 +22,7 @@ def demo(
     plot: Path | None = typer.Option(None, help="PNG of the day (default: state_dir/demo/city_day.png)"),
     models: Path | None = typer.Option(None, help="NetGPT models from `nmt llm build -o DIR` (default: those of --size, built on first use)"),
     size: str = typer.Option("default", help="default (SmolLM2-135M at the edge and in the cloud, fetched on first use) or tiny (seconds-trained models, noise answers)"),
-    ovs: bool = typer.Option(False, "--ovs", help="also carry reservations out as meters and flows on a private Open vSwitch (needs openvswitch-switch)"),
+    ovs: bool = typer.Option(False, "--ovs", help="also carry the decisions out as queues, meters and flows on a private Open vSwitch (needs openvswitch-switch)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -61,6 +61,6 @@ def demo(
     console.print(table("telemetry -> forecasts -> decisions", [{"stage": k.replace("_", " "), "count": v} for k, v in telemetry.items()]))
     console.print(table("decisions by kind", report.decisions))
     if report.switch is not None:
-        console.print(f"on the Open vSwitch bridge: {report.switch['flows']} flows, {report.switch['meters']} meters")
+        console.print(f"on the Open vSwitch bridge: {report.switch['flows']} flows, {report.switch['meters']} meters, {report.switch['queues']} queues")
     if report.figure:
         console.print(f"the day, as a picture: {report.figure}")
