@@ -169,7 +169,8 @@ def test_nmt_controller_run_process_programs_open_vswitch(kafka_bootstrap: str, 
 def test_an_operator_sentence_ends_as_a_flow_on_open_vswitch(kafka_bootstrap: str, tmp_path: Path) -> None:
     """The whole seam: operator text on topics.operator_intents -> `nmt intent serve` (extractor,
     Nile, NetworkIntent on topics.intents) -> `nmt controller run` (intent policy, guardrails,
-    os-ken) -> a drop flow for the printers' subnet on the bridge."""
+    os-ken) -> a drop flow for the servers' subnet on the bridge. With the default settings: the
+    operator's own tenant may touch any target."""
     extractor = SklearnIntentTagger().fit(load_intents(REPO / "tests" / "data" / "nile_intents_slice.json"))
     extractor_dir = extractor.save_pretrained(tmp_path / "extractor")
     tag = uuid.uuid4().hex[:6]
@@ -182,14 +183,13 @@ def test_an_operator_sentence_ends_as_a_flow_on_open_vswitch(kafka_bootstrap: st
         "NMT_INTENT__DEMAND_TOPIC": f"{tag}.demand", "NMT_INTENT__DEAD_LETTER_TOPIC": f"{tag}.intent-dlq",
         "NMT_CONTROLLER__GROUP_ID": f"controller-{tag}", "NMT_CONTROLLER__ADAPTER": "openflow",
         "NMT_CONTROLLER__LISTEN_PORT": str(port),
-        "NMT_CONTROLLER__TARGETS": json.dumps({"printers": {"ipv4_dst": "10.0.9.0/24"}}),
-        "NMT_CONTROLLER__GUARDRAILS__TENANTS": json.dumps({"operator": ["printers"]}),
+        "NMT_CONTROLLER__TARGETS": json.dumps({"servers": {"ipv4_dst": "10.0.9.0/24"}}),
         "NMT_POLICY__ENABLED": json.dumps(["intent_qos_acl"]),
     }  # fmt: skip
     bus = KafkaBus(kafka_bootstrap)
     bus.create_topics([env["NMT_TOPICS__OPERATOR_INTENTS"]])
     producer = bus.producer()
-    producer.send(env["NMT_TOPICS__OPERATOR_INTENTS"], b'{"request_id": "no-printing", "text": "block all traffic to the printers"}')
+    producer.send(env["NMT_TOPICS__OPERATOR_INTENTS"], b'{"request_id": "no-servers", "text": "block traffic to the servers"}')
     producer.flush()
     producer.close()
 
