@@ -167,8 +167,9 @@ _RATE_KBPS = {"kbps": 1.0, "mbps": 1e3, "gbps": 1e6}
 
 
 def to_network_intent(intent: OperatorIntent, intent_id: str, tenant: str) -> NetworkIntent | None:
-    """The controller's form of an allow/block intent or a bandwidth cap, or None when the intent
-    has no switch-level meaning there (middleboxes, quotas, hours: those stay in Nile)."""
+    """The controller's form of an allow/block intent, a bandwidth cap or a prioritisation (a QoS
+    queue), or None when the intent has no switch-level meaning there (other middleboxes, quotas,
+    hours: those stay in Nile)."""
     target = next(iter(intent.target or intent.destination or intent.group), None)
     if target is None:
         return None
@@ -184,4 +185,8 @@ def to_network_intent(intent: OperatorIntent, intent_id: str, tenant: str) -> Ne
         return NetworkIntent(action=intent.action, **common)
     if intent.action == "set" and intent.qos and intent.qos.metric == "bandwidth" and intent.qos.constraint == "max":
         return NetworkIntent(action="limit", rate_kbps=intent.qos.value * _RATE_KBPS[intent.qos.unit], **common)
+    if intent.action == "add" and any(entity_name(m).startswith("priorit") for m in intent.middlebox):
+        # Nile writes "prioritize X" as a middlebox on X's path (the alpha file labels it so): at a
+        # switch it is X's traffic in the high-priority queue.
+        return NetworkIntent(action="prioritize", qos="high", **common)
     return None
