@@ -70,11 +70,12 @@ def _auto(day: int, week: int, extra: tuple[Forecaster, ...] = ()) -> Forecaster
     """Per-series selection with the last value as the baseline a candidate must beat on its folds.
 
     Day-ahead: the seasonal and global models. At horizons of 6 hours or less the short-horizon
-    models replace them (the direct autoregression, smoothing, and the cheap seasonal rules), all
-    incremental, so the selection over a day of hourly folds costs about as much as one fit."""
+    models replace them (the direct autoregression, smoothing, and the seasonal mean, which an
+    hourly series 6 hours ahead needs), all incremental, so the selection over three days of hourly
+    folds costs a few fits, not one per fold."""
     from forecasting.select import AutoSelect
 
-    short = [*(_short(n) for n in SHORT_MODELS), _ar()]
+    short = [*(_short(n) for n in SHORT_MODELS), _ar(), _seasonal_mean(day)]
     return AutoSelect([_short("last_value"), *_auto_candidates(day, week), *extra], short_candidates=[*short, *extra])
 
 

@@ -111,7 +111,7 @@ def test_auto_never_picks_a_model_that_lost_to_the_last_value_on_its_folds() -> 
     auto = make_model("auto", FIVE_MIN)
     forecasts = auto.forecast_many(frame_of(values), 12)
     for fc in forecasts.values():
-        chosen = re.search(r"auto-selected (\w+) over 24 folds(?:, MAE ([0-9.]+)x last_value's)?", fc.note)
+        chosen = re.search(r"auto-selected (\w+) over \d+ folds(?:, MAE ([0-9.]+)x last_value's)?", fc.note)
         assert chosen, fc.note
         assert chosen.group(1) == "last_value" or float(chosen.group(2)) < 1.0, fc.note
     assert all(forecasts[f"s{i}"].model == "ar" for i in range(6, 10))

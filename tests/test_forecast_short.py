@@ -139,7 +139,7 @@ def test_auto_short_chooses_by_recent_error_and_auto_uses_short_models_only_for_
     auto = make_model("auto", pd.Timedelta(hours=1))
     assert isinstance(auto, AutoSelect)
     assert len(auto._considered(pd.Timedelta(hours=1), 168)) == len(auto.candidates)  # day-ahead: unchanged
-    assert [c.name for c in auto._considered(FIVE_MIN, 12)] == ["last_value", "drift", "ses", "holt", "ar"]
+    assert [c.name for c in auto._considered(FIVE_MIN, 12)] == ["last_value", "drift", "ses", "holt", "ar", "seasonal_mean"]
     assert auto.candidates[0].name == "last_value"  # the baseline every other candidate must beat
 
 
