@@ -160,22 +160,13 @@ class KafkaBus(Bus):
         max_poll_records: int = 1000,
     ) -> Consumer:
         consumer = KafkaConsumer(
-            bootstrap_servers=self._servers(),
-            client_id=self.client_id,
+            **self._reading(max_poll_records),
             group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max_poll_records,
-            max_partition_fetch_bytes=max(4 * 1024 * 1024, self.max_message_bytes * 2),
-            fetch_max_bytes=64 * 1024 * 1024,
             # A member that died is noticed after the session timeout: it bounds how long its
             # partitions stand still before a restart or another member takes them over.
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             group_instance_id=self.group_instance_id,
-            # Transactional outputs (exactly-once services) are read only once committed; other
-            # topics are unaffected (their end is their last message).
-            isolation_level="read_committed",
             # kafka-python joins the group without waiting for the subscribed topics' metadata; a
             # leader that assigns before it arrives assigns nothing and only rejoins on the next
             # metadata refresh (CI saw a collector sit idle for a minute on a topic that existed).
@@ -185,16 +176,23 @@ class KafkaBus(Bus):
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
 
-    def reader(self, topics: Sequence[str], max_poll_records: int = 1000, timeout_s: float = 60.0) -> Consumer:
-        consumer = KafkaConsumer(
+    def _reading(self, max_poll_records: int) -> dict[str, object]:
+        """What every consumer of this bus shares: no auto-commit, from the earliest offset
+        without a committed one, and transactional outputs (exactly-once services) read only once
+        committed (other topics are unaffected: their end is their last message)."""
+        return dict(
             bootstrap_servers=self._servers(),
             client_id=self.client_id,
-            group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=max_poll_records,
+            max_partition_fetch_bytes=max(4 * 1024 * 1024, self.max_message_bytes * 2),
+            fetch_max_bytes=64 * 1024 * 1024,
             isolation_level="read_committed",
         )
+
+    def reader(self, topics: Sequence[str], max_poll_records: int = 1000, timeout_s: float = 60.0) -> Consumer:
+        consumer = KafkaConsumer(**self._reading(max_poll_records), group_id=None)
         partitions: list[KafkaTopicPartition] = []
         deadline = time.monotonic() + timeout_s
         for topic in topics:  # created by the caller: wait until this client's metadata has them
