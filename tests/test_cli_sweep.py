@@ -196,6 +196,7 @@ SWEEP: tuple[Case, ...] = (
     Case(("intent", "eval", "-i", str(INTENTS), "--folds", "2", "--method", "sklearn,spanlr")),
     Case(("intent", "serve", "--idle-exit", "1"), kafka=True),
     Case(("intent", "submit", "block youtube for students", "--tenant", "campus"), kafka=True),
+    Case(("intent", "retract", "op-none", "--wait", "1"), kafka=True),
 )
 
 

@@ -48,3 +48,46 @@ def test_submit_refuses_what_the_service_would_reject(kafka_bootstrap: str, args
 def test_submit_needs_the_shared_bus() -> None:
     result = CliRunner().invoke(app, ["intent", "submit", "block ssh"], env={"NMT_BUS__KIND": "embedded"})
     assert isinstance(result.exception, UserError) and "NMT_BUS__KIND=kafka" in str(result.exception)
+
+
+def test_submit_and_retract_wait_for_the_running_services_answer(kafka_bootstrap: str, tmp_path) -> None:  # noqa: ANN001
+    """An operator submits the same intent twice and retracts it, through the CLI, against the
+    intent service running on the broker: accepted, duplicate, retracted."""
+    import threading
+    from pathlib import Path
+
+    from intent.data import load_intents
+    from intent.service import intent_runners
+    from intent.tagger import SklearnIntentTagger
+    from nm_toolkit.bus.runtime import run_together
+    from nm_toolkit.config import load_settings
+
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "NMT_BUS__KIND": "kafka", "NMT_BUS__BOOTSTRAP_SERVERS": kafka_bootstrap, "NMT_STATE_DIR": str(tmp_path),
+        **{f"NMT_TOPICS__{t.upper()}": f"{tag}.{t}" for t in ("operator_intents", "intents", "intent_results", "prompts", "series")},
+        "NMT_INTENT__GROUP_ID": f"intent-{tag}", "NMT_INTENT__DEMAND_TOPIC": f"{tag}.demand",
+        "NMT_INTENT__DEAD_LETTER_TOPIC": f"{tag}.dlq", "NMT_INTENT__USER_DEMAND": "edge",
+    }  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = load_settings()
+    extractor = SklearnIntentTagger().fit(load_intents(Path(__file__).parent / "data" / "nile_intents_slice.json"))
+    service = intent_runners(settings, KafkaBus(kafka_bootstrap), extractor=extractor)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_together, args=(service.runners, stop), daemon=True)
+    thread.start()
+    try:
+        statuses = []
+        for args in (["submit", "block traffic to the servers", "--request-id", "a"], ["submit", "block traffic to the servers"],
+                     ["retract", "a"]):  # fmt: skip
+            result = CliRunner().invoke(app, ["intent", *args, "--wait", "120", "--json"], env=env)
+            assert result.exit_code == 0, result.output
+            statuses.append(json.loads(result.output)["status"])
+    finally:
+        stop.set()
+        thread.join(60)
+        for runner in service.runners:
+            runner.close()
+    assert statuses == ["accepted", "duplicate", "retracted"]

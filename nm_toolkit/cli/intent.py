@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -19,6 +19,11 @@ from nm_toolkit.cli.common import (
 )
 from nm_toolkit.cli.output import JsonOption, console, emit, err_console
 from nm_toolkit.errors import UserError
+
+if TYPE_CHECKING:
+    from intent.service import OperatorMessage
+    from nm_toolkit.bus import Bus
+    from nm_toolkit.config import Settings
 
 app = typer.Typer(help="Intents: parse operator intents to Nile, train and evaluate the extractors, serve the prompt and operator-intent streams.", no_args_is_help=True)
 
@@ -150,22 +155,26 @@ def score_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"figure": label, **{name: pick(report) for name, report in reports.items()}} for label, pick in figures]
 
 
+WaitOption = typer.Option(0.0, "--wait", help="seconds to wait for the intent service's answer (0: do not wait)")
+
+
 @app.command()
 def submit(
     text: str = typer.Argument(..., help="the operator's intent in natural language"),
     tenant: str | None = typer.Option(None, help="whose intent it is (default: intent.default_tenant)"),
     request_id: str | None = typer.Option(None, "--request-id", help="id of the request (default: a new one)"),
+    wait: float = WaitOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Publish an operator intent to the running system's operator-intents topic and print its
-    request id; `nmt intent serve` answers it on the intent-results topic under that id."""
+    request id; `nmt intent serve` answers it on the intent-results topic under that id (with
+    --wait, shown here: accepted, conflicting, duplicate or needing clarification)."""
     import uuid
 
     from pydantic import ValidationError
 
     from intent.service import OperatorMessage
-    from nm_toolkit.bus import bus_from_settings
     from nm_toolkit.errors import validation_reason
 
     settings = shared_bus_settings(config, "nmt intent submit")
@@ -175,18 +184,75 @@ def submit(
         message = OperatorMessage(request_id=request_id or f"op-{uuid.uuid4().hex[:12]}", text=text, tenant=tenant)
     except ValidationError as exc:
         raise UserError(f"cannot submit this intent ({validation_reason(exc, limit=1)}): pass a shorter --request-id or --tenant") from exc
+    _operator_request(settings, message, wait, as_json, "submitted")
+
+
+@app.command()
+def retract(
+    request_id: str = typer.Argument(..., help="the request id of an accepted intent (as `submit` printed it)"),
+    tenant: str | None = typer.Option(None, help="the tenant it was submitted for (default: intent.default_tenant)"),
+    wait: float = WaitOption,
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Take an accepted intent out of force: the intent service puts a tombstone in the intents
+    table and the decision stage withdraws what carried it out at its next round."""
+    from intent.service import OperatorMessage
+
+    settings = shared_bus_settings(config, "nmt intent retract")
+    _operator_request(settings, OperatorMessage(request_id=request_id, tenant=tenant, retract=True), wait, as_json, "retraction sent")
+
+
+def _operator_request(settings: Settings, message: OperatorMessage, wait: float, as_json: bool, what: str) -> None:
+    """Publish ``message`` on the operator-intents topic (keyed by tenant: one tenant's intents in
+    one partition, each checked against those accepted before it) and, with ``wait``, show the
+    service's answer under its request id."""
+    from intent.service import IntentRecord
+    from nm_toolkit.bus import bus_from_settings
+
     topic = settings.topics.operator_intents
     bus = bus_from_settings(settings)
-    bus.create_topics([topic])
+    bus.create_topics([topic, settings.topics.intent_results])
     producer = bus.producer()
     try:
-        # one tenant's intents in one partition: the service checks each against those accepted before it
         producer.send(topic, message.model_dump_json(exclude_none=True, exclude_defaults=True).encode(), (message.tenant or settings.intent.default_tenant).encode())
         producer.flush()
     finally:
         producer.close()
-        bus.close()
-    emit(as_json, {"request_id": message.request_id, "topic": topic, "tenant": message.tenant}, f"submitted to {topic}")
+    row: dict[str, object] = {"request_id": message.request_id, "topic": topic, "tenant": message.tenant}
+    if wait > 0:
+        # a retraction's answer is the "retracted" record: the intent's earlier answers share its id
+        answer = _answer_of(bus, settings.topics.intent_results, message.request_id, wait, b'"status":"retracted"' if message.retract else b"")
+        if answer is None:
+            row["status"] = f"no answer in {wait:g} s: is `nmt intent serve` running?"
+        else:
+            record = IntentRecord.model_validate_json(answer)
+            row |= {"status": record.status, "nile": record.nile, "duplicate_of": record.duplicate_of,
+                    "conflicts": [c.request_id for c in record.conflicts],
+                    "reason": getattr(record.intent, "reason", None)}  # fmt: skip
+    bus.close()
+    emit(as_json, row, f"{what} to {topic}")
+
+
+def _answer_of(bus: Bus, topic: str, request_id: str, wait: float, marker: bytes = b"") -> bytes | None:
+    """The latest answer keyed ``request_id`` (and containing ``marker``) on ``topic`` within
+    ``wait`` seconds (a throw-away group reads the topic; nobody's offsets move)."""
+    import time
+    import uuid
+
+    consumer = bus.consumer([topic], f"nmt-intent-wait-{uuid.uuid4().hex[:8]}")
+    found: bytes | None = None
+    deadline = time.monotonic() + wait
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.poll(1000, 0.5):
+                if message.key == request_id.encode() and marker in message.value:
+                    found = message.value
+            if found is not None and not consumer.poll(1000, 0.5):
+                return found
+    finally:
+        consumer.close()
+    return found
 
 
 @app.command()
