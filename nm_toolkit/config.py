@@ -350,9 +350,12 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     def dead_letter_topics(self) -> dict[str, str]:
-        """Every stream service's dead-letter topic, by service: what ``nmt dead-letters`` reads."""
+        """Every stream service's dead-letter topic, by service, and the collectors' late records
+        (behind a window already closed: the same headers, a reason and an origin): what ``nmt
+        dead-letters`` reads."""
         return {
             "collector": self.topics.dead_letter,
+            "late": self.topics.late,
             "forecast": self.forecast_service.dead_letter_topic,
             "controller": self.controller.dead_letter_topic,
             "edge": self.llm.dead_letter_topic,
