@@ -128,12 +128,14 @@ def backtest(
         columns["forecast"] = []
     seconds = dict.fromkeys(models, 0.0)
     fitted: dict[str, ManyFitted] = {}
+    values = frame.to_numpy(dtype=float)  # scored as arrays: pandas indexing per model and origin cost seconds
+    position = {str(c): i for i, c in enumerate(frame.columns)}
     previous = 0
     for k, origin in enumerate(origins):
-        history, future = frame.iloc[:origin], frame.iloc[origin : origin + horizon]
-        steps = len(future)
-        scales = pd.Series(metrics.seasonal_scale(history.to_numpy(dtype=float).T, season), index=frame.columns.astype(str))
-        actual_all = future.set_axis(frame.columns.astype(str), axis=1)
+        history = frame.iloc[:origin]
+        actual = values[origin : origin + horizon].T  # (series, steps)
+        steps = actual.shape[1]
+        scales = metrics.seasonal_scale(values[:origin].T, season)
         for name, model in models.items():
             started = time.perf_counter()
             every = schedule.get(name)
@@ -147,11 +149,12 @@ def backtest(
                 forecasts = fitted[name].predict_many(steps, level)
             seconds[name] += time.perf_counter() - started
             series = list(forecasts)
+            rows = [position[c] for c in series]
             mean = np.array([fc.mean for fc in forecasts.values()])
             scores = score_forecasts(
-                actual_all[series].to_numpy(dtype=float).T, mean,
+                actual[rows], mean,
                 np.array([fc.lower for fc in forecasts.values()]), np.array([fc.upper for fc in forecasts.values()]),
-                scales[series].to_numpy(),
+                scales[rows],
             )  # fmt: skip
             columns["model"] += [name] * len(series)
             columns["series"] += series
