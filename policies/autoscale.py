@@ -89,9 +89,9 @@ class CloudAutoscalePolicy(EdgeAutoscalePolicy):
     """Cloud-LLM replicas from the cloud service's own forecast load (``CLOUD|requests``, the
     requests it answered per window): the edge's rule with the cloud's series and the requests one
     cloud replica answers per second (``prompts_per_replica``: measure yours, for example with
-    ``bench/serving.py``). No process of the toolkit runs cloud replicas: the ``scale_compute``
-    decision (target: the cloud site, ``llm.cloud_site``) is on the decisions topic for the
-    orchestrator that does."""
+    ``bench/serving.py``). Its ``scale_compute`` decision (target: the cloud site,
+    ``llm.cloud_site``) is carried out by ``nmt llm supervise --cloud``, or by any orchestrator
+    that reads the decisions topic."""
 
     name = "cloud_autoscale"
     demand = "cloud requests"

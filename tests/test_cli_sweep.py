@@ -189,6 +189,7 @@ SWEEP: tuple[Case, ...] = (
     Case(("llm", "serve", "--idle-exit", "0.5"), llms=True),
     Case(("llm", "cloud", "--idle-exit", "0.5"), llms=True),
     Case(("llm", "supervise", "--idle-exit", "0.5"), llms=True, env=(("NMT_LLM__INITIAL_REPLICAS", "0"),)),
+    Case(("llm", "supervise", "--cloud", "--idle-exit", "0.5"), llms=True, env=(("NMT_LLM__INITIAL_REPLICAS", "0"),)),
     Case(("llm", "ask", "coffee near me", "--location", "{cell}"), llms=True, error="NMT_BUS__KIND=kafka"),
     Case(("intent", "parse", "block youtube for students from 4pm to 6pm")),
     Case(("intent", "parse", "limit netflix to 5 gbps in the dorms", "--model", "{fresh}"), error="nmt intent train"),

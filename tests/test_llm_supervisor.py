@@ -88,3 +88,35 @@ def test_scale_compute_decisions_start_and_stop_edge_replicas_in_one_group(
         runner.close()
         producer.close()
     assert service.counters.running_replicas == 0
+
+
+@pytest.mark.kafka
+def test_the_cloud_autoscalers_decisions_start_cloud_replicas_in_the_cloud_group(
+    tiny_llms: Path, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nmt llm supervise --cloud`: the cloud_autoscale policy's scale_compute (target llm.cloud_site)
+    is carried out as `nmt llm cloud` processes in the cloud service's group."""
+    tag = uuid.uuid4().hex[:8]
+    env = llm_env(kafka_bootstrap, tmp_path / "state", tiny_llms, tag) | {"NMT_TOPICS__DECISIONS": f"{tag}.decisions"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NMT_LLM__INITIAL_REPLICAS", "0")
+    settings = load_settings()
+    bus = KafkaBus(kafka_bootstrap)
+    bus.create_topics([settings.topics.cloud_requests], partitions=4)
+    runner = StreamRunner(bus, edge_supervisor(settings, replica_launcher(settings, {**os.environ, **env}, cloud=True), cloud=True))
+    service = runner.service
+    producer = bus.producer()
+    try:
+        producer.send(settings.topics.decisions, scale(2, settings.llm.cloud_site), b"cloud-scale")
+        producer.send(settings.topics.decisions, scale(3, settings.llm.edge_site), b"edge-scale")  # the edge's: not ours
+        producer.flush()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (service.counters.running_replicas == 2 and members(kafka_bootstrap, settings.llm.cloud_group_id) == 2):
+            runner.step(timeout_s=0.5)
+        assert service.counters.running_replicas == 2 and members(kafka_bootstrap, settings.llm.cloud_group_id) == 2
+        assert service.counters.decisions_applied == 1
+    finally:
+        runner.close()
+        producer.close()
+    assert service.counters.running_replicas == 0

@@ -271,17 +271,20 @@ def ask(
 
 @app.command()
 def supervise(
+    cloud: bool = typer.Option(False, "--cloud", help="run the cloud service's replicas (`nmt llm cloud`, site llm.cloud_site) instead"),
     idle_exit: float | None = typer.Option(None, min=0.1, help="stop after this many seconds without decisions"),
     metrics_port: int | None = MetricsPortOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Run this site's edge replicas (`nmt llm serve` processes in one group) as its scale_compute decisions say."""
+    """Run this site's edge replicas (`nmt llm serve` processes in one group), or with --cloud the
+    cloud's (`nmt llm cloud`), as the site's scale_compute decisions say."""
     from nm_toolkit.config import load_settings
     from nm_toolkit.llm.supervisor import edge_supervisor
 
     settings = load_settings()
-    service = edge_supervisor(settings)
-    _serve(service, settings, f"{settings.topics.decisions} -> edge replicas of {settings.llm.edge_site}", None, idle_exit, metrics_port, as_json)
+    service = edge_supervisor(settings, cloud=cloud)
+    site = settings.llm.cloud_site if cloud else settings.llm.edge_site
+    _serve(service, settings, f"{settings.topics.decisions} -> {'cloud' if cloud else 'edge'} replicas of {site}", None, idle_exit, metrics_port, as_json)
 
 
 def _serve(service: StreamService, settings: Settings, route: str, max_requests: int | None, idle_exit: float | None,

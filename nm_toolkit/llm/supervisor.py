@@ -1,5 +1,6 @@
-"""Edge compute scaling and model placement carried out: a supervisor runs as many edge-service
-processes as the latest ``scale_compute`` decision for its site asks, on the edge model the latest
+"""Edge and cloud compute scaling and model placement carried out: a supervisor runs as many
+edge-service (or, for the cloud site, cloud-service) processes as the latest ``scale_compute``
+decision for its site asks, on the edge model the latest
 ``place_model`` decision chose (a new model: every replica is restarted on it, one at a time).
 
 The autoscaling policy (:mod:`policies.autoscale`) forecasts each site's prompt rate and publishes
@@ -152,26 +153,30 @@ class EdgeSupervisor(StreamService):
         self.counters.running_replicas = len(self._processes)
 
 
-def replica_launcher(settings: Settings, extra_env: Mapping[str, str] | None = None) -> Launcher:
-    """Starts ``nmt llm serve`` replica ``i`` of the site as static member ``SITE-i``, with this
-    process's environment (so the replica reads the same settings) plus ``extra_env``."""
-    site = settings.llm.edge_site
+def replica_launcher(settings: Settings, extra_env: Mapping[str, str] | None = None, cloud: bool = False) -> Launcher:
+    """Starts replica ``i`` (``nmt llm serve``, or ``nmt llm cloud`` with ``cloud``) of the site as
+    static member ``SITE-i``, with this process's environment (so the replica reads the same
+    settings) plus ``extra_env``."""
+    site = settings.llm.cloud_site if cloud else settings.llm.edge_site
+    command = "cloud" if cloud else "serve"
 
     def launch(index: int, model_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, **(extra_env or {}), **model_env, "NMT_BUS__GROUP_INSTANCE_ID": f"{site}-{index}"}
-        return subprocess.Popen([sys.executable, "-m", "nm_toolkit", "llm", "serve"], env=env, stdout=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-m", "nm_toolkit", "llm", command], env=env, stdout=subprocess.DEVNULL)
 
     return launch
 
 
-def edge_supervisor(settings: Settings, launcher: Launcher | None = None) -> EdgeSupervisor:
-    """The supervisor of this site's edge replicas the settings describe."""
+def edge_supervisor(settings: Settings, launcher: Launcher | None = None, cloud: bool = False) -> EdgeSupervisor:
+    """The supervisor of this site's edge replicas the settings describe; with ``cloud``, of the
+    cloud service's replicas (``llm.cloud_site``, as the ``cloud_autoscale`` policy's
+    ``scale_compute`` decisions say; a ``place_model`` names edge sites only)."""
     cfg = settings.llm
     return EdgeSupervisor(
-        launcher or replica_launcher(settings),
-        site=cfg.edge_site,
+        launcher or replica_launcher(settings, cloud=cloud),
+        site=cfg.cloud_site if cloud else cfg.edge_site,
         decisions_topic=settings.topics.decisions,
-        group_id=f"{cfg.group_id}-supervisor",
+        group_id=f"{cfg.cloud_group_id if cloud else cfg.group_id}-supervisor",
         dead_letter_topic=settings.dead_letter_topics()["supervisor"],
         initial_replicas=cfg.initial_replicas,
         max_replicas=cfg.max_replicas,
