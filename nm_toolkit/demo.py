@@ -193,8 +193,10 @@ def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, 
     carried = {
         "place_adapter": f"edge service: {int(edge['adapter_placements'])} taken in, {int(edge['adapter_loads'])} loaded, "
         f"{int(edge['adapters_loaded'])} in memory, {int(edge['placement_failures'])} failed",
-        "scale_compute": "`nmt llm supervise` starts or stops edge processes",
-        "place_model": "`nmt llm supervise` restarts the site's replicas on it",
+        # The demo serves in one process on the embedded bus: it runs no supervisor, so it says
+        # who carries these out on Kafka instead of claiming it did.
+        "scale_compute": "on the decisions topic for `nmt llm supervise [--cloud]` (not run by the demo)",
+        "place_model": "on the decisions topic for `nmt llm supervise` (not run by the demo)",
     }
     rows: list[dict[str, object]] = []
     for (policy, kind), n in sorted(made.items()):
