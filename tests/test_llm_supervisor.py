@@ -16,7 +16,7 @@ from kafka import KafkaAdminClient
 
 from nm_toolkit.bus.kafka import KafkaBus
 from nm_toolkit.bus.runtime import StreamRunner
-from nm_toolkit.config import load_settings
+from nm_toolkit.config import Settings, load_settings
 from nm_toolkit.llm.supervisor import edge_supervisor, reconcile, replica_launcher
 from nm_toolkit.schemas import ScaleCompute
 from tests.kafka_helpers import llm_env
@@ -46,16 +46,23 @@ def members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
+def supervisor_settings(
+    bootstrap: str, models: Path, state: Path, monkeypatch: pytest.MonkeyPatch, initial_replicas: int
+) -> tuple[Settings, dict[str, str]]:
+    """Settings on the test broker with topics and groups of this test's own (also the replicas'
+    environment, returned), starting ``initial_replicas`` before any decision."""
+    tag = uuid.uuid4().hex[:8]
+    env = llm_env(bootstrap, state, models, tag) | {"NMT_TOPICS__DECISIONS": f"{tag}.decisions", "NMT_LLM__INITIAL_REPLICAS": str(initial_replicas)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(), env
+
+
 @pytest.mark.kafka
 def test_scale_compute_decisions_start_and_stop_edge_replicas_in_one_group(
     tiny_llms: Path, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    env = llm_env(kafka_bootstrap, tmp_path / "state", tiny_llms, tag) | {"NMT_TOPICS__DECISIONS": f"{tag}.decisions"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("NMT_LLM__INITIAL_REPLICAS", "1")
-    settings = load_settings()
+    settings, env = supervisor_settings(kafka_bootstrap, tiny_llms, tmp_path / "state", monkeypatch, initial_replicas=1)
     site, group = settings.llm.edge_site, settings.llm.group_id
     bus = KafkaBus(kafka_bootstrap)
     bus.create_topics([settings.topics.prompts], partitions=4)
@@ -96,12 +103,7 @@ def test_the_cloud_autoscalers_decisions_start_cloud_replicas_in_the_cloud_group
 ) -> None:
     """`nmt llm supervise --cloud`: the cloud_autoscale policy's scale_compute (target llm.cloud_site)
     is carried out as `nmt llm cloud` processes in the cloud service's group."""
-    tag = uuid.uuid4().hex[:8]
-    env = llm_env(kafka_bootstrap, tmp_path / "state", tiny_llms, tag) | {"NMT_TOPICS__DECISIONS": f"{tag}.decisions"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("NMT_LLM__INITIAL_REPLICAS", "0")
-    settings = load_settings()
+    settings, env = supervisor_settings(kafka_bootstrap, tiny_llms, tmp_path / "state", monkeypatch, initial_replicas=0)
     bus = KafkaBus(kafka_bootstrap)
     bus.create_topics([settings.topics.cloud_requests], partitions=4)
     runner = StreamRunner(bus, edge_supervisor(settings, replica_launcher(settings, {**os.environ, **env}, cloud=True), cloud=True))
