@@ -44,7 +44,10 @@ def tail(
     was rejected and where it came from. Read with a throw-away group: nobody's offsets move."""
     settings = shared_bus_settings(config, "nmt dead-letters tail")
     letters = _letters(settings, service, wait)[-last:] if last > 0 else []
-    emit(as_json, [letter.summary() for letter in letters], "dead letters (replay one with `nmt dead-letters replay POSITION`)")
+    summaries = [letter.summary() for letter in letters]
+    # people get what they choose a replay by; the value preview and the rest are in --json
+    shown = [{key: row[key] for key in ("position", "service", "reason", "origin", "bytes")} for row in summaries]
+    emit(as_json, summaries, "dead letters (replay one with `nmt dead-letters replay POSITION`)", rows=shown)
 
 
 @app.command("replay")
