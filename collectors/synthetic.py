@@ -121,6 +121,15 @@ class SyntheticNetgptLoad:
     seed: int = 0
     source_prefix: str = "edge"
 
+    def sites(self) -> list[str]:
+        """The edge sites' names (the sources of :meth:`frame`)."""
+        return SyntheticTelemetry(n_sources=self.n_sites, source_prefix=self.source_prefix).sources()
+
+    def policy_world(self) -> dict[str, dict[str, list[str]] | dict[str, str]]:
+        """The ``[policy]`` settings this world is laid out by: each site reports its own demand,
+        and each service class has an adapter of its own (``policy.sites``, ``policy.class_adapters``)."""
+        return {"sites": {site: [site] for site in self.sites()}, "class_adapters": {c: c for c in self.classes}}
+
     def frame(self) -> pd.DataFrame:
         """Wide frame: one column per ``SITE|METRIC`` series, counts per window."""
         rng = np.random.default_rng([self.seed, 2])

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -183,6 +183,17 @@ class PolicySettings(BaseModel):
     headroom: float = Field(default=0.1, ge=0)
     decision_ttl_seconds: PositiveFloat = 3600.0
     dry_run: bool = False
+    sites: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="edge site -> the locations (cells) it serves, as shell patterns; the first site that matches serves a "
+        "location. Demand-driven decisions (scale_compute, place_adapter) target the serving site. Empty: llm.edge_site "
+        "serves every location (one edge site for the whole synthetic city)",
+    )
+    class_adapters: dict[str, str] = Field(
+        default_factory=lambda: {"*": "completion"},
+        description="service class (shell pattern, first match wins) -> the edge adapter that serves its requests; "
+        "default: the edge's completion adapter serves every class",
+    )
 
 
 class GuardrailSettings(BaseModel):
@@ -348,6 +359,13 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     intent: IntentServiceSettings = Field(default_factory=IntentServiceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _one_site_unless_declared(self) -> Settings:
+        """Without a declared site map, the edge site this deployment runs serves every location."""
+        if not self.policy.sites:
+            self.policy.sites = {self.llm.edge_site: ["*"]}
+        return self
 
     def dead_letter_topics(self) -> dict[str, str]:
         """Every stream service's dead-letter topic, by service, and the collectors' late records

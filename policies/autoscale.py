@@ -2,8 +2,8 @@
 peak, plus headroom.
 
 Demand comes from the running system: the edge service windows every prompt into
-``LOCATION|demand.<class>.requests`` series (requests per window) and reports ``SITE|prompts``
-(prompts per window) of its own; the cloud service reports ``CLOUD|requests`` (the escalated
+``LOCATION|demand.<class>.requests`` series (requests per window; the site serving each location
+under ``policy.sites`` is scaled for it) and reports ``SITE|prompts`` (prompts per window) of its own; the cloud service reports ``CLOUD|requests`` (the escalated
 requests it answered per window). The forecasting service forecasts them all. A rate series such
 as ``SITE|prompts_per_s`` is read as it is. :class:`EdgeAutoscalePolicy` scales the edge sites,
 :class:`CloudAutoscalePolicy` the cloud (one rule, other series and another capacity per replica).
@@ -11,17 +11,43 @@ as ``SITE|prompts_per_s`` is read as it is. :class:`EdgeAutoscalePolicy` scales 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import TypeVar
+
+import numpy as np
 
 from nm_toolkit.schemas import Decision, ScaleCompute, split_series_key
-from policies.base import Policy, PolicyContext
+from policies.base import DEMAND_METRICS, Policy, PolicyContext, serving_site
+
+Load = TypeVar("Load", float, np.ndarray)
 
 
 def replicas_for(peak_demand: float, per_replica: float, headroom: float, low: int, high: int) -> int:
     """Workers that serve ``peak_demand * (1 + headroom)``, clamped to ``[low, high]``."""
     return max(low, min(high, math.ceil(max(0.0, peak_demand) * (1 + headroom) / per_replica)))
+
+
+def site_load(load: Mapping[str, Load], sites: Mapping[str, list[str]]) -> dict[str, tuple[Load, list[str]]]:
+    """Per serving site, the prompt load of ``load`` (per series: a rate, or an array of rates over
+    time) and the series it adds up. A location's demand series count at the site that serves it
+    (:func:`~policies.base.serving_site`). A site's own reports (``SITE|prompts``) and its
+    locations' demand count the same prompts, so each family is added up on its own and the larger
+    stands (step by step for arrays); the series named are the larger family's."""
+    families: dict[str, dict[bool, tuple[Load, list[str]]]] = {}
+    for series_id, value in sorted(load.items()):
+        if (site := serving_site(series_id, sites)) is None:
+            continue  # demand at a location no declared site serves
+        demand = fnmatchcase(split_series_key(series_id)[1], DEMAND_METRICS)
+        total, series = families.setdefault(site, {}).get(demand, (0.0, []))
+        families[site][demand] = (total + value, [*series, series_id])
+    out: dict[str, tuple[Load, list[str]]] = {}
+    for site, by_family in families.items():
+        ranked = sorted(by_family.values(), key=lambda item: -float(np.max(item[0])))
+        out[site] = (functools.reduce(np.maximum, [v for v, _ in ranked]), ranked[0][1])
+    return out
 
 
 class EdgeAutoscalePolicy(Policy):
@@ -57,15 +83,13 @@ class EdgeAutoscalePolicy(Policy):
         return None
 
     def site_rates(self, context: PolicyContext) -> dict[str, tuple[float, list[str]]]:
-        """Per site, the forecast peak prompt rate (the upper bound) and the series it adds up."""
-        rates: dict[str, tuple[float, list[str]]] = {}
-        for series_id, forecast in sorted(context.forecasts.items()):
-            site, metric = split_series_key(series_id)
-            if (scale := self.per_second(metric, forecast.step_seconds)) is None:
-                continue
-            total, series = rates.get(site, (0.0, []))
-            rates[site] = (total + scale * max(forecast.upper or forecast.mean), [*series, series_id])
-        return rates
+        """Per serving site, the forecast peak prompt rate (the upper bound) and the series it
+        comes from (:func:`site_load`)."""
+        rates: dict[str, float] = {}
+        for series_id, forecast in context.forecasts.items():
+            if (scale := self.per_second(split_series_key(series_id)[1], forecast.step_seconds)) is not None:
+                rates[series_id] = scale * max(forecast.upper or forecast.mean)
+        return site_load(rates, context.settings.sites)
 
     def decide(self, context: PolicyContext) -> list[Decision]:
         decisions: list[Decision] = []

@@ -6,9 +6,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 
 from nm_toolkit.config import PolicySettings
-from nm_toolkit.schemas import Decision, Forecast
+from nm_toolkit.schemas import Decision, Forecast, split_series_key
 from policies.intents import NetworkIntent
 
 
@@ -16,6 +17,30 @@ def capacity_of(target: str, capacities: Mapping[str, float], settings: PolicySe
     """``target``'s capacity: the one measured or given at run time, else ``policy.capacities``,
     else ``policy.default_capacity``."""
     return capacities.get(target, settings.capacities.get(target, settings.default_capacity))
+
+
+def site_of(location: str, sites: Mapping[str, list[str]]) -> str | None:
+    """The edge site that serves ``location`` (a cell): the first site one of whose patterns
+    matches it; a site's own name is that site. None: no declared site serves it."""
+    if location in sites:
+        return location
+    return next((site for site, patterns in sites.items() if any(fnmatchcase(location, p) for p in patterns)), None)
+
+
+def first_match(name: str, patterns: Mapping[str, str]) -> str | None:
+    """The value of the first pattern of ``patterns`` that ``name`` matches."""
+    return next((value for pattern, value in patterns.items() if fnmatchcase(name, pattern)), None)
+
+
+DEMAND_METRICS = "demand.*"  # LOCATION|demand.<class>.<measure>: what users at a location ask for
+
+
+def serving_site(series_id: str, sites: Mapping[str, list[str]]) -> str | None:
+    """Where ``series_id``'s load is served: the site serving the location of a demand series
+    (``cell-7|demand.video.requests`` -> the site of ``cell-7`` under ``sites``; None when no site
+    serves it), and the source itself for a site's own series (``edge-0|prompts``)."""
+    source, metric = split_series_key(series_id)
+    return site_of(source, sites) if fnmatchcase(metric, DEMAND_METRICS) else source
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,10 @@ class PolicyContext:
 
     def capacity_of(self, target: str) -> float:
         return capacity_of(target, self.capacities, self.settings)
+
+    def site_of_series(self, series_id: str) -> str | None:
+        """The site that serves ``series_id``'s load (:func:`serving_site` under ``policy.sites``)."""
+        return serving_site(series_id, self.settings.sites)
 
 
 class Policy(ABC):

@@ -2,6 +2,10 @@
 
 Rules, in the order they run:
 
+0. ``actuator``   an LLM-service decision (``scale_compute``, ``place_adapter``, ``place_model``)
+                  must target a site whose services carry it out: an edge site of ``policy.sites``
+                  (its edge services and supervisor), or for ``scale_compute`` the cloud
+                  (``llm.cloud_site``). A decision no one would carry out is rejected, counted.
 1. ``tenant``     a decision made for a tenant (from its intent) may only touch that tenant's
                   targets (``controller.guardrails.tenants``); the network's own operators
                   (``operator_tenants``, the tenant of intents that name none) may touch any.
@@ -23,10 +27,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from nm_toolkit.config import GuardrailSettings
+from nm_toolkit.config import GuardrailSettings, Settings
 from nm_toolkit.schemas import (
     Acl,
     Decision,
@@ -71,18 +75,31 @@ class GuardrailReport:
         return [c.loser for c in self.conflicts if c.loser.id not in rejected]
 
 
+def llm_actuators(settings: Settings) -> dict[str, frozenset[str]]:
+    """Per LLM-service decision kind, the targets something carries it out at: the edge sites of
+    ``policy.sites`` (edge services place adapters, ``nmt llm supervise`` runs replicas and picks
+    the model) and the cloud site (``nmt llm supervise --cloud`` runs its replicas)."""
+    edge = frozenset(settings.policy.sites)
+    return {"place_adapter": edge, "place_model": edge, "scale_compute": edge | {settings.llm.cloud_site}}
+
+
 class Guardrails:
-    """Stateful only in the change-rate window; everything else is a pure check."""
+    """Stateful only in the change-rate window; everything else is a pure check.
+
+    ``actuators``: per decision kind, the targets it can be carried out at (:func:`llm_actuators`);
+    kinds it does not name are not checked by the ``actuator`` rule."""
 
     def __init__(
         self,
         settings: GuardrailSettings,
         capacity_of: Callable[[str], float],
         clock: Callable[[], float] = time.monotonic,
+        actuators: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.capacity_of = capacity_of
         self.clock = clock
+        self.actuators = dict(actuators or {})
         self._changes: deque[float] = deque()
 
     def check(self, decisions: Iterable[Decision], applied: Mapping[str, Decision] | None = None) -> GuardrailReport:
@@ -101,6 +118,11 @@ class Guardrails:
 
     # -- rules 1-4: one decision at a time -------------------------------------------------------
     def _static_problem(self, decision: Decision) -> tuple[Rule, str] | None:
+        if (targets := self.actuators.get(decision.kind)) is not None and decision.target not in targets:
+            return "actuator", (
+                f"nothing carries out {decision.kind} at {decision.target!r} (sites: {', '.join(sorted(targets))}): "
+                "declare the site that serves it under policy.sites"
+            )
         if decision.tenant is not None and decision.tenant not in self.settings.operator_tenants:
             owned = self.settings.tenants.get(decision.tenant)
             if owned is None:

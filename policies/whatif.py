@@ -49,9 +49,9 @@ from nm_toolkit.controller.service import DecisionController
 from nm_toolkit.errors import UserError, validation_reason
 from nm_toolkit.schemas import Decision, PlaceAdapter, Reservation, ScaleCompute, split_series_key
 from policies.adapter_placement import AdapterPlacementPolicy
-from policies.autoscale import EdgeAutoscalePolicy
+from policies.autoscale import EdgeAutoscalePolicy, site_load
 from policies.bandwidth import BandwidthReservationPolicy
-from policies.base import Policy, capacity_of
+from policies.base import Policy, capacity_of, serving_site
 from policies.registry import load_policies
 
 NO_DECISIONS = "no decisions"
@@ -280,11 +280,12 @@ def score_autoscale(
     policy = scalers[0]
     step = step_seconds_of(frame)
     hours = step / 3600
-    rates: dict[str, np.ndarray] = {}
-    for series_id in frame.columns:
-        site, metric = split_series_key(series_id)
-        if (scale := policy.per_second(metric, step)) is not None:
-            rates[site] = rates.get(site, 0.0) + scale * np.nan_to_num(frame[series_id].to_numpy(dtype=float))
+    load = {
+        series_id: scale * np.nan_to_num(frame[series_id].to_numpy(dtype=float))
+        for series_id in frame.columns
+        if (scale := policy.per_second(split_series_key(series_id)[1], step)) is not None
+    }
+    rates = {site: rate for site, (rate, _) in site_load(load, settings.policy.sites).items()}
     overloaded = replica_hours = 0.0
     for start, end in spans(origins, len(frame)):
         replicas = {d.target: d.replicas for d in decisions.get(start, ()) if isinstance(d, ScaleCompute)}
@@ -296,16 +297,19 @@ def score_autoscale(
 
 
 def score_adapters(
-    frame: pd.DataFrame, origins: Sequence[int], decisions: Mapping[int, Sequence[Decision]], policies: Sequence[Policy]
-) -> dict[str, float]:
-    """Requests whose service class's adapter was placed at their site (cloud calls saved) or not (misses)."""
+    frame: pd.DataFrame, origins: Sequence[int], decisions: Mapping[int, Sequence[Decision]], policies: Sequence[Policy],
+    settings: Settings,
+) -> dict[str, float]:  # fmt: skip
+    """Requests whose adapter (``policy.class_adapters`` for a service class) was placed at the site
+    that serves them (``policy.sites``) — cloud calls saved — or not (misses)."""
     placers = [p for p in policies if isinstance(p, AdapterPlacementPolicy)]
     if not placers:
         return {}
     demand = []
     for series_id in frame.columns:
-        site, metric = split_series_key(series_id)
-        if (adapter := placers[0].adapter_of(metric)) is not None:
+        adapter = placers[0].adapter_of(split_series_key(series_id)[1], settings.policy.class_adapters)
+        site = serving_site(series_id, settings.policy.sites)
+        if adapter is not None and site is not None:
             demand.append((site, adapter, np.nan_to_num(frame[series_id].to_numpy(dtype=float))))
     saved = missed = 0.0
     for start, end in spans(origins, len(frame)):
@@ -335,7 +339,7 @@ def score_replay(
         "rejected_by_guardrails": float(record.rejected),
         **score_reservations(frame, origins, decisions, record.policies, record.settings, capacities, unreserved_share),
         **score_autoscale(frame, origins, decisions, record.policies, record.settings),
-        **score_adapters(frame, origins, decisions, record.policies),
+        **score_adapters(frame, origins, decisions, record.policies, record.settings),
     }
 
 

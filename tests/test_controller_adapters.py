@@ -152,7 +152,7 @@ def test_faucet_yaml_has_acl_rules_by_priority_meters_and_a_final_allow(tmp_path
 
 
 def test_round_applies_only_what_passes_guardrails_and_publishes_to_the_topic() -> None:
-    settings = Settings(policy={"capacities": {"cell-1": 100.0}})
+    settings = Settings(policy={"capacities": {"cell-1": 100.0}, "sites": {"edge-a": ["cell-*"]}})
     bus = EmbeddedBus()
     bus.create_topics([settings.topics.decisions])
     topic = DecisionTopicAdapter(bus.producer(), settings.topics.decisions)

@@ -94,18 +94,45 @@ def test_adapter_placement_takes_popular_adapters_per_site() -> None:
     assert [(d.target, d.adapter) for d in placed] == [("edge-a", "lora-traffic"), ("edge-a", "lora-faults")]
 
 
-def test_adapter_placement_forecasts_the_sites_own_adapter_series_and_demand() -> None:
-    """The edge's ``adapter.<name>.requests`` reports and the intent service's demand per class
-    (adapter ``<prefix><class>``) add up per site; network series are not popularity."""
-    ctx = context(forecasts={
-        "edge-a|adapter.completion.requests": forecast("edge-a|adapter.completion.requests", [50.0, 40.0]),
-        "edge-a|demand.video.requests": forecast("edge-a|demand.video.requests", [30.0, 30.0]),
-        "edge-a|adapter.lora-video.requests": forecast("edge-a|adapter.lora-video.requests", [5.0, 5.0]),
-        "edge-a|traffic": forecast("edge-a|traffic", [1000.0, 1000.0]),
+SITES = PolicySettings(sites={"edge-north": ["cell-00*"], "edge-south": ["cell-01*"]},
+                       class_adapters={"video": "lora-video", "*": "completion"})  # fmt: skip
+
+
+def test_adapter_placement_counts_a_cells_demand_at_the_site_serving_it_for_the_adapter_of_its_class() -> None:
+    """The edge's ``adapter.<name>.requests`` reports and each cell's demand per class add up at
+    the site that serves the cell (``policy.sites``), for the adapter that serves the class
+    (``policy.class_adapters``); network series are not popularity, and a cell no site serves
+    places nothing."""
+    ctx = context(settings=SITES, forecasts={
+        "edge-north|adapter.completion.requests": forecast("edge-north|adapter.completion.requests", [50.0, 40.0]),
+        "cell-0003|demand.video.requests": forecast("cell-0003|demand.video.requests", [30.0, 30.0]),
+        "cell-0007|demand.web.requests": forecast("cell-0007|demand.web.requests", [20.0, 0.0]),
+        "cell-0102|demand.video.requests": forecast("cell-0102|demand.video.requests", [1.0, 1.0]),
+        "cell-9999|demand.video.requests": forecast("cell-9999|demand.video.requests", [500.0, 500.0]),
+        "edge-north|adapter.lora-video.requests": forecast("edge-north|adapter.lora-video.requests", [5.0, 5.0]),
+        "edge-north|traffic": forecast("edge-north|traffic", [1000.0, 1000.0]),
     })  # fmt: skip
-    placed = AdapterPlacementPolicy(top_k=3, min_share=0.1, adapter_prefix="lora-").decide(ctx)
-    assert [(d.target, d.adapter) for d in placed] == [("edge-a", "completion"), ("edge-a", "lora-video")]
-    assert "44%" in placed[1].reason  # (60 + 10) of the 160 forecast requests
+    placed = AdapterPlacementPolicy(top_k=3, min_share=0.1).decide(ctx)
+    assert [(d.target, d.adapter) for d in placed] == [
+        ("edge-north", "completion"), ("edge-north", "lora-video"), ("edge-south", "lora-video"),
+    ]  # fmt: skip
+    assert "39%" in placed[1].reason  # (60 + 10) of the 180 forecast requests at edge-north
+
+
+def test_edge_autoscaling_scales_the_serving_site_and_counts_a_prompt_once() -> None:
+    """A site's own prompt reports and its cells' demand count the same prompts: the larger
+    family stands, and cells' demand scales the site that serves them, never a cell."""
+    per_hour = 3600.0
+    ctx = context(settings=SITES, forecasts={
+        "edge-north|prompts": forecast("edge-north|prompts", [10 * per_hour]),
+        "cell-0001|demand.video.requests": forecast("cell-0001|demand.video.requests", [6 * per_hour]),
+        "cell-0002|demand.web.requests": forecast("cell-0002|demand.web.requests", [6 * per_hour]),
+        "cell-0105|demand.web.requests": forecast("cell-0105|demand.web.requests", [21 * per_hour]),
+    })  # fmt: skip
+    decisions = {d.target: d for d in EdgeAutoscalePolicy().decide(ctx)}
+    assert set(decisions) == {"edge-north", "edge-south"}
+    assert decisions["edge-north"].replicas == 3  # max(10, 6 + 6) = 12/s * 1.2 / 5 -> 3 (not 22/s -> 6)
+    assert decisions["edge-south"].replicas == 6  # 21/s * 1.2 / 5
 
 
 def test_bandwidth_reservation_leaves_the_llm_services_own_load_alone() -> None:

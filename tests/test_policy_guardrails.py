@@ -143,3 +143,26 @@ def test_an_intent_may_only_touch_its_own_tenants_targets() -> None:
     report = rails.check([mine, theirs, stranger, untenanted])
     assert [d.idempotency_key for d in report.accepted] == ["a", "d"]
     assert rules(report) == {"b": "tenant", "c": "tenant"}
+
+
+def test_an_llm_decision_for_a_target_no_service_answers_to_is_rejected_and_counted() -> None:
+    """``actuator``: a scale_compute or place_adapter aimed at a cell (no edge service or supervisor
+    answers to one) is rejected with the fix; the same at a declared site or the cloud passes, and
+    the decision service counts what went without an actuator."""
+    from nm_toolkit.config import Settings
+    from nm_toolkit.controller.service import DecisionController
+    from policies.guardrails import llm_actuators
+
+    settings = Settings.model_validate({"policy": {"sites": {"edge-north": ["cell-00*"]}}})
+    assert llm_actuators(settings)["scale_compute"] == {"edge-north", "cloud"}
+
+    def scale(key: str, target: str) -> ScaleCompute:
+        return ScaleCompute(idempotency_key=key, policy="t", target=target, reason="test", replicas=2, created_at=NOW)
+
+    place = PlaceAdapter(idempotency_key="p", policy="t", target="cell-0001", reason="test", adapter="completion", created_at=NOW)
+    decisions = [scale("edge", "edge-north"), scale("cloud", "cloud"), scale("cell", "cell-0001"), place]
+    report = Guardrails(GuardrailSettings(), lambda _: 1.0, actuators=llm_actuators(settings)).check(decisions)
+    assert rules(report) == {"cell": "actuator", "p": "actuator"}
+    assert "declare the site that serves it under policy.sites" in report.rejected[0].reason
+    assert DecisionController(settings, [], []).apply(decisions).without_actuator == 2
+    assert Settings().policy.sites == {Settings().llm.edge_site: ["*"]}  # undeclared: the edge site serves every cell

@@ -99,17 +99,26 @@ def test_autoscale_and_adapter_scores_by_hand() -> None:
     scores = score_autoscale(frame, [0, 1, 2], decisions, [scaler], Settings())
     assert scores == {"compute_overload_hours": 2.0, "replica_hours": Settings().llm.initial_replicas + 2 + 1}
     placed = {0: [PlaceAdapter(**stamp("s"), adapter="video")], 1: [PlaceAdapter(**stamp("s"), adapter="web")], 2: []}
-    scores = score_adapters(frame, [0, 1, 2], placed, [AdapterPlacementPolicy()])
+    world = Settings.model_validate({"policy": {"sites": {"s": ["s"]}, "class_adapters": {"video": "video", "web": "web"}}})
+    scores = score_adapters(frame, [0, 1, 2], placed, [AdapterPlacementPolicy()], world)
     assert scores["cloud_calls_saved"] == 10 + 2 and scores["adapter_misses"] == 1 + 20 + 30 + 3
 
 
 @pytest.fixture(scope="module")
 def netgpt_trace() -> pd.DataFrame:
-    return SyntheticNetgptLoad(n_sites=3, periods=24 * 9, seed=3).frame()
+    return NETGPT.frame()
+
+
+NETGPT = SyntheticNetgptLoad(n_sites=3, periods=24 * 9, seed=3)
+
+
+def netgpt_settings(**values: object) -> Settings:
+    """Settings for the synthetic NetGPT world (its sites and per-class adapters), with ``values``."""
+    return Settings.model_validate({**values, "policy": NETGPT.policy_world()})
 
 
 def test_replay_of_a_synthetic_netgpt_trace(netgpt_trace: pd.DataFrame) -> None:
-    settings = Settings()
+    settings = netgpt_settings()
     names = ["edge_autoscale", "adapter_placement", "edge_link_reservation"]
     origins = whatif_origins(len(netgpt_trace), 24 * 7, 1)
     capacities = default_capacities(netgpt_trace.iloc[: origins[0]], [EdgeLinkReservationPolicy()], 1.15)
@@ -131,7 +140,7 @@ def test_replay_of_a_synthetic_netgpt_trace(netgpt_trace: pd.DataFrame) -> None:
 def test_the_guardrails_count_changes_on_the_traces_clock(netgpt_trace: pd.DataFrame) -> None:
     """Rounds an hour apart in the trace are each a fresh minute for the change-rate guardrail,
     however fast the replay runs (on the wall clock, 2 changes a minute would admit 2 changes in all)."""
-    settings = Settings.model_validate({"controller": {"guardrails": {"max_changes_per_minute": 2}}})
+    settings = netgpt_settings(controller={"guardrails": {"max_changes_per_minute": 2}})
     origins = whatif_origins(len(netgpt_trace), 24 * 7, 1)
     (record,) = replay(netgpt_trace, settings, [Variant.parse("")], policy_names=["adapter_placement"], model="last_value", origins=origins, capacities={})
     assert record.by_rule["rate"] > 0  # 3 sites x 2 adapters a round: the cap bites
@@ -145,6 +154,7 @@ def test_the_guardrails_count_changes_on_the_traces_clock(netgpt_trace: pd.DataF
 
 def test_synthetic_netgpt_load_is_seeded_and_consistent(netgpt_trace: pd.DataFrame) -> None:
     again = SyntheticNetgptLoad(n_sites=3, periods=24 * 9, seed=3).frame()
+    assert NETGPT.sites() == ["edge-0000", "edge-0001", "edge-0002"]
     pd.testing.assert_frame_equal(netgpt_trace, again)
     site = netgpt_trace.filter(like="edge-0001|")
     demand = site.filter(like="demand.").sum(axis=1)

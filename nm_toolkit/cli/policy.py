@@ -164,8 +164,10 @@ def backtest_policies(
         frame.columns = [c if "|" in str(c) else f"{c}|{metric}" for c in frame.columns]
         trace = str(input)
     else:
-        frame = SyntheticNetgptLoad(n_sites=sites, periods=days * 24, seed=seed).frame()
+        load = SyntheticNetgptLoad(n_sites=sites, periods=days * 24, seed=seed)
+        frame = load.frame()
         trace = f"synthetic NetGPT load, {sites} sites, {days} days, seed {seed}"
+        settings = settings.model_copy(update={"policy": settings.policy.model_copy(update=load.policy_world())})
     names = [p.strip() for p in policies.split(",") if p.strip()] if policies else list(settings.policy.enabled)
     variants = [Variant.parse(v) for v in variant] or [Variant.parse("")]
     step = step_seconds_of(frame)

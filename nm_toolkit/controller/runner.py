@@ -66,6 +66,7 @@ class DecisionStats:
     decisions_rejected: int = 0
     decisions_applied: int = 0
     decisions_failed: int = 0
+    decisions_without_actuator: int = 0  # nothing would carry them out (see RoundReport.without_actuator): 0 when every arrow holds
 
 
 @dataclass
@@ -148,6 +149,7 @@ class DecisionService(StreamService):
         outcomes = [o for adapter_outcomes in report.outcomes.values() for o in adapter_outcomes]
         self.counters.decisions_applied += sum(o.status == "applied" for o in outcomes)
         self.counters.decisions_failed += sum(o.status == "failed" for o in outcomes)
+        self.counters.decisions_without_actuator += report.without_actuator
         self.reports.append(report)
         del self.reports[:-100]
         if self.on_round is not None:

@@ -15,7 +15,7 @@ from nm_toolkit.controller.base import ControllerAdapter, Outcome
 from nm_toolkit.schemas import Decision, Forecast
 from policies import Policy, PolicyContext
 from policies.base import capacity_of
-from policies.guardrails import GuardrailReport, Guardrails
+from policies.guardrails import GuardrailReport, Guardrails, llm_actuators
 from policies.intents import NetworkIntent
 from policies.registry import PolicyRun, evaluate_policies
 
@@ -31,6 +31,17 @@ class RoundReport:
     outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     withdrawn: list[str] = field(default_factory=list)
 
+    @property
+    def without_actuator(self) -> int:
+        """Decisions nothing would carry out: rejected by the ``actuator`` rule, or reported
+        unsupported by every adapter that saw them (a queue without OVSDB, say)."""
+        seen: dict[str, list[str]] = {}
+        for outcomes in self.outcomes.values():
+            for o in outcomes:
+                seen.setdefault(o.key, []).append(o.status)
+        unsupported = sum(all(status == "unsupported" for status in statuses) for statuses in seen.values())
+        return unsupported + sum(r.rule == "actuator" for r in self.guardrails.rejected)
+
     def summary(self) -> dict[str, int]:
         counts = {
             "policies_ok": sum(r.status == "ok" for r in self.runs),
@@ -40,6 +51,7 @@ class RoundReport:
             "rejected": len(self.guardrails.rejected),
             "conflicts": len(self.guardrails.conflicts),
             "withdrawn": len(self.withdrawn),
+            "without_actuator": self.without_actuator,
         }
         for adapter, outcomes in self.outcomes.items():
             for status in ("applied", "unchanged", "dry_run", "unsupported", "expired", "failed"):
@@ -67,7 +79,8 @@ class DecisionController:
         self.adapters = list(adapters)
         self.capacities = dict(capacities or {})
         self.clock = clock
-        self.guardrails = Guardrails(settings.controller.guardrails, self._capacity_of, clock)  # one clock: a replay runs on the trace's
+        # one clock: a replay runs on the trace's
+        self.guardrails = Guardrails(settings.controller.guardrails, self._capacity_of, clock, llm_actuators(settings))
         self._in_force: dict[str, Decision] = {}
 
     def _capacity_of(self, target: str) -> float:
