@@ -22,7 +22,7 @@ tests use), and ``--models DIR`` the models ``nmt llm build -o DIR`` built.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +34,7 @@ import pandas as pd
 from collectors.publish import replay_frame
 from collectors.synthetic import SyntheticNetgptLoad, SyntheticTelemetry
 from intent.service import intent_runners
+from intent.user import SERVICE_NEEDS
 from nm_toolkit.bus import EmbeddedBus
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.config import Settings
@@ -60,10 +61,13 @@ from nm_toolkit.llm.profile import VARIANTS, profile_edge, read_profiles
 from nm_toolkit.llm.service import edge_service
 from nm_toolkit.pipeline import ClosedLoop, LoopReport
 from nm_toolkit.schemas import Decision, Forecast
-from policies.bandwidth import BandwidthReservationPolicy, EdgeLinkReservationPolicy
+from policies.bandwidth import BandwidthReservationPolicy, DemandReservationPolicy, EdgeLinkReservationPolicy
 from policies.whatif import default_capacities
 
-DEMO_POLICIES = ("bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement")
+DEMO_POLICIES = (
+    "bandwidth_reservation", "demand_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement",
+)  # fmt: skip
+DEMAND_HISTORY_CELLS = 4  # the cells most asked about get a week of demand history (the rest only the live hour)
 # The demo site's declared budget for one edge replica (model placement picks the model that fits).
 DEMO_SITE_BUDGET = {"p95_ms": 30000.0, "memory_mb": 1024.0}
 # The demo sends its prompts at once, 96 users in the same second; on two CPU cores the last of them
@@ -140,6 +144,25 @@ def edge_load_history(site: str, end: datetime, seed: int) -> pd.DataFrame:
     frame.columns = [f"{site}|{c.split('|', 1)[1]}" for c in frame.columns]
     frame[f"{site}|adapter.{EDGE_ADAPTER}.requests"] = frame[f"{site}|prompts"]
     return frame
+
+
+def demand_history(cells: Sequence[str], end: datetime, seed: int) -> pd.DataFrame:
+    """A week of hourly demand at ``cells`` up to ``end``, as the edge windows its users' prompts
+    (``CELL|demand.<class>.requests`` and the Mbit/s they ask for, ``demand.<class>.mbps``, at each
+    class's typical need): the history a running city has, so the demand series the live hour adds
+    to are forecast and decided on."""
+    start = end - timedelta(days=LOAD_HISTORY_DAYS)
+    load = SyntheticNetgptLoad(n_sites=len(cells), periods=LOAD_HISTORY_DAYS * 24, start=start, seed=seed, prompts_per_hour=40.0)
+    frame = load.frame()
+    names = dict(zip(load.sites(), cells, strict=True))
+    columns: dict[str, pd.Series] = {}
+    for column in frame.columns:
+        source, metric = column.split("|", 1)
+        if metric.startswith("demand."):
+            service_class = metric.split(".")[1]
+            columns[f"{names[source]}|{metric}"] = frame[column]
+            columns[f"{names[source]}|demand.{service_class}.mbps"] = frame[column] * SERVICE_NEEDS[service_class][0]
+    return pd.DataFrame(columns)
 
 
 def prompt_message(example: CityQAExample, request_id: str, at: datetime) -> bytes:
@@ -240,6 +263,9 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     personal = personalised_examples(store, min(config.personalised, config.prompts // 4), seed=config.seed)
     _, _, held_out = city_task(size.seed, max(size.edge_examples, size.cloud_examples), test=config.prompts - len(personal))
     held_out += personal
+    busiest = [cell for cell, _ in Counter(example.cell for example in held_out).most_common(DEMAND_HISTORY_CELLS)]
+    demand = demand_history(busiest, now, config.seed)
+    replay_frame(producer, settings.topics.telemetry, demand, None)
     if not set(VARIANTS) <= set(read_profiles(built.edge_model)):
         profile_edge(settings, requests=16)
 
@@ -266,6 +292,7 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     columns = {**{f"{c}|{config.metric}": network[c] for c in network.columns}, **load}
     history = pd.DataFrame(columns)
     capacities = default_capacities(history, [BandwidthReservationPolicy(), EdgeLinkReservationPolicy()], config.headroom)
+    capacities |= default_capacities(demand, [DemandReservationPolicy()], config.headroom)
     report, switch_state = decide(bus, settings, capacities, config.ovs)
 
     on_stage("carrying out decisions")

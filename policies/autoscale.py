@@ -15,14 +15,11 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import TypeVar
 
 import numpy as np
 
 from nm_toolkit.schemas import Decision, ScaleCompute, split_series_key
-from policies.base import DEMAND_METRICS, Policy, PolicyContext, serving_site
-
-Load = TypeVar("Load", float, np.ndarray)
+from policies.base import DEMAND_METRICS, Load, Policy, PolicyContext, serving_site
 
 
 def replicas_for(peak_demand: float, per_replica: float, headroom: float, low: int, high: int) -> int:

@@ -1,19 +1,23 @@
 """Forecast-driven bandwidth reservation: reserve ahead of a forecast peak, with headroom.
 
-Two policies share the rule. :class:`BandwidthReservationPolicy` reserves for network series
-(cells, links). :class:`EdgeLinkReservationPolicy` reserves the edge->cloud link of each edge
+Three policies share the rule. :class:`BandwidthReservationPolicy` reserves for network series
+(cells, links); :class:`DemandReservationPolicy` for the bandwidth a cell's users ask for, from
+the demand the edge infers from their prompts. :class:`EdgeLinkReservationPolicy` reserves the edge->cloud link of each edge
 site for the traffic its LLM service will escalate, forecast from the ``SITE|edge_to_cloud_bytes``
 counts the edge service reports about itself.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
-from nm_toolkit.schemas import LLM_LOAD_METRICS, Decision, Reservation, split_series_key
-from policies.base import Policy, PolicyContext
+import numpy as np
+
+from nm_toolkit.schemas import LLM_LOAD_METRICS, Decision, Forecast, Reservation, split_series_key
+from policies.base import Load, Policy, PolicyContext
 
 
 class BandwidthReservationPolicy(Policy):
@@ -46,20 +50,29 @@ class BandwidthReservationPolicy(Policy):
         """Bandwidth units per unit of the series' values at ``step_seconds`` (the series is the rate itself)."""
         return 1.0
 
+    def peak_of(self, peaks: Mapping[str, Load]) -> Load:
+        """A target's demand from its covered series' values (peaks, or arrays step by step): the
+        busiest series (two metrics of one cell measure the same traffic, they do not add up)."""
+        return functools.reduce(np.maximum, peaks.values())
+
     def decide(self, context: PolicyContext) -> list[Decision]:
         settings = context.settings
-        decisions: list[Decision] = []
+        by_target: dict[str, dict[str, Forecast]] = {}
         for series_id, forecast in sorted(context.forecasts.items()):
-            if not self.covers(series_id):
-                continue
-            target = self.target_of(split_series_key(series_id)[0])
+            if self.covers(series_id):
+                by_target.setdefault(self.target_of(split_series_key(series_id)[0]), {})[series_id] = forecast
+        decisions: list[Decision] = []
+        for target, forecasts in sorted(by_target.items()):
             capacity = context.capacity_of(target)
-            scale = self.units_per_value(forecast.step_seconds)
-            peak = scale * max(forecast.upper or forecast.mean)
+            peaks = {s: self.units_per_value(f.step_seconds) * max(f.upper or f.mean) for s, f in forecasts.items()}
+            peak = float(self.peak_of(peaks))
             if peak <= settings.reserve_share * capacity:
                 continue
             # Round down: rounding up a reservation capped at capacity would exceed capacity.
             bandwidth = math.floor(min(capacity, peak * (1 + settings.headroom)) * 1000) / 1000
+            busiest = max(peaks, key=peaks.__getitem__)
+            forecast = forecasts[busiest]
+            covered = busiest if len(peaks) == 1 else f"{busiest} and {len(peaks) - 1} more"
             decisions.append(
                 Reservation(
                     **self.stamp(context, target, forecast.start.isoformat()),
@@ -67,14 +80,38 @@ class BandwidthReservationPolicy(Policy):
                     bandwidth=bandwidth,
                     capacity=capacity,
                     forecast_peak=round(peak, 3),
-                    series_id=series_id,
+                    series_id=busiest,
                     reason=(
-                        f"{forecast.model} forecast of {series_id} peaks at {peak:,.1f} "
+                        f"{forecast.model} forecast of {covered} peaks at {peak:,.1f} "
                         f"({peak / capacity:.0%} of capacity {capacity:,.0f}) within {forecast.horizon} steps"
                     ),
                 )
             )
         return decisions
+
+
+class DemandReservationPolicy(BandwidthReservationPolicy):
+    """Reserve a cell's bandwidth for what its users ask for: the edge windows every prompt's
+    service intent into ``CELL|demand.<class>.mbps`` (the Mbit/s each request needs: its class's
+    typical need, or the rate the user named), and a cell's forecast peaks add up over its classes.
+
+    Each request is taken to hold its rate for its whole window, so this is an upper bound of the
+    concurrent need: raise ``reserve_share`` or shorten ``intent.window_seconds`` where sessions are
+    short. A cell with a traffic reservation as well keeps the one in force (the guardrails' tie rule).
+    """
+
+    name = "demand_reservation"
+
+    def __init__(self, metrics: Sequence[str] = ("demand.*.mbps",)) -> None:
+        self.metrics = metrics
+
+    def covers(self, series_id: str) -> bool:
+        metric = split_series_key(series_id)[1]
+        return any(fnmatchcase(metric, pattern) for pattern in self.metrics)
+
+    def peak_of(self, peaks: Mapping[str, Load]) -> Load:
+        """The classes' requests share the cell: their needs add up."""
+        return functools.reduce(np.add, peaks.values())
 
 
 class EdgeLinkReservationPolicy(BandwidthReservationPolicy):

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
+from typing import TypeVar
+
+import numpy as np
 
 from nm_toolkit.config import PolicySettings
 from nm_toolkit.schemas import Decision, Forecast, split_series_key
@@ -31,6 +34,9 @@ def first_match(name: str, patterns: Mapping[str, str]) -> str | None:
     """The value of the first pattern of ``patterns`` that ``name`` matches."""
     return next((value for pattern, value in patterns.items() if fnmatchcase(name, pattern)), None)
 
+
+# a load figure: one value (a forecast's peak) or values over time (a trace's column), combined alike
+Load = TypeVar("Load", float, np.ndarray)
 
 DEMAND_METRICS = "demand.*"  # LOCATION|demand.<class>.<measure>: what users at a location ask for
 

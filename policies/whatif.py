@@ -149,11 +149,14 @@ def default_capacities(frame: pd.DataFrame, policies: Sequence[Policy], factor: 
     for policy in policies:
         if not isinstance(policy, BandwidthReservationPolicy):
             continue
+        by_target: dict[str, dict[str, np.ndarray]] = {}
         for series_id in frame.columns:
             if policy.covers(series_id) and np.isfinite(frame[series_id]).any():
-                target = policy.target_of(split_series_key(series_id)[0])
-                peak = float(np.nanmax(frame[series_id].to_numpy(dtype=float))) * policy.units_per_value(step)
-                capacities[target] = max(capacities.get(target, 0.0), round(factor * peak, 6))
+                values = frame[series_id].to_numpy(dtype=float) * policy.units_per_value(step)
+                by_target.setdefault(policy.target_of(split_series_key(series_id)[0]), {})[series_id] = values
+        for target, series in by_target.items():  # the target's load as the policy reckons it (classes add up, say)
+            peak = float(np.nanmax(policy.peak_of(series)))
+            capacities[target] = max(capacities.get(target, 0.0), round(factor * peak, 6))
     return {target: capacity for target, capacity in capacities.items() if capacity > 0}
 
 

@@ -12,7 +12,7 @@ from nm_toolkit.schemas import Acl, QosQueue, RateLimit, Reservation, ScaleCompu
 from policies import Policy, PolicyContext
 from policies.adapter_placement import AdapterPlacementPolicy, popular_adapters
 from policies.autoscale import CloudAutoscalePolicy, EdgeAutoscalePolicy, replicas_for
-from policies.bandwidth import BandwidthReservationPolicy
+from policies.bandwidth import BandwidthReservationPolicy, DemandReservationPolicy
 from policies.intent_qos_acl import IntentQosAclPolicy
 from policies.intents import NetworkIntent
 from policies.registry import evaluate_policies, run_policies
@@ -133,6 +133,23 @@ def test_edge_autoscaling_scales_the_serving_site_and_counts_a_prompt_once() -> 
     assert set(decisions) == {"edge-north", "edge-south"}
     assert decisions["edge-north"].replicas == 3  # max(10, 6 + 6) = 12/s * 1.2 / 5 -> 3 (not 22/s -> 6)
     assert decisions["edge-south"].replicas == 6  # 21/s * 1.2 / 5
+
+
+def test_demand_reservation_adds_up_a_cells_classes_and_leaves_network_series_alone() -> None:
+    """The Mbit/s a cell's users ask for (one series per service class, from their prompts' intents)
+    add up at the cell; the network-traffic rule keeps the busiest series of a target instead."""
+    ctx = context(settings=PolicySettings(default_capacity=100.0), forecasts={
+        "cell-1|demand.video.mbps": forecast("cell-1|demand.video.mbps", [40.0, 50.0]),
+        "cell-1|demand.gaming.mbps": forecast("cell-1|demand.gaming.mbps", [35.0, 20.0]),
+        "cell-2|demand.web.mbps": forecast("cell-2|demand.web.mbps", [10.0]),
+        "cell-1|traffic": forecast("cell-1|traffic", [90.0]),
+        "cell-1|throughput": forecast("cell-1|throughput", [85.0]),
+    })  # fmt: skip
+    (demand,) = DemandReservationPolicy().decide(ctx)
+    assert (demand.target, demand.forecast_peak, demand.policy) == ("cell-1", 85.0, "demand_reservation")
+    assert demand.bandwidth == pytest.approx(93.5) and "and 1 more" in demand.reason
+    (traffic,) = BandwidthReservationPolicy().decide(ctx)  # one reservation per target: the busiest series
+    assert (traffic.target, traffic.forecast_peak, traffic.series_id) == ("cell-1", 90.0, "cell-1|traffic")
 
 
 def test_bandwidth_reservation_leaves_the_llm_services_own_load_alone() -> None:
