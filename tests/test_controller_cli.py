@@ -37,7 +37,7 @@ runner = CliRunner()
 def test_policy_list_shows_installed_and_enabled_policies() -> None:
     result = runner.invoke(app, ["policy", "list", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {row["name"]: row for row in json.loads(result.output)}
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["bandwidth_reservation"]["enabled"] is True and rows["bandwidth_reservation"]["order"] == 1
     assert rows["example_cell_cap"]["enabled"] is False
 
@@ -51,7 +51,7 @@ def test_policy_test_runs_one_policy_and_reports_guardrail_verdicts(tmp_path: Pa
     path.write_text(json.dumps(context))
     result = runner.invoke(app, ["policy", "test", "--policy", "bandwidth_reservation", "--context", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["status"] == "ok"
     (item,) = out["decisions"]
     assert item["decision"]["target"] == "cell-1" and item["guardrails"] == "accepted"
@@ -116,7 +116,7 @@ def test_a_forecast_on_the_topic_alone_yields_a_decision_then_decisions_tail(
 
     result = runner.invoke(app, ["controller", "run", "--rounds", "3", "--interval", "2", "--json"])
     assert result.exit_code == 0, result.output
-    rounds = json.loads(result.output)
+    rounds = json.loads(result.stdout)
     # the forecast's reservation is a queue, which Faucet ACLs cannot set: on the topic, not in Faucet
     assert sum(r["kafka_applied"] for r in rounds) == 1
     assert sum(r["faucet_applied"] for r in rounds) == 0 and sum(r["faucet_unsupported"] for r in rounds) >= 1
@@ -131,7 +131,7 @@ def test_a_forecast_on_the_topic_alone_yields_a_decision_then_decisions_tail(
     producer.flush()
     result = runner.invoke(app, ["decisions", "tail", "--json", "--wait", "3"])
     assert result.exit_code == 0, result.output
-    assert sorted(d["kind"] for d in json.loads(result.output)) == ["reservation", "scale_compute"]
+    assert sorted(d["kind"] for d in json.loads(result.stdout)) == ["reservation", "scale_compute"]
     producer.close()
 
 

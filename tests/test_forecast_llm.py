@@ -132,6 +132,6 @@ def test_cli_backtest_runs_the_llm_next_to_a_baseline(monkeypatch: pytest.Monkey
               "--models", "llm,snaive_daily", "--series", "10,1001", "--json"],
     )
     assert result.exit_code == 0, result.output
-    models = {m["model"]: m for m in json.loads(result.output)["models"]}
+    models = {m["model"]: m for m in json.loads(result.stdout)["models"]}
     assert set(models) == {"last_value", "llm", "snaive_daily"}  # the baseline joins every backtest
     assert 0 < models["llm"]["mase"] < 10 and 0 <= models["llm"]["coverage"] <= 1 and models["llm"]["seconds_per_series"] > 0

@@ -166,9 +166,9 @@ def test_cli_trains_the_trend_adapter_once_and_predict_uses_it(tiny_llms: Path, 
               "--max-windows", "16", "--json"], env=env,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["task"] == TREND_TASK and out["windows"] == 16 and Path(out["adapter"]) == tmp_path / "adapters" / ADAPTER
     monkeypatch.setattr(LoraFineTuner, "fit", lambda *a, **k: pytest.fail("predict tuned the adapter"))
     result = CliRunner().invoke(app, ["forecast", "predict", "-i", str(DATA), "--model", "llm", "--horizon", "6", "--series", "10", "--json"], env=env)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["forecasts"][0]["model"] in ("llm", "seasonal_naive")
+    assert json.loads(result.stdout)["forecasts"][0]["model"] in ("llm", "seasonal_naive")

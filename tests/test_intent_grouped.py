@@ -98,7 +98,7 @@ def test_cli_eval_reports_the_split_and_the_error_anatomy() -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["intent", "eval", "--input", str(SLICE), "--folds", "3", "--method", "sklearn", "--split", "grouped", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)["methods"]["sklearn"]
+    report = json.loads(result.stdout)["methods"]["sklearn"]
     assert report["split"] == "grouped" and report["intents"] == 60
     assert set(report["missed_by_cause"]) <= {"unseen_words", "label_convention", "unseen_structure"}
     assert sum(report["missed_by_cause"].values()) == sum(int(s["support"] * (1 - s["recall"]) + 0.5) for s in report["per_type"].values())

@@ -106,7 +106,7 @@ def test_an_unread_condition_comes_back_as_a_clarification_with_the_clause() -> 
 def test_eval_reports_every_method_with_abstain_rate_and_time(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["intent", "eval", "--train", str(DATA / "nile_intents_slice.json"), "--test", str(DEV), "--method", "sklearn", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)["methods"]["sklearn"]
+    report = json.loads(result.stdout)["methods"]["sklearn"]
     assert report["intents"] == len(load_intents(DEV)) and 0.0 < report["abstain_rate"] < 0.5
     # what it abstains on is wronger than what it stands by
     assert report["answered_precision"] > report["micro"]["precision"] and report["predict_ms_per_intent"] > 0

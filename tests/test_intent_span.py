@@ -137,9 +137,9 @@ def test_vote_is_the_default_method(tmp_path: Path) -> None:
     model = tmp_path / "model"
     result = runner.invoke(app, ["intent", "train", "--input", str(SLICE), "-o", str(model), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["method"] == "vote"
+    assert json.loads(result.stdout)["method"] == "vote"
     result = runner.invoke(app, ["intent", "parse", "block netflix traffic for students", "--model", str(model), "--json"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["intent", "eval", "--input", str(SLICE), "--folds", "3", "--method", "semicrf,sklearn", "--json"])
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.output)["methods"]) == {"semicrf", "sklearn"}
+    assert set(json.loads(result.stdout)["methods"]) == {"semicrf", "sklearn"}

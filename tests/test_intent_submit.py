@@ -28,7 +28,7 @@ def test_submit_publishes_the_operator_intent_with_its_request_id(kafka_bootstra
     assert first.exit_code == 0, first.output
     second = runner.invoke(app, ["intent", "submit", "block netflix for guests", "--json"], env=env)
     assert second.exit_code == 0, second.output
-    ids = [json.loads(first.output)["request_id"], json.loads(second.output)["request_id"]]
+    ids = [json.loads(first.stdout)["request_id"], json.loads(second.stdout)["request_id"]]
     assert ids[0] != ids[1] and all(ids)
 
     messages = read_all(KafkaBus(kafka_bootstrap), topic, expected=2)
@@ -84,7 +84,7 @@ def test_submit_and_retract_wait_for_the_running_services_answer(kafka_bootstrap
                      ["retract", "a"]):  # fmt: skip
             result = CliRunner().invoke(app, ["intent", *args, "--wait", "120", "--json"], env=env)
             assert result.exit_code == 0, result.output
-            statuses.append(json.loads(result.output)["status"])
+            statuses.append(json.loads(result.stdout)["status"])
     finally:
         stop.set()
         thread.join(60)

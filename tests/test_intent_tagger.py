@@ -78,13 +78,13 @@ def test_cli_train_parse_eval(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["intent", "parse", "block netflix traffic for students", "--model", str(model), "--json"])
     assert result.exit_code == 0, result.output
-    parsed = json.loads(result.output)
+    parsed = json.loads(result.stdout)
     assert parsed["kind"] in ("operator", "needs_clarification")
     if parsed["kind"] == "operator":
         assert parsed["nile"].startswith("define intent ")
     result = runner.invoke(app, ["intent", "eval", "--train", str(SLICE), "--test", str(SLICE), "--method", "sklearn", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["best"] == "sklearn" and report["methods"]["sklearn"]["mode"] == "train_test"
 
 
@@ -105,7 +105,7 @@ def test_cli_scores_both_methods_side_by_side(tmp_path: Path, tiny_base: Path) -
     args = ["intent", "eval", "--train", str(train), "--test", str(test), "--method", "sklearn,llm", "--base-model", str(tiny_base)]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert set(report["methods"]) == {"sklearn", "llm"}
     for method in ("sklearn", "llm"):
         scores = report["methods"][method]

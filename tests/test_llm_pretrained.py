@@ -111,7 +111,7 @@ def test_nmt_llm_classify_on_the_pretrained_edge_says_who_decided(smollm2: Built
     texts = ["facetime my mum", "download the new game", "thanks a lot!"]
     result = CliRunner().invoke(app, ["llm", "classify", *texts, "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["text"] for r in rows] == texts and all(r["decided_by"] == "edge_model" for r in rows)
     assert [r["service_class"] for r in rows] == ["voice", "bulk_download", None]
     assert all(0 < r["confidence"] <= 1 for r in rows)

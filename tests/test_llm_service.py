@@ -224,10 +224,10 @@ def test_cli_dataset_finetune_and_complete(settings_env: Path, tmp_path: Path) -
     ])
     assert result.exit_code == 0, result.output
     listed = runner.invoke(app, ["model", "adapters", "--json"])
-    assert [a["adapter"] for a in json.loads(listed.output)] == ["pc"]
+    assert [a["adapter"] for a in json.loads(listed.stdout)] == ["pc"]
     result = runner.invoke(app, ["llm", "complete", "coffee near me", "--location", a_cell(settings_env), "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["adapter"] == "pc" and out["bytes_cloud_only"] > 0
     missing = runner.invoke(app, ["model", "finetune", "--base", str(tmp_path / "none"), "--task", "t",
                                   "--data", str(tmp_path / "data" / "train.jsonl"), "--adapter", "x"])

@@ -20,6 +20,7 @@ from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.cli import app
 from nm_toolkit.config import ConfigError, load_settings
 from nm_toolkit.devtools.ovs import ovs_available
+from nm_toolkit.demo import DEMO_POLICIES
 from nm_toolkit.pipeline import ClosedLoop
 from nm_toolkit.schemas import DecisionAdapter, Forecast, SeriesPoint
 
@@ -96,7 +97,7 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     figure = tmp_path / "day.png"
     result = CliRunner().invoke(app, ["demo", "--size", "tiny", "--cells", "8", "--days", "5", "--prompts", "12", "--plot", str(figure), "--json"])
     assert result.exit_code == 0, result.output
-    out = orjson.loads(result.output)
+    out = orjson.loads(result.stdout)
     telemetry, prompts = out["telemetry"], out["prompts"]
     assert telemetry["records_ingested"] > 8 * 5 * 24 * 0.9
     assert telemetry["dead_lettered_records"] == 5
@@ -111,10 +112,13 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     assert (prompts["bytes_edge_to_cloud"] > 0) == (prompts["answered_in_cloud"] > 0)
     assert prompts["bytes_edge_to_cloud"] < prompts["bytes_cloud_only"]
     runs = {run["policy"]: run for run in out["policy_runs"]}
-    assert set(runs) == {"bandwidth_reservation", "edge_autoscale", "adapter_placement", "edge_link_reservation", "model_placement"}
+    assert set(runs) == set(DEMO_POLICIES)
     assert all(run["status"] == "ok" for run in runs.values())
     decided = {row["policy"] for row in out["decisions_by_kind"]}
-    assert {"edge_autoscale", "adapter_placement", "model_placement"} <= decided  # the edge link reserves only ahead of a busy forecast
+    # the edge link reserves only ahead of a busy forecast; the busiest cells' demand history is forecast and reserved for
+    assert {"edge_autoscale", "adapter_placement", "model_placement", "demand_reservation"} <= decided
+    sites = {d["target"] for d in out["decisions"] if d["kind"] in ("scale_compute", "place_adapter", "place_model")}
+    assert sites == {"edge-0"}  # cells' demand drives decisions for the site serving them
     [placed] = [d for d in out["decisions"] if d["kind"] == "place_model"]
     assert placed["target"] == "edge-0" and not placed["quantize"]  # the tiny fp32 model fits the demo site's budget
     assert out["edge_service"]["adapter_placements"] >= 1  # the edge took in its place_adapter decision

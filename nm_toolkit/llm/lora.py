@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from nm_toolkit.errors import UserError
 from nm_toolkit.llm.card import write_card
 from nm_toolkit.llm.training import IGNORE, StepCallback, encode_pair, mean_loss, resolve_device, train
+
+# peft asks transformers 5 a question it has deprecated; nothing a user of `nmt` can act on
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
