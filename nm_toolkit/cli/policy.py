@@ -95,7 +95,7 @@ def test_policy(
     Nothing is applied: this is a dry run by construction."""
     from nm_toolkit.schemas import DecisionAdapter
     from policies import PolicyContext, load_policies
-    from policies.guardrails import Guardrails
+    from policies.guardrails import Guardrails, llm_actuators
     from policies.registry import evaluate_policy
 
     settings = settings_from(config)
@@ -108,7 +108,7 @@ def test_policy(
         capacities=data.capacities, intents=data.intents, adapter_popularity=data.adapter_popularity,
     )
     run = evaluate_policy(loaded[0], ctx, settings.controller.policy_time_budget_seconds)
-    report = Guardrails(settings.controller.guardrails, ctx.capacity_of).check(run.decisions)
+    report = Guardrails(settings.controller.guardrails, ctx.capacity_of, actuators=llm_actuators(settings)).check(run.decisions)
     verdicts = {r.decision.id: f"rejected ({r.rule}): {r.reason}" for r in report.rejected}
     rows = [
         {"kind": d.kind, "target": d.target, "priority": d.priority, "ttl_s": d.ttl_seconds,
