@@ -67,7 +67,7 @@ from nm_toolkit.bus.runtime import (
     Topic,
     object_json,
 )
-from nm_toolkit.config import IntentServiceSettings, Settings
+from nm_toolkit.config import IntentServiceSettings, Settings, default_cache_dir
 from nm_toolkit.errors import UserError, validation_reason
 from nm_toolkit.eventtime import EventTimeBounds
 from nm_toolkit.schemas import (
@@ -161,13 +161,15 @@ ACCEPTED_PARTITION = 0  # the checkpoint row of the accepted intents: one set pe
 
 
 def default_extractor_dir(settings: Settings) -> Path:
-    return settings.intent.extractor_dir or settings.state_dir / "intent-extractor"
+    """``intent.extractor_dir``, else where the built-in extractor is cached: once per machine (it
+    is the same for every deployment, and training it takes minutes), not once per state directory."""
+    return settings.intent.extractor_dir or default_cache_dir() / "intent-extractor"
 
 
 def load_extractor(settings: Settings, note: Callable[[str], None] | None = None) -> SpanExtractor:
     """The configured operator-intent extractor, or a one-line error saying how to provide one.
     Without ``intent.extractor_dir`` it is the built-in one, trained on first use (``note`` says
-    so; default: a log warning) and cached under ``state_dir``."""
+    so; default: a log warning) and cached for the machine."""
     directory = default_extractor_dir(settings)
     if settings.intent.extractor_dir is None:
         from intent.builtin import ensure_builtin_extractor

@@ -32,6 +32,13 @@ def default_state_dir() -> Path:
     return Path(base) / "nm-toolkit"
 
 
+def default_cache_dir() -> Path:
+    """Where what is the same for every deployment on a machine is kept between runs: fetched and
+    built models, the built-in intent extractor (``XDG_CACHE_HOME`` respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nm-toolkit"
+
+
 class BusSettings(BaseModel):
     """Which message bus carries the loop: the in-process one or a Kafka cluster."""
 
@@ -316,7 +323,8 @@ class IntentServiceSettings(BaseModel):
 
     group_id: str = "nmt-intent-service"
     extractor_dir: Path | None = Field(
-        default=None, description="operator-intent extractor from `nmt intent train`; default: state_dir/intent-extractor"
+        default=None, description="operator-intent extractor from `nmt intent train`; default: the built-in one, trained on first use and "
+        "cached for the machine (~/.cache/nm-toolkit/intent-extractor)"
     )
     dead_letter_topic: str = "nmt.intents.dlq"
     default_tenant: str = Field(

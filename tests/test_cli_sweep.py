@@ -351,12 +351,12 @@ def test_every_command_is_swept() -> None:
 
 def test_intent_parse_without_a_model_trains_the_builtin_extractor_once(ws_plain: Workspace) -> None:
     text = "block youtube for students from 4pm to 6pm"
-    state = ws_plain.root / "state-builtin"
-    env = {"NMT_STATE_DIR": str(state)}
+    cache = ws_plain.root / "cache-builtin"  # the built-in extractor is cached for the machine
+    env = {"XDG_CACHE_HOME": str(cache)}
     code, out, err, exc = invoke(ws_plain, ["intent", "parse", text], env)
     check_ok(["intent", "parse"], code, out, err, exc)
     assert "first use: training the built-in intent extractor" in err and "youtube" in out
-    assert (state / "intent-extractor").is_dir()
+    assert (cache / "nm-toolkit" / "intent-extractor").is_dir()
     code, out, err, exc = invoke(ws_plain, ["intent", "parse", text, "--json"], env)
     check_ok(["intent", "parse"], code, out, err, exc)
     assert "first use" not in err and "youtube" in json.loads(out)["service"]

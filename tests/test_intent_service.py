@@ -312,6 +312,7 @@ def test_start_up_without_an_extractor_says_how_to_get_one(tmp_path: Path, monke
     import intent.builtin
 
     monkeypatch.setattr(intent.builtin, "SHIPPED_INTENTS", (tmp_path / "missing.json",))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no built-in extractor cached on this machine yet
     with pytest.raises(UserError, match=r"nmt intent train .* -o .*intent-extractor"):
         intent_runners(load_settings(state_dir=tmp_path), EmbeddedBus())
     result = CliRunner().invoke(app, ["intent", "serve", "--idle-exit", "1"])

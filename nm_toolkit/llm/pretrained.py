@@ -17,7 +17,6 @@ at its directory instead; nothing here is needed then.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nm_toolkit.errors import UserError
+from nm_toolkit.config import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ class FetchError(UserError):
 
 def models_cache_dir() -> Path:
     """Where fetched and built models are cached between runs (``XDG_CACHE_HOME`` respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nm-toolkit" / "models"
+    return default_cache_dir() / "models"
 
 
 def source_of(name: str) -> PretrainedSource:
