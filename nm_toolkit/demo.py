@@ -21,6 +21,7 @@ tests use), and ``--models DIR`` the models ``nmt llm build -o DIR`` built.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -58,7 +59,9 @@ from nm_toolkit.llm.defaults import EDGE_ADAPTER, PREBUILT_DIR, SIZES, BuiltMode
 from nm_toolkit.llm.deployment import cloud_responder, edge_completer
 from nm_toolkit.llm.pretrained import models_cache_dir
 from nm_toolkit.llm.profile import VARIANTS, profile_edge, read_profiles
+from nm_toolkit.llm.replicas import ThreadReplica, in_process_launcher
 from nm_toolkit.llm.service import edge_service
+from nm_toolkit.llm.supervisor import EdgeSupervisor, edge_supervisor
 from nm_toolkit.pipeline import ClosedLoop, LoopReport
 from nm_toolkit.schemas import Decision, Forecast
 from policies.bandwidth import BandwidthReservationPolicy, DemandReservationPolicy, EdgeLinkReservationPolicy
@@ -117,6 +120,7 @@ class CityDayReport:
     edge: dict[str, float]
     figure: Path | None = None
     switch: dict[str, int] | None = None  # flows, meters and queues on the Open vSwitch bridge, with --ovs
+    supervisor: dict[str, float] | None = None  # what the edge site's supervisor did with its decisions
 
 
 def demo_settings(settings: Settings, built: BuiltModels) -> Settings:
@@ -204,7 +208,30 @@ def score_answers(answers: list[dict[str, object]], asked: dict[str, CityQAExamp
     }
 
 
-def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, object]]:
+SUPERVISOR_READY_S = 300.0  # a replica loads the edge model before it joins the site's group
+
+
+def supervise(bus: EmbeddedBus, settings: Settings) -> dict[str, float]:
+    """The edge site's supervisor takes in its scale_compute and place_model decisions and runs
+    that many replicas of the edge service on the demo's bus (threads: another process cannot reach
+    an in-process bus), each up and in the site's group before it is counted; then stops them."""
+    supervisor = StreamRunner(bus, edge_supervisor(settings, in_process_launcher(settings, bus)))
+    try:
+        run_until_idle([supervisor], 0.5)  # reads the decisions, starts the replicas
+        service = supervisor.service
+        assert isinstance(service, EdgeSupervisor)
+        deadline = time.monotonic() + SUPERVISOR_READY_S
+        for replica in service.replicas:
+            if isinstance(replica, ThreadReplica):
+                replica.ready.wait(max(0.0, deadline - time.monotonic()))
+        supervisor.step(timeout_s=0.1)  # a replica that failed to start is counted as restarted
+        serving = sum(isinstance(r, ThreadReplica) and r.ready.is_set() and r.poll() is None for r in service.replicas)
+    finally:
+        supervisor.close()  # stops the replicas
+    return supervisor.stats_dict() | {"replicas_serving": serving}
+
+
+def decision_rows(report: LoopReport, edge: dict[str, float], supervisor: dict[str, float]) -> list[dict[str, object]]:
     """Per policy and kind: how many passed the guardrails, and what each actuator did with them."""
     made = Counter((d.policy, d.kind) for d in report.decisions)
     outcomes: dict[tuple[str, str], Counter[str]] = {}
@@ -216,10 +243,9 @@ def decision_rows(report: LoopReport, edge: dict[str, float]) -> list[dict[str, 
     carried = {
         "place_adapter": f"edge service: {int(edge['adapter_placements'])} taken in, {int(edge['adapter_loads'])} loaded, "
         f"{int(edge['adapters_loaded'])} in memory, {int(edge['placement_failures'])} failed",
-        # The demo serves in one process on the embedded bus: it runs no supervisor, so it says
-        # who carries these out on Kafka instead of claiming it did.
-        "scale_compute": "on the decisions topic for `nmt llm supervise [--cloud]` (not run by the demo)",
-        "place_model": "on the decisions topic for `nmt llm supervise` (not run by the demo)",
+        "scale_compute": f"supervisor: {int(supervisor['desired_replicas'])} replicas asked, {int(supervisor['started'])} started, "
+        f"{int(supervisor['replicas_serving'])} serving (edge services on the demo's bus; `nmt llm supervise --cloud` runs the cloud's)",
+        "place_model": f"supervisor: {int(supervisor['model_changes'])} model change(s), replicas started on the placed model",
     }
     rows: list[dict[str, object]] = []
     for (policy, kind), n in sorted(made.items()):
@@ -300,6 +326,7 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
     edge_stats = edge.stats_dict()
     for runner in (edge, cloud, *intents.runners):
         runner.close()
+    supervisor = supervise(bus, settings)
     classified = edge_stats["classified_by_model"] + edge_stats["classified_by_keywords"]
     summary = CityDayReport(
         loop=report,
@@ -307,8 +334,9 @@ def run_city_day(settings: Settings, config: CityDayConfig, on_stage: Callable[[
             "service_intents_inferred": edge_stats["service_intents"], "needing_clarification": classified - edge_stats["service_intents"],
             "service_class_by_edge_model": edge_stats["classified_by_model"], "service_class_by_keywords": edge_stats["classified_by_keywords"],
         },  # fmt: skip
-        decisions=decision_rows(report, edge_stats),
+        decisions=decision_rows(report, edge_stats, supervisor),
         edge=edge_stats,
+        supervisor=supervisor,
         switch=switch_state,
     )
     if figure is not None:

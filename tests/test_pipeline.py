@@ -122,6 +122,11 @@ def test_demo_runs_the_whole_system_and_reports_as_json(tmp_path: Path) -> None:
     [placed] = [d for d in out["decisions"] if d["kind"] == "place_model"]
     assert placed["target"] == "edge-0" and not placed["quantize"]  # the tiny fp32 model fits the demo site's budget
     assert out["edge_service"]["adapter_placements"] >= 1  # the edge took in its place_adapter decision
+    # the supervisor carried out the site's scale_compute and place_model: the replicas it started serve
+    [scale] = [d for d in out["decisions"] if d["kind"] == "scale_compute"]
+    supervisor = out["supervisor"]
+    assert supervisor["desired_replicas"] == scale["replicas"] == supervisor["replicas_serving"] >= 1
+    assert supervisor["decisions_applied"] == 2 and supervisor["model_changes"] == 1 and supervisor["running_replicas"] == 0  # stopped at the end
     assert figure.is_file() and out["figure"] == str(figure)
 
 

@@ -54,7 +54,8 @@ def demo(
             "telemetry": telemetry, "prompts": report.prompts, "decisions_by_kind": report.decisions,
             "decisions": decisions_json(loop.decisions), "skipped_series": loop.skipped_series,
             "policy_runs": [{"policy": r.policy, "status": r.status, "decisions": len(r.decisions)} for r in loop.round.runs],
-            "edge_service": report.edge, "switch": report.switch, "figure": str(report.figure) if report.figure else None,
+            "edge_service": report.edge, "supervisor": report.supervisor, "switch": report.switch,
+            "figure": str(report.figure) if report.figure else None,
         })  # fmt: skip
         return
     emit(False, report.prompts, "prompts: edge and cloud", [{"what": k.replace("_", " "), "value": v} for k, v in report.prompts.items()])

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Protocol
 
 from nm_toolkit.bus.base import Message
 from nm_toolkit.bus.runtime import Emitter, Progress, StreamService, Topic
@@ -35,7 +36,25 @@ from nm_toolkit.schemas import PlaceModel, ScaleCompute
 
 log = logging.getLogger(__name__)
 
-Launcher = Callable[[int, Mapping[str, str]], subprocess.Popen[bytes]]  # (replica index, extra environment)
+
+
+class Replica(Protocol):
+    """A running replica as the supervisor handles it: a :class:`subprocess.Popen` (``nmt llm
+    serve``), or one that serves in this process (:mod:`nm_toolkit.llm.replicas`)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+Launcher = Callable[[int, Mapping[str, str]], Replica]  # (replica index, extra environment)
 
 
 def reconcile(running: Sequence[int], desired: int) -> tuple[list[int], list[int]]:
@@ -81,7 +100,7 @@ class EdgeSupervisor(StreamService):
         self.max_replicas = max_replicas
         self.stop_timeout_s = stop_timeout_s
         self.counters = SupervisorStats(desired_replicas=min(initial_replicas, max_replicas))
-        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._processes: dict[int, Replica] = {}
         self._latest: datetime | None = None
         self._latest_model: datetime | None = None
         self.model_env: dict[str, str] = {}  # the placed model, as the replicas' settings
@@ -130,6 +149,11 @@ class EdgeSupervisor(StreamService):
             self.counters.started += 1
         self.counters.running_replicas = len(self._processes)
         return False
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """The replicas running now, by index."""
+        return [self._processes[i] for i in sorted(self._processes)]
 
     def close(self) -> None:
         """Stop every replica (SIGTERM: each finishes its batch and commits)."""
