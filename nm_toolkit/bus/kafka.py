@@ -33,6 +33,7 @@ from nm_toolkit.errors import UserError
 log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 5_000
+METADATA_WAIT_S = 30.0  # a consumer waits this long at most for its topics' partitions before it joins
 TRANSACTION_TIMEOUT_MS = 10_000
 
 
@@ -120,7 +121,12 @@ class KafkaBus(Bus):
         stale = [name for name in names if topics.get(name, {}).get("cleanup.policy", {}).get("value") != "compact"]
         if stale:
             log.warning("switching table topics %s to cleanup.policy=compact", stale)
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": "compact"}) for n in stale], incremental=True)
+            # raise_on_unknown=False: kafka-python checks keys against the topic's dynamic configs
+            # already set, and a topic on the broker's default cleanup.policy has none
+            admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": "compact"}) for n in stale],
+                incremental=True, raise_on_unknown=False,
+            )  # fmt: skip
 
     def producer(self, transactional_group: str | None = None) -> Producer:
         settings: dict[str, object] = dict(
@@ -173,6 +179,13 @@ class KafkaBus(Bus):
             # Refreshing every few seconds bounds that stall, and finds new partitions quickly.
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
+        # The group-join race where it starts: kafka-python joins without waiting for the topics'
+        # metadata, and a leader that assigns before it arrives assigns nothing; under load (CI,
+        # `stress --cpu 2`) the rejoin that the refresh above should bring did not come for minutes.
+        # Joining once this client knows every topic's partitions leaves nothing to race.
+        known = known_partitions(consumer, topics, METADATA_WAIT_S)
+        if missing := [topic for topic in topics if not known.get(topic)]:
+            log.warning("joining group %s before topics %s have partitions: they are assigned once they do", group_id, missing)
         consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
         return KafkaBusConsumer(consumer)
 
@@ -193,18 +206,26 @@ class KafkaBus(Bus):
 
     def reader(self, topics: Sequence[str], max_poll_records: int = 1000, timeout_s: float = 60.0) -> Consumer:
         consumer = KafkaConsumer(**self._reading(max_poll_records), group_id=None)
-        partitions: list[KafkaTopicPartition] = []
-        deadline = time.monotonic() + timeout_s
-        for topic in topics:  # created by the caller: wait until this client's metadata has them
-            while not (found := consumer.partitions_for_topic(topic)):
-                if time.monotonic() > deadline:
-                    consumer.close()
-                    raise DeliveryFailed(f"topic {topic} has no partitions after {timeout_s:.0f} s: is it created?")
-                time.sleep(0.2)
-            partitions += [KafkaTopicPartition(topic, p) for p in sorted(found)]
+        known = known_partitions(consumer, topics, timeout_s)  # created by the caller
+        if missing := [topic for topic in topics if not known.get(topic)]:
+            consumer.close()
+            raise DeliveryFailed(f"topic {missing[0]} has no partitions after {timeout_s:.0f} s: is it created?")
+        partitions = [KafkaTopicPartition(topic, p) for topic in topics for p in sorted(known[topic])]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         return KafkaBusConsumer(consumer)
+
+
+def known_partitions(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float) -> dict[str, set[int]]:
+    """Each topic's partitions as ``consumer``'s metadata knows them, waiting up to ``timeout_s``
+    in all for topics it does not know yet (a topic just created reaches a client's metadata late)."""
+    deadline = time.monotonic() + timeout_s
+    known: dict[str, set[int]] = {}
+    for topic in topics:
+        while not (found := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        known[topic] = set(found or ())
+    return known
 
 
 class KafkaBusProducer(Producer):

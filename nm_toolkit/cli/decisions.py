@@ -42,6 +42,7 @@ def tail(
 
     settings = shared_bus_settings(config, "nmt decisions tail")
     bus = bus_from_settings(settings)
+    bus.create_topics([settings.topics.decisions])  # nothing decided yet is an empty table, not a wait
     consumer = bus.consumer([settings.topics.decisions], f"nmt-decisions-tail-{uuid.uuid4().hex[:8]}")
     latest: deque[Decision] = deque(maxlen=last)
     unreadable = 0

@@ -240,6 +240,7 @@ def _answer_of(bus: Bus, topic: str, request_id: str, wait: float, marker: bytes
     import time
     import uuid
 
+    bus.create_topics([topic])
     consumer = bus.consumer([topic], f"nmt-intent-wait-{uuid.uuid4().hex[:8]}")
     found: bytes | None = None
     deadline = time.monotonic() + wait
