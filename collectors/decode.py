@@ -21,7 +21,7 @@ from collectors.gnmi import CounterSample, is_notification, notification_samples
 from nm_toolkit.bus.deadletter import RecordError
 from nm_toolkit.errors import validation_reason
 from nm_toolkit.eventtime import EventTimeBounds
-from nm_toolkit.schemas import TelemetryRecord, brief
+from nm_toolkit.schemas import TelemetryRecord
 
 _RECORDS = TypeAdapter(list[TelemetryRecord])
 _RECORD = TypeAdapter(TelemetryRecord)

@@ -30,8 +30,8 @@ from nm_toolkit.bus.runtime import StreamRunner
 from nm_toolkit.config import load_settings
 from nm_toolkit.devtools.ovs import OpenVSwitch, ovs_available
 from nm_toolkit.llm.deployment import edge_completer
-from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.lora import AdapterCard, AdapterRegistry, LoraFineTuner, LoraTrainConfig
+from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.service import edge_service
 from nm_toolkit.llm.supervisor import edge_supervisor

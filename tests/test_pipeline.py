@@ -19,8 +19,8 @@ from nm_toolkit.bus.checkpoints import CheckpointStore
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.cli import app
 from nm_toolkit.config import ConfigError, load_settings
-from nm_toolkit.devtools.ovs import ovs_available
 from nm_toolkit.demo import DEMO_POLICIES
+from nm_toolkit.devtools.ovs import ovs_available
 from nm_toolkit.pipeline import ClosedLoop
 from nm_toolkit.schemas import DecisionAdapter, Forecast, SeriesPoint
 

@@ -42,8 +42,8 @@ from tests.kafka_helpers import expected_windows, llm_env, read_all, windows_fra
 from tests.poison import (
     DEEP_ARRAYS,
     DEEP_OBJECTS,
-    GOOD_POINT,
     GOOD_CLOUD_REQUEST,
+    GOOD_POINT,
     POISON_CLOUD_REQUESTS,
     POISON_PROMPTS,
     POISON_SERIES,

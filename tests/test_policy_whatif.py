@@ -9,6 +9,7 @@ import pytest
 
 from collectors.synthetic import SyntheticNetgptLoad
 from nm_toolkit.config import Settings
+from nm_toolkit.errors import UserError
 from nm_toolkit.schemas import PlaceAdapter, Reservation, ScaleCompute
 from policies.adapter_placement import AdapterPlacementPolicy
 from policies.autoscale import EdgeAutoscalePolicy
@@ -26,7 +27,6 @@ from policies.whatif import (
     spans,
     whatif_origins,
 )
-from nm_toolkit.errors import UserError
 
 HOUR = pd.Timedelta(hours=1)
 

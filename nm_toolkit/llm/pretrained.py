@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nm_toolkit.errors import UserError
 from nm_toolkit.config import default_cache_dir
+from nm_toolkit.errors import UserError
 
 
 @dataclass(frozen=True)
