@@ -5,7 +5,7 @@ prose: statements of fact, passive voice, modal verbs and negation ("Peer-to-pee
 permitted on the guest network"), an organisation as the actor, conditions and asides that carry
 no entity, and sentences that carry none at all. A tagger trained on commands alone misses the
 operation in "will be denied" and reads "The university" as a target. :func:`policy_prose` writes
-such sentences from grammar frames (:data:`FRAMES`) and vocabularies of this module and of
+such sentences from grammar frames (:data:`RULES`) and vocabularies of this module and of
 :mod:`intent.lexicon`, each entity labelled as the alpha file labels it (``tests/data/README.md``):
 an operation keeps its auxiliaries and negation, a target its preposition or is the bare subject,
 a lone "from X" is a target and "from X ... to Y" an origin and a destination, "limited"/"capped"
@@ -124,6 +124,9 @@ DEPLOY_OPS = ("will install", "has installed", "deploys", "operates", "has deplo
 PASSIVE_DEPLOY = ("is installed", "has been installed", "is deployed", "will be deployed", "has been removed", "will be removed",
                   "is in place", "was added", "is required")  # fmt: skip
 CONSTRAINTS_PASSIVE = ("limited", "capped", "throttled", "restricted", "rate limited", "reduced", "shaped down")
+GRANT_OPS = ("receive", "are given", "are guaranteed", "get", "are entitled to", "are offered", "are allocated", "keep",
+             "retain", "will receive", "are granted")  # fmt: skip
+EXEMPT_OPS = ("are exempt from", "are not subject to", "bypass", "are excluded from", "are not covered by")
 FLOW_OPS = ("must pass through", "passes through", "is routed through", "is sent through", "goes through", "must go through",
             "is forwarded through")  # fmt: skip
 
@@ -281,7 +284,24 @@ def qos_rule(rng: random.Random) -> Phrase:
                  (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), "to", _qos(rng), _tail(rng))  # fmt: skip
 
 
-RULES: tuple[Callable[[random.Random], Phrase], ...] = (population_rule, passive_rule, actor_rule, flow_rule, middlebox_rule, qos_rule)
+def grant_rule(rng: random.Random) -> Phrase:
+    """"Residents receive a data allowance of 200 GB per month"; "Sales staff are exempt from the web filter"."""
+    subject = _population(rng)
+    target = (subject[:1].upper() + subject[1:], "target")
+    if rng.random() < 0.65:
+        if rng.random() < 0.6:  # "a quota of 20 GB per week", "up to 50 Mbps of bandwidth"
+            amount = [(rng.choice(("a ", "the ", "a ")), None), (_pick(rng, METRICS), "qos_metric"), (" of ", None), *_qos(rng)]
+        else:
+            amount = [(rng.choice(("up to ", "at least ", "")), None), *_qos(rng), (" of ", None), (_pick(rng, METRICS), "qos_metric")]
+        return _join(target, (_pick(rng, GRANT_OPS), "operation"), amount,
+                     _maybe(rng, 0.4, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    return _join(target, (_pick(rng, EXEMPT_OPS), "operation"), "the", (_pick(rng, MIDDLEBOXES), "middlebox"),
+                 _maybe(rng, 0.4, lambda: _scope(rng)), _tail(rng))  # fmt: skip
+
+
+RULES: tuple[Callable[[random.Random], Phrase], ...] = (
+    population_rule, passive_rule, actor_rule, flow_rule, middlebox_rule, qos_rule, grant_rule,
+)  # fmt: skip
 
 
 def _sentence(rng: random.Random) -> Phrase:
