@@ -54,6 +54,9 @@ class CollectorStats:
     checkpoints: int = 0
 
 
+MAX_IDLE_STEP_S = 1.0  # the most idleness one tick adds (the loop polls every 0.5 s when nothing arrives)
+
+
 class PartitionState:
     """What the collector keeps per assigned partition: windows, counter readings, next offset."""
 
@@ -61,7 +64,7 @@ class PartitionState:
         self.windows = windows
         self.rates = rates
         self.next_offset = next_offset
-        self.last_record_at = time.monotonic()
+        self.idle_s = 0.0  # seconds of this collector's own running without a record here (see TelemetryCollector.tick)
         self.dirty = False
 
     def ingest(self, decoded: Decoded) -> tuple[int, list[TelemetryRecord]]:
@@ -145,6 +148,7 @@ class TelemetryCollector(StreamService):
         self.checkpoints = checkpoints
         self.counters = CollectorStats()
         self._partitions: dict[TopicPartition, PartitionState] = {}
+        self._last_tick = time.monotonic()
 
     # -- partition lifecycle ---------------------------------------------------------------
     def assigned(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int | None]:
@@ -192,7 +196,7 @@ class TelemetryCollector(StreamService):
             self._send_late(message, record, out)
         self.counters.records += taken
         state.next_offset = message.offset + 1
-        state.last_record_at = time.monotonic()
+        state.idle_s = 0.0
         state.dirty = True
 
     def _send_late(self, message: Message, record: TelemetryRecord, out: Emitter) -> None:
@@ -211,11 +215,15 @@ class TelemetryCollector(StreamService):
         same windows differently."""
         idle = self.config.idle_close_seconds
         now = time.monotonic()
+        # Idleness accrues while this loop runs, at most MAX_IDLE_STEP_S a tick: a process that was
+        # starved of CPU (or paused) for longer did not watch the partition meanwhile, and the first
+        # poll after the pause may come back empty while the fetch that brings the records is in flight.
+        elapsed = min(max(0.0, now - self._last_tick), MAX_IDLE_STEP_S)
+        self._last_tick = now
         idle_closed = False
         for tp, state in self._partitions.items():
-            if not progress.healthy or tp in progress.unfetched:
-                state.last_record_at = now
-            if idle is not None and now - state.last_record_at >= idle and state.windows.open_windows:
+            state.idle_s = 0.0 if not progress.healthy or tp in progress.unfetched else state.idle_s + elapsed
+            if idle is not None and state.idle_s >= idle and state.windows.open_windows:
                 self._publish(state.windows.close_all(), out)
                 state.dirty = idle_closed = True
             else:

@@ -35,3 +35,26 @@ def test_silence_is_idleness_only_while_the_partition_is_fetched_to_its_end_by_a
     assert collector.tick(runner.emitter, Progress(healthy=True)) is True
     assert collector.stats()["open_windows"] == 0 and len(bus.messages(settings.topics.series)) == 1
     runner.close()
+
+
+def test_a_pause_of_the_collector_itself_is_not_idleness(tmp_path: Path) -> None:
+    """A collector starved of CPU (or paused) did not watch its partitions meanwhile: the first
+    tick after a pause longer than the idle close closes nothing, and idleness then accrues while
+    it runs (at most MAX_IDLE_STEP_S a tick)."""
+    from collectors.service import MAX_IDLE_STEP_S
+
+    settings = load_settings(state_dir=tmp_path, collector={"idle_close_seconds": 1.5, "window_seconds": 60})
+    bus = EmbeddedBus(default_partitions=1)
+    runner = StreamRunner(bus, telemetry_collector(settings, bus))
+    bus.producer().send(settings.topics.telemetry, orjson.dumps({"ts": 1_704_067_200, "source": "r1", "metric": "rx_bps", "value": 1.0}), b"r1")
+    run_until_idle([runner], 0.01)
+    collector = runner.service
+    collector.tick(runner.emitter, Progress(healthy=True))
+    time.sleep(3 * MAX_IDLE_STEP_S)  # the pause: twice the idle close
+    assert collector.tick(runner.emitter, Progress(healthy=True)) is False
+    closed = False
+    for _ in range(40):  # running, the partition fetched to its end: now it is idleness
+        time.sleep(0.1)
+        closed = closed or collector.tick(runner.emitter, Progress(healthy=True))
+    assert closed and collector.stats()["open_windows"] == 0
+    runner.close()
