@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -45,9 +44,9 @@ def score(frame: pd.DataFrame, step: pd.Timedelta, models: tuple[str, ...], trai
 
 def llm_sample_failures(scores: pd.DataFrame) -> tuple[int, int]:
     """Malformed LLM samples dropped and series that fell back to the seasonal naive, from the notes."""
-    notes = scores.loc[scores["model"] == "llm", "note"].astype(str)
-    dropped = sum(int(m) for note in notes for m in re.findall(r"(\d+) of \d+ samples malformed", note))
-    return dropped, int(notes.str.contains("seasonal-naive fallback").sum())
+    from forecasting.llm import sample_failures
+
+    return sample_failures(scores.loc[scores["model"] == "llm", "note"])
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from forecasting.backtest import backtest, rolling_origins
 from forecasting.data import load_series_frame
-from forecasting.llm import ADAPTER, LlmForecaster, build_digit_base, train_trend_adapter
+from forecasting.llm import ADAPTER, LlmForecaster, build_digit_base, sample_failures, train_trend_adapter
 from forecasting.registry import make_model
 from nm_toolkit.config import load_settings
 from nm_toolkit.llm.deployment import LlmPaths
@@ -56,9 +55,7 @@ def trained(adapters: Path, base: Path, frame: pd.DataFrame, params: dict[str, o
 
 def malformed(notes: pd.Series) -> tuple[int, int]:
     """Malformed samples dropped and forecasts on the seasonal-naive fallback, from the notes."""
-    notes = notes.astype(str)
-    dropped = sum(int(m) for note in notes for m in re.findall(r"(\d+) of \d+ samples malformed", note))
-    return dropped, int(notes.str.contains("seasonal-naive fallback").sum())
+    return sample_failures(notes)
 
 
 def main() -> int:

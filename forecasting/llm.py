@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +59,19 @@ from nm_toolkit.llm.training import encode_pair, train
 ADAPTER = "trend"  # the adapter's name in the model and in the edge's adapter registry
 TREND_TASK = "trend_forecast"
 GENERATION_ROWS = 256  # sample paths per generate call: bounds the KV cache when many series are forecast
+FALLBACK_NOTE = "seasonal-naive fallback"
+_DROPPED = re.compile(r"(\d+) of \d+ samples malformed")
+_ALL_DROPPED = re.compile(r"all (\d+) LLM samples were malformed")
+
+
+def sample_failures(notes: Iterable[str]) -> tuple[int, int]:
+    """(malformed samples dropped, forecasts on the seasonal-naive fallback) from the notes of
+    :class:`LlmForecaster`'s forecasts: what a bench reports beside the LLM's scores."""
+    dropped = fallbacks = 0
+    for note in map(str, notes):
+        dropped += sum(int(n) for n in _DROPPED.findall(note)) + sum(int(n) for n in _ALL_DROPPED.findall(note))
+        fallbacks += FALLBACK_NOTE in note
+    return dropped, fallbacks
 
 
 def synthetic_windows(count: int, points: int, seed: int) -> Iterator[np.ndarray]:
@@ -376,7 +390,7 @@ class LlmForecaster(Forecaster):
             dropped = self.samples - len(samples)
             self.malformed_samples_ += dropped
             if len(samples) == 0:
-                fallback[key] = f"all {self.samples} LLM samples were malformed: seasonal-naive fallback"
+                fallback[key] = f"all {self.samples} LLM samples were malformed: {FALLBACK_NOTE}"
                 continue
             lower, mean, upper = np.quantile(samples, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
             note = "; ".join(n for n in (self.notes_[key], f"{dropped} of {self.samples} samples malformed, dropped" if dropped else "") if n)
