@@ -9,13 +9,18 @@ the effect shows:
 * ``place_adapter`` (forecast requests per adapter, and per service class at the site's cells) ->
   the adapter is loaded in every replica of the site.
 
-The decision stage's ``decisions_without_actuator`` counter stays 0.
+The decision stage runs as `nmt controller run --adapter openflow` (os-ken allows one controller per
+process), and no decision of any round goes without an actuator (`without_actuator` is 0).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,8 +30,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from collectors.service import telemetry_collector
+from forecasting.service import forecast_service
 from nm_toolkit.bus.kafka import KafkaBus
-from nm_toolkit.bus.runtime import StreamRunner
+from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.config import load_settings
 from nm_toolkit.devtools.ovs import OpenVSwitch, ovs_available
 from nm_toolkit.llm.deployment import edge_completer
@@ -35,10 +42,6 @@ from nm_toolkit.llm.netgpt import COMPLETION_TASK
 from nm_toolkit.llm.offline import load_causal_lm
 from nm_toolkit.llm.service import edge_service
 from nm_toolkit.llm.supervisor import edge_supervisor
-from nm_toolkit.pipeline import ClosedLoop
-from policies.adapter_placement import AdapterPlacementPolicy
-from policies.autoscale import EdgeAutoscalePolicy
-from policies.bandwidth import BandwidthReservationPolicy
 from tests.kafka_helpers import llm_env
 from tests.test_controller_ovs import free_port
 
@@ -90,17 +93,22 @@ def history(site: str, now: datetime) -> Iterator[bytes]:
 def test_every_decision_kind_is_carried_out_by_its_actuator_on_real_parts(
     tiny_llms: Path, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nm_toolkit.controller.runtime import start_openflow_controller
-
     tag = uuid.uuid4().hex[:8]
     names = ("telemetry", "dead_letter", "late", "series", "forecasts", "decisions", "intents", "intent_results", "operator_intents")
     topics = {name: f"{tag}.{name}" for name in names}
+    controller_port = free_port()
     env = llm_env(kafka_bootstrap, tmp_path / "state", tiny_llms, tag) | {f"NMT_TOPICS__{k.upper()}": v for k, v in topics.items()} | {
         "NMT_LLM__ADAPTERS_DIR": str(tmp_path / "adapters"), "NMT_LLM__LOAD_INTERVAL_S": "0", "NMT_LLM__PROBE_INTERVAL_S": "0",
         "NMT_LLM__INITIAL_REPLICAS": "1", "NMT_LLM__MAX_REPLICAS": "2", "NMT_INTENT__USER_DEMAND": "keywords",
         "NMT_COLLECTOR__GROUP_ID": f"collector-{tag}", "NMT_FORECAST_SERVICE__GROUP_ID": f"forecaster-{tag}",
         "NMT_CONTROLLER__GROUP_ID": f"controller-{tag}", "NMT_FORECAST_SERVICE__MODEL": "snaive_daily", "NMT_FORECAST__HORIZON": "6",
         "NMT_COLLECTOR__IDLE_CLOSE_SECONDS": "0.5", "NMT_POLICY__SITES": json.dumps({"edge-0": ["MI-*"]}),
+        # the decision stage, as `nmt controller run` runs it: the NetGPT policies, the OpenFlow adapter
+        "NMT_POLICY__ENABLED": json.dumps(["bandwidth_reservation", "edge_autoscale", "adapter_placement"]),
+        "NMT_CONTROLLER__POLICY_PARAMS": json.dumps({"edge_autoscale": {"prompts_per_replica": 5.0, "max_replicas": 2},
+                                                     "adapter_placement": {"top_k": 2, "min_share": 0.1}}),
+        "NMT_POLICY__CAPACITIES": json.dumps({CELL: 92.0}),  # the cell's traffic peaks at 90: a reservation ahead of it
+        "NMT_CONTROLLER__TARGETS": json.dumps({CELL: {"ipv4_dst": CELL_NET}}), "NMT_CONTROLLER__LISTEN_PORT": str(controller_port),
     }  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -111,14 +119,12 @@ def test_every_decision_kind_is_carried_out_by_its_actuator_on_real_parts(
     bus.create_topics([*topics.values(), settings.topics.prompts], partitions=2)
 
     with OpenVSwitch() as switch:
-        controller = settings.controller.model_copy(update={
-            "listen_port": free_port(), "targets": {CELL: {"ipv4_dst": CELL_NET}}, "expiry_interval_seconds": 0.5,
-            "queues": settings.controller.queues.model_copy(update={"ovsdb": f"unix:{switch.db_socket}"}),
-        })  # fmt: skip
-        engine = start_openflow_controller(controller)
-        switch.add_bridge(BRIDGE, controller=f"tcp:127.0.0.1:{controller.listen_port}", ports=2, datapath_id=1)
-        assert engine.wait_for_switches(1, 30), "the bridge never connected to the os-ken app"
-
+        # os-ken runs one controller per process: the decision stage is its own process, as deployed
+        controller = subprocess.Popen(
+            [sys.executable, "-m", "nm_toolkit", "controller", "run", "--adapter", "openflow", "--interval", "1", "--json"],
+            env={**os.environ, "NMT_CONTROLLER__QUEUES__OVSDB": f"unix:{switch.db_socket}"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        switch.add_bridge(BRIDGE, controller=f"tcp:127.0.0.1:{controller_port}", ports=2, datapath_id=1)
         # two replicas of the edge site share its prompts
         replicas = [StreamRunner(bus, edge_service(settings, edge_completer(settings))) for _ in range(2)]
         supervisor: StreamRunner | None = None
@@ -136,57 +142,66 @@ def test_every_decision_kind_is_carried_out_by_its_actuator_on_real_parts(
             step_until(replicas, lambda: sum(r.service.counters.requests for r in replicas) == 4, "the replicas to answer the prompts")
             assert all("lora-video" not in r.service.completer.lm.cards for r in replicas)
 
-            capacities = {CELL: 92.0}  # the cell's traffic peaks at 90: a reservation ahead of it
-            policies = [
-                BandwidthReservationPolicy(),
-                EdgeAutoscalePolicy(prompts_per_replica=5.0, max_replicas=2),
-                AdapterPlacementPolicy(top_k=2, min_share=0.1),
-            ]
-            loop = ClosedLoop(bus, settings, policies=policies, adapters=[engine], capacities=capacities)
+            # the collector and the forecaster, in this process
+            collector = StreamRunner(bus, telemetry_collector(settings, bus))
+            forecasting = StreamRunner(bus, forecast_service(settings, bus))
             try:
-                step_until([loop.collector], lambda: loop.collector_service.counters.records >= 4 * HOURS, "the collector to read the history")
-                loop.collect(idle_s=0.5, close_windows=True)
+                step_until([collector], lambda: collector.service.counters.records >= 4 * HOURS, "the collector to read the history")
+                run_until_idle([collector], 0.5)
+                collector.service.close_all_windows(collector.emitter)
+                collector.commit()
                 wanted = {f"{CELL}|traffic", f"{site}|prompts", f"{site}|adapter.lora-video.requests", "MI-1000|demand.video.requests"}
-                store = loop.forecast_service.store
-                step_until([loop.forecasting], lambda: wanted <= set(store.series_ids()) and all(
+                store = forecasting.service.store
+                step_until([forecasting], lambda: wanted <= set(store.series_ids()) and all(
                     len(store.history(s)) >= HOURS for s in wanted), "the forecaster to hold the history")  # fmt: skip
-                loop.forecast()
-                deciding = loop.decision_service
-                step_until([loop.deciding], lambda: wanted <= set(deciding.forecasts), "the decision stage to read the forecasts")
-                report = deciding.decide_round()
-                loop.deciding.commit()
+                forecasting.service.forecast_round(forecasting.emitter)
+                forecasting.commit()
             finally:
-                loop.close()
-            accepted = {d.kind: d for d in report.guardrails.accepted}
-            assert set(accepted) == {"reservation", "scale_compute", "place_adapter"}, report.guardrails.rejected
-            assert deciding.counters.decisions_without_actuator == 0 and report.without_actuator == 0
-            placed = {(d.target, d.adapter) for d in report.guardrails.accepted if d.kind == "place_adapter"}
-            assert placed == {(site, "lora-video"), (site, "completion")}  # the cell's video demand counts at its site
-            scale = accepted["scale_compute"]
-            assert scale.target == site and scale.replicas == 2, scale.reason
+                collector.close()
+                forecasting.close()
+
+            # the decision stage decides on the forecasts and carries the switch's decisions out on OVS
+            decisions: dict[str, dict[str, object]] = {}
+            reader = bus.reader([settings.topics.decisions])
+
+            def decided() -> bool:
+                for message in reader.poll(1000, 0.5):
+                    if message.value:
+                        decision = orjson.loads(message.value)
+                        decisions[str(decision["kind"])] = decision
+                return {"reservation", "scale_compute", "place_adapter"} <= set(decisions)
+
+            step_until(replicas, decided, "the decision stage to publish every kind", timeout_s=300)
+            reader.close()
+            scale = decisions["scale_compute"]
+            assert scale["target"] == site and scale["replicas"] == 2, scale["reason"]
 
             # reservation: a flow into a queue of its own, and the queue's row in OVSDB
-            assert engine.flush(10)
-            (flow,) = [f for f in switch.dump_flows(BRIDGE) if f"nw_dst={CELL_NET}" in f]
+            deadline = time.monotonic() + 120
+            while not (flows := [f for f in switch.dump_flows(BRIDGE) if f"nw_dst={CELL_NET}" in f]) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            (flow,) = flows
             queue_id = int(flow.split("set_queue:")[1].split(",")[0])
             assert queue_id in switch.qos_show(f"{BRIDGE}-p1"), flow
-            assert not engine.errors
 
-            # place_adapter: every replica of the site loads it
-            step_until(replicas, lambda: all("lora-video" in r.service.completer.lm.cards for r in replicas),
+            # place_adapter: every replica of the site loads what is placed (the cell's video demand counts at its site)
+            step_until(replicas, lambda: all({"completion", "lora-video"} <= set(r.service.completer.lm.cards) for r in replicas),
                        "every replica to load the placed adapter")  # fmt: skip
             assert all(r.service.counters.adapter_placements >= 2 for r in replicas)
-            assert all({"completion", "lora-video"} <= set(r.service.completer.lm.cards) for r in replicas)
 
             # scale_compute: the supervisor runs as many `nmt llm serve` replicas as decided
             supervisor = StreamRunner(bus, edge_supervisor(settings))
             counters = supervisor.service.counters
-            step_until([supervisor], lambda: counters.decisions_applied >= 1 and counters.running_replicas == scale.replicas,
+            step_until([supervisor], lambda: counters.decisions_applied >= 1 and counters.running_replicas == 2,
                        "the supervisor to run the decided replicas")  # fmt: skip
             assert counters.desired_replicas == 2 and counters.started >= 2
         finally:
             for runner in [*replicas, *([supervisor] if supervisor else [])]:
                 runner.close()
-            engine.close()
-    if supervisor is not None:
-        assert supervisor.service.counters.running_replicas == 0  # closing the supervisor stopped its replicas
+            controller.send_signal(signal.SIGTERM)
+            out, err = controller.communicate(timeout=120)
+    assert controller.returncode == 0, err.decode()[-3000:]
+    rounds = json.loads(out)
+    assert rounds and sum(r["without_actuator"] for r in rounds) == 0  # every decision had an actuator
+    assert max(r["openflow_applied"] for r in rounds) >= 1
+    assert supervisor is not None and supervisor.service.counters.running_replicas == 0  # closing it stopped its replicas
