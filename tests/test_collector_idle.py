@@ -49,7 +49,7 @@ def test_a_pause_of_the_collector_itself_is_not_idleness(tmp_path: Path) -> None
     bus.producer().send(settings.topics.telemetry, orjson.dumps({"ts": 1_704_067_200, "source": "r1", "metric": "rx_bps", "value": 1.0}), b"r1")
     run_until_idle([runner], 0.01)
     collector = runner.service
-    collector.tick(runner.emitter, Progress(healthy=True))
+    collector.tick(runner.emitter, Progress(healthy=False))  # idleness starts from 0 here, however slow the ticks before
     time.sleep(3 * MAX_IDLE_STEP_S)  # the pause: twice the idle close
     assert collector.tick(runner.emitter, Progress(healthy=True)) is False
     closed = False
