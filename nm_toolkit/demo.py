@@ -34,6 +34,7 @@ import pandas as pd
 
 from collectors.publish import replay_frame
 from collectors.synthetic import SyntheticNetgptLoad, SyntheticTelemetry
+from intent.demand import demand_metric
 from intent.service import intent_runners
 from intent.user import SERVICE_NEEDS
 from nm_toolkit.bus import EmbeddedBus
@@ -165,7 +166,7 @@ def demand_history(cells: Sequence[str], end: datetime, seed: int) -> pd.DataFra
         if metric.startswith("demand."):
             service_class = metric.split(".")[1]
             columns[f"{names[source]}|{metric}"] = frame[column]
-            columns[f"{names[source]}|demand.{service_class}.mbps"] = frame[column] * SERVICE_NEEDS[service_class][0]
+            columns[f"{names[source]}|{demand_metric(service_class, 'mbps')}"] = frame[column] * SERVICE_NEEDS[service_class][0]
     return pd.DataFrame(columns)
 
 
