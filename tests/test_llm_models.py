@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,6 +72,21 @@ def test_init_saves_a_checkpoint_whose_reload_gives_identical_logits(tiny) -> No
     assert losses[-1] < losses[0]
     loaded, tokenizer = load_causal_lm(directory)
     batch = tokenizer(["cell MI-1 | Brera | evening", "find a cafe nearby"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_a_llama_saved_tied_loads_tied_when_its_config_leaves_the_tie_out(tmp_path: Path) -> None:
+    """LLaMA's default is untied: without the flag, transformers would decode through a random matrix."""
+    model, tokenizer, losses, facts = initialise_model(replace(TINY, steps=3, arch="llama"))
+    save_initialised(tmp_path, model, tokenizer, losses, facts)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("tie_word_embeddings") is True
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_causal_lm(tmp_path)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight and loaded.config.tie_word_embeddings
+    batch = tokenizer(["find a cafe nearby"], return_tensors="pt")
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)

@@ -54,8 +54,40 @@ def load_causal_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load a causal LM from {path} ({_first_line(exc)}): is it a GPT-2 or LLaMA checkpoint?") from exc
+    tie_output_saved_without_weights(model, path)
     model.eval()
     return model, tokenizer
+
+
+def tie_output_saved_without_weights(model: PreTrainedModel, path: Path) -> bool:
+    """Tie the output projection to the input embeddings when the checkpoint has no weights for it.
+
+    A checkpoint without ``lm_head.weight`` was saved tied. When its ``config.json`` does not say so
+    (a writer that leaves out ``tie_word_embeddings``, or a model cache converted by another
+    transformers version; LLaMA's default is untied), transformers fills the projection with fresh
+    random weights and the model decodes noise. True when it tied them.
+    """
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or embeddings is None or output.weight is embeddings.weight or output.weight.shape != embeddings.weight.shape:
+        return False
+    saved = saved_tensor_names(path)
+    name = next(n for n, p in model.named_parameters(remove_duplicate=False) if p is output.weight)
+    if not saved or name in saved:
+        return False
+    output.weight = embeddings.weight
+    model.config.tie_word_embeddings = True
+    return True
+
+
+def saved_tensor_names(path: Path) -> set[str]:
+    """Names of the tensors in a checkpoint's safetensors files (empty for other formats)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            names.update(tensors.keys())
+    return names
 
 
 def _first_line(exc: BaseException) -> str:
