@@ -11,6 +11,20 @@ import pytest
 from nm_toolkit.devtools.kafka import KafkaBroker
 
 TESTS_DIR = Path(__file__).parent
+
+
+def _bind_library_log_handlers() -> None:
+    """transformers and huggingface_hub give their loggers a stream handler on first use, bound to
+    the ``sys.stderr`` of that moment. Bind them now, to the session's stream: bound inside a
+    ``CliRunner.invoke`` they would write to its stream after it closed ("I/O operation on closed file")."""
+    import huggingface_hub.utils.logging
+    import transformers.utils.logging
+
+    huggingface_hub.utils.logging.get_logger()
+    transformers.utils.logging.get_logger()
+
+
+_bind_library_log_handlers()
 DATA_DIR = TESTS_DIR / "data"
 
 
