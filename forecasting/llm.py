@@ -417,14 +417,27 @@ class _LlmMany(ManyFitted):
 
 # How the edge's trend adapter is trained unless told otherwise (bench/trend_lora.py compares settings):
 # the context is what a 256-position model holds next to a day-long chunk at one decimal
-EDGE_TREND: dict[str, object] = {"context_points": 72, "chunk_points": 24, "precision": 1, "learning_rate": 1e-2, "train_embeddings": True}
+EDGE_TREND: dict[str, object] = {"context_points": 72, "chunk_points": 24, "precision": 1, "train_embeddings": True}
+# The learning rate by the edge base's size: the toolkit's own bases (a few million parameters,
+# briefly pre-trained) learn the digits at 1e-2; SmolLM2-135M's adapter diverged there (loss 0.87 ->
+# 5.8, every sample malformed) and trains at 3e-4 (bench/RESULTS.md, issue 24).
+SMALL_BASE_PARAMETERS = 20_000_000
+SMALL_BASE_LEARNING_RATE, PRETRAINED_LEARNING_RATE = 1e-2, 3e-4
+
+
+def edge_trend_learning_rate(edge_model: str | Path) -> float:
+    """The trend adapter's learning rate on ``edge_model`` when none is given (by its parameter count)."""
+    from nm_toolkit.llm.offline import checkpoint_parameters
+
+    return SMALL_BASE_LEARNING_RATE if checkpoint_parameters(Path(edge_model)) < SMALL_BASE_PARAMETERS else PRETRAINED_LEARNING_RATE
 
 
 def train_trend_adapter(frame: pd.DataFrame, edge_model: str | Path, adapters_dir: str | Path, **params: object) -> tuple[AdapterCard, LlmForecaster]:
     """Tune the trend adapter on ``edge_model`` over windows of every series in ``frame`` (``params``
-    over :data:`EDGE_TREND`) and save it with the edge's adapters: the one-off training that the
+    over :data:`EDGE_TREND`, the learning rate by the base's size) and save it with the edge's adapters: the one-off training that the
     forecast service then only loads."""
-    forecaster = LlmForecaster(base_model=edge_model, **{**EDGE_TREND, **params})._fit_frame(frame)  # type: ignore[arg-type]
+    params = {**EDGE_TREND, "learning_rate": edge_trend_learning_rate(edge_model), **params}
+    forecaster = LlmForecaster(base_model=edge_model, **params)._fit_frame(frame)  # type: ignore[arg-type]
     if not hasattr(forecaster, "lm_"):
         window = forecaster.context_points + forecaster.chunk_points
         raise UserError(f"no series has the {window} points of one training window: pass a longer file or lower --context-points")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from forecasting.data import load_series_frame
 from forecasting.digits import DigitCodec, SpacedDigitCodec, codec_for
-from forecasting.llm import ADAPTER, TREND_TASK, LlmForecaster, train_trend_adapter
+from forecasting.llm import ADAPTER, SMALL_BASE_LEARNING_RATE, TREND_TASK, LlmForecaster, train_trend_adapter
 from forecasting.naive import SeasonalNaive
 from forecasting.registry import make_model
 from forecasting.select import AutoSelect
@@ -77,6 +77,7 @@ def test_trend_adapter_is_saved_with_the_edge_adapters_and_one_base_serves_both(
     adapters, card = trend
     assert card.name == ADAPTER and card.task == TREND_TASK and card.train_examples > 0
     assert card.config["forecaster"]["chunk_points"] == 6
+    assert card.config["forecaster"]["learning_rate"] == SMALL_BASE_LEARNING_RATE  # the tiny base's, chosen by its size
     lm = AdapterLM.load(tiny_llms / "edge", AdapterRegistry(adapters))
     assert {c.task for c in lm.cards.values()} == {COMPLETION_TASK, TREND_TASK}
     assert lm.select(COMPLETION_TASK, None) == "completion" and lm.select(TREND_TASK, None) == ADAPTER

@@ -7,6 +7,7 @@ Operators bring their own weights (a GPT-2 at the edge, a LLaMA in the cloud) or
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -81,13 +82,24 @@ def tie_output_saved_without_weights(model: PreTrainedModel, path: Path) -> bool
 
 def saved_tensor_names(path: Path) -> set[str]:
     """Names of the tensors in a checkpoint's safetensors files (empty for other formats)."""
+    return set(saved_tensor_shapes(path))
+
+
+def checkpoint_parameters(path: Path) -> int:
+    """How many parameters a checkpoint directory holds, read from its safetensors headers (no load)."""
+    check_checkpoint_dir(path)
+    return sum(math.prod(shape) for shape in saved_tensor_shapes(path).values())
+
+
+def saved_tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a checkpoint's safetensors files, from their headers."""
     from safetensors import safe_open
 
-    names: set[str] = set()
+    shapes: dict[str, list[int]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as tensors:
-            names.update(tensors.keys())
-    return names
+            shapes.update({name: tensors.get_slice(name).get_shape() for name in tensors.keys()})
+    return shapes
 
 
 def _first_line(exc: BaseException) -> str:
