@@ -210,9 +210,10 @@ class TelemetryCollector(StreamService):
         """Close windows the watermark passed, and every window of a partition that saw no
         record for ``idle_close_seconds`` while it was really idle: its consumer a stable group
         member in touch with the broker, and the partition fetched up to its end (an outage, a
-        rejoin, or a backlog not fetched yet is not idleness). An idle close depends on the clock,
-        not on the log, so it is checkpointed at once: a replay after a crash must not close the
-        same windows differently."""
+        rejoin, or a backlog not fetched yet is not idleness), that end confirmed by the broker
+        before the windows close (records written during an outage are in no fetch yet). An idle
+        close depends on the clock, not on the log, so it is checkpointed at once: a replay after
+        a crash must not close the same windows differently."""
         idle = self.config.idle_close_seconds
         now = time.monotonic()
         # Idleness accrues while this loop runs, at most MAX_IDLE_STEP_S a tick: a process that was
@@ -220,15 +221,19 @@ class TelemetryCollector(StreamService):
         # poll after the pause may come back empty while the fetch that brings the records is in flight.
         elapsed = min(max(0.0, now - self._last_tick), MAX_IDLE_STEP_S)
         self._last_tick = now
-        idle_closed = False
         for tp, state in self._partitions.items():
             state.idle_s = 0.0 if not progress.healthy or tp in progress.unfetched else state.idle_s + elapsed
-            if idle is not None and state.idle_s >= idle and state.windows.open_windows:
+        due = [tp for tp, state in self._partitions.items() if idle is not None and state.idle_s >= idle and state.windows.open_windows]
+        # The end the last fetch saw may predate an outage: the log itself must say nothing waits
+        idle_at_end = progress.at_log_end(due) if due else frozenset()
+        for tp, state in self._partitions.items():
+            if tp in idle_at_end:
                 self._publish(state.windows.close_all(), out)
-                state.dirty = idle_closed = True
+                state.dirty = True
             else:
+                state.idle_s = 0.0 if tp in due else state.idle_s  # records wait in the log: not idle
                 self._publish(state.windows.close_ready(), out)
-        return idle_closed
+        return bool(idle_at_end)
 
     def close_all_windows(self, out: Emitter) -> int:
         """Close every open window now (the end of a finite input); return how many closed."""

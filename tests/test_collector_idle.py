@@ -1,5 +1,6 @@
-"""Idle close counts only real idleness: a partition not fetched to its end (a backlog, a rejoin)
-or a consumer out of touch with its group keeps its windows open however long it is silent."""
+"""Idle close counts only real idleness: a partition not fetched to its end (a backlog, a rejoin,
+records the broker has that no fetch brought yet) or a consumer out of touch with its group keeps
+its windows open however long it is silent."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_silence_is_idleness_only_while_the_partition_is_fetched_to_its_end_by_a
     (tp,) = collector._partitions
     assert collector.stats()["open_windows"] == 1
 
-    for silent in (Progress(healthy=True, unfetched=frozenset({tp})), Progress(healthy=False)):
+    records_wait_in_the_log = Progress(healthy=True, at_log_end=lambda tps: frozenset())  # the last fetch's end is stale
+    for silent in (Progress(healthy=True, unfetched=frozenset({tp})), Progress(healthy=False), records_wait_in_the_log):
         for _ in range(3):
             time.sleep(0.25)  # longer than the idle close, in silence
             assert collector.tick(runner.emitter, silent) is False

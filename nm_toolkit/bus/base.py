@@ -8,7 +8,7 @@ cluster). Offsets follow Kafka's convention: a committed offset is the *next* on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 TopicPartition = tuple[str, int]
@@ -109,6 +109,13 @@ class Consumer(ABC):
     def position(self, partition: TopicPartition) -> int | None:
         """The offset the next fetch of ``partition`` starts at (None: not known yet), without
         waiting for the bus."""
+
+    def log_end(self, partitions: Collection[TopicPartition], timeout_s: float) -> dict[TopicPartition, int] | None:
+        """The end offsets of ``partitions`` in the log now, asked of the bus (None: it cannot say
+        within ``timeout_s``). Unlike :meth:`highwater` this is never stale: after an outage, the
+        last fetch's end says nothing of what was written since."""
+        ends = {tp: self.highwater(tp) for tp in partitions}
+        return None if any(end is None for end in ends.values()) else ends  # type: ignore[return-value]
 
     def healthy(self) -> bool:
         """Whether the consumer is in touch with its group coordinator and a stable member of its

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
@@ -387,6 +387,13 @@ class KafkaBusConsumer(Consumer):
         except (AttributeError, KeyError):
             return None
         return None if state is None else int(state.offset)
+
+    def log_end(self, partitions: Collection[TopicPartition], timeout_s: float) -> dict[TopicPartition, int] | None:
+        try:
+            ends = self._consumer.end_offsets([KafkaTopicPartition(*tp) for tp in partitions], timeout_ms=int(timeout_s * 1000))
+        except KafkaError:  # the broker cannot say in time (it is down, or the leader moved): not known
+            return None
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
 
     def healthy(self) -> bool:
         # kafka-python has no public probe; read (without side effects) whether the group

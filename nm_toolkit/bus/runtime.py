@@ -33,7 +33,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -50,6 +50,9 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 FATAL_ERRORS: tuple[type[BaseException], ...] = (DeliveryFailed, OSError, MemoryError, sqlite3.Error)
 """Errors that say the service, not the message, is broken: they stop it instead of dead-lettering."""
+
+LOG_END_TIMEOUT_S = 5.0
+"""How long :attr:`Progress.at_log_end` waits for the bus to say where a log ends (no answer: not at its end)."""
 
 
 class Rejected(Exception):
@@ -133,6 +136,10 @@ class Progress:
     unfetched: frozenset[TopicPartition] = frozenset()
     """Owned partitions not fetched up to their end since they were assigned (their end or
     position unknown, or messages left): silence on them is not idleness."""
+    at_log_end: Callable[[Collection[TopicPartition]], frozenset[TopicPartition]] = frozenset
+    """Of the given partitions, those whose fetch position has reached the end of the log as the
+    bus reports it now (a request: for a decision the clock alone must not make, such as closing
+    windows for idleness; the end the last fetch saw may predate an outage)."""
 
 
 class Emitter:
@@ -497,7 +504,13 @@ class StreamRunner:
         """Where this runner stands now (see :class:`Progress`)."""
         lags = self.lag()
         caught_up = polled_nothing and bool(self._owned) and len(lags) == len(self._owned) and not any(lags.values())
-        return Progress(healthy=self.consumer.healthy(), caught_up=caught_up, unfetched=self._unfetched())
+        return Progress(healthy=self.consumer.healthy(), caught_up=caught_up, unfetched=self._unfetched(), at_log_end=self._at_log_end)
+
+    def _at_log_end(self, partitions: Collection[TopicPartition]) -> frozenset[TopicPartition]:
+        ends = self.consumer.log_end(partitions, LOG_END_TIMEOUT_S) if partitions else {}
+        if ends is None:
+            return frozenset()
+        return frozenset(tp for tp in partitions if (at := self.consumer.position(tp)) is not None and tp in ends and at >= ends[tp])
 
     def _unfetched(self) -> frozenset[TopicPartition]:
         """Owned partitions whose fetch position has not reached their end as last fetched (the
