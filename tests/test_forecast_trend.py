@@ -164,11 +164,12 @@ def test_cli_trains_the_trend_adapter_once_and_predict_uses_it(tiny_llms: Path, 
     env = {"NMT_LLM__EDGE_MODEL": str(tiny_llms / "edge"), "NMT_LLM__ADAPTERS_DIR": str(tmp_path / "adapters"), "NMT_STATE_DIR": str(tmp_path / "state")}
     result = CliRunner().invoke(
         app, ["forecast", "train-trend", "-i", str(DATA), "--series", "10,1001", "--context-points", "36", "--chunk-points", "6",
-              "--max-windows", "16", "--json"], env=env,
+              "--max-windows", "16", "--lr", "5e-3", "--json"], env=env,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["task"] == TREND_TASK and out["windows"] == 16 and Path(out["adapter"]) == tmp_path / "adapters" / ADAPTER
+    assert out["learning_rate"] == 5e-3  # the user's, over the one the base's size would give
     monkeypatch.setattr(LoraFineTuner, "fit", lambda *a, **k: pytest.fail("predict tuned the adapter"))
     result = CliRunner().invoke(app, ["forecast", "predict", "-i", str(DATA), "--model", "llm", "--horizon", "6", "--series", "10", "--json"], env=env)
     assert result.exit_code == 0, result.output

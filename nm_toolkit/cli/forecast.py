@@ -256,6 +256,7 @@ def train_trend(
     chunk_points: int | None = typer.Option(None, help="values it writes per generation (default 24); longer horizons go chunk by chunk"),
     max_windows: int = typer.Option(2400, help="at most this many (context, next chunk) training windows"),
     epochs: float = typer.Option(1.0, help="passes over the windows"),
+    learning_rate: float | None = typer.Option(None, "--lr", help="LoRA learning rate (default by the base's size: 1e-2 small, 3e-4 pretrained)"),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -270,15 +271,18 @@ def train_trend(
     sizes = {"context_points": context_points, "chunk_points": chunk_points, "max_windows": max_windows, "epochs": epochs}
     for name, value in sizes.items():
         _positive(value, "--" + name.replace("_", "-"))
+    _positive(learning_rate, "--lr")
     paths = LlmPaths.from_settings(settings_from(config))
     if not (paths.edge_model / "config.json").is_file():
         raise UserError(f"no edge model at {paths.edge_model}: build one with `nmt llm build` or set llm.edge_model")
     frame, _ = load_series_frame(input, _split_names(series))
     with err_console.status(f"training the trend adapter on {frame.shape[1]} series...") if not as_json else nullcontext():
-        card, fitted = train_trend_adapter(frame, paths.edge_model, paths.adapters_dir, **{k: v for k, v in sizes.items() if v is not None})
+        card, fitted = train_trend_adapter(
+            frame, paths.edge_model, paths.adapters_dir, **{k: v for k, v in {**sizes, "learning_rate": learning_rate}.items() if v is not None}
+        )
     data = {
         "adapter": str(paths.adapters_dir / card.name), "task": card.task, "base": card.base, "series": frame.shape[1],
-        "windows": card.train_examples, "steps": len(fitted.losses_), "final_loss": round(fitted.losses_[-1], 4),
+        "windows": card.train_examples, "steps": len(fitted.losses_), "learning_rate": fitted.learning_rate, "final_loss": round(fitted.losses_[-1], 4),
         "train_seconds": card.train_seconds,
     }
     emit(as_json, data, "trend adapter")
