@@ -231,7 +231,8 @@ class TelemetryCollector(StreamService):
                 self._publish(state.windows.close_all(), out)
                 state.dirty = True
             else:
-                state.idle_s = 0.0 if tp in due else state.idle_s  # records wait in the log: not idle
+                if tp in due:  # records wait in the log: not idle
+                    state.idle_s = 0.0
                 self._publish(state.windows.close_ready(), out)
         return bool(idle_at_end)
 

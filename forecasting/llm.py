@@ -434,8 +434,8 @@ def edge_trend_learning_rate(edge_model: str | Path) -> float:
 
 def train_trend_adapter(frame: pd.DataFrame, edge_model: str | Path, adapters_dir: str | Path, **params: object) -> tuple[AdapterCard, LlmForecaster]:
     """Tune the trend adapter on ``edge_model`` over windows of every series in ``frame`` (``params``
-    over :data:`EDGE_TREND`, the learning rate by the base's size) and save it with the edge's adapters: the one-off training that the
-    forecast service then only loads."""
+    over :data:`EDGE_TREND`, the learning rate by the base's size) and save it with the edge's
+    adapters: the one-off training that the forecast service then only loads."""
     params = {**EDGE_TREND, "learning_rate": edge_trend_learning_rate(edge_model), **params}
     forecaster = LlmForecaster(base_model=edge_model, **params)._fit_frame(frame)  # type: ignore[arg-type]
     if not hasattr(forecaster, "lm_"):

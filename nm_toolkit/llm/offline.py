@@ -71,18 +71,13 @@ def tie_output_saved_without_weights(model: PreTrainedModel, path: Path) -> bool
     output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
     if output is None or embeddings is None or output.weight is embeddings.weight or output.weight.shape != embeddings.weight.shape:
         return False
-    saved = saved_tensor_names(path)
+    saved = saved_tensor_shapes(path)
     name = next(n for n, p in model.named_parameters(remove_duplicate=False) if p is output.weight)
     if not saved or name in saved:
         return False
     output.weight = embeddings.weight
     model.config.tie_word_embeddings = True
     return True
-
-
-def saved_tensor_names(path: Path) -> set[str]:
-    """Names of the tensors in a checkpoint's safetensors files (empty for other formats)."""
-    return set(saved_tensor_shapes(path))
 
 
 def checkpoint_parameters(path: Path) -> int:
@@ -92,7 +87,8 @@ def checkpoint_parameters(path: Path) -> int:
 
 
 def saved_tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Name -> shape of every tensor in a checkpoint's safetensors files, from their headers."""
+    """Name -> shape of every tensor in a checkpoint's safetensors files, from their headers (empty
+    for other formats)."""
     from safetensors import safe_open
 
     shapes: dict[str, list[int]] = {}
