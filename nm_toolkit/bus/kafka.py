@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 METADATA_MAX_AGE_MS = 5_000
 METADATA_WAIT_S = 30.0  # a consumer waits this long at most for its topics' partitions before it joins
 TRANSACTION_TIMEOUT_MS = 10_000
+JOIN_WAIT_S = 30.0  # a member rejoining its group waits this long in one poll for the join to finish
 
 
 class BusUnavailable(UserError):
@@ -337,6 +338,7 @@ class KafkaBusConsumer(Consumer):
         connection errors out of poll during a broker restart: the member keeps its place and
         waits, as the Java client does)."""
         try:
+            self._finish_join()
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             if not is_transient(exc):
@@ -357,6 +359,23 @@ class KafkaBusConsumer(Consumer):
             for records in batches.values()
             for r in records
         ]
+
+    def _finish_join(self) -> None:
+        """See a group join begun by an earlier poll through to its assignment.
+
+        kafka-python 3 (3.0.12) runs a join as a task that outlives a short poll. The next poll
+        awaits it again only while the coordinator still says a rejoin is needed, and sends a new
+        JoinGroup when it finds the task already done, dropping that result. So a member polling
+        with no timeout (a busy service) rejoins forever and never holds a partition, and a
+        leader whose rejoin a metadata change asked for clears that need in its own assignment
+        and is stranded: no partitions, no heartbeats, evicted. Seen beside ``stress --cpu 2``:
+        a restarted edge held nothing for minutes. Java's client keeps the join until it is
+        applied; this does the same by waiting for it here, where nothing is owned anyway."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if getattr(coordinator, "_join_task", None) is None:
+            return
+        coordinator.request_rejoin()  # keep the join wanted until it is applied
+        coordinator.ensure_active_group(timeout_ms=int(JOIN_WAIT_S * 1000))
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if offsets:
