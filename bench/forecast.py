@@ -11,7 +11,9 @@ leaks); ``bench/trend_lora.py`` trains it that way and compares it with the digi
 A second table scores the cheap models on the week
 *before* the test week (days 48-55), so the choice of default model is not made on the test set.
 
-    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 0]
+Holidays are Italy's by default (the data are Milan's): ``--holidays none`` scores the week without them.
+
+    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 0] [--holidays IT]
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ import pandas as pd
 from forecasting.backtest import backtest, fixed_origin
 from forecasting.data import load_series_frame
 from forecasting.registry import make_model
+from nm_toolkit.config import ForecastSettings, Settings
 
 DATA = Path("../shared/data/milan_cdr_hourly.csv")  # relative to the repository root, as in the issue
-ALL_CELL_MODELS = ("snaive_daily", "snaive_weekly", "seasonal_mean", "ets", "gbm", "ensemble", "auto")
-VALIDATION_MODELS = ("snaive_weekly", "seasonal_mean", "gbm", "ensemble")
+ALL_CELL_MODELS = ("snaive_daily", "snaive_weekly", "seasonal_mean", "day_type", "ets", "gbm", "ensemble", "auto")
+VALIDATION_MODELS = ("snaive_weekly", "seasonal_mean", "day_type", "gbm", "ensemble")
 
 
-def score(frame: pd.DataFrame, step: pd.Timedelta, models: tuple[str, ...], train_days: int) -> pd.DataFrame:
+def score(frame: pd.DataFrame, step: pd.Timedelta, models: tuple[str, ...], train_days: int, settings: Settings) -> pd.DataFrame:
+    """Each model once from day ``train_days``, 168 hours ahead; with a holiday calendar, the
+    ensemble without it too (what it was before the calendar, in the same run)."""
     origins = fixed_origin(len(frame), train_days * 24, 168)
-    chosen = {name: make_model(name, step) for name in models}
+    chosen = {name: make_model(name, step, settings) for name in models}
+    if settings.forecast.holidays and "ensemble" in models:
+        chosen["ensemble, no holidays"] = make_model("ensemble", step, settings.model_copy(update={"forecast": ForecastSettings()}))
     result = backtest(frame, chosen, origins, 168, season=24, level=0.9, on_step=lambda m, _: print(f"  done {m}", flush=True))
     table = result.summary()
     table.insert(0, "cells", frame.shape[1])
@@ -54,15 +61,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sarima-cells", type=int, default=15)
     parser.add_argument("--llm-cells", type=int, default=0, help="cells the llm model (edge model + trained trend adapter) runs on; 0 leaves it out")
+    parser.add_argument("--holidays", default="IT", help="the data's holiday calendar (Milan: IT); 'none' for weekends only")
     args = parser.parse_args()
+    settings = Settings(forecast=ForecastSettings(holidays=None if args.holidays == "none" else args.holidays))
     frame, step = load_series_frame(args.data)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     subset = frame.iloc[:, : args.sarima_cells]
     with_llm = ("llm",) if args.llm_cells == args.sarima_cells else ()
-    test_all = score(frame, step, ALL_CELL_MODELS, 55)
-    test_subset = score(subset, step, ALL_CELL_MODELS + ("sarima",) + with_llm, 55)
-    test_llm = score(frame.iloc[:, : args.llm_cells], step, ALL_CELL_MODELS + ("llm",), 55) if args.llm_cells and not with_llm else None
-    validation = score(frame.iloc[: 55 * 24], step, VALIDATION_MODELS, 48)
+    test_all = score(frame, step, ALL_CELL_MODELS, 55, settings)
+    test_subset = score(subset, step, ALL_CELL_MODELS + ("sarima",) + with_llm, 55, settings)
+    test_llm = score(frame.iloc[:, : args.llm_cells], step, ALL_CELL_MODELS + ("llm",), 55, settings) if args.llm_cells and not with_llm else None
+    validation = score(frame.iloc[: 55 * 24], step, VALIDATION_MODELS, 48, settings)
     pd.set_option("display.width", 160)
     print("\n## Test week (train days 1-55, score days 56-62), all cells")
     print(test_all.round(3).to_string())

@@ -33,6 +33,19 @@ def _seasonal_mean(day: int) -> Forecaster:
     return SeasonalMean(day, seasons=7)
 
 
+def _calendar(settings: Settings | None) -> str | None:
+    """The holiday calendar of ``settings`` (default: the settings file and ``NMT_*`` variables)."""
+    from nm_toolkit.config import load_settings
+
+    return (settings or load_settings()).forecast.holidays
+
+
+def _day_type(settings: Settings | None) -> Forecaster:
+    from forecasting.daytype import DayTypeProfile
+
+    return DayTypeProfile(days=8, calendar=_calendar(settings))
+
+
 def _gbm(recent_lags: int = 0) -> Forecaster:
     from forecasting.gbm import GlobalGBM
 
@@ -66,7 +79,7 @@ def _ar() -> Forecaster:
     return DirectAR()
 
 
-def _auto(day: int, week: int, extra: tuple[Forecaster, ...] = ()) -> Forecaster:
+def _auto(day: int, week: int, settings: Settings | None, extra: tuple[Forecaster, ...] = ()) -> Forecaster:
     """Per-series selection with the last value as the baseline a candidate must beat on its folds.
 
     Day-ahead: the seasonal and global models. At horizons of 6 hours or less the short-horizon
@@ -76,7 +89,7 @@ def _auto(day: int, week: int, extra: tuple[Forecaster, ...] = ()) -> Forecaster
     from forecasting.select import AutoSelect
 
     short = [*(_short(n) for n in SHORT_MODELS), _ar(), _seasonal_mean(day)]
-    return AutoSelect([_short("last_value"), *_auto_candidates(day, week), *extra], short_candidates=[*short, *extra])
+    return AutoSelect([_short("last_value"), *_auto_candidates(day, week, settings), *extra], short_candidates=[*short, *extra])
 
 
 def _auto_short() -> Forecaster:
@@ -87,14 +100,17 @@ def _auto_short() -> Forecaster:
     return AutoSelect([_short(n) for n in SHORT_MODELS], folds=12, refit_every=12)
 
 
-def _ensemble(day: int, week: int) -> Forecaster:
+def _ensemble(day: int, settings: Settings | None) -> Forecaster:
+    """The GBM with a profile: the day-type profile where a holiday calendar is set, else the
+    seasonal mean. Without holidays a weekday profile insists on the usual week through a holiday
+    week: on Milan it won the validation week and lost the Christmas test week (bench/RESULTS.md)."""
     from forecasting.combine import Combination
 
-    return Combination([_gbm(), _seasonal_mean(day)])
+    return Combination([_gbm(), _day_type(settings) if _calendar(settings) else _seasonal_mean(day)])
 
 
-def _auto_candidates(day: int, week: int) -> list[Forecaster]:
-    return [_seasonal_naive(week), _seasonal_mean(day), _gbm(), _ensemble(day, week)]
+def _auto_candidates(day: int, week: int, settings: Settings | None) -> list[Forecaster]:
+    return [_seasonal_naive(week), _seasonal_mean(day), _gbm(), _ensemble(day, settings)]
 
 
 def _llm(settings: Settings | None) -> Forecaster:
@@ -121,7 +137,9 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     "gbm": lambda day, week, settings: _gbm(),
     # the last hour's values as features (12 at 5 minutes, at least the last 3): for horizons of minutes to an hour
     "gbm_short": lambda day, week, settings: _gbm(recent_lags=max(3, day // 24)),
-    "ensemble": lambda day, week, settings: _ensemble(day, week),
+    "ensemble": lambda day, week, settings: _ensemble(day, settings),
+    # the mean day of the last 8 of its kind: working day, Saturday, Sunday or holiday (forecast.holidays)
+    "day_type": lambda day, week, settings: _day_type(settings),
     "llm": lambda day, week, settings: _llm(settings),
     "last_value": lambda day, week, settings: _short("last_value"),
     "drift": lambda day, week, settings: _short("drift"),
@@ -130,10 +148,10 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     # a robust linear model of the next hour on the last two hours of the same series (5-minute flows)
     "ar": lambda day, week, settings: _ar(),
     "auto_short": lambda day, week, settings: _auto_short(),
-    "auto": lambda day, week, settings: _auto(day, week),
+    "auto": lambda day, week, settings: _auto(day, week, settings),
     # the edge LLM's trend adapter joins automatic selection as one more candidate: a series gets it only
     # where it has the lowest validation MASE (the adapter is loaded for each fold, not tuned)
-    "auto_llm": lambda day, week, settings: _auto(day, week, (_llm(settings),)),
+    "auto_llm": lambda day, week, settings: _auto(day, week, settings, (_llm(settings),)),
 }
 MODEL_NAMES = tuple(BUILDERS)
 

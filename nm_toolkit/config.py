@@ -156,6 +156,11 @@ class ForecastSettings(BaseModel):
         default="sum", description="which window aggregate is the series value: sum for counts, mean for gauges"
     )
     level: float = Field(default=0.9, gt=0, lt=1)
+    holidays: str | None = Field(
+        default=None,
+        description="public holidays of this place (ISO 3166 code, optionally with a subdivision: IT, IT-MI, US-CA): "
+        "the day_type model, and the ensemble through it, forecast them as Sundays; none: weekends only",
+    )
     zero_fill_metrics: list[str] = Field(
         default_factory=lambda: ["demand.*"],
         description="metrics (glob patterns) counted from events, such as intent demand: a window that never "

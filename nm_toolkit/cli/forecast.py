@@ -30,6 +30,9 @@ app = typer.Typer(help="Forecasting: backtests, forecasts, and the forecast stor
 DEFAULT_BACKTEST_MODELS = "snaive_daily,snaive_weekly,seasonal_mean,gbm,ensemble"
 InputOption = typer.Option(..., "--input", "-i", help="wide CSV (timestamp + one column per series) or long CSV (timestamp, series, value)")
 SeriesOption = typer.Option(..., "--series", "-s", help="series id (a column name, or SOURCE|METRIC from the service)")
+HolidaysOption = typer.Option(
+    None, help="public holidays of the data's place (IT, IT-MI, US-CA): day_type and ensemble forecast them as Sundays "
+    "(default: settings forecast.holidays)")
 AtOption = typer.Option(None, "--at", help="a time (ISO 8601, UTC if no zone): the newest forecast issued at or before it")
 
 
@@ -47,6 +50,17 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
 
 def _split_names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _with_holidays(settings: Settings, holidays: str | None) -> Settings:
+    """``settings`` with ``--holidays``, when given, as the holiday calendar (checked now, so a
+    wrong code is one line before any work)."""
+    if holidays is None:
+        return settings
+    from forecasting.calendar import public_holidays
+
+    public_holidays(holidays, (2000,))
+    return settings.model_copy(update={"forecast": settings.forecast.model_copy(update={"holidays": holidays})})
 
 
 def _models(names: list[str], step: pd.Timedelta, settings: Settings) -> dict[str, Forecaster]:
@@ -82,6 +96,7 @@ def backtest(
         "(default with --rolling: a day of origins; 1 refits at every origin)"),
     global_refit_every: int | None = typer.Option(
         None, help="the same for models fitted across all series at once, gbm and ensemble (default: a week of origins)"),
+    holidays: str | None = HolidaysOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -106,7 +121,7 @@ def backtest(
         origins = rolling_origins(len(frame), train, h, step or h) if rolling else fixed_origin(len(frame), train, h)
     except ValueError as exc:
         raise UserError(f"{input}: {exc}") from exc
-    chosen = with_baseline(_models(_split_names(models), sampling, settings_from(config)))
+    chosen = with_baseline(_models(_split_names(models), sampling, _with_holidays(settings_from(config), holidays)))
     daily, weekly = default_refits(step or h, day)
     every, global_every = refit_every or daily, global_refit_every or weekly
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
@@ -141,6 +156,7 @@ def predict(
     horizon: int | None = typer.Option(None, help="steps to forecast (default: settings forecast.horizon)"),
     at: str | None = typer.Option(None, "--at", help="forecast as of this time: only data before it is used (default: after the last row)"),
     series: str | None = typer.Option(None, help="comma-separated series (columns) to forecast (default: all)"),
+    holidays: str | None = HolidaysOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -148,7 +164,7 @@ def predict(
     from forecasting.data import load_series_frame
     from nm_toolkit.schemas import Forecast
 
-    settings = settings_from(config)
+    settings = _with_holidays(settings_from(config), holidays)
     _positive(horizon, "--horizon")
     frame, sampling = load_series_frame(input, _split_names(series))
     cutoff = _parse_time(at, "--at")
