@@ -335,6 +335,10 @@ class StreamRunner:
         if new:
             resume.update(self.service.assigned(new))
             resume.update({tp: None for tp in new if tp[0] in self._tables})
+            # kafka-python 3 keeps the fetch position of a partition that comes back to this member,
+            # past what the service dropped when it was revoked (held, never committed): read again
+            # from the group's commit, as the next owner would (none: from the beginning)
+            resume.update({tp: self.consumer.committed(tp) for tp in new - resume.keys()})
         for tp, offset in resume.items():
             if offset is None:
                 self.consumer.seek_to_beginning(tp)
