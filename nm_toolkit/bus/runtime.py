@@ -212,8 +212,8 @@ class StreamService(ABC):
 
     def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int | None]:
         """Restore state for newly assigned partitions; return where to resume reading each one
-        (an offset; None for the beginning). Omitted partitions resume at the committed offset.
-        Runs on the bus client's thread: no bus I/O."""
+        (an offset; None for the beginning). Omitted partitions resume at the group's committed
+        offset. Runs on the polling thread, before any message of these partitions is handled."""
         return {}
 
     def revoked(self, partitions: set[TopicPartition]) -> None:
