@@ -43,8 +43,9 @@ class DayTypeProfile(VectorForecaster):
     Types are working days, Saturdays, and Sundays with the public holidays of ``calendar`` (an
     ISO 3166 code such as "IT" or "IT-MI"; None: Sundays only). Intervals come from the wider of
     two spreads at the same time of day, those days' and the last week's: a week of holidays strays
-    from its kind (on Milan's validation week, those days' spread alone covered 0.81, not 0.90). A type the history holds no day of (under a week of
-    history) is forecast from the mean of the last seven days, and the note says so.
+    from its kind (on Milan's validation week, those days' spread alone covered 0.81, not 0.90).
+    A type the history holds no day of (under a week of history) is forecast from the mean of the
+    last seven days, and the note says so.
     """
 
     name = "day_type"

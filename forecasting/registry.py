@@ -40,10 +40,10 @@ def _calendar(settings: Settings | None) -> str | None:
     return (settings or load_settings()).forecast.holidays
 
 
-def _day_type(settings: Settings | None) -> Forecaster:
+def _day_type(calendar: str | None) -> Forecaster:
     from forecasting.daytype import DayTypeProfile
 
-    return DayTypeProfile(days=8, calendar=_calendar(settings))
+    return DayTypeProfile(days=8, calendar=calendar)
 
 
 def _gbm(recent_lags: int = 0) -> Forecaster:
@@ -106,7 +106,8 @@ def _ensemble(day: int, settings: Settings | None) -> Forecaster:
     week: on Milan it won the validation week and lost the Christmas test week (bench/RESULTS.md)."""
     from forecasting.combine import Combination
 
-    return Combination([_gbm(), _day_type(settings) if _calendar(settings) else _seasonal_mean(day)])
+    calendar = _calendar(settings)
+    return Combination([_gbm(), _day_type(calendar) if calendar else _seasonal_mean(day)])
 
 
 def _auto_candidates(day: int, week: int, settings: Settings | None) -> list[Forecaster]:
@@ -139,7 +140,7 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     "gbm_short": lambda day, week, settings: _gbm(recent_lags=max(3, day // 24)),
     "ensemble": lambda day, week, settings: _ensemble(day, settings),
     # the mean day of the last 8 of its kind: working day, Saturday, Sunday or holiday (forecast.holidays)
-    "day_type": lambda day, week, settings: _day_type(settings),
+    "day_type": lambda day, week, settings: _day_type(_calendar(settings)),
     "llm": lambda day, week, settings: _llm(settings),
     "last_value": lambda day, week, settings: _short("last_value"),
     "drift": lambda day, week, settings: _short("drift"),
