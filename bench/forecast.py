@@ -12,8 +12,9 @@ A second table scores the cheap models on the week
 *before* the test week (days 48-55), so the choice of default model is not made on the test set.
 
 Holidays are Italy's by default (the data are Milan's): ``--holidays none`` scores the week without them.
+The breaks are Lombardy's Christmas school break (23 December to 6 January): ``--breaks none`` leaves it out.
 
-    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 0] [--holidays IT]
+    OMP_NUM_THREADS=1 python bench/forecast.py [--data ../shared/data/milan_cdr_hourly.csv] [--sarima-cells 15] [--llm-cells 0] [--holidays IT] [--breaks 12-23..01-06]
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ VALIDATION_MODELS = ("snaive_weekly", "seasonal_mean", "day_type", "gbm", "ensem
 
 def score(frame: pd.DataFrame, step: pd.Timedelta, models: tuple[str, ...], train_days: int, settings: Settings) -> pd.DataFrame:
     """Each model once from day ``train_days``, 168 hours ahead; with a holiday calendar, the
-    ensemble without it too (what it was before the calendar, in the same run)."""
+    ensemble without it too, and with breaks, day_type without them (what each was before, in the
+    same run)."""
     origins = fixed_origin(len(frame), train_days * 24, 168)
     chosen = {name: make_model(name, step, settings) for name in models}
     if settings.forecast.holidays and "ensemble" in models:
         chosen["ensemble, no holidays"] = make_model("ensemble", step, settings.model_copy(update={"forecast": ForecastSettings()}))
+    if settings.forecast.breaks and "day_type" in models:
+        no_breaks = settings.forecast.model_copy(update={"breaks": []})
+        chosen["day_type, no breaks"] = make_model("day_type", step, settings.model_copy(update={"forecast": no_breaks}))
     result = backtest(frame, chosen, origins, 168, season=24, level=0.9, on_step=lambda m, _: print(f"  done {m}", flush=True))
     table = result.summary()
     table.insert(0, "cells", frame.shape[1])
@@ -62,8 +67,10 @@ def main() -> None:
     parser.add_argument("--sarima-cells", type=int, default=15)
     parser.add_argument("--llm-cells", type=int, default=0, help="cells the llm model (edge model + trained trend adapter) runs on; 0 leaves it out")
     parser.add_argument("--holidays", default="IT", help="the data's holiday calendar (Milan: IT); 'none' for weekends only")
+    parser.add_argument("--breaks", default="12-23..01-06", help="comma-separated yearly breaks MM-DD..MM-DD (Milan: the Christmas school break); 'none'")
     args = parser.parse_args()
-    settings = Settings(forecast=ForecastSettings(holidays=None if args.holidays == "none" else args.holidays))
+    breaks = [] if args.breaks == "none" else args.breaks.split(",")
+    settings = Settings(forecast=ForecastSettings(holidays=None if args.holidays == "none" else args.holidays, breaks=breaks))
     frame, step = load_series_frame(args.data)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     subset = frame.iloc[:, : args.sarima_cells]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from forecasting.base import Forecaster
-    from nm_toolkit.config import Settings
+    from nm_toolkit.config import ForecastSettings, Settings
 
 DEFAULT_MODEL = "ensemble"
 
@@ -33,17 +33,17 @@ def _seasonal_mean(day: int) -> Forecaster:
     return SeasonalMean(day, seasons=7)
 
 
-def _calendar(settings: Settings | None) -> str | None:
-    """The holiday calendar of ``settings`` (default: the settings file and ``NMT_*`` variables)."""
+def _forecast_settings(settings: Settings | None) -> ForecastSettings:
+    """The forecast settings of ``settings`` (default: the settings file and ``NMT_*`` variables)."""
     from nm_toolkit.config import load_settings
 
-    return (settings or load_settings()).forecast.holidays
+    return (settings or load_settings()).forecast
 
 
-def _day_type(calendar: str | None) -> Forecaster:
+def _day_type(forecast: ForecastSettings) -> Forecaster:
     from forecasting.daytype import DayTypeProfile
 
-    return DayTypeProfile(days=8, calendar=calendar)
+    return DayTypeProfile(days=8, calendar=forecast.holidays, breaks=tuple(forecast.breaks))
 
 
 def _gbm(recent_lags: int = 0) -> Forecaster:
@@ -106,8 +106,8 @@ def _ensemble(day: int, settings: Settings | None) -> Forecaster:
     week: on Milan it won the validation week and lost the Christmas test week (bench/RESULTS.md)."""
     from forecasting.combine import Combination
 
-    calendar = _calendar(settings)
-    return Combination([_gbm(), _day_type(calendar) if calendar else _seasonal_mean(day)])
+    forecast = _forecast_settings(settings)
+    return Combination([_gbm(), _day_type(forecast) if forecast.holidays else _seasonal_mean(day)])
 
 
 def _auto_candidates(day: int, week: int, settings: Settings | None) -> list[Forecaster]:
@@ -139,8 +139,8 @@ BUILDERS: dict[str, Callable[[int, int, Settings | None], Forecaster]] = {
     # the last hour's values as features (12 at 5 minutes, at least the last 3): for horizons of minutes to an hour
     "gbm_short": lambda day, week, settings: _gbm(recent_lags=max(3, day // 24)),
     "ensemble": lambda day, week, settings: _ensemble(day, settings),
-    # the mean day of the last 8 of its kind: working day, Saturday, Sunday or holiday (forecast.holidays)
-    "day_type": lambda day, week, settings: _day_type(_calendar(settings)),
+    # the mean day of the last 8 of its kind: working day, Saturday, Sunday or holiday (forecast.holidays and .breaks)
+    "day_type": lambda day, week, settings: _day_type(_forecast_settings(settings)),
     "llm": lambda day, week, settings: _llm(settings),
     "last_value": lambda day, week, settings: _short("last_value"),
     "drift": lambda day, week, settings: _short("drift"),

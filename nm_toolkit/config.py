@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, StringConstraints, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -160,6 +160,11 @@ class ForecastSettings(BaseModel):
         default=None,
         description="public holidays of this place (ISO 3166 code, optionally with a subdivision: IT, IT-MI, US-CA): "
         "the day_type model, and the ensemble through it, forecast them as Sundays; none: weekends only",
+    )
+    breaks: list[Annotated[str, StringConstraints(pattern=r"^\d\d-\d\d\.\.\d\d-\d\d$")]] = Field(
+        default_factory=list,
+        description="yearly breaks, MM-DD..MM-DD (Milan's Christmas school break: 12-23..01-06): day_type forecasts their "
+        "working days, as it does a bridge between a holiday and a weekend, halfway between a working day and a Saturday",
     )
     zero_fill_metrics: list[str] = Field(
         default_factory=lambda: ["demand.*"],

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecasting.calendar import DAY_OFF, SATURDAY, WORKING_DAY, day_types
+from forecasting.calendar import DAY_OFF, REDUCED, SATURDAY, WORKING_DAY, day_types, parse_break
 from forecasting.combine import Combination
 from forecasting.daytype import DayTypeProfile
 from forecasting.naive import SeasonalMean
@@ -19,7 +19,7 @@ from nm_toolkit.errors import UserError
 from tests.test_forecast_cli import DATA, nmt
 
 HOUR = pd.Timedelta(hours=1)
-SHAPES = {WORKING_DAY: 10.0, SATURDAY: 6.0, DAY_OFF: 3.0}  # the level of each kind of day
+SHAPES = {WORKING_DAY: 10.0, SATURDAY: 6.0, DAY_OFF: 3.0, REDUCED: 8.0}  # the level of each kind of day
 
 
 def city(start: str, days: int, calendar: str | None, noise: float = 0.0) -> pd.DataFrame:
@@ -34,17 +34,31 @@ def city(start: str, days: int, calendar: str | None, noise: float = 0.0) -> pd.
 def test_day_types_follow_the_week_and_the_calendar() -> None:
     christmas_week = pd.date_range("2013-12-21", "2013-12-27", freq="D")  # Saturday .. Friday
     assert list(day_types(christmas_week)) == [SATURDAY, DAY_OFF, 0, 0, 0, 0, 0]
-    assert list(day_types(christmas_week, "IT")) == [SATURDAY, DAY_OFF, 0, 0, DAY_OFF, DAY_OFF, 0]
+    # Friday the 27th is a bridge between St Stephen's and the weekend
+    assert list(day_types(christmas_week, "IT")) == [SATURDAY, DAY_OFF, 0, 0, DAY_OFF, DAY_OFF, REDUCED]
     assert day_types([date(2013, 12, 7)], "IT-MI")[0] == DAY_OFF  # Milan's patron saint, a Saturday that year
     with pytest.raises(UserError, match="ISO 3166"):
         day_types(christmas_week, "XX")
+
+
+def test_the_working_days_of_a_break_over_the_new_year_are_reduced_and_no_other_day_is() -> None:
+    days = pd.date_range("2013-12-20", "2014-01-08", freq="D")
+    types = dict(zip(days.strftime("%m-%d"), day_types(days, "IT", ["12-23..01-06"]), strict=True))
+    assert [d for d, t in types.items() if t == REDUCED] == ["12-23", "12-24", "12-27", "12-30", "12-31", "01-02", "01-03"]
+    assert types["12-20"] == types["01-07"] == types["01-08"] == WORKING_DAY  # either side of the break
+    assert types["12-28"] == SATURDAY and types["01-06"] == types["01-01"] == DAY_OFF  # Epiphany and New Year stay holidays
+    assert list(day_types(days[:4], None, ["12-21..12-22"])) == [WORKING_DAY, SATURDAY, DAY_OFF, WORKING_DAY]
+    for wrong in ("13-01..01-06", "12-23", "12-23..02-30"):
+        with pytest.raises(UserError, match="MM-DD..MM-DD"):
+            parse_break(wrong)
 
 
 def test_a_holiday_is_forecast_from_the_sundays_with_a_calendar_and_as_a_working_day_without() -> None:
     history = city("2013-11-04", 49, "IT")  # seven weeks of Mondays..Sundays up to Sunday 22 December
     actual = city("2013-12-23", 7, "IT")
     forecast = DayTypeProfile(calendar="IT").forecast_many(history, 7 * 24)
-    assert np.allclose(forecast["cell-1"].mean, actual["cell-1"].to_numpy())  # Christmas and St Stephen's as Sundays
+    # Christmas and St Stephen's as Sundays, the bridge on the 27th halfway between a working day and a Saturday
+    assert np.allclose(forecast["cell-1"].mean, actual["cell-1"].to_numpy())
     plain = DayTypeProfile().forecast_many(history, 7 * 24)["cell-1"].mean
     christmas = slice(2 * 24, 3 * 24)
     assert np.allclose(plain[christmas], 2 * SHAPES[WORKING_DAY] * (1 + 0.5 * np.sin(2 * np.pi * np.arange(24) / 24)))
@@ -69,18 +83,21 @@ def test_a_kind_of_day_the_history_lacks_is_forecast_from_the_last_week_and_said
 
 
 def test_the_ensemble_pairs_the_gbm_with_day_types_only_where_a_calendar_is_set() -> None:
-    with_calendar = make_model("ensemble", HOUR, Settings(forecast=ForecastSettings(holidays="IT")))
+    with_calendar = make_model("ensemble", HOUR, Settings(forecast=ForecastSettings(holidays="IT", breaks=["12-23..01-06"])))
     without = make_model("ensemble", HOUR, Settings())
     assert isinstance(with_calendar, Combination) and isinstance(without, Combination)
     assert isinstance(with_calendar.members[1], DayTypeProfile) and with_calendar.members[1].calendar == "IT"
+    assert with_calendar.members[1].breaks == ("12-23..01-06",)
     assert isinstance(without.members[1], SeasonalMean)
 
 
-def test_backtest_takes_a_holiday_calendar_and_refuses_an_unknown_one() -> None:
+def test_backtest_takes_a_holiday_calendar_and_breaks_and_refuses_unknown_ones() -> None:
     code, out = nmt("forecast", "backtest", "--input", str(DATA), "--train-days", "14", "--horizon", "168",
-                    "--models", "day_type,seasonal_mean", "--holidays", "IT", "--json")  # fmt: skip
+                    "--models", "day_type,seasonal_mean", "--holidays", "IT", "--breaks", "12-23..01-06", "--json")  # fmt: skip
     assert code == 0, out
     models = {m["model"]: m for m in json.loads(out)["models"]}
     assert 0 < models["day_type"]["mase"] < 3 and 0 < models["day_type"]["coverage"] <= 1
     code, out = nmt("forecast", "backtest", "--input", str(DATA), "--holidays", "XX")
     assert code == 2 and "ISO 3166" in out and "\n" not in out.strip()
+    code, out = nmt("forecast", "backtest", "--input", str(DATA), "--breaks", "12-23..01-32")
+    assert code == 2 and "12-23..01-06" in out and "\n" not in out.strip()

@@ -33,6 +33,9 @@ SeriesOption = typer.Option(..., "--series", "-s", help="series id (a column nam
 HolidaysOption = typer.Option(
     None, help="public holidays of the data's place (IT, IT-MI, US-CA): day_type and ensemble forecast them as Sundays "
     "(default: settings forecast.holidays)")
+BreaksOption = typer.Option(
+    None, help="comma-separated yearly breaks, MM-DD..MM-DD (12-23..01-06): day_type forecasts their working days "
+    "halfway between a working day and a Saturday (default: settings forecast.breaks)")
 AtOption = typer.Option(None, "--at", help="a time (ISO 8601, UTC if no zone): the newest forecast issued at or before it")
 
 
@@ -52,15 +55,20 @@ def _split_names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
-def _with_holidays(settings: Settings, holidays: str | None) -> Settings:
-    """``settings`` with ``--holidays``, when given, as the holiday calendar (checked now, so a
-    wrong code is one line before any work)."""
-    if holidays is None:
-        return settings
-    from forecasting.calendar import public_holidays
+def _with_calendar(settings: Settings, holidays: str | None, breaks: str | None) -> Settings:
+    """``settings`` with ``--holidays`` and ``--breaks``, where given, as the calendar (checked now,
+    so a wrong code or break is one line before any work)."""
+    from forecasting.calendar import parse_break, public_holidays
 
-    public_holidays(holidays, (2000,))
-    return settings.model_copy(update={"forecast": settings.forecast.model_copy(update={"holidays": holidays})})
+    update: dict[str, object] = {}
+    if holidays is not None:
+        public_holidays(holidays, (2000,))
+        update["holidays"] = holidays
+    if breaks is not None:
+        update["breaks"] = _split_names(breaks)
+        for text in update["breaks"]:
+            parse_break(text)
+    return settings.model_copy(update={"forecast": settings.forecast.model_copy(update=update)}) if update else settings
 
 
 def _models(names: list[str], step: pd.Timedelta, settings: Settings) -> dict[str, Forecaster]:
@@ -97,6 +105,7 @@ def backtest(
     global_refit_every: int | None = typer.Option(
         None, help="the same for models fitted across all series at once, gbm and ensemble (default: a week of origins)"),
     holidays: str | None = HolidaysOption,
+    breaks: str | None = BreaksOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -121,7 +130,7 @@ def backtest(
         origins = rolling_origins(len(frame), train, h, step or h) if rolling else fixed_origin(len(frame), train, h)
     except ValueError as exc:
         raise UserError(f"{input}: {exc}") from exc
-    chosen = with_baseline(_models(_split_names(models), sampling, _with_holidays(settings_from(config), holidays)))
+    chosen = with_baseline(_models(_split_names(models), sampling, _with_calendar(settings_from(config), holidays, breaks)))
     daily, weekly = default_refits(step or h, day)
     every, global_every = refit_every or daily, global_refit_every or weekly
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
@@ -157,6 +166,7 @@ def predict(
     at: str | None = typer.Option(None, "--at", help="forecast as of this time: only data before it is used (default: after the last row)"),
     series: str | None = typer.Option(None, help="comma-separated series (columns) to forecast (default: all)"),
     holidays: str | None = HolidaysOption,
+    breaks: str | None = BreaksOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -164,7 +174,7 @@ def predict(
     from forecasting.data import load_series_frame
     from nm_toolkit.schemas import Forecast
 
-    settings = _with_holidays(settings_from(config), holidays)
+    settings = _with_calendar(settings_from(config), holidays, breaks)
     _positive(horizon, "--horizon")
     frame, sampling = load_series_frame(input, _split_names(series))
     cutoff = _parse_time(at, "--at")
