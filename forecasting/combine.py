@@ -1,4 +1,4 @@
-"""Forecast combination: the mean of several models' forecasts.
+"""Forecast combination: the (weighted) mean of several models' forecasts.
 
 Combining forecasts of models that err differently is one of the most reliable gains in
 forecasting (the M-competitions' lesson); intervals are combined by averaging the members'
@@ -18,12 +18,14 @@ from forecasting.base import Forecaster, ManyFitted, PointForecast
 
 
 class Combination(Forecaster):
-    """Equal-weight mean of ``members``' point forecasts and interval bounds."""
+    """Mean of ``members``' point forecasts and interval bounds, weighted by ``weights`` (relative;
+    None: equal)."""
 
     name = "combination"
 
-    def __init__(self, members: Sequence[Forecaster] = ()) -> None:
+    def __init__(self, members: Sequence[Forecaster] = (), weights: Sequence[float] | None = None) -> None:
         self.members = members
+        self.weights = weights
 
     @property
     def incremental(self) -> bool:  # type: ignore[override]
@@ -42,25 +44,26 @@ class Combination(Forecaster):
         return self
 
     def predict(self, horizon: int, level: float = 0.9) -> PointForecast:
-        return combine([m.predict(horizon, level) for m in self.fitted_])
+        return combine([m.predict(horizon, level) for m in self.fitted_], self.weights)
 
     def forecast_many(self, frame: pd.DataFrame, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
         if not self.members:
             raise ValueError("a combination needs at least one member forecaster")
         each = [m.forecast_many(frame, horizon, level) for m in self.members]
-        return {c: combine([forecasts[c] for forecasts in each]) for c in each[0]}
+        return {c: combine([forecasts[c] for forecasts in each], self.weights) for c in each[0]}
 
     def fit_many(self, frame: pd.DataFrame, horizon: int | None = None) -> ManyFitted:
         if not self.members:
             raise ValueError("a combination needs at least one member forecaster")
-        return _CombinedMany([m.fit_many(frame, horizon) for m in self.members])
+        return _CombinedMany([m.fit_many(frame, horizon) for m in self.members], self.weights)
 
 
 class _CombinedMany(ManyFitted):
     """Fitted members, each updated with the same rows; forecasts combined as in :func:`combine`."""
 
-    def __init__(self, members: list[ManyFitted]) -> None:
+    def __init__(self, members: list[ManyFitted], weights: Sequence[float] | None) -> None:
         self.members = members
+        self.weights = weights
 
     def update(self, new_points: pd.DataFrame) -> _CombinedMany:
         for member in self.members:
@@ -69,19 +72,20 @@ class _CombinedMany(ManyFitted):
 
     def predict_many(self, horizon: int, level: float = 0.9) -> dict[str, PointForecast]:
         each = [m.predict_many(horizon, level) for m in self.members]
-        return {c: combine([forecasts[c] for forecasts in each]) for c in each[0]}
+        return {c: combine([forecasts[c] for forecasts in each], self.weights) for c in each[0]}
 
 
-def combine(forecasts: Sequence[PointForecast]) -> PointForecast:
-    """The mean of ``forecasts`` (same index and level), named after its members, notes joined."""
+def combine(forecasts: Sequence[PointForecast], weights: Sequence[float] | None = None) -> PointForecast:
+    """The mean of ``forecasts`` (same index and level) weighted by ``weights`` (None: equal),
+    named after its members, notes joined."""
     first = forecasts[0]
     name = "mean(" + ",".join(f.model for f in forecasts) + ")"
     notes = "; ".join(dict.fromkeys(f"{f.model}: {f.note}" for f in forecasts if f.note))
     return PointForecast(
         first.index,
-        np.mean([f.mean for f in forecasts], axis=0),
-        np.mean([f.lower for f in forecasts], axis=0),
-        np.mean([f.upper for f in forecasts], axis=0),
+        np.average([f.mean for f in forecasts], axis=0, weights=weights),
+        np.average([f.lower for f in forecasts], axis=0, weights=weights),
+        np.average([f.upper for f in forecasts], axis=0, weights=weights),
         first.level,
         name,
         notes,

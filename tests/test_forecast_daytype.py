@@ -87,7 +87,7 @@ def test_the_ensemble_pairs_the_gbm_with_day_types_only_where_a_calendar_is_set(
     without = make_model("ensemble", HOUR, Settings())
     assert isinstance(with_calendar, Combination) and isinstance(without, Combination)
     assert isinstance(with_calendar.members[1], DayTypeProfile) and with_calendar.members[1].calendar == "IT"
-    assert with_calendar.members[1].breaks == ("12-23..01-06",)
+    assert with_calendar.members[1].breaks == ("12-23..01-06",) and with_calendar.weights == (1, 4)
     assert isinstance(without.members[1], SeasonalMean)
 
 

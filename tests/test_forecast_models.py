@@ -137,3 +137,17 @@ def test_origins_and_backtest_scores() -> None:
     assert list(summary.index) == ["weekly", "daily"] and len(result.scores) == 2 * 3 * 2
     assert summary.loc["weekly", "mase"] < summary.loc["daily", "mase"]  # weekends defeat yesterday's profile
     assert (summary["seconds_per_series"] > 0).all()
+
+
+def test_a_weighted_combination_weighs_means_and_bounds_and_updates_alike() -> None:
+    index = pd.date_range("2024-01-01", periods=24 * 14, freq="h")
+    frame = pd.DataFrame({"flat": np.full(len(index), 10.0), "ramp": np.arange(len(index), dtype=float)}, index=index)
+    naive, mean = SeasonalNaive(24), SeasonalMean(24, seasons=7)
+    weighted = Combination([naive, mean], weights=(1, 3)).forecast_many(frame, 24)
+    each = naive.forecast_many(frame, 24), mean.forecast_many(frame, 24)
+    for column in frame.columns:
+        for part in ("mean", "lower", "upper"):
+            expected = (getattr(each[0][column], part) + 3 * getattr(each[1][column], part)) / 4
+            assert np.allclose(getattr(weighted[column], part), expected)
+    updated = Combination([naive, mean], weights=(1, 3)).fit_many(frame.iloc[:-24]).update(frame.iloc[-24:]).predict_many(24)
+    assert np.allclose(updated["ramp"].mean, weighted["ramp"].mean)
