@@ -8,11 +8,12 @@ working directory, or the path in ``NMT_CONFIG``), and ``NMT_*`` environment var
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -145,6 +146,13 @@ class GnmiSettings(BaseModel):
     )
 
 
+def _month_day_range(text: str) -> str:
+    """A yearly break as the settings take it: MM-DD..MM-DD (the day itself is checked where used)."""
+    if not re.fullmatch(r"\d\d-\d\d\.\.\d\d-\d\d", text):
+        raise ValueError(f"{text!r} is not MM-DD..MM-DD: write e.g. 12-23..01-06")
+    return text
+
+
 class ForecastSettings(BaseModel):
     """Defaults of the forecasting step of the loop."""
 
@@ -161,7 +169,7 @@ class ForecastSettings(BaseModel):
         description="public holidays of this place (ISO 3166 code, optionally with a subdivision: IT, IT-MI, US-CA): "
         "the day_type model, and the ensemble through it, forecast them as Sundays; none: weekends only",
     )
-    breaks: list[Annotated[str, StringConstraints(pattern=r"^\d\d-\d\d\.\.\d\d-\d\d$")]] = Field(
+    breaks: list[Annotated[str, AfterValidator(_month_day_range)]] = Field(
         default_factory=list,
         description="yearly breaks, MM-DD..MM-DD (Milan's Christmas school break: 12-23..01-06): day_type forecasts their "
         "working days, as it does a bridge between a holiday and a weekend, halfway between a working day and a Saturday",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ def test_the_ensemble_pairs_the_gbm_with_day_types_only_where_a_calendar_is_set(
     assert isinstance(without.members[1], SeasonalMean)
 
 
-def test_backtest_takes_a_holiday_calendar_and_breaks_and_refuses_unknown_ones() -> None:
+def test_backtest_takes_a_holiday_calendar_and_breaks_and_refuses_unknown_ones(tmp_path: Path) -> None:
     code, out = nmt("forecast", "backtest", "--input", str(DATA), "--train-days", "14", "--horizon", "168",
                     "--models", "day_type,seasonal_mean", "--holidays", "IT", "--breaks", "12-23..01-06", "--json")  # fmt: skip
     assert code == 0, out
@@ -100,4 +101,8 @@ def test_backtest_takes_a_holiday_calendar_and_breaks_and_refuses_unknown_ones()
     code, out = nmt("forecast", "backtest", "--input", str(DATA), "--holidays", "XX")
     assert code == 2 and "ISO 3166" in out and "\n" not in out.strip()
     code, out = nmt("forecast", "backtest", "--input", str(DATA), "--breaks", "12-23..01-32")
+    assert code == 2 and "12-23..01-06" in out and "\n" not in out.strip()
+    config = tmp_path / "nmt.toml"
+    config.write_text('[forecast]\nbreaks = ["12-23"]\n')
+    code, out = nmt("forecast", "backtest", "--input", str(DATA), "--config", str(config))
     assert code == 2 and "12-23..01-06" in out and "\n" not in out.strip()
