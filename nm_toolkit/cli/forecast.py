@@ -65,9 +65,10 @@ def _with_calendar(settings: Settings, holidays: str | None, breaks: str | None)
         public_holidays(holidays, (2000,))
         update["holidays"] = holidays
     if breaks is not None:
-        update["breaks"] = _split_names(breaks)
-        for text in update["breaks"]:
+        names = _split_names(breaks)
+        for text in names:
             parse_break(text)
+        update["breaks"] = names
     return settings.model_copy(update={"forecast": settings.forecast.model_copy(update=update)}) if update else settings
 
 
