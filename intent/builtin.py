@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BUILTIN_METHOD = "vote"
 # How the built-in extractor is trained; a cached one trained otherwise is retrained on next use.
 # Change it whenever training changes what the extractor reads (issue 25: synthetic policy prose).
-RECIPE = "vote on the shipped slice + 600 sentences of synthetic policy prose (issue 25), hyphenated words as one token, grant frame"
+RECIPE = "vote on the shipped slice + 600 sentences of synthetic policy prose (issue 25), hyphenated words as one token, grant frame, open-class verbs, access and priority frames"
 RECIPE_FILE = "builtin_recipe.txt"
 # Where the shipped labelled intents are, relative to the source tree the package runs from.
 SHIPPED_INTENTS: tuple[Path, ...] = (Path(__file__).resolve().parents[1] / "tests" / "data" / "nile_intents_slice.json",)

@@ -37,6 +37,11 @@ POPULATIONS = (
     "volunteers", "vendors", "consultants", "teachers", "pupils", "nurses", "doctors", "trainees", "auditors",
     "home users", "mobile customers", "enterprise customers", "prepaid customers", "remote workers", "administrators",
 )
+DEVICES = (  # things on the network named as a rule's subject: a target like a population
+    "printers", "IP cameras", "IoT devices", "personal devices", "lab computers", "kiosks", "smart TVs", "sensors",
+    "guest laptops", "company phones", "building controllers", "thin clients", "test machines", "shared workstations",
+    "unmanaged devices", "staff laptops", "student laptops", "card readers", "voice handsets", "digital signage",
+)
 PLACES = (
     "residence halls", "dormitories", "dorms", "labs", "computer labs", "library", "main campus", "north campus",
     "science building", "arts building", "student center", "cafeteria", "lecture theatres", "classrooms",
@@ -58,8 +63,17 @@ TRAFFIC = (
     "all traffic", "bulk transfers", "software updates", "cloud backups", "music streaming", "live video",
     "video conferencing", "instant messaging", "remote access", "crypto mining", "adult content", "gambling sites",
     "large downloads", "multicast traffic", "guest traffic", "encrypted traffic", "unknown traffic", "outbound traffic",
-    "inbound traffic", "IoT traffic", "game downloads", "video uploads", "P2P traffic",
+    "inbound traffic", "IoT traffic", "game downloads", "video uploads", "P2P traffic", "connections", "outbound connections",
+    "file transfers", "remote desktop sessions", "data transfers", "downloads", "uploads", "spam", "bulk email",
+    "video chat", "voice calls", "replication traffic", "management traffic", "internet access", "proxy services",
+    "VPN services", "hotspot use", "scanning traffic", "port scans", "unencrypted traffic", "web downloads",
 )
+# a kind of traffic named by an activity and a head noun ("file sharing applications", "gaming
+# sites"), so that a whole noun phrase is one span and its head is not read as a target
+ACTIVITIES = ("file sharing", "peer-to-peer", "streaming", "video streaming", "gaming", "social networking", "messaging",
+              "cloud storage", "remote access", "remote control", "proxy", "torrent", "download", "music", "adult",
+              "gambling", "dating", "shopping", "crypto", "chat", "video sharing", "screen sharing", "webcam")  # fmt: skip
+HEADS = ("sites", "services", "applications", "apps", "tools", "software", "clients", "platforms", "websites", "programs")
 SERVICES = (
     "Netflix", "YouTube", "Facebook", "Instagram", "TikTok", "Twitch", "Spotify", "Steam", "Skype", "WhatsApp", "Zoom",
     "Dropbox", "Snapchat", "Discord", "Telegram", "Reddit", "Hulu", "Vimeo", "iCloud", "OneDrive", "Slack", "Webex",
@@ -110,7 +124,7 @@ EMPTY = (
 MODAL_OPS = ("may not use", "must not use", "cannot use", "are not allowed to use", "are not permitted to use",
              "may use", "are allowed to use", "are permitted to use", "can use", "may not access", "must not access",
              "are allowed to access", "cannot reach", "may not run", "must not run", "are not allowed to run",
-             "may not connect to", "are prohibited from using", "are blocked from", "will be denied", "may only use")  # fmt: skip
+             "may not stream", "are prohibited from using", "are blocked from", "will be denied", "may only use")  # fmt: skip
 PASSIVE_OPS = ("is not permitted", "is permitted", "is blocked", "is not blocked", "is allowed", "is not allowed", "is denied",
                "is prohibited", "is forbidden", "is disabled", "is enabled", "will be blocked", "will be denied",
                "must be blocked", "must not be blocked", "has been blocked", "has been disabled", "is restricted",
@@ -127,12 +141,71 @@ CONSTRAINTS_PASSIVE = ("limited", "capped", "throttled", "restricted", "rate lim
 GRANT_OPS = ("receive", "are given", "are guaranteed", "get", "are entitled to", "are offered", "are allocated", "keep",
              "retain", "will receive", "are granted")  # fmt: skip
 EXEMPT_OPS = ("are exempt from", "are not subject to", "bypass", "are excluded from", "are not covered by")
+# open-class operations: a modal or an auxiliary composed with one of many verbs (base form,
+# participle), so that the taggers learn the construction ("may not resell", "is quarantined"), not a
+# list of phrases; real policies use far more verbs than any list of whole phrases holds
+VERBS = (("use", "used"), ("run", "run"), ("host", "hosted"), ("install", "installed"), ("operate", "operated"),
+         ("stream", "streamed"), ("share", "shared"), ("send", "sent"), ("download", "downloaded"), ("upload", "uploaded"),
+         ("resell", "resold"), ("offer", "offered"), ("provide", "provided"), ("support", "supported"),
+         ("configure", "configured"), ("set up", "set up"), ("initiate", "initiated"), ("forward", "forwarded"),
+         ("relay", "relayed"), ("redirect", "redirected"), ("reroute", "rerouted"), ("suspend", "suspended"),
+         ("quarantine", "quarantined"), ("isolate", "isolated"), ("disconnect", "disconnected"), ("terminate", "terminated"),
+         ("encrypt", "encrypted"), ("schedule", "scheduled"), ("carry", "carried"), ("serve", "served"),
+         ("mirror", "mirrored"), ("record", "recorded"), ("register", "registered"), ("approve", "approved"),
+         ("tolerate", "tolerated"), ("accept", "accepted"), ("reserve", "reserved"), ("publish", "published"),
+         ("open", "opened"), ("close", "closed"), ("remove", "removed"), ("enable", "enabled"), ("disable", "disabled"),
+         ("block", "blocked"), ("allow", "allowed"), ("permit", "permitted"), ("deny", "denied"), ("refuse", "refused"))  # fmt: skip
+MODALS = ("may", "may not", "must", "must not", "cannot", "can", "can only", "may only", "will", "will not", "should not",
+          "are not allowed to", "are allowed to", "are required to", "are permitted to", "are not permitted to")  # fmt: skip
+AUXILIARIES = ("is", "is not", "will be", "will not be", "must be", "must not be", "has been", "may be", "can be",
+               "is never", "is always", "is automatically", "will no longer be", "is only")  # fmt: skip
+ACCESS_OPS = ("may only reach", "can only reach", "may not reach", "cannot reach", "must not reach", "can reach",
+              "may only contact", "may access", "may not access", "can only access")  # fmt: skip
+CONNECT_OPS = ("may only connect", "may not connect", "can connect", "cannot connect", "must only connect", "may only communicate",
+               "may not communicate", "can communicate")  # fmt: skip
+HAVE_ACCESS_OPS = ("have", "do not have", "will have", "will not have", "lose", "retain", "keep", "are given", "are denied",
+                   "are granted", "will lose", "no longer have", "still have", "are refused")  # fmt: skip
 FLOW_OPS = ("must pass through", "passes through", "is routed through", "is sent through", "goes through", "must go through",
             "is forwarded through")  # fmt: skip
 
 
 def _pick(rng: random.Random, options: tuple[str, ...]) -> str:
     return rng.choice(options)
+
+
+def _third_person(verb: str) -> str:
+    """ "carry" -> "carries", "set up" -> "sets up", "refuse" -> "refuses"."""
+    head, _, rest = verb.partition(" ")
+    if head.endswith("y") and head[-2:-1] not in "aeiou":
+        head = head[:-1] + "ie"
+    elif head.endswith(("s", "sh", "ch", "x")):
+        head += "e"
+    return f"{head}s" + (f" {rest}" if rest else "")
+
+
+def _modal_op(rng: random.Random) -> Phrase:
+    """ "may not resell", or one of the whole phrases of :data:`MODAL_OPS`; after "allowed to" or
+    "prohibited from" the verb is left out of the operation, as in the alpha file's "[Staff] [is
+    allowed to] access [ftp]"."""
+    op = _pick(rng, MODAL_OPS) if rng.random() < 0.5 else f"{_pick(rng, MODALS)} {rng.choice(VERBS)[0]}"
+    for word in (" to ", " from "):
+        if word in op:
+            head, verb = op.rsplit(word, 1)
+            return [(head + word.rstrip(), "operation"), (f" {verb}", None)]
+    return [(op, "operation")]
+
+
+def _passive_op(rng: random.Random) -> str:
+    """ "will no longer be forwarded", or one of the whole phrases of :data:`PASSIVE_OPS`."""
+    return _pick(rng, PASSIVE_OPS) if rng.random() < 0.5 else f"{_pick(rng, AUXILIARIES)} {rng.choice(VERBS)[1]}"
+
+
+def _active_op(rng: random.Random) -> str:
+    """ "quarantines", "does not resell", "will redirect", or one of :data:`ACTIVE_OPS`."""
+    if rng.random() < 0.5:
+        return _pick(rng, ACTIVE_OPS)
+    verb = rng.choice(VERBS)[0]
+    return rng.choice((_third_person(verb), _third_person(verb), f"does not {verb}", f"will {verb}", f"may {verb}"))
 
 
 def _population(rng: random.Random) -> str:
@@ -154,8 +227,10 @@ def _scope(rng: random.Random) -> Part:
 def _thing(rng: random.Random) -> Phrase:
     """What an operation applies to: traffic, a service, or a protocol (with a trailing noun left unlabelled)."""
     roll = rng.random()
-    if roll < 0.45:
+    if roll < 0.3:
         return [(_pick(rng, TRAFFIC), "traffic")]
+    if roll < 0.45:
+        return [(f"{_pick(rng, ACTIVITIES)} {_pick(rng, HEADS)}", "traffic")]
     if roll < 0.75:
         name = _pick(rng, SERVICES)
         if rng.random() < 0.3 and " " not in name:
@@ -216,20 +291,20 @@ def _tail(rng: random.Random) -> Phrase | str:
 def population_rule(rng: random.Random) -> Phrase:
     """"Guest users may not use Steam on the wireless network after 10pm."."""
     subject = _population(rng)
-    return _join((subject[:1].upper() + subject[1:], "target"), (_pick(rng, MODAL_OPS), "operation"), _things(rng),
+    return _join((subject[:1].upper() + subject[1:], "target"), _modal_op(rng), _things(rng),
                  _maybe(rng, 0.6, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
 
 
 def passive_rule(rng: random.Random) -> Phrase:
     """"Telnet access is disabled on every lab subnet by default."."""
     things = _things(rng)
-    return _join(things, (_pick(rng, PASSIVE_OPS), "operation"), _maybe(rng, 0.85, lambda: _scope(rng)),
+    return _join(things, (_passive_op(rng), "operation"), _maybe(rng, 0.85, lambda: _scope(rng)),
                  _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
 
 
 def actor_rule(rng: random.Random) -> Phrase:
     """"The college blocks TikTok and Twitch for visitors."."""
-    return _join(_pick(rng, ORGANISATIONS), (_pick(rng, ACTIVE_OPS), "operation"), _things(rng),
+    return _join(_pick(rng, ORGANISATIONS), (_active_op(rng), "operation"), _things(rng),
                  _maybe(rng, 0.8, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))  # fmt: skip
 
 
@@ -239,14 +314,14 @@ def flow_rule(rng: random.Random) -> Phrase:
     pair = [(f"from {origin}", "origin"), (" ", None), (f"to {destination}", "destination")]
     if rng.random() < 0.3:
         pair = [(f"between {origin}", "origin"), (" ", None), (f"and {destination}", "destination")]
-    subject = rng.choice(([("Traffic", "traffic")], [("All traffic", "traffic")], _thing(rng), [("Connections", None)]))
+    subject = rng.choice(([("Traffic", "traffic")], [("All traffic", "traffic")], _thing(rng), [("Connections", "traffic")]))
     subject = [(subject[0][0][:1].upper() + subject[0][0][1:], subject[0][1]), *subject[1:]]
     roll = rng.random()
     if roll < 0.45:
         middlebox = _pick(rng, MIDDLEBOXES)
         return _join(subject, pair, (_pick(rng, FLOW_OPS), "operation"), rng.choice(("the", "a", "our")), (middlebox, "middlebox"), _tail(rng))
     if roll < 0.75:
-        return _join(subject, pair, (_pick(rng, PASSIVE_OPS), "operation"), _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))
+        return _join(subject, pair, (_passive_op(rng), "operation"), _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))
     return _join(subject, pair, "is", (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), rng.choice(("to", "at")), _qos(rng), _tail(rng))
 
 
@@ -299,8 +374,43 @@ def grant_rule(rng: random.Random) -> Phrase:
                  _maybe(rng, 0.4, lambda: _scope(rng)), _tail(rng))  # fmt: skip
 
 
+def access_rule(rng: random.Random) -> Phrase:
+    """"Contractors can only reach the file servers"; "IP cameras may only connect to the video servers";
+    "Interns do not have access to the HR system": a population or a device and what it may reach."""
+    subject = _population(rng) if rng.random() < 0.6 else rng.choice(("", "", "all ")) + _pick(rng, DEVICES)
+    target = (subject[:1].upper() + subject[1:], "target")
+    endpoint = _pick(rng, ENDPOINTS)
+    roll = rng.random()
+    if roll < 0.35:
+        reach: Phrase = [(_pick(rng, ACCESS_OPS), "operation"), (" ", None), (endpoint, "destination")]
+    elif roll < 0.65:
+        op = _pick(rng, CONNECT_OPS)
+        reach = [(op, "operation"), (" ", None), (f"{'with' if 'communicate' in op else 'to'} {endpoint}", "destination")]
+    else:
+        reach = [(_pick(rng, HAVE_ACCESS_OPS), "operation"), (" access ", None), (f"to {endpoint}", "destination")]
+    return _join(target, reach, _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))
+
+
+def priority_rule(rng: random.Random) -> Phrase:
+    """"VoIP traffic is prioritized over all other traffic"; "The provider prioritizes video calls";
+    "Video calls are given priority by the traffic shaper" (prioritising is a middlebox in the alpha file)."""
+    roll = rng.random()
+    if roll < 0.45:
+        return _join(_things(rng), _maybe(rng, 0.4, lambda: _scope(rng)), rng.choice(("is", "will be", "are", "must be")),
+                     (rng.choice(("prioritized", "prioritised")), "middlebox"), _maybe(rng, 0.4, lambda: f"over {_pick(rng, TRAFFIC)}"),
+                     _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    if roll < 0.75:
+        verb = rng.choice((("prioritizes", None), ("will", "prioritize"), ("may", "prioritize"), ("does not", "prioritize")))
+        lead = [(verb[0], "middlebox")] if verb[1] is None else [(verb[0], None), (" ", None), (verb[1], "middlebox")]
+        return _join(_pick(rng, ORGANISATIONS), lead, _things(rng), _maybe(rng, 0.5, lambda: _scope(rng)),
+                     _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))  # fmt: skip
+    return _join(_things(rng), _maybe(rng, 0.4, lambda: _scope(rng)), (rng.choice(("is given", "are given", "will be given", "receives")), "operation"),
+                 rng.choice(("priority", "high priority", "precedence")), _maybe(rng, 0.5, lambda: [("by the ", None), (_pick(rng, MIDDLEBOXES), "middlebox")]),
+                 _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))  # fmt: skip
+
+
 RULES: tuple[Callable[[random.Random], Phrase], ...] = (
-    population_rule, passive_rule, actor_rule, flow_rule, middlebox_rule, qos_rule, grant_rule,
+    population_rule, passive_rule, actor_rule, flow_rule, middlebox_rule, qos_rule, grant_rule, access_rule, priority_rule,
 )  # fmt: skip
 
 
