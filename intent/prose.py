@@ -120,6 +120,21 @@ EMPTY = (
     "{org} does not monitor the content of private messages.", "Exceptions are recorded in the register.",
 )
 
+# duties and acts that are no network rule, so that a modal verb or an organisation as the actor
+# alone does not make an operation ("Staff must complete the security training")
+DUTIES = ("complete the security training", "sign the user agreement", "keep their passwords secret", "contact the service desk",
+          "register for an account", "attend the induction", "follow the instructions of staff", "update their contact details",
+          "change their passwords every year", "accept the terms of service", "pay the monthly fee", "return their equipment",
+          "submit a ticket", "carry their ID cards", "protect their devices", "log out after use", "keep software up to date",
+          "notify the security office of a lost device", "consult the policy owner", "take part in the annual audit")  # fmt: skip
+ADMIN_ACTS = ("reviews", "publishes", "updates", "approves", "audits", "explains", "documents", "announces", "owns", "revises",
+              "will publish", "may update", "must approve")  # fmt: skip
+ADMIN_OBJECTS = ("this policy", "the annual report", "the terms of service", "the list of exceptions", "its procedures",
+                 "the service catalogue", "the maintenance calendar", "the guidance for new users", "the fee schedule")  # fmt: skip
+# relative clauses after a subject, carrying no entity ("Visitors who travel ...")
+RELATIVES = ("who live on campus", "who have not registered", "who travel", "that are not managed by IT", "who joined this year",
+             "that the university owns", "who work from home", "that fail the security check", "who share a room")  # fmt: skip
+
 # operation phrasings: (text, allows) for a population subject, a thing subject, and an actor
 MODAL_OPS = ("may not use", "must not use", "cannot use", "are not allowed to use", "are not permitted to use",
              "may use", "are allowed to use", "are permitted to use", "can use", "may not access", "must not access",
@@ -291,7 +306,7 @@ def _tail(rng: random.Random) -> Phrase | str:
 def population_rule(rng: random.Random) -> Phrase:
     """"Guest users may not use Steam on the wireless network after 10pm."."""
     subject = _population(rng)
-    return _join((subject[:1].upper() + subject[1:], "target"), _modal_op(rng), _things(rng),
+    return _join((subject[:1].upper() + subject[1:], "target"), _maybe(rng, 0.15, lambda: _pick(rng, RELATIVES)), _modal_op(rng), _things(rng),
                  _maybe(rng, 0.6, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
 
 
@@ -388,7 +403,7 @@ def access_rule(rng: random.Random) -> Phrase:
         reach = [(op, "operation"), (" ", None), (f"{'with' if 'communicate' in op else 'to'} {endpoint}", "destination")]
     else:
         reach = [(_pick(rng, HAVE_ACCESS_OPS), "operation"), (" access ", None), (f"to {endpoint}", "destination")]
-    return _join(target, reach, _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))
+    return _join(target, _maybe(rng, 0.15, lambda: _pick(rng, RELATIVES)), reach, _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))
 
 
 def priority_rule(rng: random.Random) -> Phrase:
@@ -417,7 +432,7 @@ RULES: tuple[Callable[[random.Random], Phrase], ...] = (
 def _sentence(rng: random.Random) -> Phrase:
     """One rule, sometimes after a condition, sometimes two joined by "but"/"; ", or a sentence with nothing to extract."""
     if rng.random() < 0.12:
-        return [(_pick(rng, EMPTY).format(org=_pick(rng, ORGANISATIONS)), None)]
+        return [(_empty(rng), None)]
     rule = rng.choice(RULES)(rng)
     if rng.random() < 0.2:
         rule = [(_pick(rng, CONDITIONS) + ", ", None), *_lower_first(rule)]
@@ -425,6 +440,17 @@ def _sentence(rng: random.Random) -> Phrase:
         rule = [*rule, (rng.choice((", but ", "; ", ", while ")), None), *_lower_first(rng.choice(RULES)(rng))]
     first, kind = rule[0]
     return [(first[:1].upper() + first[1:], kind), *rule[1:], (".", None)]
+
+
+def _empty(rng: random.Random) -> str:
+    """A sentence with nothing to extract: a fixed one, a population's duty or an organisation's paperwork."""
+    roll = rng.random()
+    if roll < 0.5:
+        return _pick(rng, EMPTY).format(org=_pick(rng, ORGANISATIONS))
+    if roll < 0.8:
+        subject = _population(rng)
+        return f"{subject[:1].upper()}{subject[1:]} {_pick(rng, MODALS)} {_pick(rng, DUTIES)}."
+    return f"{_pick(rng, ORGANISATIONS)} {_pick(rng, ADMIN_ACTS)} {_pick(rng, ADMIN_OBJECTS)}."
 
 
 def _lower_first(phrase: Phrase) -> Phrase:
