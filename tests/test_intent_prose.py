@@ -4,6 +4,7 @@ scores, and clauses the extractor leaves unread coming back as clarifications.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -42,6 +43,24 @@ def test_synthetic_prose_is_labelled_by_construction_and_never_a_development_sen
     assert 0.05 < sum(not item.spans for item in prose) / len(prose) < 0.25
     dev = {item.text.lower() for item in load_intents(DEV)}
     assert not dev & {item.text.lower() for item in policy_prose(ProseConfig(sentences=2000))}
+
+
+def test_synthetic_operations_follow_the_alpha_conventions() -> None:
+    """Operations are composed from a modal or an auxiliary and many verbs; the verb after "allowed
+    to" stays out of the operation ("[Staff] [is allowed to] access [ftp]"); "Connections" is traffic."""
+    from intent.prose import DUTIES, _third_person
+
+    prose = policy_prose(ProseConfig(sentences=1500))
+    operations = [s.text for item in prose for s in item.spans if s.type == "operation"]
+    assert len(set(operations)) > 300  # the construction, not a list of phrases
+    assert not [op for op in operations if re.search(r"\b(allowed|permitted|required) to \w", op)]
+    assert any(op.endswith(" allowed to") for op in operations)
+    connections = [s.type for item in prose for s in item.spans if s.text == "Connections"]
+    assert connections and set(connections) == {"traffic"}
+    assert any(not item.spans and item.text.endswith(f" {duty}.") for item in prose for duty in DUTIES)  # a modal verb, nothing to extract
+    assert [_third_person(v) for v in ("carry", "set up", "refuse", "relay", "access", "block")] == [
+        "carries", "sets up", "refuses", "relays", "accesses", "blocks",
+    ]  # fmt: skip
 
 
 class Fixed:
