@@ -42,6 +42,8 @@ DEVICES = (  # things on the network named as a rule's subject: a target like a 
     "guest laptops", "company phones", "building controllers", "thin clients", "test machines", "shared workstations",
     "unmanaged devices", "staff laptops", "student laptops", "card readers", "voice handsets", "digital signage",
 )
+UNITS = ("sales", "marketing", "finance", "legal", "research", "support", "design", "facilities", "admissions",
+         "payroll", "engineering", "procurement", "press", "sports")  # fmt: skip
 PLACES = (
     "residence halls", "dormitories", "dorms", "labs", "computer labs", "library", "main campus", "north campus",
     "science building", "arts building", "student center", "cafeteria", "lecture theatres", "classrooms",
@@ -224,7 +226,7 @@ def _active_op(rng: random.Random) -> str:
 
 
 def _population(rng: random.Random) -> str:
-    word = _pick(rng, POPULATIONS)
+    word = _pick(rng, POPULATIONS) if rng.random() < 0.85 else f"the {_pick(rng, UNITS)} {rng.choice(('team', 'department', 'staff', 'group'))}"
     return rng.choice(("", "", "all ", "")) + word
 
 
@@ -237,6 +239,17 @@ def _scope(rng: random.Random) -> Part:
     if rng.random() < 0.5:
         return (f"{rng.choice(('for', 'for', 'to', 'of'))} {_population(rng)}", "target")
     return (f"{rng.choice(('in', 'on', 'on', 'at', 'across', 'within'))} {_place(rng)}", "target")
+
+
+def _subject_tail(rng: random.Random) -> Part | str:
+    """What may follow a population as subject: a relative clause ("who travel", no entity), or
+    where it is ("in the library": a target of its own), or nothing."""
+    roll = rng.random()
+    if roll < 0.15:
+        return _pick(rng, RELATIVES)
+    if roll < 0.3:
+        return (f"{rng.choice(('in', 'on', 'at'))} {_place(rng)}", "target")
+    return ""
 
 
 def _thing(rng: random.Random) -> Phrase:
@@ -306,7 +319,7 @@ def _tail(rng: random.Random) -> Phrase | str:
 def population_rule(rng: random.Random) -> Phrase:
     """"Guest users may not use Steam on the wireless network after 10pm."."""
     subject = _population(rng)
-    return _join((subject[:1].upper() + subject[1:], "target"), _maybe(rng, 0.15, lambda: _pick(rng, RELATIVES)), _modal_op(rng), _things(rng),
+    return _join((subject[:1].upper() + subject[1:], "target"), _subject_tail(rng), _modal_op(rng), _things(rng),
                  _maybe(rng, 0.6, lambda: _scope(rng)), _maybe(rng, 0.25, lambda: _window(rng)), _tail(rng))  # fmt: skip
 
 
@@ -383,7 +396,7 @@ def grant_rule(rng: random.Random) -> Phrase:
             amount = [(rng.choice(("a ", "the ", "a ")), None), (_pick(rng, METRICS), "qos_metric"), (" of ", None), *_qos(rng)]
         else:
             amount = [(rng.choice(("up to ", "at least ", "")), None), *_qos(rng), (" of ", None), (_pick(rng, METRICS), "qos_metric")]
-        return _join(target, (_pick(rng, GRANT_OPS), "operation"), amount,
+        return _join(target, _subject_tail(rng), (_pick(rng, GRANT_OPS), "operation"), amount,
                      _maybe(rng, 0.4, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))  # fmt: skip
     return _join(target, (_pick(rng, EXEMPT_OPS), "operation"), "the", (_pick(rng, MIDDLEBOXES), "middlebox"),
                  _maybe(rng, 0.4, lambda: _scope(rng)), _tail(rng))  # fmt: skip
@@ -403,7 +416,7 @@ def access_rule(rng: random.Random) -> Phrase:
         reach = [(op, "operation"), (" ", None), (f"{'with' if 'communicate' in op else 'to'} {endpoint}", "destination")]
     else:
         reach = [(_pick(rng, HAVE_ACCESS_OPS), "operation"), (" access ", None), (f"to {endpoint}", "destination")]
-    return _join(target, _maybe(rng, 0.15, lambda: _pick(rng, RELATIVES)), reach, _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))
+    return _join(target, _subject_tail(rng), reach, _maybe(rng, 0.3, lambda: _scope(rng)), _maybe(rng, 0.2, lambda: _window(rng)), _tail(rng))
 
 
 def priority_rule(rng: random.Random) -> Phrase:
