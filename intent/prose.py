@@ -337,7 +337,7 @@ def actor_rule(rng: random.Random) -> Phrase:
 
 
 def flow_rule(rng: random.Random) -> Phrase:
-    """"Traffic from the labs to the internet must pass through the web proxy."."""
+    """"Traffic from the labs to the internet must pass through the web proxy" / "is dropped by the firewall"."""
     origin, destination = _place(rng), _pick(rng, ENDPOINTS)
     pair = [(f"from {origin}", "origin"), (" ", None), (f"to {destination}", "destination")]
     if rng.random() < 0.3:
@@ -346,8 +346,10 @@ def flow_rule(rng: random.Random) -> Phrase:
     subject = [(subject[0][0][:1].upper() + subject[0][0][1:], subject[0][1]), *subject[1:]]
     roll = rng.random()
     if roll < 0.45:
-        middlebox = _pick(rng, MIDDLEBOXES)
-        return _join(subject, pair, (_pick(rng, FLOW_OPS), "operation"), rng.choice(("the", "a", "our")), (middlebox, "middlebox"), _tail(rng))
+        middlebox = (_pick(rng, MIDDLEBOXES), "middlebox")
+        if rng.random() < 0.35:  # "is dropped by the DNS firewall": the agent is no part of the operation
+            return _join(subject, pair, (_passive_op(rng), "operation"), rng.choice(("by the", "by a", "by our")), middlebox, _tail(rng))
+        return _join(subject, pair, (_pick(rng, FLOW_OPS), "operation"), rng.choice(("the", "a", "our")), middlebox, _tail(rng))
     if roll < 0.75:
         return _join(subject, pair, (_passive_op(rng), "operation"), _maybe(rng, 0.3, lambda: _window(rng)), _tail(rng))
     return _join(subject, pair, "is", (rng.choice(CONSTRAINTS_PASSIVE), "qos_constraint"), rng.choice(("to", "at")), _qos(rng), _tail(rng))
