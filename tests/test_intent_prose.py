@@ -18,6 +18,7 @@ from nm_toolkit.cli import app
 
 DATA = Path(__file__).parent / "data"
 DEV = DATA / "intent_policy_prose_dev.json"
+HOLDOUT = DATA / "intent_policy_prose_holdout.json"
 
 
 def test_the_development_set_is_policy_prose_in_the_alpha_format() -> None:
@@ -43,6 +44,18 @@ def test_synthetic_prose_is_labelled_by_construction_and_never_a_development_sen
     assert 0.05 < sum(not item.spans for item in prose) / len(prose) < 0.25
     dev = {item.text.lower() for item in load_intents(DEV)}
     assert not dev & {item.text.lower() for item in policy_prose(ProseConfig(sentences=2000))}
+
+
+def test_the_holdout_is_prose_of_its_own() -> None:
+    """The holdout (written after the development set's choices) shares no sentence with the
+    development set or with the synthetic prose, and is in the same format."""
+    holdout = load_intents(HOLDOUT)
+    assert len(holdout) >= 40 and sum(len(item.spans) for item in holdout) >= 140
+    assert all(item.text[s.start : s.end] == s.text and s.type in ENTITY_TYPES for item in holdout for s in item.spans)
+    texts = {item.text.lower() for item in holdout}
+    assert len(texts) == len(holdout)
+    assert not texts & {item.text.lower() for item in load_intents(DEV)}
+    assert not texts & {item.text.lower() for item in policy_prose(ProseConfig(sentences=2000))}
 
 
 def test_synthetic_operations_follow_the_alpha_conventions() -> None:
