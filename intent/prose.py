@@ -7,12 +7,16 @@ no entity, and sentences that carry none at all. A tagger trained on commands al
 operation in "will be denied" and reads "The university" as a target. :func:`policy_prose` writes
 such sentences from grammar frames (:data:`RULES`) and vocabularies of this module and of
 :mod:`intent.lexicon`, each entity labelled as the alpha file labels it (``tests/data/README.md``):
-an operation keeps its auxiliaries and negation, a target its preposition or is the bare subject,
-a lone "from X" is a target and "from X ... to Y" an origin and a destination, "limited"/"capped"
-are QoS constraints, the unit keeps its period ("GB per month").
+an operation keeps its auxiliaries and negation but not the verb after "allowed to" ("[are allowed
+to] access") nor the agent of a passive ("[is dropped] by the [firewall]"), a target its preposition
+or is the bare subject, a lone "from X" is a target and "from X ... to Y" an origin and a
+destination, "limited"/"capped" are QoS constraints and "prioritized" a middlebox, the unit keeps
+its period ("GB per month"). Operations are composed from modal verbs or auxiliaries and many verbs
+(:data:`VERBS`), so a tagger learns the construction rather than a list of phrases.
 
 The frames and word lists were written for this module; they are not the development set's
-sentences (``tests/test_intent_prose.py`` checks that no generated sentence is one of them, and
+sentences, though the frames of 2026-12-08 were written after reading its errors (bench/RESULTS.md
+checks them on a holdout written afterwards) (``tests/test_intent_prose.py`` checks that no generated sentence is one of them, and
 bench/RESULTS.md reports how many of the set's entity texts the generated text contains).
 Deterministic for a given seed.
 """
