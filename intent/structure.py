@@ -28,24 +28,56 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
+# Verbs of policy prose beyond the lexicon's command verbs ("block", "allow", "install"), by the
+# action they ask for: operators write "may not use", "lose access", "are quarantined", "are exempt from".
+_BLOCK_VERBS = frozenset("prohibit refuse ban bar disconnect suspend quarantine isolate terminate lose filter stop cut".split())
+_ALLOW_VERBS = frozenset("access run use reach connect communicate contact host stream initiate send".split())
+_GRANT_VERBS = frozenset("receive get have retain keep".split())  # a QoS amount when one is named, else access
+_ADD_VERBS = frozenset("pass forward through apply".split())
+_REMOVE_VERBS = frozenset("exempt bypass exclude retire".split())
+
+
+def _lemmas(word: str) -> set[str]:
+    """The word and what it may be an inflection of: "dropped" -> "drop", "denies" -> "deny",
+    "disabled" -> "disable", "prohibited" -> "prohibit" (a candidate that is no word matches nothing)."""
+    out = {word}
+    for suffix, replacement in (("ies", "y"), ("ied", "y"), ("es", ""), ("s", ""), ("ed", ""), ("d", ""), ("ing", ""), ("ing", "e")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 2:
+            stem = word[: -len(suffix)] + replacement
+            out.add(stem)
+            if suffix in ("ed", "ing") and len(stem) > 2 and stem[-1] == stem[-2]:
+                out.add(stem[:-1])  # "dropped" -> "drop", "permitted" -> "permit"
+    return out
+
+
 def normalise_action(operation: str | None, has_middlebox: bool, has_qos: bool) -> Action | None:
-    """``"do not let"`` -> block, ``"must not be blocked"`` -> allow, ``"install"`` -> add, ...;
-    without an operation verb the other parts decide (a middlebox is added, a QoS value set)."""
+    """``"do not let"`` -> block, ``"must not be blocked"`` -> allow, ``"install"`` -> add,
+    ``"may not use"`` -> block, ``"are exempt from"`` -> remove, ...; without an operation verb the
+    other parts decide (a middlebox is added, a QoS value set). A negated operation that is neither
+    a block nor an allow ("cannot install", "is not inspected by") has no action: the middlebox it
+    names is not to be added."""
+    negated = False
     if operation:
         words = _words(operation)
         negated = any(w in WORD_CLASSES["negation"] or w.endswith("n't") for w in words)
-        verbs = [w for w in words if w not in WORD_CLASSES["negation"]]
-        for word in verbs:
-            if word in WORD_CLASSES["verb_block"] or word == "prohibit":
+        for word in (w for w in words if w not in WORD_CLASSES["negation"]):
+            lemmas = _lemmas(word)
+            if lemmas & (WORD_CLASSES["verb_block"] | _BLOCK_VERBS):
                 return "allow" if negated else "block"
-            if word in WORD_CLASSES["verb_allow"] or word in ("access", "run"):
-                return "block" if negated else "allow"
-            if word in WORD_CLASSES["verb_remove"]:
-                return "unset" if has_qos and not has_middlebox else "remove"
-            if word in ("increase", "reduce", "limit", "throttle"):
+            if lemmas & _GRANT_VERBS and has_qos and not negated:
                 return "set"
-            if word in WORD_CLASSES["verb_add"] or word in ("pass", "forward", "through"):
+            if lemmas & (WORD_CLASSES["verb_allow"] | _ALLOW_VERBS | _GRANT_VERBS):
+                return "block" if negated else "allow"
+            if negated:
+                continue
+            if lemmas & (WORD_CLASSES["verb_remove"] | _REMOVE_VERBS):
+                return "unset" if has_qos and not has_middlebox else "remove"
+            if lemmas & {"increase", "reduce", "limit", "throttle"}:
+                return "set"
+            if lemmas & (WORD_CLASSES["verb_add"] | _ADD_VERBS):
                 return "set" if has_qos and not has_middlebox else "add"
+    if negated:
+        return None
     if has_middlebox:
         return "add"
     if has_qos:
@@ -117,7 +149,8 @@ def structure(text: str, spans: Sequence[Span]) -> OperatorIntent | NeedsClarifi
         return NeedsClarification(text=text, reason=f"cannot read the QoS value {first['qos_value']!r} {first.get('qos_unit', '(no unit)')!r}: say e.g. '100 mbps' or '10 GB per week'")
     action = normalise_action(first.get("operation"), "middlebox" in by_type, qos is not None or "qos_metric" in by_type)
     if action is None:
-        return NeedsClarification(text=text, reason="no operation found: say what to do (block, allow, add/remove a middlebox, limit to a rate)")
+        what = f"{first['operation']!r} is no action the network can take" if "operation" in first else "no operation found"
+        return NeedsClarification(text=text, reason=f"{what}: say what to do (block, allow, add/remove a middlebox, limit to a rate)")
     start, end = normalise_hour(first.get("start")), normalise_hour(first.get("end"))
     if ("start" in first and start is None) or ("end" in first and end is None):
         return NeedsClarification(text=text, reason="cannot read the time window: give hours like 'from 9am to 6pm' or 'from 09:00 to 18:00'")

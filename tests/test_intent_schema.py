@@ -9,7 +9,7 @@ from intent.data import Span, bio_tags, decode_spans, parse_intent, tokenize
 from intent.llm_output import parse_llm_output, target_json
 from intent.nile import compile_nile, find_conflicts, to_network_intent
 from intent.schema import IntentResultAdapter, OperatorIntent, QosRequirement
-from intent.structure import normalise_hour, structure
+from intent.structure import normalise_action, normalise_hour, structure
 from intent.user import infer_user_intent
 
 TEXT = "block netflix traffic for students from 6pm to 11pm"
@@ -92,6 +92,35 @@ def test_schema_rejects_invalid_intents() -> None:
 )
 def test_hours(text: str, hour: str | None) -> None:
     assert normalise_hour(text) == hour
+
+
+@pytest.mark.parametrize(
+    "operation, middlebox, action",
+    [
+        ("may not use", False, "block"), ("must not reach", False, "block"), ("do not have", False, "block"), ("lose", False, "block"),
+        ("is prohibited", False, "block"), ("are refused", False, "block"), ("is dropped", False, "block"), ("are disabled", False, "block"),
+        ("may disconnect", False, "block"), ("suspended", False, "block"), ("are quarantined", False, "block"), ("is not filtered", False, "allow"),
+        ("can only reach", False, "allow"), ("retain", False, "allow"), ("may host", False, "allow"), ("are allowed to", False, "allow"),
+        ("are exempt from", True, "remove"), ("will be removed", True, "remove"), ("has been installed", True, "add"),
+        ("is routed through", True, "add"),
+        # a negated operation that is no block or allow adds nothing: "Students cannot install network sniffers"
+        ("cannot install", True, None), ("is not inspected", True, None), ("does not provide", True, None), ("is redirected", False, None),
+    ],
+)  # fmt: skip
+def test_the_action_of_policy_prose_operations(operation: str, middlebox: bool, action: str | None) -> None:
+    assert normalise_action(operation, has_middlebox=middlebox, has_qos=False) == action
+
+
+def test_a_population_that_receives_an_amount_gets_it_set() -> None:
+    assert normalise_action("receive", has_middlebox=False, has_qos=True) == "set"  # "Residents receive 200 GB per month"
+    assert normalise_action("will not receive", has_middlebox=False, has_qos=True) == "block"
+    assert normalise_action("are allowed", has_middlebox=False, has_qos=True) == "allow"  # "allowed ... but limited to 2 Mbps"
+
+
+def test_an_operation_that_is_no_action_is_named_in_the_clarification() -> None:
+    text = "Unencrypted HTTP to the HR portal is redirected to HTTPS."
+    result = structure(text, spans_of(text, protocol="HTTP", destination="to the HR portal", operation="is redirected"))
+    assert result.kind == "needs_clarification" and result.reason.startswith("'is redirected' is no action the network can take: say")
 
 
 def test_nile_compilation_of_known_intents() -> None:
