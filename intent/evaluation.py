@@ -9,7 +9,10 @@ orders of magnitude.
 An extractor that can say how sure it is (``predict_abstaining``) abstains on some spans: they are
 asked about, not acted on. An abstained span scores as a miss of the gold entity it would have
 matched and as a false positive when it matches none, so abstaining never raises a score; the
-report adds the abstain rate and the precision of the spans not abstained on.
+report adds the abstain rate and the precision of the spans not abstained on. What the spans are
+for is an intent: the report also says how many sentences with an entity yield one from the spans
+answered (``compiled_rate``, :func:`intent.structure.structure`) and how many with nothing to
+extract yield one all the same (``false_intent_rate``).
 
 Three ways to make the folds. ``random``: shuffled k-fold, as before. ``grouped``: the intents are
 clustered by the words they use (TF-IDF of word unigrams and bigrams, average-linkage agglomerative
@@ -40,6 +43,7 @@ from typing import Literal, Protocol
 from sklearn.model_selection import GroupKFold, KFold
 
 from intent.data import LabelledIntent, Span, tokenize
+from intent.structure import structure
 from nm_toolkit.errors import UserError
 
 
@@ -82,6 +86,10 @@ class EntityScores:
     answered_fp: int = 0  # wrong spans the extractor stood by
     abstained: int = 0
     abstained_right: int = 0  # abstentions on a span that was right after all
+    with_entities: int = 0  # intents with a labelled entity...
+    compiled: int = 0  # ...whose answered spans make an operator intent (intent.structure)
+    without_entities: int = 0  # intents with nothing to extract...
+    false_intents: int = 0  # ...whose answered spans make one all the same
 
     def add(self, gold: Sequence[Span], predicted: Sequence[Span], abstained: Sequence[Span] = ()) -> None:
         """Count one intent. An abstained span scores as a miss of the gold entity it would have
@@ -118,6 +126,8 @@ class EntityScores:
             "abstain_rate": self.abstained / (answered + self.abstained) if answered + self.abstained else 0.0,
             "answered_precision": tp / answered if answered else 0.0,
             "abstained_right": self.abstained_right,
+        "compiled_rate": self.compiled / self.with_entities if self.with_entities else 0.0,
+        "false_intent_rate": self.false_intents / self.without_entities if self.without_entities else 0.0,
             "intents": self.intents,
             "fit_seconds": self.fit_seconds,
             "predict_ms_per_intent": 1000 * self.predict_seconds / self.intents if self.intents else 0.0,
@@ -214,6 +224,13 @@ def score(
     scores.predict_seconds += time.perf_counter() - started
     for item, (predicted, abstentions) in zip(test, predictions, strict=True):
         scores.add(item.spans, predicted, [a.span for a in abstentions])
+        makes_intent = structure(item.text, predicted).kind == "operator"
+        if item.spans:
+            scores.with_entities += 1
+            scores.compiled += makes_intent
+        else:
+            scores.without_entities += 1
+            scores.false_intents += makes_intent
         if knowledge is not None:
             found = {(s.type, s.text) for s in predicted}
             scores.errors.update(knowledge.cause(s) for s in item.spans if (s.type, s.text) not in found)
@@ -272,3 +289,7 @@ def _merge(into: EntityScores, other: EntityScores) -> None:
     into.answered_fp += other.answered_fp
     into.abstained += other.abstained
     into.abstained_right += other.abstained_right
+    into.with_entities += other.with_entities
+    into.compiled += other.compiled
+    into.without_entities += other.without_entities
+    into.false_intents += other.false_intents

@@ -108,6 +108,19 @@ def test_abstaining_never_raises_the_score() -> None:
     assert scores.report()["micro"]["f1"] == 0.0 and scores.report()["exact_match"] == 0.0
 
 
+def test_the_scores_say_which_sentences_make_an_intent() -> None:
+    """A rule whose answered spans compile counts as compiled; a sentence with nothing to extract
+    that compiles all the same is a false intent; spans abstained on make no intent."""
+    rule = "Guests may not use Steam on the guest network."
+    spans = [Span("target", 0, 6, "Guests"), Span("operation", 7, 18, "may not use"), Span("service", 19, 24, "Steam")]
+    labelled = load_intents(DEV)[0].__class__(rule, tuple(spans))
+    empty = labelled.__class__(rule, ())
+    report = score(Fixed(spans, []), [labelled, empty]).report()
+    assert report["compiled_rate"] == 1.0 and report["false_intent_rate"] == 1.0
+    abstained = score(Fixed(spans[:1], spans[1:]), [labelled, empty]).report()
+    assert abstained["compiled_rate"] == 0.0 and abstained["false_intent_rate"] == 0.0
+
+
 def test_clauses_and_conditions() -> None:
     text = "If abuse is reported, guests lose access to the VPN; the service desk answers complaints."
     clauses = split_clauses(text)
@@ -142,8 +155,9 @@ def test_eval_reports_every_method_with_abstain_rate_and_time(tmp_path: Path) ->
     assert report["intents"] == len(load_intents(DEV)) and 0.0 < report["abstain_rate"] < 0.5
     # what it abstains on is wronger than what it stands by
     assert report["answered_precision"] > report["micro"]["precision"] and report["predict_ms_per_intent"] > 0
+    assert 0.0 < report["compiled_rate"] <= 1.0 and 0.0 <= report["false_intent_rate"] <= 1.0
     table = CliRunner().invoke(app, ["intent", "eval", "--train", str(DATA / "nile_intents_slice.json"), "--test", str(DEV), "--method", "sklearn"], env={"COLUMNS": "120"})
-    assert all(row in table.output for row in ("micro-F1", "F1 operation", "abstain rate", "ms per sentence"))
+    assert all(row in table.output for row in ("micro-F1", "F1 operation", "abstain rate", "compiles to an intent", "ms per sentence"))
 
 
 def test_a_cached_builtin_extractor_from_another_recipe_is_retrained(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -149,7 +149,8 @@ def score_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         figures.append((f"F1 {kind} ({support})", lambda r, k=kind: r["per_type"].get(k, {}).get("f1")))
     figures += [
         ("abstain rate", lambda r: r["abstain_rate"]), ("precision not abstained", lambda r: r["answered_precision"]),
-        ("exact match", lambda r: r["exact_match"]), ("ms per sentence", lambda r: r["predict_ms_per_intent"]),
+        ("exact match", lambda r: r["exact_match"]), ("compiles to an intent", lambda r: r["compiled_rate"]),
+        ("intent from a sentence with none", lambda r: r["false_intent_rate"]), ("ms per sentence", lambda r: r["predict_ms_per_intent"]),
         ("fit s", lambda r: r["fit_seconds"]),
     ]  # fmt: skip
     return [{"figure": label, **{name: pick(report) for name, report in reports.items()}} for label, pick in figures]
