@@ -60,13 +60,15 @@ def normalise_action(operation: str | None, has_middlebox: bool, has_qos: bool) 
     if operation:
         words = _words(operation)
         negated = any(w in WORD_CLASSES["negation"] or w.endswith("n't") for w in words)
-        for word in (w for w in words if w not in WORD_CLASSES["negation"]):
+        content = [w for w in words if w not in WORD_CLASSES["negation"]]
+        for k, word in enumerate(content):
             lemmas = _lemmas(word)
             if lemmas & (WORD_CLASSES["verb_block"] | _BLOCK_VERBS):
                 return "allow" if negated else "block"
-            if lemmas & _GRANT_VERBS and has_qos and not negated:
+            granted = bool(lemmas & _GRANT_VERBS) and k == len(content) - 1  # "have" in "have been blocked" is an auxiliary
+            if granted and has_qos and not negated:
                 return "set"
-            if lemmas & (WORD_CLASSES["verb_allow"] | _ALLOW_VERBS | _GRANT_VERBS):
+            if granted or lemmas & (WORD_CLASSES["verb_allow"] | _ALLOW_VERBS):
                 return "block" if negated else "allow"
             if negated:
                 continue

@@ -99,7 +99,7 @@ def test_hours(text: str, hour: str | None) -> None:
     [
         ("may not use", False, "block"), ("must not reach", False, "block"), ("do not have", False, "block"), ("lose", False, "block"),
         ("is prohibited", False, "block"), ("are refused", False, "block"), ("is dropped", False, "block"), ("are disabled", False, "block"),
-        ("may disconnect", False, "block"), ("suspended", False, "block"), ("are quarantined", False, "block"), ("is not filtered", False, "allow"),
+        ("may disconnect", False, "block"), ("have been blocked", False, "block"), ("has been disabled", False, "block"), ("suspended", False, "block"), ("are quarantined", False, "block"), ("is not filtered", False, "allow"),
         ("can only reach", False, "allow"), ("retain", False, "allow"), ("may host", False, "allow"), ("are allowed to", False, "allow"),
         ("are exempt from", True, "remove"), ("will be removed", True, "remove"), ("has been installed", True, "add"),
         ("is routed through", True, "add"),
