@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from intent.clauses import split_clauses, unread_clauses
-from intent.data import Span, load_intents, tokenize
+from intent.data import LabelledIntent, Span, load_intents, tokenize
 from intent.evaluation import Abstention, EntityScores, score
 from intent.prose import ProseConfig, policy_prose
 from intent.schema import ENTITY_TYPES
@@ -91,7 +91,7 @@ class Fixed:
 
 def test_abstaining_never_raises_the_score() -> None:
     text = "Guests may not use Steam on the guest network."
-    intent = load_intents(DEV)[0].__class__(text, (
+    intent = LabelledIntent(text, (
         Span("target", 0, 6, "Guests"), Span("operation", 7, 18, "may not use"), Span("service", 19, 24, "Steam"),
     ))  # fmt: skip
     right, wrong = Span("service", 19, 24, "Steam"), Span("target", 25, 45, "on the guest network")
@@ -113,8 +113,7 @@ def test_the_scores_say_which_sentences_make_an_intent() -> None:
     that compiles all the same is a false intent; spans abstained on make no intent."""
     rule = "Guests may not use Steam on the guest network."
     spans = [Span("target", 0, 6, "Guests"), Span("operation", 7, 18, "may not use"), Span("service", 19, 24, "Steam")]
-    labelled = load_intents(DEV)[0].__class__(rule, tuple(spans))
-    empty = labelled.__class__(rule, ())
+    labelled, empty = LabelledIntent(rule, tuple(spans)), LabelledIntent(rule, ())
     report = score(Fixed(spans, []), [labelled, empty]).report()
     assert report["compiled_rate"] == 1.0 and report["false_intent_rate"] == 1.0
     abstained = score(Fixed(spans[:1], spans[1:]), [labelled, empty]).report()
