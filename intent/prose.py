@@ -141,7 +141,7 @@ ADMIN_OBJECTS = ("this policy", "the annual report", "the terms of service", "th
 RELATIVES = ("who live on campus", "who have not registered", "who travel", "that are not managed by IT", "who joined this year",
              "that the university owns", "who work from home", "that fail the security check", "who share a room")  # fmt: skip
 
-# operation phrasings: (text, allows) for a population subject, a thing subject, and an actor
+# whole operation phrases, for a population subject (modal), a thing subject (passive) and an actor (active)
 MODAL_OPS = ("may not use", "must not use", "cannot use", "are not allowed to use", "are not permitted to use",
              "may use", "are allowed to use", "are permitted to use", "can use", "may not access", "must not access",
              "are allowed to access", "cannot reach", "may not run", "must not run", "are not allowed to run",
